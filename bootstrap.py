@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Set up the zeo development buildout from a fresh clone.
+
+Run ``python3 bootstrap.py``. It
+
+1. makes a toolchain virtual environment in ``.venv`` (only the build tools
+   live there: pip, setuptools, wheel and zc.buildout, each pinned below);
+2. turns off pip's build isolation inside that environment, so develop eggs
+   rebuild in seconds instead of fetching setuptools again on every run;
+3. runs ``buildout bootstrap`` once to write ``bin/buildout``;
+4. runs ``bin/buildout -N``, which installs every part of ``buildout.cfg``.
+
+A re-run finds everything in place and only runs step 4, which changes
+nothing when ``buildout.cfg`` did not change. Extra arguments are passed on
+to ``bin/buildout`` (for example ``python3 bootstrap.py -c other.cfg``).
+
+Standard library only: this script runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+#: The toolchain, pinned. Keep in step with ``[versions]`` in buildout.cfg.
+TOOLCHAIN = {
+    "pip": "26.3",
+    "setuptools": "84.2.1",
+    "wheel": "0.48.0",
+    "zc.buildout": "6.0.1",
+}
+
+#: zc.buildout 6 needs at least this Python.
+MINIMUM_PYTHON = (3, 10)
+
+HERE = Path(__file__).resolve().parent
+VENV = HERE / ".venv"
+STAMP = VENV / "zeo-toolchain.txt"
+
+PIP_CONF = """\
+# Written by bootstrap.py: develop eggs build against the setuptools
+# installed here instead of a fresh isolated copy on every buildout run.
+[global]
+no-build-isolation = true
+"""
+
+
+def say(message: str) -> None:
+    print(f"bootstrap: {message}", flush=True)
+
+
+def run(*command: str | os.PathLike[str]) -> None:
+    say(" ".join(str(part) for part in command))
+    subprocess.run([str(part) for part in command], check=True, cwd=HERE)
+
+
+def wanted_toolchain() -> str:
+    return "\n".join(f"{name}=={version}" for name, version in TOOLCHAIN.items())
+
+
+def make_toolchain() -> Path:
+    """Create or refresh ``.venv``; return its python."""
+    python = VENV / "bin" / "python"
+    if STAMP.exists() and python.exists() and STAMP.read_text() == wanted_toolchain():
+        return python
+    say(f"creating the toolchain environment in {VENV}")
+    venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    (VENV / "pip.conf").write_text(PIP_CONF)
+    pins = [f"{name}=={version}" for name, version in TOOLCHAIN.items()]
+    # pip itself first: the one a fresh venv ships is too old for buildout 6.
+    run(python, "-m", "pip", "install", "--quiet", pins[0])
+    run(python, "-m", "pip", "install", "--quiet", *pins[1:])
+    STAMP.write_text(wanted_toolchain())
+    return python
+
+
+def main(argv: list[str]) -> int:
+    if sys.version_info < MINIMUM_PYTHON:
+        wanted = ".".join(map(str, MINIMUM_PYTHON))
+        say(f"Python {wanted} or newer is needed; this is {sys.version.split()[0]}")
+        return 2
+    make_toolchain()
+    buildout = HERE / "bin" / "buildout"
+    if not buildout.exists():
+        run(VENV / "bin" / "buildout", "bootstrap")
+    # -N: never look for newer versions; every version is pinned anyway.
+    run(buildout, "-N", *argv)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except subprocess.CalledProcessError as error:
+        say(f"failed: {error}")
+        sys.exit(error.returncode or 1)

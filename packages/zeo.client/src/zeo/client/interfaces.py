@@ -1,0 +1,2 @@
+"""Contracts of the client package (zope.interface)."""
+from zope.interface import Interface

@@ -1,0 +1,2 @@
+"""Contracts of the protocol package (zope.interface)."""
+from zope.interface import Interface

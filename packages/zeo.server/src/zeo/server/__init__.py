@@ -1,0 +1,1 @@
+"""A ZEO 5/6 compatible storage server for ZODB."""

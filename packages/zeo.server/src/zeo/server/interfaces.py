@@ -1,0 +1,2 @@
+"""Contracts of the server package (zope.interface)."""
+from zope.interface import Interface
