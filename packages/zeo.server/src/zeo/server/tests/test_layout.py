@@ -1,0 +1,79 @@
+"""The monorepo's build: pins kept in step, the reference kept off runtime paths.
+
+These tests need a buildout checkout (``bin/`` made by ``bootstrap.py``);
+under tox there is none and they are skipped.
+"""
+
+import configparser
+import re
+import subprocess
+import unittest
+from pathlib import Path
+
+
+def find_checkout() -> Path | None:
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "buildout.cfg").is_file() and (parent / "packages").is_dir():
+            return parent
+    return None
+
+
+CHECKOUT = find_checkout()
+
+
+def buildout_versions() -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # keep the case of distribution names
+    parser.read(CHECKOUT / "buildout.cfg")
+    return {name.lower(): value for name, value in parser["versions"].items()}
+
+
+@unittest.skipIf(CHECKOUT is None, "not in a checkout")
+class PinsTests(unittest.TestCase):
+    def test_constraints_agree_with_buildout(self):
+        versions = buildout_versions()
+        lines = (CHECKOUT / "constraints.txt").read_text().splitlines()
+        pins = dict(
+            line.split("==") for line in lines if line and not line.startswith("#")
+        )
+        self.assertTrue(pins)
+        for name, version in pins.items():
+            self.assertEqual(
+                versions.get(name.lower()), version,
+                f"{name}: constraints.txt says {version}, buildout.cfg "
+                f"says {versions.get(name.lower())}; keep the two in step")
+
+    def test_bootstrap_toolchain_agrees_with_buildout(self):
+        versions = buildout_versions()
+        source = (CHECKOUT / "bootstrap.py").read_text()
+        toolchain = dict(re.findall(r'^\s+"([\w.]+)": "([\w.]+)",$', source, re.M))
+        self.assertEqual(set(toolchain), {"pip", "setuptools", "wheel", "zc.buildout"})
+        for name, version in toolchain.items():
+            self.assertEqual(versions[name.lower()], version, name)
+
+
+@unittest.skipIf(CHECKOUT is None or not (CHECKOUT / "bin" / "py").exists(),
+                 "no buildout scripts")
+class ScriptsTests(unittest.TestCase):
+    def run_script(self, script, code):
+        return subprocess.run(
+            [str(CHECKOUT / "bin" / script), "-c", code],
+            capture_output=True, text=True, timeout=120)
+
+    def test_py_imports_ours_but_not_the_reference(self):
+        ours = self.run_script("py", "import zeo.protocol, zeo.server, zeo.client")
+        self.assertEqual(ours.returncode, 0, ours.stderr)
+        reference = self.run_script("py", "import ZEO")
+        self.assertNotEqual(reference.returncode, 0)
+        self.assertIn("No module named 'ZEO'", reference.stderr)
+
+    def test_reference_py_imports_the_reference(self):
+        result = self.run_script(
+            "reference-py", "import ZEO, importlib.metadata as m; print(m.version('ZEO'))")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.strip(), "6.2")
+
+    def test_runzeo_path_does_not_hold_the_reference(self):
+        script = (CHECKOUT / "bin" / "runzeo").read_text()
+        self.assertIn("zeo.server", script)
+        self.assertNotRegex(script, r"(?i)/ZEO-6")
