@@ -1,13 +1,212 @@
-"""The ``runzeo`` command: run a storage server in the foreground."""
+"""``runzeo``: run a storage server in the foreground.
 
+    runzeo -a 127.0.0.1:8100 -f var/Data.fs [-f other.fs] [-t 30]
+           [--blob-dir var/blobs] [--pid-file var/zeo.pid] [--read-only]
+           [--pickle]
+
+Each ``-f`` FileStorage is served under the names ``'1'``, ``'2'``, …
+    runzeo -C zeo.conf        (a ZConfig file, as for the reference ZEO)
+
+Signals: SIGTERM and SIGINT stop the server cleanly (exit 0: open
+transactions are aborted, nothing half-written); SIGHUP stops it with exit
+status 1 so a supervisor restarts it; SIGUSR2 reopens the log files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
 import sys
+from typing import Any, Sequence
 
-NOT_YET = (
-    "runzeo: the zeo storage server is not implemented yet in this "
-    "development snapshot; see CHANGES.txt for progress."
-)
+from zeo.server.config import Address, ServerConfig
+
+logger = logging.getLogger("zeo.server")
+
+#: Exit status asking a supervisor to restart us (SIGHUP), as the reference.
+RESTART_STATUS = 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    print(NOT_YET, file=sys.stderr)
-    return 2
+class UsageError(Exception):
+    """The command line or configuration cannot work; the message says why."""
+
+
+def parse_address(text: str) -> Address:
+    """``PORT``, ``HOST:PORT``, ``[IPv6]:PORT``, or a path containing ``/``."""
+    if "/" in text:
+        return text
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        number = int(port)
+    except ValueError:
+        raise UsageError(f"bad address {text!r}: expected PORT, HOST:PORT or a socket path")
+    if not 0 <= number <= 65535:
+        raise UsageError(f"bad port in {text!r}")
+    return (host, number)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="runzeo", description="Run a zeo storage server.")
+    p.add_argument("-a", "--address", help="PORT, HOST:PORT, or a Unix socket path")
+    p.add_argument("-f", "--filename", action="append", default=[],
+                   help="a FileStorage file to serve (repeatable: '1', '2', ...)")
+    p.add_argument("--blob-dir", help="blob directory of the first FileStorage")
+    p.add_argument("-t", "--timeout", type=float, default=None,
+                   help="transaction timeout in seconds (default 30)")
+    p.add_argument("--pid-file", help="write the process id to this file")
+    p.add_argument("--read-only", action="store_true", help="serve read-only")
+    p.add_argument("--pickle", action="store_true",
+                   help="announce the pickle encoding (Z5) instead of msgpack (M5)")
+    p.add_argument("-C", "--configure", help="a ZConfig configuration file")
+    return p
+
+
+def refuse_taken_address(address: Address) -> None:
+    """Fail early and clearly when another server already listens there."""
+    if isinstance(address, str):
+        return  # the server checks Unix sockets itself (stale or live)
+    host, port = address
+    if port == 0:
+        return
+    try:
+        with socket.create_connection((host or "127.0.0.1", port), timeout=1):
+            pass
+    except OSError:
+        return
+    raise UsageError(f"address {host}:{port} is already in use by another server")
+
+
+class Plan:
+    """What to run: storages, configuration, address, pid file, event log."""
+
+    def __init__(self, storages: dict[str, Any], config: ServerConfig, address: Address,
+                 pid_file: str | None = None, eventlog: Any = None) -> None:
+        self.storages = storages
+        self.config = config
+        self.address = address
+        self.pid_file = pid_file
+        self.eventlog = eventlog
+
+
+def build(options: argparse.Namespace) -> Plan:
+    """Turn the command line (and the -C file) into a `Plan`; open storages."""
+    if options.configure:
+        return _build_from_file(options)
+    if not options.address or not options.filename:
+        raise UsageError("give a configuration file (-C), or an address (-a) and"
+                         " at least one storage file (-f)")
+    address = parse_address(options.address)
+    refuse_taken_address(address)
+    from ZODB.FileStorage import FileStorage
+    storages = {}
+    for number, path in enumerate(options.filename, 1):
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        blob_dir = options.blob_dir if number == 1 else None
+        storages[str(number)] = FileStorage(path, read_only=options.read_only,
+                                            blob_dir=blob_dir)
+    fields: dict[str, Any] = {"read_only": options.read_only, "msgpack": not options.pickle}
+    if options.timeout is not None:
+        fields["transaction_timeout"] = options.timeout
+    return Plan(storages, ServerConfig(**fields), address, options.pid_file)
+
+
+def _build_from_file(options: argparse.Namespace) -> Plan:
+    import dataclasses
+
+    import ZConfig
+
+    from zeo.server import zconfig
+    if options.filename:
+        raise UsageError("-f cannot be combined with -C: name storages in the file")
+    try:
+        settings = zconfig.load(options.configure)
+    except (ZConfig.ConfigurationError, ValueError, OSError) as error:
+        raise UsageError(f"bad configuration file {options.configure}: {error}")
+    address = parse_address(options.address) if options.address else settings.address
+    config = settings.config
+    changes: dict[str, Any] = {}
+    if options.timeout is not None:
+        changes["transaction_timeout"] = options.timeout
+    if options.read_only:
+        changes["read_only"] = True
+    if changes:
+        config = dataclasses.replace(config, **changes)
+    refuse_taken_address(address)
+    storages = settings.open_storages()
+    return Plan(storages, config, address, options.pid_file or settings.pid_filename,
+                settings.eventlog)
+
+
+async def serve(plan: Plan) -> int:
+    from zeo.server.storage_server import StorageServer
+
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    exit_status = 0
+
+    def stop(status: int, name: str) -> None:
+        nonlocal exit_status
+        logger.info("received %s: stopping", name)
+        exit_status = status
+        stopping.set()
+
+    for signum, status in ((signal.SIGTERM, 0), (signal.SIGINT, 0),
+                           (signal.SIGHUP, RESTART_STATUS)):
+        loop.add_signal_handler(signum, stop, status, signal.Signals(signum).name)
+    loop.add_signal_handler(signal.SIGUSR2, reopen_logs)
+    server = StorageServer(plan.storages, plan.config)
+    try:
+        await server.start([plan.address])
+        await stopping.wait()
+    finally:
+        await server.close()
+    return exit_status
+
+
+def reopen_logs() -> None:
+    """SIGUSR2: reopen log files, after a rotation moved them away."""
+    from ZConfig.components.logger.loghandler import reopenFiles
+    reopenFiles()
+    logger.info("log files reopened")
+
+
+def setup_logging(eventlog: Any) -> None:
+    if eventlog is not None:
+        eventlog()   # ZConfig's factory configures the root logger
+        return
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parser().parse_args(argv)
+    try:
+        plan = build(options)
+    except UsageError as error:
+        print(f"runzeo: {error}", file=sys.stderr)
+        return 2
+    setup_logging(plan.eventlog)
+    if plan.pid_file:
+        with open(plan.pid_file, "w") as pid_file:
+            pid_file.write(f"{os.getpid()}\n")
+    try:
+        return asyncio.run(serve(plan))
+    except OSError as error:
+        print(f"runzeo: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if plan.pid_file:
+            try:
+                os.remove(plan.pid_file)
+            except FileNotFoundError:
+                pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The thin asyncio adapter between a socket and a `StorageSession`.
+
+It feeds received bytes to the sans-IO `zeo.protocol.ServerConnection`,
+dispatches the events to the session, and writes what comes back. It owns
+the handshake timer and the ordered output queue: replies and one-way
+messages leave in the order they were produced, and a blob stream is read
+from disk only as fast as the transport drains (``pause_writing`` /
+``resume_writing``), so a blob is never held in memory whole.
+
+Bad input of any kind closes this connection with one log line; it never
+touches the other connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ZODB.POSException import ConflictError, POSKeyError
+from zeo.protocol import (
+    NEED_DATA, Call, ErrorReply, Heartbeat, OneWayCall, ProtocolAgreed,
+    ProtocolError, Reply, ServerConnection, StatusRequest, exception_to_wire)
+
+from zeo.server.results import Delayed
+from zeo.server.session import ONE_WAY_METHODS, SYNC_METHODS, StorageSession
+
+if TYPE_CHECKING:
+    from zeo.server.storage_server import StorageServer
+
+logger = logging.getLogger("zeo.server")
+
+#: Errors that are part of normal operation: replied, never logged.
+QUIET_ERRORS = (ConflictError, POSKeyError)
+
+
+class ServerProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, server: StorageServer) -> None:
+        self.server = server
+        self.config = server.config
+        self.transport: asyncio.Transport | None = None
+        self.session: StorageSession | None = None
+        self.label = "unconnected"
+        self.closed = False
+        self._connection = ServerConnection(
+            encoding=self.config.encoding, limits=self.config.limits)
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._paused = False
+        # bytes, or an iterator of (method, args) one-way messages
+        self._pending: collections.deque[Any] = collections.deque()
+
+    # -- asyncio.Protocol -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.label = _describe_peer(transport)
+        if not self.server.connection_opened(self):
+            return
+        self.session = StorageSession(self.server.storages, self, self.label)
+        loop = asyncio.get_running_loop()
+        self._handshake_timer = loop.call_later(
+            self.config.handshake_timeout, self._handshake_timed_out)
+        self._write(self._connection.initiate())
+
+    def data_received(self, data: bytes) -> None:
+        self.server.bytes_in(self, len(data))
+        connection = self._connection
+        try:
+            connection.receive_data(data)
+            while not self.closed:
+                event = connection.next_event()
+                if event is NEED_DATA:
+                    break
+                self._handle(event)
+        except ProtocolError as error:
+            self.close(f"protocol error: {error}")
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._pending.clear()
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        session, self.session = self.session, None
+        try:
+            if session is not None:
+                session.connection_lost()
+        finally:
+            self.server.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._drain()
+
+    # -- events -----------------------------------------------------------------
+
+    def _handle(self, event: Any) -> None:
+        kind = type(event)
+        if kind is Call:
+            self._call(event.msgid, event.method, event.args)
+        elif kind is OneWayCall:
+            self._one_way(event.method, event.args)
+        elif kind is Heartbeat:
+            pass
+        elif kind is ProtocolAgreed:
+            self._handshake_done(event)
+        elif kind is StatusRequest:
+            self._status()
+        else:
+            self.close(f"unexpected {kind.__name__} from a client")
+
+    def _handshake_done(self, event: Any) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        self.close(f"no handshake within {self.config.handshake_timeout:g} seconds")
+
+    def _status(self) -> None:
+        status = json.dumps(self.server.status()).encode("ascii")
+        self._write(self._connection.send_status(status))
+        self.close(None)
+
+    def _allowed(self, method: str, table: frozenset[str]) -> bool:
+        session = self.session
+        if method not in table:
+            self.close(f"unknown method {method!r}")
+            return False
+        if session is not None and not session.registered and method != "register":
+            self.close(f"{method!r} called before register")
+            return False
+        return True
+
+    def _call(self, msgid: Any, method: str, args: tuple[Any, ...]) -> None:
+        if not self._allowed(method, SYNC_METHODS):
+            return
+        try:
+            result = getattr(self.session, method)(*args)
+        except Exception as error:
+            self._reply_error(msgid, method, error)
+            return
+        if type(result) is Delayed:
+            result.add_callback(
+                lambda error, value: self._settled(msgid, method, error, value))
+        else:
+            self._write(self._connection.send(Reply(msgid, result)))
+
+    def _settled(self, msgid: Any, method: str, error: BaseException | None,
+                 value: Any) -> None:
+        if self.closed:
+            return
+        if error is None:
+            self._write(self._connection.send(Reply(msgid, value)))
+        else:
+            self._reply_error(msgid, method, error)
+
+    def _reply_error(self, msgid: Any, method: str, error: BaseException) -> None:
+        if not isinstance(error, QUIET_ERRORS):
+            logger.warning("%s: %s raised %s: %s", self.label, method,
+                           type(error).__name__, error)
+        class_name, payload = exception_to_wire(error)
+        self._write(self._connection.send(ErrorReply(msgid, class_name, payload)))
+
+    def _one_way(self, method: str, args: tuple[Any, ...]) -> None:
+        if not self._allowed(method, ONE_WAY_METHODS):
+            return
+        try:
+            getattr(self.session, method)(*args)
+        except Exception as error:
+            # A one-way call cannot be answered: the connection goes, and
+            # the session aborts its transaction as it closes.
+            self.close(f"{method} failed: {type(error).__name__}: {error}")
+        if method == "set_client_label" and self.session is not None:
+            self.label = f"{self.session.label} ({_describe_peer(self.transport)})"
+
+    # -- the session's peer (see ISessionPeer) ----------------------------------
+
+    def notify(self, method: str, args: tuple[Any, ...]) -> None:
+        if not self.closed:
+            self._write(self._connection.send(OneWayCall(method, args)))
+
+    def stream(self, messages: Iterator[tuple[str, tuple[Any, ...]]]) -> None:
+        self._pending.append(messages)
+        self._drain()
+
+    def run_in_thread(self, function: Any) -> Delayed:
+        return self.server.run_in_thread(function)
+
+    def close(self, reason: str | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if reason:
+            logger.warning("%s: closing the connection: %s", self.label, reason)
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- output ------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self._pending or self._paused:
+            self._pending.append(data)
+            return
+        self.server.bytes_out(self, len(data))
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def _drain(self) -> None:
+        pending = self._pending
+        transport = self.transport
+        while pending and not self._paused and not self.closed:
+            item = pending[0]
+            if type(item) is bytes:
+                pending.popleft()
+                self.server.bytes_out(self, len(item))
+                transport.write(item)  # type: ignore[union-attr]
+                continue
+            try:
+                method, args = next(item)
+            except StopIteration:
+                pending.popleft()
+                continue
+            except OSError as error:
+                pending.popleft()
+                self.close(f"reading a blob to send failed: {error}")
+                return
+            data = self._connection.send(OneWayCall(method, args))
+            self.server.bytes_out(self, len(data))
+            transport.write(data)  # type: ignore[union-attr]
+
+
+def _describe_peer(transport: Any) -> str:
+    if transport is None:
+        return "unconnected"
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer or transport.get_extra_info("sockname") or "unix socket")

@@ -1,0 +1,95 @@
+"""The server's configuration: one explicit, validated, immutable object.
+
+Nothing in the server reads the environment; runzeo and the ZConfig schema
+build a `ServerConfig` and pass it down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import ssl as _ssl
+from typing import Any, Union
+
+from zeo.protocol import ProtocolLimits
+
+#: A TCP address ``(host, port)`` or a Unix socket path.
+Address = Union[tuple[str, int], str]
+
+#: The reference documents 30 s; we make it the real default. A transaction
+#: that holds the commit lock longer than this is aborted.
+DEFAULT_TRANSACTION_TIMEOUT = 30.0
+#: A connection that has not finished the handshake by then is closed.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: The reference's default length of the per-storage invalidation queue.
+DEFAULT_INVALIDATION_QUEUE_SIZE = 100
+#: Connections beyond this are closed on accept, with a log line.
+DEFAULT_MAX_CONNECTIONS = 10_000
+#: Bytes of blob data sent per ``receiveBlobChunk``. The reference sends
+#: 59,000; larger chunks move big blobs with fewer messages, and every
+#: client accepts any size under its frame limit.
+DEFAULT_BLOB_CHUNK_SIZE = 1 << 20
+#: Server-side iterators one connection may hold open at once.
+DEFAULT_MAX_ITERATORS = 100
+#: Output bytes queued on a connection before we stop streaming blob data to
+#: it until the transport drains (the transport pauses us earlier).
+DEFAULT_MAX_SPOOL_SIZE = 1 << 30
+
+
+def _check_seconds(name: str, value: Any, *, allow_none: bool = True) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _check_count(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """How a storage server behaves. Every field has a safe default.
+
+    ``msgpack`` chooses the announced encoding: msgpack (``M5``, the
+    default) or pickle (``Z5``, decoded with a restricted unpickler). A
+    client must answer with the encoding announced.
+    """
+
+    read_only: bool = False
+    invalidation_queue_size: int = DEFAULT_INVALIDATION_QUEUE_SIZE
+    invalidation_age: float | None = None
+    transaction_timeout: float | None = DEFAULT_TRANSACTION_TIMEOUT
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    client_conflict_resolution: bool = False
+    msgpack: bool = True
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_iterators: int = DEFAULT_MAX_ITERATORS
+    max_spool_size: int | None = DEFAULT_MAX_SPOOL_SIZE
+    blob_chunk_size: int = DEFAULT_BLOB_CHUNK_SIZE
+    limits: ProtocolLimits = dataclasses.field(default_factory=ProtocolLimits)
+    ssl: _ssl.SSLContext | None = None
+
+    def __post_init__(self) -> None:
+        _check_count("invalidation_queue_size", self.invalidation_queue_size, 0)
+        _check_seconds("invalidation_age", self.invalidation_age)
+        _check_seconds("transaction_timeout", self.transaction_timeout)
+        _check_seconds("handshake_timeout", self.handshake_timeout, allow_none=False)
+        _check_count("max_connections", self.max_connections)
+        _check_count("max_iterators", self.max_iterators)
+        if self.max_spool_size is not None:
+            _check_count("max_spool_size", self.max_spool_size)
+        _check_count("blob_chunk_size", self.blob_chunk_size)
+        if self.blob_chunk_size > self.limits.max_frame_size // 2:
+            raise ValueError(
+                f"blob_chunk_size {self.blob_chunk_size} must be well under the"
+                f" maximum frame size {self.limits.max_frame_size}")
+
+    @property
+    def encoding(self) -> str:
+        """The encoding letter announced to clients: ``'M'`` or ``'Z'``."""
+        return "M" if self.msgpack else "Z"

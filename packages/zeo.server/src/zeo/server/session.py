@@ -1,0 +1,430 @@
+"""The server side of one client connection: the ZEO 5/6 RPC surface.
+
+A `StorageSession` is pure: it knows nothing of sockets or encodings. The
+network adapter (`zeo.server.protocol`) decodes a call, checks the name
+against `SYNC_METHODS` / `ONE_WAY_METHODS`, calls the method of the same
+name, and replies with what it returns (a value, or a `Delayed` settled
+later). An exception from a synchronous method becomes an error reply; one
+from a one-way method closes the connection, since it cannot be reported.
+
+The session talks back through its *peer* (see `ISessionPeer`): one-way
+messages to the client (``info``, ``invalidateTransaction``, blob chunks),
+closing the connection, and running slow storage calls off the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterator
+
+from ZODB.POSException import ConflictError, ReadOnlyError, StorageTransactionError
+from ZODB.serialize import referencesf
+from zope.interface import implementer
+
+from zeo.server.interfaces import IStorageSession
+from zeo.server.iterators import IteratorRegistry
+from zeo.server.pending import PendingTransaction, Phase
+from zeo.server.results import Delayed
+from zeo.server.served_storage import ServedStorage
+
+logger = logging.getLogger("zeo.server")
+
+#: Calls answered with a reply. Everything else but ONE_WAY_METHODS is
+#: refused and closes the connection.
+SYNC_METHODS = frozenset({
+    "register", "get_info", "lastTransaction", "getInvalidations", "ping",
+    "new_oids", "loadBefore", "loadSerial", "getTid", "history",
+    "record_iternext", "undoLog", "undoInfo", "pack", "vote", "tpc_finish",
+    "tpc_abort", "sendBlob", "iterator_start", "iterator_next",
+    "iterator_record_start", "iterator_record_next", "server_status",
+})
+#: Calls without a reply (message id 0).
+ONE_WAY_METHODS = frozenset({
+    "tpc_begin", "storea", "deleteObject", "checkCurrentSerialInTransaction",
+    "restorea", "undoa", "storeBlobStart", "storeBlobChunk", "storeBlobEnd",
+    "storeBlobShared", "iterator_gc", "set_client_label",
+})
+
+#: Most oids handed out by one ``new_oids`` call, as in the reference.
+MAX_NEW_OIDS = 100
+
+
+@implementer(IStorageSession)
+class StorageSession:
+    """See `IStorageSession`."""
+
+    def __init__(self, storages: dict[str, ServedStorage], peer: Any,
+                 label: str) -> None:
+        self._storages = storages
+        self.peer = peer
+        self.label = label
+        self.served: ServedStorage | None = None
+        self.read_only = True
+        self.txn: PendingTransaction | None = None
+        self._iterators: IteratorRegistry | None = None
+
+    def __repr__(self) -> str:
+        return f"<StorageSession {self.label}>"
+
+    @property
+    def registered(self) -> bool:
+        return self.served is not None
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.txn is not None
+
+    def notify(self, method: str, args: tuple[Any, ...]) -> None:
+        self.peer.notify(method, args)
+
+    # -- registration and information ---------------------------------------
+
+    def register(self, storage_name: str, read_only: Any) -> bytes:
+        if self.served is not None:
+            raise ValueError("duplicate register() call")
+        served = self._storages.get(storage_name)
+        if served is None:
+            raise ValueError(f"unknown storage: {storage_name}")
+        if served.read_only and not read_only:
+            raise ReadOnlyError()
+        self.served = served
+        self.read_only = bool(read_only) or served.read_only
+        self._iterators = IteratorRegistry(served.config.max_iterators)
+        served.add(self)
+        return served.storage.lastTransaction()
+
+    def _storage(self) -> Any:
+        return self.served.storage  # type: ignore[union-attr]
+
+    def get_info(self) -> dict[str, Any]:
+        storage = self._storage()
+        interfaces = tuple(
+            (interface.__module__, interface.__name__)
+            for interface in _provided_by(storage))
+        return {
+            "length": len(storage),
+            "size": storage.getSize(),
+            "name": storage.getName(),
+            "supportsUndo": self.served.supports_undo,  # type: ignore[union-attr]
+            "supports_record_iternext": hasattr(storage, "record_iternext"),
+            "interfaces": interfaces,
+        }
+
+    def lastTransaction(self) -> bytes:
+        return self._storage().lastTransaction()
+
+    def getInvalidations(self, tid: bytes) -> Any:
+        return self.served.invalidations_since(tid)  # type: ignore[union-attr]
+
+    def ping(self) -> None:
+        return None
+
+    def server_status(self) -> dict[str, Any]:
+        return self.served.status()  # type: ignore[union-attr]
+
+    def set_client_label(self, label: str) -> None:
+        label = str(label)
+        if self.served is not None:
+            self.served.stats.connection_relabelled(self.label, label)
+        self.label = label
+
+    # -- reads ----------------------------------------------------------------
+
+    def loadBefore(self, oid: bytes, tid: bytes) -> Any:
+        self.served.stats.loads += 1  # type: ignore[union-attr]
+        return self._storage().loadBefore(oid, tid)
+
+    def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
+        return self._storage().loadSerial(oid, serial)
+
+    def getTid(self, oid: bytes) -> bytes:
+        return self._storage().getTid(oid)
+
+    def history(self, oid: bytes, size: int = 1) -> Any:
+        return self._storage().history(oid, size)
+
+    def record_iternext(self, next: Any = None) -> Any:
+        return self._storage().record_iternext(next)
+
+    def undoLog(self, first: int = 0, last: int = -20) -> Any:
+        if not self.served.supports_undo:  # type: ignore[union-attr]
+            return ()
+        return self._storage().undoLog(first, last)
+
+    def undoInfo(self, first: int = 0, last: int = -20, specification: Any = None) -> Any:
+        if not self.served.supports_undo:  # type: ignore[union-attr]
+            return ()
+        return self._storage().undoInfo(first, last, specification)
+
+    def sendBlob(self, oid: bytes, serial: bytes) -> None:
+        path = self._storage().loadBlob(oid, serial)
+        chunk_size = self.served.config.blob_chunk_size  # type: ignore[union-attr]
+        self.peer.stream(_blob_messages(oid, serial, path, chunk_size))
+        return None
+
+    # -- iterators ------------------------------------------------------------
+
+    def iterator_start(self, start: bytes | None = None, stop: bytes | None = None) -> int:
+        return self._iterators.start(self._storage(), start, stop)  # type: ignore[union-attr]
+
+    def iterator_next(self, iid: int) -> Any:
+        return self._iterators.next_transaction(iid)  # type: ignore[union-attr]
+
+    def iterator_record_start(self, txn_iid: int, tid: bytes) -> int:
+        return self._iterators.start_records(txn_iid, tid)  # type: ignore[union-attr]
+
+    def iterator_record_next(self, rid: int) -> Any:
+        return self._iterators.next_record(rid)  # type: ignore[union-attr]
+
+    def iterator_gc(self, iids: Any) -> None:
+        self._iterators.forget(iids)  # type: ignore[union-attr]
+
+    # -- writes outside transactions ------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyError()
+
+    def new_oids(self, n: int = 100) -> list[bytes]:
+        self._check_writable()
+        storage = self._storage()
+        return [storage.new_oid() for _ in range(min(max(int(n), 1), MAX_NEW_OIDS))]
+
+    def pack(self, t: float, wait: Any = 1) -> Any:
+        # Unlike the reference, a read-only connection cannot pack away history.
+        self._check_writable()
+        served = self.served
+        done = self.peer.run_in_thread(lambda: served.storage.pack(t, referencesf))
+        done.add_callback(lambda error, _: served.broadcast_info() if error is None
+                          else logger.error("pack of storage %r failed: %s",
+                                            served.name, error))
+        return done if wait else None
+
+    # -- the transaction ------------------------------------------------------
+
+    def _transaction(self, txn_id: Any) -> PendingTransaction:
+        txn = self.txn
+        if txn is None:
+            raise StorageTransactionError(
+                f"no transaction {txn_id!r} on this connection; call tpc_begin first")
+        txn.check(txn_id)
+        return txn
+
+    def tpc_begin(self, txn_id: Any, user: Any, description: Any, extension: Any,
+                  tid: bytes | None = None, status: str = " ") -> None:
+        self._check_writable()
+        if self.txn is not None:
+            if self.txn.txn_id == txn_id:
+                return  # a repeated tpc_begin for the same transaction is harmless
+            raise StorageTransactionError(
+                f"tpc_begin for {txn_id!r} while transaction {self.txn.txn_id!r}"
+                " is still open on this connection")
+        served = self.served
+        config = served.config  # type: ignore[union-attr]
+        self.txn = PendingTransaction(
+            served.storage, txn_id, user, description, extension, tid, status,  # type: ignore[union-attr]
+            spool_dir=_spool_dir(served.storage),  # type: ignore[union-attr]
+            max_spool_size=config.max_spool_size,
+            client_conflict_resolution=config.client_conflict_resolution)
+        served.stats.active_txns += 1  # type: ignore[union-attr]
+
+    def storea(self, oid: bytes, serial: bytes, data: bytes, txn_id: Any) -> None:
+        self._spooling(txn_id).spool.store(oid, serial, data)
+        self.served.stats.stores += 1  # type: ignore[union-attr]
+
+    def deleteObject(self, oid: bytes, serial: bytes, txn_id: Any) -> None:
+        self._spooling(txn_id).spool.delete(oid, serial)
+        self.served.stats.stores += 1  # type: ignore[union-attr]
+
+    def checkCurrentSerialInTransaction(self, oid: bytes, serial: bytes, txn_id: Any) -> None:
+        self._spooling(txn_id).spool.check_current(oid, serial)
+
+    def restorea(self, oid: bytes, serial: bytes, data: bytes | None,
+                 prev_txn: bytes | None, txn_id: Any) -> None:
+        self._spooling(txn_id).spool.restore(oid, serial, data, prev_txn)
+        self.served.stats.stores += 1  # type: ignore[union-attr]
+
+    def undoa(self, undo_id: bytes, txn_id: Any) -> None:
+        self._spooling(txn_id).spool.undo(undo_id)
+
+    def storeBlobStart(self) -> None:
+        self._spooling(None, check_id=False).start_blob(_spool_dir(self._storage()))
+
+    def storeBlobChunk(self, chunk: bytes) -> None:
+        self._spooling(None, check_id=False).blob_chunk(chunk)
+
+    def storeBlobEnd(self, oid: bytes, serial: bytes, data: bytes, txn_id: Any) -> None:
+        self._spooling(txn_id).end_blob(oid, serial, data)
+        self.served.stats.stores += 1  # type: ignore[union-attr]
+
+    def storeBlobShared(self, oid: bytes, serial: bytes, data: bytes, filename: str,
+                        txn_id: Any) -> None:
+        txn = self._spooling(txn_id)
+        path = _shared_blob_path(self._storage(), self.served.blob_dir, oid, filename)  # type: ignore[union-attr]
+        txn.spool.store_blob(oid, serial, data, path)
+        self.served.stats.stores += 1  # type: ignore[union-attr]
+
+    def _spooling(self, txn_id: Any, check_id: bool = True) -> PendingTransaction:
+        if self.txn is None:
+            raise StorageTransactionError(
+                "no transaction on this connection; call tpc_begin first")
+        if check_id:
+            self.txn.check(txn_id)
+        if self.txn.phase is not Phase.SPOOLING:
+            raise StorageTransactionError(
+                "the transaction is already voting; no more changes are accepted")
+        return self.txn
+
+    def vote(self, txn_id: Any) -> Any:
+        txn = self._transaction(txn_id)
+        if txn.phase is not Phase.SPOOLING:
+            raise StorageTransactionError(f"Already voting ({txn.phase.value})")
+        txn.discard_blob_upload()
+        txn.phase = Phase.VOTING
+        delayed = Delayed()
+        if self.served.lock.request(self, lambda: self._vote_now(txn, delayed)):  # type: ignore[union-attr]
+            return self._vote(txn)
+        return delayed
+
+    def _vote_now(self, txn: PendingTransaction, delayed: Delayed) -> None:
+        if self.txn is not txn:   # aborted or disconnected while waiting
+            self.served.lock.release(self)  # type: ignore[union-attr]
+            return
+        try:
+            result = self._vote(txn)
+        except Exception as error:
+            delayed.fail(error)
+        else:
+            delayed.resolve(result)
+
+    def _vote(self, txn: PendingTransaction) -> Any:
+        served = self.served
+        stats = served.stats  # type: ignore[union-attr]
+        try:
+            result = txn.vote(on_conflict=lambda error: _count_conflict(stats))
+        except BaseException:
+            self._forget_transaction(aborted=True)
+            raise
+        if txn.phase is not Phase.VOTED:
+            # Client conflict resolution: hand the conflicts back, keep the
+            # spool for the next vote, and let others commit meanwhile.
+            served.lock.release(self)  # type: ignore[union-attr]
+        return result
+
+    def tpc_finish(self, txn_id: Any) -> bytes | None:
+        txn = self.txn
+        if txn is None or txn.txn_id != txn_id:
+            logger.warning("%s: tpc_finish for unknown transaction %r", self.label, txn_id)
+            return None
+        served = self.served
+        oids = txn.changed_oids()
+
+        def committed(tid: bytes) -> None:
+            # Called by the storage under its commit lock (see ServedStorage).
+            served.commit_finished(self, tid, sorted(oids))  # type: ignore[union-attr]
+
+        try:
+            tid = txn.finish(committed)
+        except BaseException:
+            self._forget_transaction(aborted=True)
+            raise
+        served.stats.commits += 1  # type: ignore[union-attr]
+        self.notify("info", (served.size_info(),))  # type: ignore[union-attr]
+        self._forget_transaction(aborted=False)
+        return tid
+
+    def tpc_abort(self, txn_id: Any) -> None:
+        txn = self.txn
+        if txn is None or txn.txn_id != txn_id:
+            return None  # unknown or already forgotten: silently nothing, as ZEO
+        self._forget_transaction(aborted=True)
+        return None
+
+    def _forget_transaction(self, aborted: bool) -> None:
+        txn, self.txn = self.txn, None
+        if txn is None:
+            return
+        served = self.served
+        try:
+            if aborted:
+                txn.abort()
+                served.stats.aborts += 1  # type: ignore[union-attr]
+        finally:
+            served.stats.active_txns -= 1  # type: ignore[union-attr]
+            served.lock.release(self)  # type: ignore[union-attr]
+            txn.close()
+
+    # -- the end --------------------------------------------------------------
+
+    def transaction_timed_out(self, timeout: float | None) -> None:
+        logger.critical(
+            "%s: transaction timeout after %s seconds holding the commit lock;"
+            " aborting it and closing the connection", self.label, timeout)
+        self._forget_transaction(aborted=True)
+        self.peer.close("transaction timeout")
+
+    def connection_lost(self) -> None:
+        """Abort whatever is open and leave the storage's sessions."""
+        try:
+            self._forget_transaction(aborted=True)
+        finally:
+            if self._iterators is not None:
+                self._iterators.close()
+            if self.served is not None:
+                self.served.remove(self)
+
+
+def _count_conflict(stats: Any) -> None:
+    stats.conflicts += 1
+
+
+def _provided_by(storage: Any) -> Any:
+    from zope.interface import providedBy
+    return providedBy(storage).__iro__
+
+
+def _spool_dir(storage: Any) -> str:
+    directory = getattr(storage, "temporaryDirectory", None)
+    if directory is not None:
+        return directory()
+    import tempfile
+    return tempfile.gettempdir()
+
+
+def _blob_messages(oid: bytes, serial: bytes, path: str,
+                   chunk_size: int) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """The one-way messages that stream a blob, read lazily chunk by chunk."""
+    yield "receiveBlobStart", (oid, serial)
+    with open(path, "rb") as blob:
+        while True:
+            chunk = blob.read(chunk_size)
+            if not chunk:
+                break
+            yield "receiveBlobChunk", (oid, serial, chunk)
+    yield "receiveBlobStop", (oid, serial)
+
+
+def _shared_blob_path(storage: Any, blob_dir: str | None, oid: bytes, filename: Any) -> str:
+    """Where a shared-blob-dir upload named *filename* lives, checked strictly.
+
+    The name must be a bare temporary-file name: no separators, no ``..``,
+    ending in ``.tmp`` plus at most one character, as real clients send. The
+    result must resolve inside the blob directory.
+    """
+    if blob_dir is None:
+        raise ValueError("this storage has no blob directory; storeBlobShared is refused")
+    if not isinstance(filename, str) or not filename or "/" in filename \
+            or "\\" in filename or "\0" in filename or filename.startswith(".") \
+            or not (filename.endswith(".tmp") or filename[:-1].endswith(".tmp")):
+        logger.warning("refused storeBlobShared with a suspicious file name %r", filename)
+        raise ValueError(f"invalid blob file name {filename!r}")
+    directory = storage.fshelper.getPathForOID(oid)
+    path = os.path.realpath(os.path.join(directory, filename))
+    root = os.path.realpath(blob_dir)
+    if os.path.commonpath([root, path]) != root:
+        logger.warning("refused storeBlobShared outside the blob directory: %r", filename)
+        raise ValueError(f"invalid blob file name {filename!r}")
+    if not os.path.isfile(path):
+        raise ValueError(f"no uploaded blob file {filename!r} in the shared blob directory")
+    return path

@@ -1,0 +1,183 @@
+"""The storage server: named storages, listening sockets, connections.
+
+`StorageServer` runs on one asyncio event loop. Storage calls run on the
+loop, in order, except the slow ones (``pack``) which go to a worker thread
+and come back as a `Delayed`. `Serving` and `Closed` events (zope.event)
+carry the bound addresses, so a server started on port 0 can be found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import stat
+from typing import Any, Callable, Iterable
+
+import zope.event
+from zope.interface import implementer
+
+from zeo.server.adapter import ServerProtocol
+from zeo.server.config import Address, ServerConfig
+from zeo.server.interfaces import IClosed, IServing
+from zeo.server.results import Delayed
+from zeo.server.served_storage import LoopHooks, ServedStorage
+
+logger = logging.getLogger("zeo.server")
+
+
+@implementer(IServing)
+class Serving:
+    """The server listens on *addresses* (after binding: real ports)."""
+
+    def __init__(self, server: StorageServer, addresses: list[Address]) -> None:
+        self.server = server
+        self.addresses = addresses
+        self.address = addresses[0] if addresses else None
+
+
+@implementer(IClosed)
+class Closed:
+    """The server stopped listening and closed its storages."""
+
+    def __init__(self, server: StorageServer) -> None:
+        self.server = server
+
+
+class StorageServer:
+    """Serve *storages* (a mapping of name to ZODB storage)."""
+
+    def __init__(self, storages: dict[str, Any], config: ServerConfig | None = None) -> None:
+        if not storages:
+            raise ValueError("a storage server needs at least one storage")
+        self.config = config or ServerConfig()
+        self._raw_storages = dict(storages)
+        self.storages: dict[str, ServedStorage] = {}
+        self.connections: set[ServerProtocol] = set()
+        self.addresses: list[Address] = []
+        self._listeners: list[asyncio.AbstractServer] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._unix_paths: list[str] = []
+        self.closed = False
+
+    # -- starting and stopping -------------------------------------------------
+
+    async def start(self, addresses: Iterable[Address]) -> list[Address]:
+        """Open the storages' shared state and listen; return bound addresses."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        hooks = LoopHooks(loop.call_soon, loop.call_later)
+        for name, storage in self._raw_storages.items():
+            self.storages[name] = ServedStorage(name, storage, self.config, hooks)
+        for address in addresses:
+            await self._listen(loop, address)
+        zope.event.notify(Serving(self, list(self.addresses)))
+        for name, served in self.storages.items():
+            logger.info("serving storage %r (%s) on %s%s", name, served.storage.getName(),
+                        ", ".join(map(_format_address, self.addresses)),
+                        " read-only" if served.read_only else "")
+        return list(self.addresses)
+
+    async def _listen(self, loop: asyncio.AbstractEventLoop, address: Address) -> None:
+        factory = lambda: ServerProtocol(self)  # noqa: E731
+        if isinstance(address, str):
+            _remove_stale_socket(address)
+            listener = await loop.create_unix_server(factory, address, ssl=self.config.ssl)
+            self._unix_paths.append(address)
+            self.addresses.append(address)
+        else:
+            host, port = address
+            listener = await loop.create_server(
+                factory, host or None, port, ssl=self.config.ssl, reuse_address=True)
+            for sock in listener.sockets:
+                self.addresses.append(sock.getsockname()[:2])
+        self._listeners.append(listener)
+
+    async def close(self) -> None:
+        """Stop listening, close every connection (aborting their
+        transactions) and close the storages."""
+        if self.closed:
+            return
+        self.closed = True
+        for listener in self._listeners:
+            listener.close()
+        for connection in list(self.connections):
+            connection.close(None)
+        for listener in self._listeners:
+            await listener.wait_closed()
+        # Let connection_lost run for the connections just closed.
+        await asyncio.sleep(0)
+        for path in self._unix_paths:
+            _remove_stale_socket(path)
+        for served in self.storages.values():
+            served.close()
+        zope.event.notify(Closed(self))
+        logger.info("server closed")
+
+    # -- connections (called by ServerProtocol) ----------------------------------
+
+    def connection_opened(self, connection: ServerProtocol) -> bool:
+        if self.closed or len(self.connections) >= self.config.max_connections:
+            logger.warning("%s: refused: the server already has %d connections"
+                           " (max-connections)", connection.label, len(self.connections))
+            connection.close(None)
+            return False
+        self.connections.add(connection)
+        return True
+
+    def connection_closed(self, connection: ServerProtocol) -> None:
+        self.connections.discard(connection)
+
+    def bytes_in(self, connection: ServerProtocol, count: int) -> None:
+        session = connection.session
+        if session is not None and session.served is not None:
+            session.served.stats.bytes_in += count
+
+    def bytes_out(self, connection: ServerProtocol, count: int) -> None:
+        session = connection.session
+        if session is not None and session.served is not None:
+            session.served.stats.bytes_out += count
+
+    def status(self) -> dict[str, Any]:
+        return {name: served.status() for name, served in self.storages.items()}
+
+    def run_in_thread(self, function: Callable[[], Any]) -> Delayed:
+        delayed = Delayed()
+        future = self._loop.run_in_executor(None, function)  # type: ignore[union-attr]
+
+        def done(future: asyncio.Future[Any]) -> None:
+            error = future.exception()
+            if error is None:
+                delayed.resolve(future.result())
+            else:
+                delayed.fail(error)
+
+        future.add_done_callback(done)
+        return delayed
+
+
+def _format_address(address: Address) -> str:
+    if isinstance(address, str):
+        return address
+    host, port = address[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a Unix socket left by a server that died; never a regular file."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.remove(path)   # nobody listens: stale
+    else:
+        raise OSError(f"another server is listening on {path}")
+    finally:
+        probe.close()

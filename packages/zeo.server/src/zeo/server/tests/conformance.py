@@ -1,0 +1,173 @@
+"""ZODB's storage conformance mixins, run through a client against our server.
+
+A test class combines `ServerTestBase` (a real zeo server on 127.0.0.1 in
+a thread, with a real FileStorage or MappingStorage, and a client storage in
+``self._storage``) with ZODB's mixins. Subclasses choose the client
+implementation (`make_client`), the encoding and the storage.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import unittest
+
+import transaction
+from ZODB.tests import (
+    BasicStorage, ConflictResolution, HistoryStorage, IteratorStorage, MTStorage,
+    PackableStorage, ReadOnlyStorage, RecoveryStorage, RevisionStorage,
+    StorageTestBase, Synchronization, TransactionalUndoStorage)
+
+import zeo.server
+
+
+class DummyDB:
+    """What a client storage needs of a ZODB DB, and no more."""
+
+    def invalidate(self, *args, **kw):
+        pass
+
+    def invalidateCache(self):
+        pass
+
+    def transform_record_data(self, data):
+        return data
+
+    untransform_record_data = transform_record_data
+
+
+class ServerTestBase(StorageTestBase.StorageTestBase):
+    """A zeo server with one storage ``'1'`` and a client in ``self._storage``."""
+
+    #: 'M' (msgpack) or 'Z' (pickle): the encoding the server announces.
+    encoding = "M"
+    #: 'file' (FileStorage) or 'mapping' (MappingStorage).
+    storage_kind = "file"
+    #: Give the served storage a blob directory.
+    blobs = False
+    shared_blob_dir = False
+    server_options: dict = {}
+
+    def setUp(self):
+        super().setUp()  # a fresh temporary directory, made current
+        self.directory = os.getcwd()
+        self.server_blob_dir = os.path.join(self.directory, "server-blobs") if self.blobs else None
+        self.address, self._stop_server = zeo.server.server(
+            storages={"1": self.make_server_storage()},
+            msgpack=self.encoding == "M", **self.server_options)
+        self._storage = self.make_client()
+
+    def make_server_storage(self):
+        if self.storage_kind == "file":
+            from ZODB.FileStorage import FileStorage
+            return FileStorage(os.path.join(self.directory, "Data.fs"),
+                               blob_dir=self.server_blob_dir)
+        from ZODB.MappingStorage import MappingStorage
+        storage = MappingStorage()
+        if self.server_blob_dir:
+            from ZODB.blob import BlobStorage
+            storage = BlobStorage(self.server_blob_dir, storage)
+        return storage
+
+    def client_blob_dir(self):
+        if not self.blobs:
+            return None
+        if self.shared_blob_dir:
+            return self.server_blob_dir
+        return tempfile.mkdtemp("blob-cache", dir=self.directory)
+
+    def make_client(self, **options):
+        raise NotImplementedError("a conformance class chooses its client")
+
+    def _new_storage_client(self):
+        return self.make_client()
+
+    def open(self, read_only=0):
+        self._storage.close()
+        self._storage = self.make_client(read_only=read_only)
+
+    def _do_store_in_separate_thread(self, oid, revid, voted):
+        # Store in another client, in a thread; the caller checks that the
+        # commit waits for (or races with) its own transaction.
+        def do_store():
+            store = self._new_storage_client()
+            try:
+                t = transaction.get()
+                store.tpc_begin(t)
+                store.store(oid, revid, b"x", "", t)
+                store.tpc_vote(t)
+                store.tpc_finish(t)
+            except Exception as error:
+                self.exception = error
+            finally:
+                store.close()
+
+        self.exception = None
+        thread = threading.Thread(name="T2", target=do_store, daemon=True)
+        thread.start()
+        thread.join(0.1 if voted else 9)
+        if self.exception is not None:
+            raise self.exception
+        return thread
+
+    def tearDown(self):
+        try:
+            self._storage.close()
+        finally:
+            self._stop_server()
+            super().tearDown()
+
+
+class GenericMixins(
+        BasicStorage.BasicStorage,
+        PackableStorage.PackableStorage,
+        Synchronization.SynchronizedStorage,
+        MTStorage.MTStorage,
+        ReadOnlyStorage.ReadOnlyStorage):
+    """What every storage, MappingStorage too, must pass through ZEO."""
+
+
+class FullMixins(
+        GenericMixins,
+        ConflictResolution.ConflictResolvingStorage,
+        ConflictResolution.ConflictResolvingTransUndoStorage,
+        PackableStorage.PackableUndoStorage,
+        RevisionStorage.RevisionStorage,
+        TransactionalUndoStorage.TransactionalUndoStorage,
+        IteratorStorage.IteratorStorage,
+        HistoryStorage.HistoryStorage):
+    """What an undoing, iterable storage (FileStorage) passes through ZEO."""
+
+    def testPackUndoLog(self):
+        # The mixin's version patches time.time and time.sleep to fake the
+        # passage of time; that cannot reach a server, so run the
+        # undecorated test, which then uses real time.
+        PackableStorage.PackableUndoStorage.testPackUndoLog.__wrapped__(self)
+
+
+class RecoveryMixins(RecoveryStorage.RecoveryStorage):
+    """copyTransactionsFrom and restore: a FileStorage source, a ZEO destination."""
+
+    def setUp(self):
+        from ZODB.FileStorage import FileStorage
+        super().setUp()
+        self._dst = self._storage
+        self._storage = FileStorage(os.path.join(self.directory, "Source.fs"))
+
+    def new_dest(self):
+        return self.make_client()
+
+    def tearDown(self):
+        try:
+            self._dst.close()
+        finally:
+            super().tearDown()
+
+
+def suite_of(*classes) -> unittest.TestSuite:
+    loader = unittest.TestLoader()
+    suite = unittest.TestSuite()
+    for cls in classes:
+        suite.addTest(loader.loadTestsFromTestCase(cls))
+    return suite

@@ -1,0 +1,92 @@
+"""The reference ZEO 6.2 client against our server: ZODB's conformance suites.
+
+Every pairing runs over msgpack (M5) and pickle (Z5), with FileStorage and
+MappingStorage, as the server issue asks. The reference is a test peer only.
+"""
+
+import unittest
+
+from ZODB.tests import PackableStorage
+
+from zeo.server.tests.conformance import (
+    DummyDB, FullMixins, GenericMixins, RecoveryMixins, ServerTestBase, suite_of)
+
+
+class ReferenceClient:
+    """Connect the reference ZEO 6.2 ClientStorage."""
+
+    def make_client(self, **options):
+        from ZEO.ClientStorage import ClientStorage
+        options.setdefault("blob_dir", self.client_blob_dir())
+        options.setdefault("shared_blob_dir", self.shared_blob_dir)
+        client = ClientStorage(self.address, wait=1, wait_timeout=30, **options)
+        client.registerDB(DummyDB())
+        return client
+
+
+class FileStorageMsgpack(ReferenceClient, ServerTestBase, FullMixins):
+    encoding = "M"
+    storage_kind = "file"
+
+
+class FileStoragePickle(ReferenceClient, ServerTestBase, FullMixins):
+    encoding = "Z"
+    storage_kind = "file"
+
+
+class MappingStorageMsgpack(ReferenceClient, ServerTestBase, GenericMixins):
+    encoding = "M"
+    storage_kind = "mapping"
+
+
+class MappingStoragePickle(ReferenceClient, ServerTestBase, GenericMixins):
+    encoding = "Z"
+    storage_kind = "mapping"
+
+
+class RecoveryMsgpack(RecoveryMixins, ReferenceClient, ServerTestBase):
+    encoding = "M"
+
+
+class RecoveryPickle(RecoveryMixins, ReferenceClient, ServerTestBase):
+    encoding = "Z"
+
+
+def external_gc_suite(encoding):
+    import os
+    import tempfile
+
+    import zeo.server
+
+    def factory(name=None):
+        from ZEO.ClientStorage import ClientStorage
+        from ZODB.FileStorage import FileStorage
+        directory = tempfile.mkdtemp(prefix="zeo-gc-")
+        address, stop = zeo.server.server(
+            storages={"1": FileStorage(os.path.join(directory, "Data.fs"))},
+            msgpack=encoding == "M")
+        client = ClientStorage(address, wait=1, wait_timeout=30)
+        client.registerDB(DummyDB())
+        close = client.close
+
+        def close_all():
+            close()
+            stop()
+
+        client.close = close_all
+        return client
+
+    return PackableStorage.IExternalGC_suite(factory)
+
+
+def test_suite():
+    suite = suite_of(
+        FileStorageMsgpack, FileStoragePickle, MappingStorageMsgpack,
+        MappingStoragePickle, RecoveryMsgpack, RecoveryPickle)
+    suite.addTest(external_gc_suite("M"))
+    suite.addTest(external_gc_suite("Z"))
+    return suite
+
+
+if __name__ == "__main__":
+    unittest.main(defaultTest="test_suite")

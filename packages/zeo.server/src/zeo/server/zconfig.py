@@ -1,0 +1,125 @@
+"""Server configuration files (ZConfig): the reference's schema, our objects.
+
+`load` reads a runzeo configuration file and returns a `ServerSettings`:
+the storages to open, the `ServerConfig`, the address, the pid file and the
+event log. A file written for the reference ZEO works unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import ssl
+from typing import Any, Callable
+
+import ZConfig
+
+from zeo.protocol import ProtocolLimits
+from zeo.server.config import Address, ServerConfig
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCHEMA = os.path.join(HERE, "schema.xml")
+ZEOCTL_SCHEMA = os.path.join(HERE, "zeoctl.xml")
+
+
+def _dotted(name: str) -> Any:
+    module, _, attribute = name.rpartition(".")
+    if not module:
+        raise ValueError(f"{name!r} is not a dotted name like package.module.function")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def server_ssl(section: Any) -> ssl.SSLContext:
+    """The ``<ssl>`` section of ``<zeo>``: a context requiring client certificates."""
+    authenticate = section.authenticate
+    cafile = capath = None
+    if authenticate != "DYNAMIC":
+        if os.path.isdir(authenticate):
+            capath = authenticate
+        elif os.path.isfile(authenticate):
+            cafile = authenticate
+        else:
+            raise ValueError(
+                f"ssl authenticate {authenticate!r} is neither a CA file, a CA"
+                " directory, nor DYNAMIC")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=cafile, capath=capath)
+    password: Callable[[], Any] | None = None
+    if section.password_function:
+        password = _dotted(section.password_function)
+    context.load_cert_chain(section.certificate, section.key, password)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
+    return context
+
+
+@dataclasses.dataclass(frozen=True)
+class ZeoSection:
+    """The ``<zeo>`` section, converted."""
+
+    address: Address
+    config: ServerConfig
+    pid_filename: str | None
+
+
+def zeo_section(section: Any) -> ZeoSection:
+    fields: dict[str, Any] = {
+        "read_only": section.read_only,
+        "invalidation_queue_size": section.invalidation_queue_size,
+        "invalidation_age": section.invalidation_age,
+        "client_conflict_resolution": section.client_conflict_resolution,
+        "handshake_timeout": section.handshake_timeout,
+        "max_connections": section.max_connections,
+        "limits": ProtocolLimits(max_frame_size=section.max_frame_size),
+        "ssl": section.ssl,
+    }
+    if section.transaction_timeout is not None:
+        fields["transaction_timeout"] = section.transaction_timeout
+    if section.msgpack is not None:
+        fields["msgpack"] = section.msgpack
+    address = section.address
+    if isinstance(address, tuple):
+        address = (address[0] or "", address[1])
+    return ZeoSection(address=address, config=ServerConfig(**fields),
+                      pid_filename=section.pid_filename)
+
+
+@dataclasses.dataclass
+class ServerSettings:
+    """Everything a configuration file says, ready to run."""
+
+    address: Address
+    config: ServerConfig
+    storage_factories: dict[str, Any]
+    pid_filename: str | None
+    eventlog: Any
+    runner: Any
+
+    def open_storages(self) -> dict[str, Any]:
+        return {name: factory.open() for name, factory in self.storage_factories.items()}
+
+
+def storage_names(factories: list[Any]) -> dict[str, Any]:
+    """Name each storage section: its section name, or '1' when unnamed."""
+    named: dict[str, Any] = {}
+    for factory in factories:
+        name = factory.name or "1"
+        if name in named:
+            raise ValueError(
+                f"two storage sections are named {name!r} (an unnamed section is"
+                " '1'); give each a unique name")
+        named[name] = factory
+    return named
+
+
+def load(path: str, overrides: list[str] = (), schema_path: str = SCHEMA) -> ServerSettings:
+    schema = ZConfig.loadSchema(schema_path)
+    root, _ = ZConfig.loadConfig(schema, path, overrides=list(overrides))
+    return ServerSettings(
+        address=root.zeo.address,
+        config=root.zeo.config,
+        storage_factories=storage_names(root.storages),
+        pid_filename=root.zeo.pid_filename,
+        eventlog=root.eventlog,
+        runner=getattr(root, "runner", None),
+    )
