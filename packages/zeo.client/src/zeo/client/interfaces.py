@@ -1,2 +1,114 @@
 """Contracts of the client package (zope.interface)."""
+from zope.interface import Attribute
 from zope.interface import Interface
+
+
+class IClientCache(Interface):
+    """A cache of object revisions kept by a ZEO client.
+
+    A *record* is one revision of one object: ``(oid, start_tid, end_tid,
+    data)``.  ``oid`` and the tids are 8-byte big-endian byte strings;
+    ``start_tid`` is the transaction that wrote the revision and
+    ``end_tid`` the transaction that wrote the next one, or ``None`` while
+    the revision is believed *current*.  At most one record per object is
+    current.  Records whose ``end_tid`` is known (*non-current* records)
+    are immutable facts about the history and never become wrong.
+
+    The cache also remembers a *last tid*: the newest transaction whose
+    invalidations have all been applied to it.  Current records are only
+    trusted up to that tid; callers never ask about later transactions.
+
+    A cache may forget any record at any time (eviction), but it must
+    never answer with data that is not the right revision.
+
+    Threading: mutating methods are called from one thread (the client's
+    I/O thread); ``load``, ``loadBefore`` and ``contains`` may also be
+    called concurrently from application threads.  Implementations make
+    that safe.
+    """
+
+    def load(oid):
+        """Return ``(data, start_tid)`` of the current record of ``oid``.
+
+        Return ``None`` if the cache holds no current record for it.
+        """
+
+    def loadBefore(oid, tid):
+        """Return the revision of ``oid`` that was current just before
+        ``tid``, as ``(data, start_tid, end_tid)``.
+
+        A non-current record with ``start_tid < tid <= end_tid`` is
+        returned with its ``end_tid``; otherwise the current record is
+        returned (with ``end_tid`` ``None``) if its ``start_tid < tid``;
+        otherwise ``None``.
+        """
+
+    def contains(oid, tid):
+        """Tell whether a record of ``oid`` starting at ``tid`` is cached.
+
+        Cheap: answers from the index without reading the data.
+        """
+
+    def store(oid, start_tid, end_tid, data):
+        """Store a record.
+
+        ``end_tid`` is ``None`` for a current record.  Storing a record
+        that is already cached is a no-op.  Storing a current record while
+        a *different* current record of the same object is cached raises
+        :class:`~zeo.client.cache_errors.CacheConsistencyError`.  A
+        current record that a cached revision or a recent invalidation
+        already supersedes is not stored (a stale load reply must never
+        become the cached current revision).  Storing a non-current
+        record whose start matches the cached current record ends that
+        record, like an invalidation.  Records too big for the cache are
+        silently not stored.
+        """
+
+    def invalidate(oid, tid):
+        """Apply an invalidation of ``oid`` committed by ``tid``.
+
+        If a current record of ``oid`` is cached it becomes non-current
+        with ``end_tid = tid``.  With ``tid=None`` the current record is
+        forgotten entirely (non-current records are kept).  An
+        invalidation that does not postdate the current record
+        (``tid <= start_tid``) is ignored.
+        """
+
+    def getLastTid():
+        """Return the last tid (8 bytes), or ``None`` if none was set."""
+
+    def setLastTid(tid):
+        """Record that all invalidations up to ``tid`` have been applied.
+
+        The last tid only moves forward: an older ``tid`` raises
+        :class:`~zeo.client.cache_errors.LastTidError`; the same tid is
+        accepted and does nothing.  A persistent cache records it so that
+        after a crash it never reports a last tid newer than the
+        invalidations it holds.
+        """
+
+    def clear():
+        """Forget every record and the last tid."""
+
+    def close():
+        """Release the cache's resources; a persistent cache saves its
+        state so that it can be reopened quickly.  Closing twice is
+        harmless; any other call on a closed cache raises
+        :class:`~zeo.client.cache_errors.CacheError`."""
+
+    def __len__():
+        """Return the number of cached records (current and not)."""
+
+    def getsize():
+        """Return the configured maximum size of the cache in bytes."""
+
+    def stats():
+        """Return a dict of counters for status displays.
+
+        At least ``hits``, ``misses``, ``stores``, ``evictions``,
+        ``records`` (same as ``len``) and ``bytes`` (space used by
+        records).
+        """
+
+    persistent = Attribute(
+        "True if the cache survives the process (a file cache).")

@@ -1,0 +1,54 @@
+"""Client caches: choose one, and the names a client needs.
+
+>>> cache = open_cache(None, 1 << 20)     # no path: kept in memory
+>>> cache.persistent
+False
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from zeo.client.cache_errors import CacheConsistencyError
+from zeo.client.cache_errors import CacheCorruptError
+from zeo.client.cache_errors import CacheError
+from zeo.client.cache_errors import CacheFormatError
+from zeo.client.cache_errors import CacheLockedError
+from zeo.client.cache_errors import CacheVersionError
+from zeo.client.cache_errors import LastTidError
+from zeo.client.file_cache import MIN_SIZE
+from zeo.client.file_cache import FileCache
+from zeo.client.memory_cache import MemoryCache
+
+__all__ = [
+    'open_cache', 'FileCache', 'MemoryCache', 'MIN_SIZE',
+    'CacheError', 'CacheFormatError', 'CacheVersionError',
+    'CacheCorruptError', 'CacheLockedError', 'CacheConsistencyError',
+    'LastTidError',
+]
+
+
+logger = logging.getLogger('zeo.client.cache')
+
+
+def open_cache(path: str | os.PathLike[str] | None,
+               size: int) -> FileCache | MemoryCache:
+    """Return a persistent :class:`FileCache` at ``path``, or a
+    :class:`MemoryCache` if ``path`` is None.
+
+    A damaged or foreign file at ``path`` is moved aside and replaced (by
+    FileCache itself).  If the file cannot be used at all -- no such
+    directory, no permission, disk full -- the error is logged and a
+    memory cache is returned: a client must not fail to start because of
+    its cache.  A file in use by another process is different, it is a
+    configuration mistake: :class:`CacheLockedError` is raised.  Sizes
+    below :data:`MIN_SIZE` are raised to it for a file cache.
+    """
+    if path is None:
+        return MemoryCache(size)
+    try:
+        return FileCache(path, max(size, MIN_SIZE))
+    except OSError as e:
+        logger.error('Cannot open the client cache file %r (%s); using a '
+                     'non-persistent cache in memory instead.', path, e)
+        return MemoryCache(size)

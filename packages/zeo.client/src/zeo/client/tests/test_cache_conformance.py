@@ -1,0 +1,361 @@
+"""IClientCache conformance tests, run against every implementation.
+
+``IClientCacheTests`` is a mixin in the style of ZODB's storage test
+mixins: a concrete TestCase provides ``_makeOne(size)`` and inherits every
+test.
+"""
+import os
+import shutil
+import tempfile
+import threading
+import unittest
+
+from zope.interface.verify import verifyObject
+
+from zeo.client.cache import FileCache
+from zeo.client.cache import MemoryCache
+from zeo.client.cache import open_cache
+from zeo.client.cache_errors import CacheConsistencyError
+from zeo.client.cache_errors import CacheError
+from zeo.client.cache_errors import CacheLockedError
+from zeo.client.cache_errors import LastTidError
+from zeo.client.interfaces import IClientCache
+
+
+def p64(n):
+    return n.to_bytes(8, 'big')
+
+
+OID = p64(1)
+OID2 = p64(2)
+
+
+class IClientCacheTests:
+    """Every IClientCache implementation must pass these."""
+
+    size = 1 << 20
+
+    def _makeOne(self, size=None):
+        raise NotImplementedError
+
+    def setUp(self):
+        self.cache = self._makeOne()
+
+    def tearDown(self):
+        self.cache.close()
+
+    def test_interface(self):
+        verifyObject(IClientCache, self.cache)
+
+    def test_empty(self):
+        c = self.cache
+        self.assertIsNone(c.load(OID))
+        self.assertIsNone(c.loadBefore(OID, p64(5)))
+        self.assertIsNone(c.getLastTid())
+        self.assertEqual(len(c), 0)
+        self.assertFalse(c.contains(OID, p64(1)))
+
+    def test_store_and_load_current(self):
+        c = self.cache
+        c.store(OID, p64(3), None, b'data3')
+        self.assertEqual(c.load(OID), (b'data3', p64(3)))
+        self.assertTrue(c.contains(OID, p64(3)))
+        self.assertEqual(len(c), 1)
+        self.assertIsNone(c.load(OID2))
+
+    def test_store_identical_current_is_a_noop(self):
+        c = self.cache
+        c.store(OID, p64(3), None, b'data3')
+        c.store(OID, p64(3), None, b'data3')
+        self.assertEqual(len(c), 1)
+        self.assertEqual(c.load(OID), (b'data3', p64(3)))
+
+    def test_store_different_current_raises(self):
+        c = self.cache
+        c.store(OID, p64(3), None, b'data3')
+        with self.assertRaises(CacheConsistencyError) as cm:
+            c.store(OID, p64(4), None, b'data4')
+        self.assertIn(OID.hex(), str(cm.exception))
+        self.assertEqual(c.load(OID), (b'data3', p64(3)))
+
+    def test_superseded_current_is_not_cached(self):
+        c = self.cache
+        c.store(OID, p64(3), p64(7), b'data3')
+        # A late "current" answer for revision 3 (or older) must not be
+        # believed: revision 3 is known to have ended.
+        c.store(OID, p64(3), None, b'data3')
+        c.store(OID, p64(2), None, b'data2')
+        self.assertIsNone(c.load(OID))
+        self.assertEqual(c.loadBefore(OID, p64(5)),
+                         (b'data3', p64(3), p64(7)))
+
+    def test_current_record_older_than_an_invalidation_is_not_cached(self):
+        c = self.cache
+        # The invalidation of an uncached object arrives before a stale
+        # load reply (a client ordering bug): the reply must not stick.
+        c.invalidate(OID, p64(7))
+        c.store(OID, p64(5), None, b'stale')
+        self.assertIsNone(c.load(OID))
+        self.assertEqual(c.stats()['superseded'], 1)
+        c.store(OID, p64(7), None, b'fresh')
+        self.assertEqual(c.load(OID), (b'fresh', p64(7)))
+        # Non-current records are facts and always welcome.
+        c.store(OID, p64(5), p64(7), b'stale')
+        self.assertEqual(c.loadBefore(OID, p64(6)),
+                         (b'stale', p64(5), p64(7)))
+
+    def test_loadBefore(self):
+        c = self.cache
+        c.store(OID, p64(1), p64(3), b'r1')
+        c.store(OID, p64(3), p64(5), b'r3')
+        c.store(OID, p64(5), None, b'r5')
+        self.assertIsNone(c.loadBefore(OID, p64(1)))
+        self.assertEqual(c.loadBefore(OID, p64(2)), (b'r1', p64(1), p64(3)))
+        self.assertEqual(c.loadBefore(OID, p64(3)), (b'r1', p64(1), p64(3)))
+        self.assertEqual(c.loadBefore(OID, p64(4)), (b'r3', p64(3), p64(5)))
+        self.assertEqual(c.loadBefore(OID, p64(5)), (b'r3', p64(3), p64(5)))
+        self.assertEqual(c.loadBefore(OID, p64(6)), (b'r5', p64(5), None))
+        self.assertEqual(c.load(OID), (b'r5', p64(5)))
+
+    def test_loadBefore_with_a_hole(self):
+        c = self.cache
+        c.store(OID, p64(1), p64(3), b'r1')
+        c.store(OID, p64(5), None, b'r5')
+        self.assertIsNone(c.loadBefore(OID, p64(4)))
+        self.assertIsNone(c.loadBefore(OID, p64(5)))
+
+    def test_invalidate(self):
+        c = self.cache
+        c.store(OID, p64(3), None, b'data3')
+        c.invalidate(OID, p64(8))
+        self.assertIsNone(c.load(OID))
+        self.assertEqual(c.loadBefore(OID, p64(8)),
+                         (b'data3', p64(3), p64(8)))
+        self.assertIsNone(c.loadBefore(OID, p64(9)))
+        c.store(OID, p64(8), None, b'data8')
+        self.assertEqual(c.load(OID), (b'data8', p64(8)))
+        self.assertEqual(len(c), 2)
+
+    def test_invalidate_none_forgets_only_the_current_record(self):
+        c = self.cache
+        c.store(OID, p64(1), p64(3), b'r1')
+        c.store(OID, p64(3), None, b'r3')
+        c.invalidate(OID, None)
+        self.assertIsNone(c.load(OID))
+        self.assertIsNone(c.loadBefore(OID, p64(9)))
+        self.assertEqual(c.loadBefore(OID, p64(2)), (b'r1', p64(1), p64(3)))
+        self.assertEqual(len(c), 1)
+
+    def test_invalidate_not_newer_is_ignored(self):
+        c = self.cache
+        c.store(OID, p64(5), None, b'r5')
+        c.invalidate(OID, p64(5))
+        c.invalidate(OID, p64(4))
+        self.assertEqual(c.load(OID), (b'r5', p64(5)))
+
+    def test_invalidate_unknown_oid(self):
+        self.cache.invalidate(OID, p64(5))
+        self.cache.invalidate(OID, None)
+        self.assertEqual(len(self.cache), 0)
+
+    def test_noncurrent_store_ends_the_current_record(self):
+        c = self.cache
+        c.store(OID, p64(1), None, b'r1')
+        c.store(OID, p64(1), p64(4), b'r1')
+        self.assertIsNone(c.load(OID))
+        self.assertEqual(c.loadBefore(OID, p64(4)), (b'r1', p64(1), p64(4)))
+        self.assertEqual(len(c), 1)
+
+    def test_noncurrent_store_drops_a_stale_current_record(self):
+        c = self.cache
+        c.store(OID, p64(1), None, b'r1')
+        c.store(OID, p64(4), p64(6), b'r4')
+        self.assertIsNone(c.load(OID))
+        self.assertIsNone(c.loadBefore(OID, p64(3)))
+        self.assertEqual(c.loadBefore(OID, p64(5)), (b'r4', p64(4), p64(6)))
+
+    def test_last_tid(self):
+        c = self.cache
+        c.setLastTid(p64(5))
+        self.assertEqual(c.getLastTid(), p64(5))
+        c.setLastTid(p64(5))                     # equal is tolerated
+        c.setLastTid(p64(9))
+        with self.assertRaises(LastTidError) as cm:
+            c.setLastTid(p64(8))
+        self.assertIn(p64(9).hex(), str(cm.exception))
+        self.assertEqual(c.getLastTid(), p64(9))
+
+    def test_clear(self):
+        c = self.cache
+        c.store(OID, p64(1), p64(3), b'r1')
+        c.store(OID2, p64(3), None, b'r3')
+        c.setLastTid(p64(9))
+        c.clear()
+        self.assertEqual(len(c), 0)
+        self.assertIsNone(c.load(OID2))
+        self.assertIsNone(c.getLastTid())
+        c.setLastTid(p64(2))
+        c.store(OID2, p64(1), None, b'again')
+        self.assertEqual(c.load(OID2), (b'again', p64(1)))
+
+    def test_too_big_records_are_not_cached(self):
+        c = self._makeOne(size=64 * 1024)
+        try:
+            c.store(OID, p64(1), None, b'x' * 40000)
+            self.assertIsNone(c.load(OID))
+            self.assertEqual(len(c), 0)
+            self.assertEqual(c.stats()['toobig'], 1)
+        finally:
+            c.close()
+
+    def test_size_is_respected(self):
+        size = 64 * 1024
+        c = self._makeOne(size=size)
+        try:
+            for i in range(1, 2001):
+                c.store(p64(i), p64(1), None, bytes([i % 251]) * 100)
+            stats = c.stats()
+            self.assertLessEqual(stats['bytes'], size)
+            self.assertGreater(stats['evictions'], 0)
+            self.assertLess(len(c), 2000)
+            self.assertEqual(c.getsize(), size)
+            # Whatever survived is right.
+            for i in range(1, 2001):
+                got = c.load(p64(i))
+                if got is not None:
+                    self.assertEqual(got, (bytes([i % 251]) * 100, p64(1)))
+            self.assertEqual(c.load(p64(2000)),
+                             (bytes([2000 % 251]) * 100, p64(1)))
+        finally:
+            c.close()
+
+    def test_stats(self):
+        c = self.cache
+        c.store(OID, p64(1), None, b'r1')
+        c.load(OID)
+        c.load(OID2)
+        stats = c.stats()
+        self.assertEqual(stats['hits'], 1)
+        self.assertEqual(stats['misses'], 1)
+        self.assertEqual(stats['stores'], 1)
+        self.assertEqual(stats['records'], 1)
+        self.assertGreater(stats['bytes'], 0)
+
+    def test_bad_arguments(self):
+        c = self.cache
+        with self.assertRaises(ValueError):
+            c.store(b'short', p64(1), None, b'')
+        with self.assertRaises(ValueError):
+            c.store(OID, p64(3), p64(3), b'')
+        with self.assertRaises(ValueError):
+            c.load(1)
+        with self.assertRaises(ValueError):
+            c.setLastTid(b'\0' * 7)
+
+    def test_closed(self):
+        c = self._makeOne()
+        c.close()
+        c.close()
+        with self.assertRaises(CacheError):
+            c.load(OID)
+        with self.assertRaises(CacheError):
+            c.store(OID, p64(1), None, b'')
+
+    def test_empty_data(self):
+        self.cache.store(OID, p64(1), None, b'')
+        self.assertEqual(self.cache.load(OID), (b'', p64(1)))
+
+    def test_reads_from_other_threads(self):
+        c = self.cache
+        for i in range(1, 101):
+            c.store(p64(i), p64(1), None, b'v%d' % i)
+        errors = []
+
+        def reader():
+            try:
+                for _ in range(20):
+                    for i in range(1, 101):
+                        got = c.load(p64(i))
+                        if got is not None and got[0] != b'v%d' % i:
+                            errors.append(got)
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=reader) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for i in range(1, 101):
+            c.invalidate(p64(i), p64(2))
+            c.store(p64(i), p64(2), None, b'v%d' % i)
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+
+
+class MemoryCacheTests(IClientCacheTests, unittest.TestCase):
+
+    def _makeOne(self, size=None):
+        return MemoryCache(self.size if size is None else size)
+
+    def test_not_persistent(self):
+        self.assertFalse(self.cache.persistent)
+
+
+class FileCacheTests(IClientCacheTests, unittest.TestCase):
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix='zeocache')
+        self.count = 0
+        super().setUp()
+
+    def tearDown(self):
+        super().tearDown()
+        shutil.rmtree(self.dir)
+
+    def _makeOne(self, size=None):
+        self.count += 1
+        path = os.path.join(self.dir, 'c%d.zec' % self.count)
+        return FileCache(path, self.size if size is None else size)
+
+    def test_persistent(self):
+        self.assertTrue(self.cache.persistent)
+
+
+class OpenCacheTests(unittest.TestCase):
+
+    def test_memory(self):
+        c = open_cache(None, 1000)
+        self.assertIsInstance(c, MemoryCache)
+        c.close()
+
+    def test_file(self):
+        d = tempfile.mkdtemp()
+        try:
+            c = open_cache(os.path.join(d, 'x.zec'), 1000)
+            self.assertIsInstance(c, FileCache)
+            self.assertTrue(c.persistent)
+            c.close()
+        finally:
+            shutil.rmtree(d)
+
+    def test_unusable_path_falls_back_to_memory(self):
+        d = tempfile.mkdtemp()
+        try:
+            missing = os.path.join(d, 'no', 'such', 'dir', 'x.zec')
+            with self.assertLogs('zeo.client.cache', 'ERROR') as logs:
+                c = open_cache(missing, 1000)
+            self.assertIsInstance(c, MemoryCache)
+            self.assertIn('non-persistent', logs.output[0])
+        finally:
+            shutil.rmtree(d)
+
+    def test_locked_file_is_an_error(self):
+        d = tempfile.mkdtemp()
+        try:
+            path = os.path.join(d, 'x.zec')
+            c = open_cache(path, 1 << 20)
+            with self.assertRaises(CacheLockedError):
+                open_cache(path, 1 << 20)
+            c.close()
+        finally:
+            shutil.rmtree(d)
