@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from ZODB.POSException import ConflictError, POSKeyError
 from zeo.protocol import (
-    NEED_DATA, Call, ErrorReply, Heartbeat, OneWayCall, ProtocolAgreed,
-    ProtocolError, Reply, ServerConnection, StatusRequest, exception_to_wire)
+    NEED_DATA, Call, ConnectionClosed, ErrorReply, Heartbeat, OneWayCall,
+    ProtocolAgreed, ProtocolError, Reply, ServerConnection, Status, StatusRequest,
+    exception_to_wire)
 
 from zeo.server.results import Delayed
 from zeo.server.session import ONE_WAY_METHODS, SYNC_METHODS, StorageSession
@@ -109,7 +110,7 @@ class ServerProtocol(asyncio.Protocol):
             self._call(event.msgid, event.method, event.args)
         elif kind is OneWayCall:
             self._one_way(event.method, event.args)
-        elif kind is Heartbeat:
+        elif kind is Heartbeat or kind is ConnectionClosed:
             pass
         elif kind is ProtocolAgreed:
             self._handshake_done(event)
@@ -129,7 +130,7 @@ class ServerProtocol(asyncio.Protocol):
 
     def _status(self) -> None:
         status = json.dumps(self.server.status()).encode("ascii")
-        self._write(self._connection.send_status(status))
+        self._write(self._connection.send(Status(status)))
         self.close(None)
 
     def _allowed(self, method: str, table: frozenset[str]) -> bool:

@@ -31,7 +31,7 @@ import os
 import tempfile
 from typing import Any, Callable
 
-from transaction import TransactionMetaData
+from ZODB.Connection import TransactionMetaData
 from ZODB.POSException import ConflictError, StorageTransactionError
 
 from zeo.server.spool import (

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 from ZODB.POSException import ConflictError, ReadOnlyError, StorageTransactionError
 from ZODB.serialize import referencesf
+from ZODB.interfaces import IBlobStorage
 from zope.interface import implementer
 
 from zeo.server.interfaces import IStorageSession
@@ -385,9 +386,11 @@ def _provided_by(storage: Any) -> Any:
 
 
 def _spool_dir(storage: Any) -> str:
-    directory = getattr(storage, "temporaryDirectory", None)
-    if directory is not None:
-        return directory()
+    """Where a transaction's spool and blob uploads go: the storage's own
+    temporary directory when it has blobs (so that uploads can be renamed
+    into place), else the system's."""
+    if IBlobStorage.providedBy(storage):
+        return storage.temporaryDirectory()
     import tempfile
     return tempfile.gettempdir()
 

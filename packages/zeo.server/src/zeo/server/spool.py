@@ -181,12 +181,12 @@ Operation = Union[Store, Delete, CheckCurrent, Restore, Undo, StoreBlob]
 # Operation code -> (class, name in counts(), field kinds).  Kinds:
 # 'b' bytes, 'n' bytes or None, 'p' filesystem path (str).
 _OPS: dict[int, tuple[type, str, str]] = {
-    OP_STORE: (Store, 'store', 'bbb'),
+    OP_STORE: (Store, 'store', 'bnb'),
     OP_DELETE: (Delete, 'delete', 'bb'),
     OP_CHECK_CURRENT: (CheckCurrent, 'check_current', 'bb'),
     OP_RESTORE: (Restore, 'restore', 'bbnn'),
     OP_UNDO: (Undo, 'undo', 'b'),
-    OP_STORE_BLOB: (StoreBlob, 'store_blob', 'bbbp'),
+    OP_STORE_BLOB: (StoreBlob, 'store_blob', 'bnbp'),
 }
 
 
@@ -291,10 +291,11 @@ class TransactionSpool:
 
     # -- appending ------------------------------------------------------
 
-    def store(self, oid: bytes, serial: bytes, data: bytes) -> None:
+    def store(self, oid: bytes, serial: Optional[bytes], data: bytes) -> None:
         """See `ITransactionSpool`."""
         _check_8(oid, 'oid')
-        _check_8(serial, 'serial')
+        if serial is not None:   # None: a new object, as some clients say
+            _check_8(serial, 'serial')
         _check_bytes(data, 'data')
         self._append(OP_STORE, (oid, serial, data))
         self._oids.add(oid)
@@ -333,7 +334,8 @@ class TransactionSpool:
                    blob_path: str) -> None:
         """See `ITransactionSpool`."""
         _check_8(oid, 'oid')
-        _check_8(serial, 'serial')
+        if serial is not None:
+            _check_8(serial, 'serial')
         _check_bytes(data, 'data')
         if not isinstance(blob_path, str) or not blob_path:
             raise TypeError(

@@ -63,9 +63,11 @@ def external_gc_suite(encoding):
         from ZODB.FileStorage import FileStorage
         directory = tempfile.mkdtemp(prefix="zeo-gc-")
         address, stop = zeo.server.server(
-            storages={"1": FileStorage(os.path.join(directory, "Data.fs"))},
+            storages={"1": FileStorage(os.path.join(directory, "Data.fs"),
+                                       blob_dir=os.path.join(directory, "blobs"))},
             msgpack=encoding == "M")
-        client = ClientStorage(address, wait=1, wait_timeout=30)
+        client = ClientStorage(address, wait=1, wait_timeout=30,
+                               blob_dir=os.path.join(directory, "blob-cache"))
         client.registerDB(DummyDB())
         close = client.close
 

@@ -1,0 +1,155 @@
+"""The network adapter under bad input: the connection goes, the server stays.
+
+Every test sends something hostile over a real socket, checks that the
+server closes that connection, and then checks that a normal client still
+commits and reads, and that what was committed before is still there.
+"""
+
+import json
+import os
+import pickle
+import shutil
+import socket
+import struct
+import tempfile
+import time
+import unittest
+
+import zeo.server
+from zeo.server.tests.rawclient import RawClient
+
+Z64 = b"\0" * 8
+MAXTID = b"\x7f" + b"\xff" * 7
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+class HostileInputTests(unittest.TestCase):
+    msgpack = True
+    handshake_timeout = 0.5
+
+    def setUp(self):
+        self.directory = tempfile.mkdtemp(prefix="zeo-hostile-")
+        self.address, self.stop = zeo.server.server(
+            path=os.path.join(self.directory, "Data.fs"), msgpack=self.msgpack,
+            handshake_timeout=self.handshake_timeout)
+        client = RawClient(self.address)
+        self.oid = client.call("new_oids", 1)[0]
+        self.tid = client.commit(1, [(self.oid, Z64, b"precious")])
+        client.close()
+
+    def tearDown(self):
+        self.stop()
+        shutil.rmtree(self.directory)
+
+    def raw_socket(self):
+        sock = socket.create_connection(self.address, timeout=10)
+        greeting = sock.recv(64)
+        self.assertEqual(greeting[4:6], b"M5" if self.msgpack else b"Z5")
+        return sock
+
+    def assert_closed(self, sock):
+        # The server may have sent replies first; then it must close.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if sock.recv(1 << 16) == b"":
+                    sock.close()
+                    return
+            except ConnectionResetError:
+                sock.close()
+                return
+        self.fail("the server did not close the connection")
+
+    def assert_still_serving(self):
+        client = RawClient(self.address)
+        try:
+            data, start, end = client.call("loadBefore", self.oid, MAXTID)
+            self.assertEqual((data, start, end), (b"precious", self.tid, None))
+            oid = client.call("new_oids", 1)[0]
+            self.assertIsInstance(client.commit(2, [(oid, Z64, b"more")]), bytes)
+        finally:
+            client.close()
+
+    def test_garbage_handshake(self):
+        sock = self.raw_socket()
+        sock.sendall(frame(b"\xff\x00garbage"))
+        self.assert_closed(sock)
+        self.assert_still_serving()
+
+    def test_oversize_frame_refused_on_its_header(self):
+        sock = self.raw_socket()
+        sock.sendall(b"\xff\xff\xff\xff")   # 4 GiB announced, nothing buffered
+        self.assert_closed(sock)
+        self.assert_still_serving()
+
+    def test_other_encoding_than_announced(self):
+        sock = self.raw_socket()
+        sock.sendall(frame(b"Z5" if self.msgpack else b"M5"))
+        self.assert_closed(sock)
+        self.assert_still_serving()
+
+    def test_stalled_handshake_is_closed(self):
+        sock = self.raw_socket()
+        started = time.monotonic()
+        self.assert_closed(sock)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assert_still_serving()
+
+    def test_undecodable_message(self):
+        sock = self.raw_socket()
+        sock.sendall(frame(b"M5" if self.msgpack else b"Z5") + frame(b"\xc1\xc1\xc1"))
+        self.assert_closed(sock)
+        self.assert_still_serving()
+
+    def test_unknown_method(self):
+        client = RawClient(self.address)
+        client.send_call("__class__")
+        self.assertTrue(client.wait_closed())
+        self.assert_still_serving()
+
+    def test_wrong_arguments_to_a_one_way_call_abort_the_transaction(self):
+        client = RawClient(self.address)
+        client.send("tpc_begin", 9, b"", b"", {}, None, " ")
+        client.send("storea", self.oid, self.tid, b"half", 9)
+        client.send("storea", "not an oid", 42)
+        self.assertTrue(client.wait_closed())
+        self.assert_still_serving()
+
+    def test_status_probe(self):
+        sock = self.raw_socket()
+        sock.sendall(frame(b"ruok"))
+        data = b""
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            data += chunk
+        (length,) = struct.unpack(">I", data[:4])
+        status = json.loads(data[4:4 + length])
+        self.assertEqual(status["1"]["last-transaction"], self.tid.hex())
+        self.assert_still_serving()
+
+
+class HostilePickleTests(HostileInputTests):
+    msgpack = False
+
+    def test_a_hostile_pickle_runs_nothing(self):
+        marker = os.path.join(self.directory, "pwned")
+
+        class Gadget:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+
+        sock = self.raw_socket()
+        payload = pickle.dumps((1, False, "loadBefore", (Gadget(),)), protocol=3)
+        sock.sendall(frame(b"Z5") + frame(payload))
+        self.assert_closed(sock)
+        self.assertFalse(os.path.exists(marker))
+        self.assert_still_serving()
+
+
+if __name__ == "__main__":
+    unittest.main()
