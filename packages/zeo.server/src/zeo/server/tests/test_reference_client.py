@@ -9,7 +9,7 @@ import unittest
 from ZODB.tests import PackableStorage
 
 from zeo.server.tests.conformance import (
-    DummyDB, FullMixins, GenericMixins, RecoveryMixins, ServerTestBase, suite_of)
+    blob_suite, DummyDB, FullMixins, GenericMixins, RecoveryMixins, ServerTestBase, suite_of)
 
 
 class ReferenceClient:
@@ -52,6 +52,22 @@ class RecoveryPickle(RecoveryMixins, ReferenceClient, ServerTestBase):
     encoding = "Z"
 
 
+def _packing_clears_cache():
+    from ZEO.ClientStorage import ClientStorage, _check_blob_cache_size
+
+    class PackingClearsCache(ClientStorage):
+        """Packing does not reach a client's caches; the IExternalGC doctest
+        checks that deleted objects are gone after a pack, so clear them (as
+        the reference's own suite does)."""
+
+        def pack(self, t=None, referencesf=None):
+            ClientStorage.pack(self, t, referencesf, wait=True)
+            self._cache.clear()
+            _check_blob_cache_size(self.blob_dir, 0)
+
+    return PackingClearsCache
+
+
 def external_gc_suite(encoding):
     import os
     import tempfile
@@ -59,15 +75,16 @@ def external_gc_suite(encoding):
     import zeo.server
 
     def factory(name=None):
-        from ZEO.ClientStorage import ClientStorage
         from ZODB.FileStorage import FileStorage
+        PackingClearsCache = _packing_clears_cache()
         directory = tempfile.mkdtemp(prefix="zeo-gc-")
         address, stop = zeo.server.server(
             storages={"1": FileStorage(os.path.join(directory, "Data.fs"),
-                                       blob_dir=os.path.join(directory, "blobs"))},
+                                       blob_dir=os.path.join(directory, "blobs"),
+                                       pack_gc=False)},
             msgpack=encoding == "M")
-        client = ClientStorage(address, wait=1, wait_timeout=30,
-                               blob_dir=os.path.join(directory, "blob-cache"))
+        client = PackingClearsCache(address, wait=1, wait_timeout=30,
+                                    blob_dir=os.path.join(directory, "blob-cache"))
         client.registerDB(DummyDB())
         close = client.close
 
@@ -87,7 +104,18 @@ def test_suite():
         MappingStoragePickle, RecoveryMsgpack, RecoveryPickle)
     suite.addTest(external_gc_suite("M"))
     suite.addTest(external_gc_suite("Z"))
+    for encoding in ("M", "Z"):
+        for shared in (False, True):
+            name = f"Reference{'Shared' if shared else 'NonShared'}Blobs{encoding}"
+            suite.addTest(blob_suite(name, reference_client, shared=shared,
+                                     encoding=encoding))
     return suite
+
+
+def reference_client(address, blob_dir, shared):
+    from ZEO.ClientStorage import ClientStorage
+    return ClientStorage(address, blob_dir=blob_dir, shared_blob_dir=shared,
+                         wait_timeout=30)
 
 
 if __name__ == "__main__":
