@@ -77,7 +77,7 @@ def zeo_section(section: Any) -> ZeoSection:
         fields["transaction_timeout"] = section.transaction_timeout
     if section.msgpack is not None:
         fields["msgpack"] = section.msgpack
-    address = section.address
+    address = getattr(section.address, "address", section.address)
     if isinstance(address, tuple):
         address = (address[0] or "", address[1])
     return ZeoSection(address=address, config=ServerConfig(**fields),

@@ -1,0 +1,153 @@
+"""runzeo as a real subprocess: start, serve, signals, configuration files."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import unittest
+
+from zeo.server.runzeo import UsageError, parse_address
+from zeo.server.tests.rawclient import RawClient
+
+Z64 = b"\0" * 8
+MAXTID = b"\x7f" + b"\xff" * 7
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ParseAddressTests(unittest.TestCase):
+    def test_forms(self):
+        self.assertEqual(parse_address("8100"), ("", 8100))
+        self.assertEqual(parse_address("127.0.0.1:8100"), ("127.0.0.1", 8100))
+        self.assertEqual(parse_address("[::1]:8100"), ("::1", 8100))
+        self.assertEqual(parse_address("var/zeo.sock"), "var/zeo.sock")
+        for bad in ("host:port", "127.0.0.1:70000"):
+            with self.assertRaises(UsageError):
+                parse_address(bad)
+
+
+class RunzeoTests(unittest.TestCase):
+
+    def setUp(self):
+        self.directory = tempfile.mkdtemp(prefix="zeo-runzeo-")
+        self.processes = []
+
+    def tearDown(self):
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(30)
+            process.stderr.close()
+        shutil.rmtree(self.directory)
+
+    def start(self, *args):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "zeo.server.runzeo", *args],
+            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            cwd=self.directory)
+        self.processes.append(process)
+        return process
+
+    def wait_serving(self, address, process):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                self.fail(f"runzeo exited: {process.stderr.read().decode()}")
+            try:
+                return RawClient(address)
+            except OSError:
+                time.sleep(0.05)
+        self.fail("runzeo did not start serving")
+
+    def stop(self, process, signum=signal.SIGTERM):
+        process.send_signal(signum)
+        return process.wait(30)
+
+    def test_serve_a_file_storage_then_stop_cleanly_and_restart(self):
+        port = free_port()
+        path = os.path.join(self.directory, "var", "Data.fs")
+        process = self.start("-a", f"127.0.0.1:{port}", "-f", path)
+        client = self.wait_serving(("127.0.0.1", port), process)
+        oid = client.call("new_oids", 1)[0]
+        tid = client.commit(1, [(oid, Z64, b"kept")])
+        # An open transaction when the server is told to stop is aborted,
+        # never half written.
+        client.send("tpc_begin", 2, b"", b"", {}, None, " ")
+        client.send("storea", oid, tid, b"never", 2)
+        client.call("vote", 2)
+        self.assertEqual(self.stop(process), 0)
+        client.close()
+
+        process = self.start("-a", f"127.0.0.1:{port}", "-f", path)
+        client = self.wait_serving(("127.0.0.1", port), process)
+        self.assertEqual(client.call("loadBefore", oid, MAXTID), (b"kept", tid, None))
+        client.close()
+        self.assertEqual(self.stop(process, signal.SIGHUP), 1)   # "restart me"
+
+    def test_a_taken_address_is_refused_clearly(self):
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            process = self.start("-a", f"127.0.0.1:{port}", "-f", "Data.fs")
+            self.assertEqual(process.wait(30), 2)
+            self.assertIn(b"already in use", process.stderr.read())
+
+    def test_a_reference_configuration_file_runs_unchanged(self):
+        port = free_port()
+        config = os.path.join(self.directory, "zeo.conf")
+        with open(config, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                <zeo>
+                  address 127.0.0.1:{port}
+                  invalidation-queue-size 1000
+                  transaction-timeout 60
+                  msgpack true
+                </zeo>
+                <filestorage 1>
+                  path {self.directory}/Data.fs
+                  blob-dir {self.directory}/blobs
+                </filestorage>
+                <eventlog>
+                  <logfile>
+                    path {self.directory}/zeo.log
+                  </logfile>
+                </eventlog>
+                """))
+        process = self.start("-C", config)
+        client = self.wait_serving(("127.0.0.1", port), process)
+        self.assertEqual(client.agreed.encoding, "M")
+        oid = client.call("new_oids", 1)[0]
+        client.commit(1, [(oid, Z64, b"x")])
+        client.close()
+        # Log rotation: move the log away, SIGUSR2, and a new file appears.
+        log = os.path.join(self.directory, "zeo.log")
+        os.rename(log, log + ".1")
+        process.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(log) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.stop(process), 0)
+        with open(log) as f:
+            self.assertIn("log files reopened", f.read())
+        with open(log + ".1") as f:
+            self.assertIn("serving storage '1'", f.read())
+
+    def test_usage_errors(self):
+        process = self.start()
+        self.assertEqual(process.wait(30), 2)
+        self.assertIn(b"give a configuration file", process.stderr.read())
+
+
+if __name__ == "__main__":
+    unittest.main()
