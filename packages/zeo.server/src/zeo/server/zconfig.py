@@ -30,9 +30,11 @@ def _dotted(name: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-def server_ssl(section: Any) -> ssl.SSLContext:
-    """The ``<ssl>`` section of ``<zeo>``: a context requiring client certificates."""
-    authenticate = section.authenticate
+def server_ssl_context(certificate: str, key: str | None = None,
+                       authenticate: str = "DYNAMIC",
+                       password: Callable[[], Any] | None = None) -> ssl.SSLContext:
+    """A server TLS context that requires client certificates signed by the
+    CA file or directory *authenticate* (``DYNAMIC``: load none here)."""
     cafile = capath = None
     if authenticate != "DYNAMIC":
         if os.path.isdir(authenticate):
@@ -44,13 +46,16 @@ def server_ssl(section: Any) -> ssl.SSLContext:
                 f"ssl authenticate {authenticate!r} is neither a CA file, a CA"
                 " directory, nor DYNAMIC")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=cafile, capath=capath)
-    password: Callable[[], Any] | None = None
-    if section.password_function:
-        password = _dotted(section.password_function)
-    context.load_cert_chain(section.certificate, section.key, password)
+    context.load_cert_chain(certificate, key, password)
     context.verify_mode = ssl.CERT_REQUIRED
     context.verify_flags |= ssl.VERIFY_X509_STRICT
     return context
+
+
+def server_ssl(section: Any) -> ssl.SSLContext:
+    """The ``<ssl>`` section of ``<zeo>``."""
+    password = _dotted(section.password_function) if section.password_function else None
+    return server_ssl_context(section.certificate, section.key, section.authenticate, password)
 
 
 @dataclasses.dataclass(frozen=True)

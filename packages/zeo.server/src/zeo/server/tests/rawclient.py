@@ -30,11 +30,14 @@ class ServerError(Exception):
 
 class RawClient:
     def __init__(self, address: Any, *, native: bool = False, register: str | None = "1",
-                 read_only: bool = False, timeout: float = TIMEOUT) -> None:
+                 read_only: bool = False, timeout: float = TIMEOUT,
+                 ssl_context: Any = None, server_hostname: str | None = None) -> None:
         family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(address)
+        if ssl_context is not None:
+            self.sock = ssl_context.wrap_socket(self.sock, server_hostname=server_hostname)
         self.connection = ClientConnection(native=native)
         self.next_id = 0
         self.replies: dict[Any, Any] = {}
