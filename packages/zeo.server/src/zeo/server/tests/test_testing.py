@@ -1,0 +1,39 @@
+"""The layers of zeo.server.testing, used as an application would."""
+
+import unittest
+
+from zeo.server.testing import SERVER_LAYER
+from zeo.server.tests.rawclient import RawClient
+
+Z64 = b"\0" * 8
+
+
+class SampleApplicationTests(unittest.TestCase):
+    """Each test sees an empty storage on the same address."""
+
+    layer = SERVER_LAYER
+    addresses = set()
+
+    def check_fresh_storage_then_write(self):
+        client = RawClient(SERVER_LAYER.address)
+        try:
+            self.assertEqual(client.last_tid, Z64)   # nothing committed yet
+            oid = client.call("new_oids", 1)[0]
+            client.commit(1, [(oid, Z64, b"left behind")])
+        finally:
+            client.close()
+        self.addresses.add(SERVER_LAYER.address)
+
+    def test_first(self):
+        self.check_fresh_storage_then_write()
+
+    def test_second(self):
+        self.check_fresh_storage_then_write()
+
+    def test_third_same_address(self):
+        self.check_fresh_storage_then_write()
+        self.assertEqual(len(self.addresses), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
