@@ -24,7 +24,7 @@ CHECKOUT = find_checkout()
 def buildout_versions() -> dict[str, str]:
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str  # keep the case of distribution names
-    parser.read(CHECKOUT / "buildout.cfg")
+    parser.read(CHECKOUT / "versions.cfg")
     return {name.lower(): value for name, value in parser["versions"].items()}
 
 
@@ -40,7 +40,7 @@ class PinsTests(unittest.TestCase):
         for name, version in pins.items():
             self.assertEqual(
                 versions.get(name.lower()), version,
-                f"{name}: constraints.txt says {version}, buildout.cfg "
+                f"{name}: constraints.txt says {version}, versions.cfg "
                 f"says {versions.get(name.lower())}; keep the two in step")
 
     def test_bootstrap_toolchain_agrees_with_buildout(self):
