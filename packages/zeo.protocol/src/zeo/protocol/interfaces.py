@@ -1,2 +1,210 @@
-"""Contracts of the protocol package (zope.interface)."""
+"""Contracts of the protocol package (zope.interface).
+
+The method docstrings here are the specification; implementations say
+``@implementer(IFoo)`` and point back here ("See `IFoo`").
+
+Layering, bottom-up::
+
+    IFrameReader      bytes  -> payloads          (framing)
+    IHandshake        payload -> agreement         (first frame each way)
+    ICodec            payload <-> message event     (after the handshake)
+    IProtocolConnection  bytes in, events out, bytes out (all of the above)
+"""
+
+from zope.interface import Attribute
 from zope.interface import Interface
+
+
+__all__ = [
+    "IClientConnection",
+    "IClientHandshake",
+    "ICodec",
+    "IErrorTable",
+    "IFrameReader",
+    "IHandshake",
+    "IProtocolConnection",
+    "IServerConnection",
+    "IServerHandshake",
+]
+
+
+class IFrameReader(Interface):
+    """Splits a byte stream into the payloads of length-prefixed frames."""
+
+    max_frame_size = Attribute(
+        "Largest payload accepted, checked on the 4-byte header before the "
+        "payload is waited for.  May be changed between frames (the "
+        "connection raises it once the handshake is over)."
+    )
+
+    buffered = Attribute("Number of bytes held that are not yet returned.")
+
+    def feed(data):
+        """Append *data* (bytes-like, possibly empty) to the stream."""
+
+    def next_frame():
+        """Return the next complete payload, or ``None`` if more is needed.
+
+        The payload is a fresh ``bytearray`` owned by the caller.  Frames
+        are returned in order; call repeatedly to drain coalesced frames.
+        Raises ``RemoteProtocolError`` when the next header announces
+        more than ``max_frame_size`` bytes.
+        """
+
+
+class ICodec(Interface):
+    """Marshals message events to payloads and back, for one encoding.
+
+    Payloads exclude the 4-byte frame header.  A codec object may keep
+    reusable buffers and is not thread-safe: use one per connection.
+    """
+
+    encoding = Attribute("The encoding letter: 'M' (msgpack) or 'Z' (pickle).")
+
+    def encode(event):
+        """Return the payload bytes for a message event.
+
+        Only ``Call``, ``OneWayCall``, ``Reply``, ``ErrorReply`` and
+        ``Heartbeat`` can be encoded (``LocalProtocolError`` otherwise).
+        Raises ``EncodeError`` (a ``LocalProtocolError``) if a value in
+        the event can't be represented; the codec stays usable.
+        """
+
+    def decode(payload):
+        """Return the message event for one payload (bytes-like).
+
+        Raises ``RemoteProtocolError`` for anything that isn't exactly one
+        well-formed message: undecodable bytes, trailing bytes, a wrong
+        tuple shape, a forbidden pickle global.  Never runs peer-chosen
+        code.
+        """
+
+
+class IHandshake(Interface):
+    """Negotiates the encoding and version on the first frame each way.
+
+    Works on payloads, not on the byte stream: the connection does the
+    framing.  Any peer input that doesn't fit the state table raises
+    ``RemoteProtocolError`` and moves the handshake to ``ERROR``.
+    """
+
+    state = Attribute("The current `HandshakeState`.")
+
+    agreed = Attribute("The `ProtocolAgreed` event once agreed, else None.")
+
+    def receive(payload):
+        """Process one frame payload from the peer.
+
+        Returns ``(event, reply)``: *event* is the event to report to the
+        caller or ``None``; *reply* is a payload that must be sent back
+        (framed) before anything else, or ``None``.
+        """
+
+
+class IServerHandshake(IHandshake):
+    """The server's side: greet, then accept or refuse the answer."""
+
+    def greeting():
+        """Return the greeting payload (e.g. ``b'M5'``); call exactly once,
+        before ``receive``."""
+
+    def send_status(data):
+        """After a ``StatusRequest``: return the status payload (*data*,
+        bytes).  The server must close the connection after sending it."""
+
+
+class IClientHandshake(IHandshake):
+    """The client's side: read the greeting, answer it."""
+
+    def request_status():
+        """Instead of a normal handshake, probe the server: return the
+        ``b'ruok'`` payload.  Only valid before the greeting was
+        processed.  The greeting is then skipped and the next frame is
+        reported as a ``Status`` event."""
+
+
+class IProtocolConnection(Interface):
+    """A sans-IO ZEO connection: bytes in, events out, bytes out.
+
+    The driver loop::
+
+        conn.receive_data(data)        # b'' means EOF
+        for event in conn.events():    # or next_event() until NEED_DATA
+            ...
+        transport.write(conn.send(event))
+
+    ``send`` returns everything that must be written now, including any
+    bytes the connection produced on its own (the client's handshake
+    answer); ``data_to_send`` returns those alone.
+    """
+
+    state = Attribute("The current `ConnectionState`.")
+
+    agreed = Attribute("The `ProtocolAgreed` event, or None before agreement.")
+
+    limits = Attribute("The `ProtocolLimits` in force.")
+
+    def receive_data(data):
+        """Add bytes received from the peer; ``b''`` signals EOF.
+
+        Raises ``LocalProtocolError`` if called after EOF with more data,
+        or in the ERROR state.
+        """
+
+    def next_event():
+        """Return the next event, or ``NEED_DATA``.
+
+        Raises ``RemoteProtocolError`` if the peer broke the protocol;
+        the connection is then in the ERROR state.  Returns
+        ``ConnectionClosed`` once EOF was seen and every frame before it
+        was returned.  Any other exception is a bug.
+        """
+
+    def events():
+        """Iterate over ``next_event()`` results until ``NEED_DATA``
+        (exclusive) or ``ConnectionClosed`` (inclusive)."""
+
+    def send(event):
+        """Return the framed bytes to write for *event*.
+
+        Raises ``LocalProtocolError`` if this role may not send this
+        event in the current state, and ``EncodeError`` if it can't be
+        marshalled; either way nothing changes.
+        """
+
+    def data_to_send():
+        """Return (and forget) bytes the connection produced by itself
+        and that weren't yet returned by ``send``; ``b''`` if none."""
+
+
+class IServerConnection(IProtocolConnection):
+    """The server end of a connection."""
+
+    def initiate():
+        """Return the framed greeting; call once, right after accepting."""
+
+
+class IClientConnection(IProtocolConnection):
+    """The client end of a connection."""
+
+
+class IErrorTable(Interface):
+    """Rebuilds exceptions from error replies, by class name only.
+
+    No module is ever imported by a name the peer chose: a name not in
+    the table becomes a `RemoteError`.
+    """
+
+    def register(class_name, builder):
+        """Map *class_name* (``'module.Class'``) to
+        ``builder(class_name, payload) -> exception``."""
+
+    def build(class_name, payload):
+        """Return an exception instance; never raises.
+
+        Falls back to ``RemoteError(class_name, payload)`` if the name is
+        unknown or the builder fails on this payload.
+        """
+
+    def from_reply(reply):
+        """``build(reply.class_name, reply.payload)`` for an `ErrorReply`."""

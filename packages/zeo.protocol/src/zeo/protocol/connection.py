@@ -1,0 +1,486 @@
+"""The sans-IO connection: bytes in, events out, bytes out.
+
+Rules
+=====
+
+Rule 1: a connection owns a ``FrameReader``, a handshake object and --
+once a protocol is agreed -- a codec.  Until then every frame goes to the
+handshake; afterwards every frame goes to the codec.  The frame limit is
+``max_handshake_size`` for handshake frames and ``max_frame_size`` after.
+
+Rule 2: what a side may send or receive depends only on its role and the
+connection state, and is spelled out in ``SEND_TABLE`` and
+``RECEIVE_TABLE`` below.  Sending anything else raises
+``LocalProtocolError`` and changes nothing; receiving anything else
+raises ``RemoteProtocolError``.
+
+Rule 3: after a ``RemoteProtocolError`` the connection is in ``ERROR``
+and every further call raises ``LocalProtocolError``.  The caller
+closes the transport.
+
+Theory of operation
+===================
+
+Output comes from two places.  ``send(event)`` returns the bytes for an
+event the caller chose to send.  Some bytes the connection produces by
+itself: the client's handshake answer, made when the greeting is
+processed.  Those wait in an outbox; ``data_to_send()`` empties it, and
+``send()`` always prepends it, so bytes can't be written out of order
+even if the caller forgets ``data_to_send()``.  The server's greeting is
+returned by ``initiate()``, called once on accept.
+
+A server::
+
+    conn = ServerConnection(encoding="M")
+    write(conn.initiate())
+    ...on data:  conn.receive_data(data)
+                 for event in conn.events(): ...handle, write(conn.send(reply))
+
+A client::
+
+    conn = ClientConnection()
+    ...on data:  conn.receive_data(data)
+                 for event in conn.events(): ...
+                 write(conn.data_to_send())     # the handshake answer
+    write(conn.send(Call(1, "register", ("1", False))))
+
+Message ids are the caller's business: the connection doesn't track
+which calls are outstanding.  A connection is not thread-safe; it
+belongs to the one loop that does its I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Dict
+from typing import FrozenSet
+from typing import Iterable
+from typing import Iterator
+from typing import List
+from typing import Optional
+from typing import Tuple
+from typing import Union
+
+from zope.interface import implementer
+
+from .codecs import make_codec
+from .errors import EncodeError
+from .errors import LocalProtocolError
+from .errors import RemoteProtocolError
+from .events import Call
+from .events import ConnectionClosed
+from .events import ErrorReply
+from .events import Event
+from .events import Heartbeat
+from .events import OneWayCall
+from .events import ProtocolAgreed
+from .events import _brief
+from .events import Reply
+from .events import Status
+from .events import StatusRequest
+from .framing import FrameReader
+from .framing import frame
+from .handshake import ClientHandshake
+from .handshake import HandshakeState
+from .handshake import ServerHandshake
+from .interfaces import IClientConnection
+from .interfaces import IServerConnection
+from .limits import DEFAULT_LIMITS
+from .limits import WIRE_MAX_FRAME_SIZE
+from .limits import ProtocolLimits
+from .msgpack_codec import MsgpackCodec
+from .pickle_codec import PickleCodec
+from .safe_unpickle import AllowedGlobals
+from .safe_unpickle import client_pickle_globals
+from .safe_unpickle import server_pickle_globals
+
+
+__all__ = [
+    "ClientConnection",
+    "ConnectionState",
+    "NEED_DATA",
+    "RECEIVE_TABLE",
+    "Role",
+    "SEND_TABLE",
+    "ServerConnection",
+]
+
+
+class ConnectionState(enum.Enum):
+    """Where a connection stands."""
+
+    #: Negotiating; only handshake frames are exchanged.
+    HANDSHAKE = "HANDSHAKE"
+    #: A protocol is agreed; messages flow.
+    OPEN = "OPEN"
+    #: The ``ruok`` exchange is under way (server: must send ``Status``;
+    #: client: waiting for it).
+    STATUS = "STATUS"
+    #: EOF was reported (or the server sent its status): close the
+    #: transport.  ``next_event()`` keeps returning ``ConnectionClosed``.
+    CLOSED = "CLOSED"
+    #: The peer broke the protocol; close the transport.
+    ERROR = "ERROR"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+class Role(enum.Enum):
+    """Which end of the connection we are."""
+
+    SERVER = "server"
+    CLIENT = "client"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+class _NeedData(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: Returned by ``next_event()`` when it needs more bytes.
+NEED_DATA = _NeedData.NEED_DATA
+
+_S = ConnectionState
+_SERVER, _CLIENT = Role.SERVER, Role.CLIENT
+# Module constants for the hot paths: enum member lookup costs ~100 ns.
+_OPEN = _S.OPEN
+_ERROR = _S.ERROR
+_CLOSED = _S.CLOSED
+_NOTHING: FrozenSet[type] = frozenset()
+
+#: (role, state) -> event types that side may send.  Anything else is a
+#: LocalProtocolError.  (The greeting and the answer aren't events: see
+#: ``initiate()`` and ``data_to_send()``.)
+SEND_TABLE: Dict[Tuple[Role, ConnectionState], FrozenSet[type]] = {
+    (_CLIENT, _S.HANDSHAKE): frozenset({StatusRequest}),
+    (_CLIENT, _S.OPEN): frozenset({Call, OneWayCall, Heartbeat}),
+    (_SERVER, _S.OPEN): frozenset({Reply, ErrorReply, OneWayCall}),
+    (_SERVER, _S.STATUS): frozenset({Status}),
+}
+
+#: (role, state) -> message types that side accepts from its peer once a
+#: protocol is agreed.  Anything else is a RemoteProtocolError.  (Every
+#: server->client call is one-way in ZEO 5, and only clients send
+#: heartbeats.)
+RECEIVE_TABLE: Dict[Tuple[Role, ConnectionState], FrozenSet[type]] = {
+    (_SERVER, _S.OPEN): frozenset({Call, OneWayCall, Heartbeat}),
+    (_CLIENT, _S.OPEN): frozenset({Reply, ErrorReply, OneWayCall}),
+}
+
+_pack_header = struct.Struct(">I").pack
+
+NextEvent = Union[Event, _NeedData]
+
+
+class _Connection:
+    """Shared machinery; see `IProtocolConnection`."""
+
+    _role: Role
+
+    def __init__(
+        self,
+        handshake: Union[ServerHandshake, ClientHandshake],
+        limits: ProtocolLimits,
+        pickle_globals: Optional[AllowedGlobals],
+    ) -> None:
+        self.limits = limits
+        self.agreed: Optional[ProtocolAgreed] = None
+        self._handshake = handshake
+        self._pickle_globals = pickle_globals
+        self._reader = FrameReader(limits.max_handshake_size)
+        self._feed = self._reader.feed
+        self._next_frame = self._reader.next_frame
+        self._codec: Optional[Union[MsgpackCodec, PickleCodec]] = None
+        self._encode = None
+        self._decode = None
+        self._outbox: List[bytes] = []
+        self._eof = False
+        self._error = ""
+        self._set_state(_S.HANDSHAKE)
+
+    # -- state ----------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        """See `IProtocolConnection`."""
+        return self._state
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def handshake(self) -> Union[ServerHandshake, ClientHandshake]:
+        """The handshake object (for inspection)."""
+        return self._handshake
+
+    @property
+    def codec(self) -> Optional[Union[MsgpackCodec, PickleCodec]]:
+        """The agreed codec, or None during the handshake."""
+        return self._codec
+
+    def _set_state(self, state: ConnectionState) -> None:
+        # Everything the hot paths test is derived here, once per state
+        # change, so that each of them is gated by a single check.
+        self._state = state
+        self._can_send = SEND_TABLE.get((self._role, state), _NOTHING)
+        self._can_receive = RECEIVE_TABLE.get((self._role, state), _NOTHING)
+        self._fast_send = self._can_send if state is _OPEN else _NOTHING
+        self._accepting = state is not _ERROR and state is not _CLOSED and not self._eof
+
+    def _enter_error(self, exc: RemoteProtocolError) -> None:
+        self._error = str(exc)
+        self._set_state(_S.ERROR)
+
+    def _check_not_failed(self) -> None:
+        if self._state is _S.ERROR:
+            raise LocalProtocolError(
+                f"connection is in ERROR state after: {self._error}"
+            )
+
+    # -- input ----------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """See `IProtocolConnection`."""
+        if data and self._accepting:
+            self._feed(data)
+            return
+        self._check_not_failed()
+        if data:
+            if self._eof:
+                raise LocalProtocolError("received data after EOF")
+            # CLOSED (a server that sent its status): input is discarded.
+        else:
+            self._eof = True
+            self._accepting = False
+
+    def next_event(self) -> NextEvent:
+        """See `IProtocolConnection`."""
+        if self._state is _OPEN:
+            try:
+                payload = self._next_frame()
+                if payload is not None:
+                    event = self._decode(payload)  # type: ignore[misc]
+                    if event.__class__ in self._can_receive:
+                        return event  # type: ignore[no-any-return]
+                    raise RemoteProtocolError(
+                        f"a {self._role.value} must not receive"
+                        f" {type(event).__name__}: {_brief(event)}"
+                    )
+            except RemoteProtocolError as exc:
+                self._enter_error(exc)
+                raise
+            return self._end_of_input()
+        return self._next_event_slow()
+
+    def _end_of_input(self) -> NextEvent:
+        if not self._eof:
+            return NEED_DATA
+        if self._reader.buffered:
+            exc = RemoteProtocolError(
+                f"peer closed the connection in the middle of a frame"
+                f" ({self._reader.buffered} bytes pending)"
+            )
+            self._enter_error(exc)
+            raise exc
+        self._set_state(_S.CLOSED)
+        return ConnectionClosed()
+
+    def _next_event_slow(self) -> NextEvent:
+        state = self._state
+        self._check_not_failed()
+        if state is _S.CLOSED:
+            return ConnectionClosed()
+        if state is _S.STATUS and self._role is _SERVER:
+            # Waiting for the caller to send the Status; ignore input.
+            if self._eof:
+                self._set_state(_S.CLOSED)
+                return ConnectionClosed()
+            return NEED_DATA
+        if self._handshake.state is HandshakeState.IDLE:
+            raise LocalProtocolError("call initiate() before reading")
+        try:
+            while True:
+                payload = self._next_frame()
+                if payload is None:
+                    return self._end_of_input()
+                event, reply = self._handshake.receive(payload)
+                if reply is not None:
+                    self._outbox.append(frame(reply))
+                if event is None:
+                    # A probing client skipped the greeting; the status
+                    # frame that follows may be as big as any frame.
+                    self._reader.max_frame_size = self.limits.max_frame_size
+                    continue
+                kind = type(event)
+                if kind is ProtocolAgreed:
+                    self._agree(event)  # type: ignore[arg-type]
+                elif kind is StatusRequest:
+                    self._set_state(_S.STATUS)
+                return event
+        except RemoteProtocolError as exc:
+            self._enter_error(exc)
+            raise
+
+    def _agree(self, agreed: ProtocolAgreed) -> None:
+        self.agreed = agreed
+        globals_ = self._pickle_globals
+        if globals_ is None and agreed.encoding == "Z":
+            globals_ = (
+                server_pickle_globals()
+                if self._role is _SERVER
+                else client_pickle_globals()
+            )
+        codec = make_codec(agreed.encoding, pickle_globals=globals_, limits=self.limits)
+        self._codec = codec
+        self._encode = codec.encode_unchecked  # type: ignore[assignment]
+        self._decode = codec.decode  # type: ignore[assignment]
+        self._reader.max_frame_size = self.limits.max_frame_size
+        self._set_state(_OPEN)
+
+    def events(self) -> Iterator[Event]:
+        """See `IProtocolConnection`."""
+        next_event = self.next_event
+        while True:
+            event = next_event()
+            if event is NEED_DATA:
+                return
+            yield event  # type: ignore[misc]
+            if type(event) is ConnectionClosed:
+                return
+
+    # -- output ---------------------------------------------------------
+
+    def send(self, event: Event) -> bytes:
+        """See `IProtocolConnection`."""
+        if event.__class__ in self._fast_send:
+            # A message in the OPEN state: the hot path.
+            try:
+                payload = self._encode(event)  # type: ignore[misc]
+            except EncodeError:
+                raise
+            except Exception as exc:
+                raise EncodeError(
+                    f"can't encode {type(event).__name__}: {exc}"
+                ) from exc
+            size = len(payload)
+            if size > WIRE_MAX_FRAME_SIZE:
+                raise EncodeError(f"a {size}-byte message can't be framed")
+            if self._outbox:
+                return self.data_to_send() + _pack_header(size) + payload  # type: ignore[no-any-return]
+            return _pack_header(size) + payload  # type: ignore[no-any-return]
+        if type(event) in self._can_send:
+            data = self._send_other(event)
+            if self._outbox:
+                data = self.data_to_send() + data
+            return data
+        raise self._refusal(event)
+
+    def _send_other(self, event: Event) -> bytes:
+        raise NotImplementedError  # pragma: no cover
+
+    def _refusal(self, event: object) -> LocalProtocolError:
+        if self._state is _S.ERROR:
+            return LocalProtocolError(
+                f"connection is in ERROR state after: {self._error}"
+            )
+        if not isinstance(event, Event):
+            return LocalProtocolError(
+                f"send() takes an event, not {type(event).__name__}"
+            )
+        name = type(event).__name__
+        if self._state is _S.HANDSHAKE:
+            return LocalProtocolError(f"can't send {name} before the handshake is done")
+        for (role, _state), kinds in SEND_TABLE.items():
+            if role is self._role and type(event) in kinds:
+                return LocalProtocolError(
+                    f"can't send {name} in state {self._state.value}"
+                )
+        return LocalProtocolError(f"a {self._role.value} never sends {name}")
+
+    def data_to_send(self) -> bytes:
+        """See `IProtocolConnection`."""
+        if not self._outbox:
+            return b""
+        data = b"".join(self._outbox)
+        self._outbox.clear()
+        return data
+
+    def __repr__(self) -> str:
+        agreed = self.agreed.protocol if self.agreed is not None else None
+        return f"<{type(self).__name__} {self._state.value} agreed={agreed!r}>"
+
+
+@implementer(IServerConnection)
+class ServerConnection(_Connection):
+    """The server end.  See `IServerConnection`.
+
+    *encoding* (``'M'`` or ``'Z'``), *native* and *capabilities* shape
+    the greeting (see `ServerHandshake`).  *pickle_globals* is the allow-
+    list for decoding pickles; default: ``server_pickle_globals()``.
+    """
+
+    _role = Role.SERVER
+
+    def __init__(
+        self,
+        *,
+        encoding: str,
+        native: bool = True,
+        capabilities: Iterable[str] = (),
+        limits: ProtocolLimits = DEFAULT_LIMITS,
+        pickle_globals: Optional[AllowedGlobals] = None,
+    ) -> None:
+        handshake = ServerHandshake(
+            encoding=encoding, native=native, capabilities=capabilities, limits=limits
+        )
+        super().__init__(handshake, limits, pickle_globals)
+
+    def initiate(self) -> bytes:
+        """See `IServerConnection`."""
+        self._check_not_failed()
+        return frame(self._handshake.greeting())  # type: ignore[union-attr]
+
+    def _send_other(self, event: Event) -> bytes:
+        # Only Status gets here (see SEND_TABLE).
+        data = self._handshake.send_status(event.data)  # type: ignore[attr-defined,union-attr]
+        self._set_state(_S.CLOSED)
+        return frame(data)
+
+
+@implementer(IClientConnection)
+class ClientConnection(_Connection):
+    """The client end.  See `IClientConnection`.
+
+    With *native* the client takes up a server's native offer, asking for
+    the *capabilities* it wants.  *pickle_globals* is the allow-list for
+    decoding pickles; default: none.
+    """
+
+    _role = Role.CLIENT
+
+    def __init__(
+        self,
+        *,
+        native: bool = True,
+        capabilities: Iterable[str] = (),
+        limits: ProtocolLimits = DEFAULT_LIMITS,
+        pickle_globals: Optional[AllowedGlobals] = None,
+    ) -> None:
+        handshake = ClientHandshake(
+            native=native, capabilities=capabilities, limits=limits
+        )
+        super().__init__(handshake, limits, pickle_globals)
+
+    def _send_other(self, event: Event) -> bytes:
+        # Only StatusRequest gets here (see SEND_TABLE).
+        data = self._handshake.request_status()  # type: ignore[union-attr]
+        self._set_state(_S.STATUS)
+        return frame(data)

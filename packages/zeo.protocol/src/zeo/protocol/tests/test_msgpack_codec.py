@@ -1,0 +1,113 @@
+import unittest
+
+import msgpack
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from zeo.protocol.errors import EncodeError
+from zeo.protocol.errors import LocalProtocolError
+from zeo.protocol.errors import RemoteProtocolError
+from zeo.protocol.events import Call
+from zeo.protocol.events import OneWayCall
+from zeo.protocol.events import ProtocolAgreed
+from zeo.protocol.events import Reply
+from zeo.protocol.msgpack_codec import MsgpackCodec
+from zeo.protocol.tests.support import REFERENCE_MESSAGES
+from zeo.protocol.tests.support import messages
+
+
+class ReferenceBytesTests(unittest.TestCase):
+
+    def test_encodes_the_reference_bytes(self):
+        codec = MsgpackCodec()
+        for name, (event, _, _, framed) in REFERENCE_MESSAGES.items():
+            with self.subTest(name):
+                self.assertEqual(codec.encode(event), framed[4:])
+
+    def test_decodes_the_reference_bytes(self):
+        codec = MsgpackCodec()
+        for name, (event, as_decoded, _, framed) in REFERENCE_MESSAGES.items():
+            with self.subTest(name):
+                decoded = codec.decode(framed[4:])
+                self.assertEqual(decoded, as_decoded or event)
+                self.assertIs(type(decoded), type(event))
+
+    def test_same_bytes_as_bare_packb(self):
+        # The reference packs with packb(msg, use_bin_type=True).
+        event = Call(3, "storea", (b"\0" * 8, "str", [1, 2], {"k": b"v"}, None, 1.5))
+        self.assertEqual(
+            MsgpackCodec().encode(event), msgpack.packb(tuple(event), use_bin_type=True)
+        )
+
+
+class MsgpackCodecTests(unittest.TestCase):
+
+    def setUp(self):
+        self.codec = MsgpackCodec()
+
+    def test_encoding_letter(self):
+        self.assertEqual(self.codec.encoding, "M")
+
+    def test_str_and_bytes_stay_apart(self):
+        event = Reply(1, ("text", b"bytes"))
+        self.assertEqual(self.codec.decode(self.codec.encode(event)), event)
+
+    def test_sequences_decode_as_tuples(self):
+        decoded = self.codec.decode(self.codec.encode(Reply(1, [[1], []])))
+        self.assertEqual(decoded.result, ((1,), ()))
+
+    def test_unencodable_values(self):
+        for value in ({1, 2}, object(), 2**64, "\udcff"):
+            with self.subTest(value=value):
+                with self.assertRaises(EncodeError):
+                    self.codec.encode(Reply(1, value))
+        # and the codec is still fine afterwards
+        self.assertEqual(self.codec.decode(self.codec.encode(Reply(1, 2))), Reply(1, 2))
+
+    def test_only_messages_encode(self):
+        with self.assertRaises(LocalProtocolError):
+            self.codec.encode(ProtocolAgreed("M"))  # type: ignore[arg-type]
+        with self.assertRaises(LocalProtocolError):
+            self.codec.encode((1, False, "x", ()))  # type: ignore[arg-type]
+
+    def test_decode_refuses_garbage(self):
+        for payload in (
+            b"",
+            b"\xc1",  # never-used type byte
+            b"\x94\x01\xc2",  # truncated
+            msgpack.packb((1, False, "x", ())) + b"\x00",  # trailing byte
+            msgpack.packb(msgpack.ExtType(1, b"x")),
+            msgpack.packb((1, False, "x", (msgpack.ExtType(5, b""),))),
+            msgpack.packb({1: 2}, use_bin_type=True),  # int map key
+            b"\x91" * 5000 + b"\xc0",  # deeper than msgpack allows
+            b"\xa2\xff\xfe",  # invalid UTF-8 str
+            b"\xdd\xff\xff\xff\xff",  # array claiming 4 billion items
+            msgpack.packb([1, False, "x", ()]) [:-1],
+            msgpack.packb("not a tuple"),
+        ):
+            with self.subTest(payload=payload[:20]):
+                with self.assertRaises(RemoteProtocolError):
+                    self.codec.decode(payload)
+
+    def test_decode_accepts_bytearray(self):
+        payload = bytearray(self.codec.encode(OneWayCall("x", (1,))))
+        self.assertEqual(self.codec.decode(payload), OneWayCall("x", (1,)))
+
+    def test_repr(self):
+        self.assertEqual(repr(self.codec), "<MsgpackCodec 'M'>")
+
+    @settings(max_examples=150, deadline=None)
+    @given(messages)
+    def test_round_trip(self, event):
+        decoded = self.codec.decode(self.codec.encode(event))
+        self.assertEqual(decoded, event)
+        self.assertIs(type(decoded), type(event))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=60))
+    def test_random_bytes_decode_or_raise_remote_error(self, payload):
+        try:
+            self.codec.decode(payload)
+        except RemoteProtocolError:
+            pass
