@@ -1,0 +1,180 @@
+"""A fault-injecting TCP proxy for tests, in the style of asyncpg's.
+
+It sits between real clients and a real server on 127.0.0.1 and forwards
+bytes both ways on its own event loop thread. Tests then inject faults into
+every connection it carries:
+
+- ``delay(seconds)``: hold each chunk that long before forwarding it;
+- ``stall()`` / ``resume()``: stop forwarding (bytes queue up), then go on;
+- ``cut_after(nbytes, direction)``: close both sides once that many more
+  bytes went through in that direction ('up' client→server, 'down'
+  server→client), typically in the middle of a frame;
+- ``reset()``: abort every connection now (an RST, not a clean close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import threading
+from typing import Any
+
+
+class _Pipe:
+    """One proxied connection: the two transports and the fault state."""
+
+    def __init__(self, proxy: FaultProxy) -> None:
+        self.proxy = proxy
+        self.client: asyncio.Transport | None = None
+        self.server: asyncio.Transport | None = None
+        self.pending_to_server: list[bytes] = []
+
+    def close(self, abort: bool = False) -> None:
+        for transport in (self.client, self.server):
+            if transport is not None and not transport.is_closing():
+                if abort:
+                    sock = transport.get_extra_info("socket")
+                    if sock is not None:
+                        # Linger 0: the close sends an RST.
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                        struct.pack("ii", 1, 0))
+                    transport.abort()
+                else:
+                    transport.close()
+        self.proxy.pipes.discard(self)
+
+
+class _Side(asyncio.Protocol):
+    def __init__(self, pipe: _Pipe, direction: str) -> None:
+        self.pipe = pipe
+        self.direction = direction   # where received bytes go: 'up' or 'down'
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.direction == "up":
+            self.pipe.client = transport  # type: ignore[assignment]
+        else:
+            self.pipe.server = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.pipe.proxy._forward(self.pipe, self.direction, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pipe.close()
+
+
+class FaultProxy:
+    """Proxy 127.0.0.1:<port> to *target*; start with `start`, end with `stop`."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.pipes: set[_Pipe] = set()
+        self.address: tuple[str, int] | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="fault proxy")
+        self._server: asyncio.AbstractServer | None = None
+        self._delay = 0.0
+        self._stalled = False
+        self._stalled_chunks: list[tuple[_Pipe, str, bytes]] = []
+        self._cut: dict[str, int | None] = {"up": None, "down": None}
+
+    # -- life cycle (called from the test thread) ---------------------------------
+
+    def start(self) -> tuple[str, int]:
+        self._thread.start()
+        self._server = self._run(self._loop.create_server(self._accept, "127.0.0.1", 0))
+        self.address = self._server.sockets[0].getsockname()[:2]
+        return self.address
+
+    def stop(self) -> None:
+        self._call(self._close_all, False)
+        self._server.close()  # type: ignore[union-attr]
+        self._run(self._server.wait_closed())  # type: ignore[union-attr]
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(30)
+
+    def _call(self, function: Any, *args: Any) -> None:
+        async def call() -> None:
+            function(*args)
+        self._run(call())
+
+    # -- faults --------------------------------------------------------------------
+
+    def delay(self, seconds: float) -> None:
+        self._delay = seconds
+
+    def stall(self) -> None:
+        self._call(setattr, self, "_stalled", True)
+
+    def resume(self) -> None:
+        self._call(self._resume)
+
+    def cut_after(self, nbytes: int, direction: str = "up") -> None:
+        if direction not in self._cut:
+            raise ValueError("direction is 'up' (to the server) or 'down' (to the client)")
+        self._call(self._cut.__setitem__, direction, nbytes)
+
+    def reset(self) -> None:
+        self._call(self._close_all, True)
+
+    @property
+    def connections(self) -> int:
+        return len(self.pipes)
+
+    # -- the loop side ----------------------------------------------------------------
+
+    def _accept(self) -> _Side:
+        pipe = _Pipe(self)
+        self.pipes.add(pipe)
+        side = _Side(pipe, "up")
+
+        async def connect_upstream() -> None:
+            try:
+                await self._loop.create_connection(lambda: _Side(pipe, "down"), *self.target)
+            except OSError:
+                pipe.close()
+                return
+            for chunk in pipe.pending_to_server:
+                pipe.server.write(chunk)  # type: ignore[union-attr]
+            pipe.pending_to_server.clear()
+
+        self._loop.create_task(connect_upstream())
+        return side
+
+    def _forward(self, pipe: _Pipe, direction: str, data: bytes) -> None:
+        if self._stalled:
+            self._stalled_chunks.append((pipe, direction, data))
+            return
+        if self._delay:
+            self._loop.call_later(self._delay, self._deliver, pipe, direction, data)
+        else:
+            self._deliver(pipe, direction, data)
+
+    def _deliver(self, pipe: _Pipe, direction: str, data: bytes) -> None:
+        budget = self._cut[direction]
+        cut = budget is not None and len(data) >= budget
+        if budget is not None:
+            data = data[:budget]
+            self._cut[direction] = None if cut else budget - len(data)
+        target = pipe.server if direction == "up" else pipe.client
+        if target is None and direction == "up":
+            pipe.pending_to_server.append(data)
+        elif target is not None and not target.is_closing():
+            target.write(data)
+        if cut:
+            pipe.close()
+
+    def _resume(self) -> None:
+        self._stalled = False
+        chunks, self._stalled_chunks = self._stalled_chunks, []
+        for pipe, direction, data in chunks:
+            self._forward(pipe, direction, data)
+
+    def _close_all(self, abort: bool) -> None:
+        for pipe in list(self.pipes):
+            pipe.close(abort)
