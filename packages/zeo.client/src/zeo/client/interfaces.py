@@ -112,3 +112,93 @@ class IClientCache(Interface):
 
     persistent = Attribute(
         "True if the cache survives the process (a file cache).")
+
+
+class IClientStorage(Interface):
+    """A ZODB storage that is a client of a ZEO 5/6 server.
+
+    Besides ``ZODB.interfaces.IStorage`` it provides, on each connection,
+    the optional ZODB storage interfaces the server's storage advertises
+    (undo, iteration, restore, blobs with a blob directory, external GC,
+    record iteration) and these methods.
+    """
+
+    def is_connected(test=False):
+        """Tell whether a connection to a server is in use."""
+
+    def ping():
+        """Make one round trip to the server."""
+
+    def sync():
+        """With ``server_sync``, a round trip (so that every invalidation
+        committed before now has been seen); otherwise nothing."""
+
+    def prefetch(oids, tid):
+        """Start loading the revisions of *oids* current before *tid* into
+        the cache, without waiting."""
+
+    def new_addr(addr):
+        """Use these server address(es) from now on."""
+
+    def server_status(timeout=None):
+        """Return the server's status dictionary for this storage."""
+
+
+class IConnectionHandler(Interface):
+    """What a ``zeo.client.protocol.ClientProtocol`` tells its owner.
+
+    Every method is called on the client's event loop thread, in the
+    order things happen on the connection.
+    """
+
+    def protocol_agreed(protocol):
+        """The handshake is done; calls may be made."""
+
+    def protocol_lost(protocol, exc):
+        """The connection is gone (*exc* is why, or None).  Calls in
+        flight have already failed with ``ClientDisconnected``."""
+
+    def load_reply(protocol, oid, tid, result):
+        """A ``loadBefore(oid, tid)`` reply arrived: *result* is
+        ``(data, start, end)`` or None.  Called before the callers hear of
+        it and before the next message is handled."""
+
+    def server_message(protocol, method, args):
+        """A one-way message from the server (``invalidateTransaction``,
+        ``info``, ``receiveBlobStart/Chunk/Stop``)."""
+
+
+class IConnectionManager(IConnectionHandler):
+    """The loop side of a client: chooses the connection, verifies the
+    cache, applies invalidations and carries calls from the runner."""
+
+    protocol = Attribute("The connection in use, or None.")
+    generation = Attribute(
+        "Bumped each time a connection becomes the one in use.")
+    connected = Attribute(
+        "A threading.Event, set while a connection is in use.")
+    visibility = Attribute(
+        "A lock held while the last tid moves; lastTransaction() reads "
+        "the cache's last tid under it.")
+
+    def start():
+        """Start connecting."""
+
+    def close():
+        """Close every connection; calls waiting for one fail."""
+
+    def submit(method, args, waiter, protocol, timeout):
+        """Call *method* on *protocol* (None: the connection in use, once
+        there is one, waiting at most *timeout*); *waiter* gets the
+        result."""
+
+    def submit_load(oid, tid, waiter):
+        """``loadBefore`` on the connection in use (identical loads in
+        flight share one request)."""
+
+    def submit_one_way(protocol, method, args):
+        """A one-way call on *protocol* if it is still the one in use."""
+
+    def transaction_finished(protocol, tid, updates, callback):
+        """``tpc_finish`` answered *tid*: update the cache, then move the
+        last tid and call *callback(tid)* under ``visibility``."""

@@ -1,0 +1,207 @@
+"""ZODB's storage conformance suites with our client.
+
+* against our server, in-process (``zeo.server.server``): msgpack (M5) and
+  pickle (Z5), FileStorage and MappingStorage, plus recovery, external GC
+  and the blob suites (shared and non-shared blob directories);
+* against the reference ZEO 6.2 server (``bin/reference-runzeo`` in a
+  subprocess), M5 and Z5 with FileStorage.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+from ZODB.tests import PackableStorage
+
+import zeo.server
+from zeo.client.storage import ClientStorage
+from zeo.client.tests.test_connector import free_port
+from zeo.server.tests.conformance import (
+    blob_suite, DummyDB, FullMixins, GenericMixins, RecoveryMixins, ServerTestBase,
+    suite_of)
+
+
+class OurClient:
+    """Connect a zeo.client ClientStorage (a fresh in-memory cache)."""
+
+    def make_client(self, **options):
+        options.setdefault('blob_dir', self.client_blob_dir())
+        options.setdefault('shared_blob_dir', self.shared_blob_dir)
+        client = ClientStorage(self.address, wait_timeout=30, **options)
+        client.registerDB(DummyDB())
+        return client
+
+
+class FileStorageMsgpack(OurClient, ServerTestBase, FullMixins):
+    encoding = 'M'
+    storage_kind = 'file'
+
+
+class FileStoragePickle(OurClient, ServerTestBase, FullMixins):
+    encoding = 'Z'
+    storage_kind = 'file'
+
+
+class MappingStorageMsgpack(OurClient, ServerTestBase, GenericMixins):
+    encoding = 'M'
+    storage_kind = 'mapping'
+
+
+class MappingStoragePickle(OurClient, ServerTestBase, GenericMixins):
+    encoding = 'Z'
+    storage_kind = 'mapping'
+
+
+class ClientConflictResolution(OurClient, ServerTestBase, FullMixins):
+    """The server leaves conflict resolution to the client."""
+    encoding = 'M'
+    storage_kind = 'file'
+    server_options = {'client_conflict_resolution': True}
+
+
+class RecoveryMsgpack(RecoveryMixins, OurClient, ServerTestBase):
+    encoding = 'M'
+
+
+class RecoveryPickle(RecoveryMixins, OurClient, ServerTestBase):
+    encoding = 'Z'
+
+
+def external_gc_suite(encoding):
+    # With the server's blob directory shared: a client's own blob cache
+    # keeps blob revisions that a pack removed from the server (they are
+    # immutable), while the doctest expects POSKeyError for them.
+    def factory(name=None):
+        from ZODB.FileStorage import FileStorage
+        directory = tempfile.mkdtemp(prefix='zeo-gc-')
+        address, stop = zeo.server.server(
+            # The doctest wants a storage that doesn't collect garbage
+            # when packing.
+            storages={'1': FileStorage(os.path.join(directory, 'Data.fs'),
+                                       blob_dir=os.path.join(directory, 'blobs'),
+                                       pack_gc=False)},
+            msgpack=encoding == 'M')
+        client = ClientStorage(address, wait_timeout=30, shared_blob_dir=True,
+                               blob_dir=os.path.join(directory, 'blobs'))
+        client.registerDB(DummyDB())
+        close = client.close
+
+        def close_all():
+            close()
+            stop()
+
+        client.close = close_all
+        return client
+
+    return PackableStorage.IExternalGC_suite(factory)
+
+
+# -- the reference server ------------------------------------------------------
+
+def have_reference() -> bool:
+    try:
+        import ZEO.runzeo  # noqa: F401  (a test extra)
+        return True
+    except ImportError:
+        return False
+
+
+class ReferenceServer:
+    """The reference ZEO 6.2 ``runzeo`` in a subprocess, on a free port."""
+
+    def __init__(self, path: str, *, msgpack: bool = False,
+                 blob_dir: str | None = None, options: str = '') -> None:
+        self.port = free_port()
+        self.address = ('127.0.0.1', self.port)
+        directory = os.path.dirname(path)
+        config = os.path.join(directory, f'zeo-{self.port}.conf')
+        blob = f'  blob-dir {blob_dir}\n' if blob_dir else ''
+        with open(config, 'w') as f:
+            f.write(f'<zeo>\n  address 127.0.0.1:{self.port}\n'
+                    f'  msgpack {"true" if msgpack else "false"}\n{options}</zeo>\n'
+                    f'<filestorage 1>\n  path {path}\n{blob}</filestorage>\n')
+        self.log = tempfile.TemporaryFile()
+        # Our own interpreter and path (the test extras bring ZEO and
+        # msgpack), rather than bin/reference-runzeo, whose path lacks
+        # msgpack.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        self.process = subprocess.Popen(
+            [sys.executable, '-c', 'from ZEO.runzeo import main; main()',
+             '-C', config],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(self.address, timeout=1).close()
+                break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.log.seek(0)
+                    raise RuntimeError('the reference server did not start: '
+                                       + self.log.read().decode(errors='replace'))
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+
+class ReferenceServerBase(ServerTestBase):
+    """Our client against ``bin/reference-runzeo`` (one server per test:
+    ZODB's mixins need a fresh storage each time)."""
+
+    def setUp(self):
+        from ZODB.tests import StorageTestBase
+        StorageTestBase.StorageTestBase.setUp(self)
+        self.directory = os.getcwd()
+        self.server_blob_dir = None
+        self.server = ReferenceServer(os.path.join(self.directory, 'Data.fs'),
+                                      msgpack=self.encoding == 'M')
+        self.addCleanup(self.server.stop)
+        self.address = self.server.address
+        self._stop_server = self.server.stop
+        self._storage = self.make_client()
+
+
+@unittest.skipUnless(have_reference(), 'the reference ZEO is not installed')
+class ReferenceFileStorageMsgpack(OurClient, ReferenceServerBase, FullMixins):
+    encoding = 'M'
+
+
+@unittest.skipUnless(have_reference(), 'the reference ZEO is not installed')
+class ReferenceFileStoragePickle(OurClient, ReferenceServerBase, FullMixins):
+    encoding = 'Z'
+
+
+def test_suite():
+    suite = suite_of(
+        FileStorageMsgpack, FileStoragePickle, MappingStorageMsgpack,
+        MappingStoragePickle, ClientConflictResolution, RecoveryMsgpack,
+        RecoveryPickle, ReferenceFileStorageMsgpack, ReferenceFileStoragePickle)
+    suite.addTest(external_gc_suite('M'))
+    suite.addTest(external_gc_suite('Z'))
+    for encoding, shared in (('M', False), ('M', True), ('Z', False)):
+        name = f"Our{'Shared' if shared else 'NonShared'}Blobs{encoding}"
+        suite.addTest(blob_suite(name, blob_client, shared=shared, encoding=encoding))
+    return suite
+
+
+def blob_client(address, blob_dir, shared):
+    return ClientStorage(address, blob_dir=blob_dir, shared_blob_dir=shared,
+                         wait_timeout=30)
+
+
+if __name__ == '__main__':
+    unittest.main(defaultTest='test_suite')
