@@ -35,5 +35,33 @@ class SampleApplicationTests(unittest.TestCase):
         self.assertEqual(len(self.addresses), 1)
 
 
+
+class SampleDBTests(unittest.TestCase):
+    """An application's tests on DB_LAYER: a zeo.client DB per test, and
+    nothing left over from the previous test."""
+
+    from zeo.server.testing import DB_LAYER as layer
+
+    def test_write_then_read(self):
+        db = self.layer.db
+        with db.transaction() as connection:
+            self.assertNotIn("answer", connection.root())
+            connection.root.answer = 42
+        with db.transaction() as connection:
+            self.assertEqual(connection.root.answer, 42)
+
+    def test_blobs_work(self):
+        import ZODB.blob
+        db = self.layer.db
+        with db.transaction() as connection:
+            connection.root.blob = ZODB.blob.Blob(b"blob data")
+        with db.transaction() as connection, connection.root.blob.open() as f:
+            self.assertEqual(f.read(), b"blob data")
+
+    def test_zz_nothing_left_from_other_tests(self):
+        with self.layer.db.transaction() as connection:
+            self.assertEqual(list(connection.root()), [])
+
+
 if __name__ == "__main__":
     unittest.main()
