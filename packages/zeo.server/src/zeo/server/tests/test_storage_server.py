@@ -1,0 +1,173 @@
+"""The StorageServer: addresses (IPv4, IPv6, Unix), events, read-only, memory."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import zope.event
+from ZODB.MappingStorage import MappingStorage
+from zope.interface.verify import verifyObject
+
+import zeo.server
+from zeo.server.interfaces import IClosed, IServing
+from zeo.server.tests.rawclient import RawClient, ServerError
+from zeo.server.tests.test_runzeo import free_port
+
+Z64 = b"\0" * 8
+
+
+def ipv6_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+class EventsAndAddressesTests(unittest.TestCase):
+
+    def setUp(self):
+        self.events = []
+        zope.event.subscribers.append(self.events.append)
+        self.addCleanup(zope.event.subscribers.remove, self.events.append)
+
+    def test_serving_and_closed_carry_the_bound_address(self):
+        address, stop = zeo.server.server()
+        serving = [e for e in self.events if IServing.providedBy(e)]
+        self.assertEqual(len(serving), 1)
+        verifyObject(IServing, serving[0])
+        self.assertEqual(serving[0].address, address)
+        self.assertNotEqual(address[1], 0)      # port 0 became a real port
+        stop()
+        closed = [e for e in self.events if IClosed.providedBy(e)]
+        self.assertEqual(len(closed), 1)
+        self.assertIs(closed[0].server, serving[0].server)
+
+    @unittest.skipUnless(ipv6_available(), "no IPv6 loopback here")
+    def test_ipv6(self):
+        address, stop = zeo.server.server(port=("::1", 0))
+        self.addCleanup(stop)
+        self.assertEqual(address[0], "::1")
+        sock = socket.create_connection(address, timeout=10)
+        self.assertEqual(sock.recv(64)[4:6], b"M5")
+        sock.close()
+
+    def test_unix_socket_and_stale_socket_removal(self):
+        directory = tempfile.mkdtemp(prefix="zeo-unix-")
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "zeo.sock")
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(path)          # a socket file nobody listens on
+        stale.close()
+        address, stop = zeo.server.server(port=path)
+        self.assertEqual(address, path)
+        client = RawClient(path)
+        self.assertEqual(client.call("lastTransaction"), Z64)
+        client.close()
+        stop()
+        self.assertFalse(os.path.exists(path))
+
+    def test_several_named_storages(self):
+        address, stop = zeo.server.server(
+            storages={"main": MappingStorage(), "other": MappingStorage()})
+        self.addCleanup(stop)
+        for name in ("main", "other"):
+            client = RawClient(address, register=name)
+            self.assertEqual(client.call("get_info")["length"], 0)
+            client.close()
+
+
+class ReadOnlyServerTests(unittest.TestCase):
+
+    def test_a_read_only_server_refuses_writable_registration(self):
+        address, stop = zeo.server.server(read_only=True)
+        self.addCleanup(stop)
+        with self.assertRaises(ServerError) as caught:
+            RawClient(address)
+        self.assertEqual(caught.exception.class_name, "ZODB.POSException.ReadOnlyError")
+        client = RawClient(address, read_only=True)
+        self.assertEqual(client.call("lastTransaction"), Z64)
+        client.close()
+
+
+def rss_kb(pid: int, key: str = "VmRSS") -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise LookupError(key)
+
+
+@unittest.skipUnless(os.path.exists("/proc/self/status"), "needs /proc")
+class MemoryTests(unittest.TestCase):
+    """Server memory (a real runzeo process) does not grow with transaction
+    size, the number of packs, or closed connections."""
+
+    def setUp(self):
+        self.directory = tempfile.mkdtemp(prefix="zeo-memory-")
+        self.port = free_port()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "zeo.server.runzeo", "-a", f"127.0.0.1:{self.port}",
+             "-f", os.path.join(self.directory, "Data.fs")],
+            env=env, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                RawClient(("127.0.0.1", self.port)).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def tearDown(self):
+        self.process.terminate()
+        self.process.wait(30)
+        shutil.rmtree(self.directory)
+
+    def client(self):
+        return RawClient(("127.0.0.1", self.port))
+
+    def test_a_big_transaction_is_spooled_not_held(self):
+        client = self.client()
+        oids = client.call("new_oids", 100)
+        before = rss_kb(self.process.pid)
+        chunk = os.urandom(1 << 20)
+        client.send("tpc_begin", 1, b"", b"", {}, None, " ")
+        for oid in oids:          # 100 MiB in one transaction
+            client.send("storea", oid, Z64, chunk, 1)
+        client.call("vote", 1)
+        client.call("tpc_finish", 1)
+        client.close()
+        grown_mb = (rss_kb(self.process.pid, "VmHWM") - before) / 1024
+        self.assertLess(grown_mb, 40, f"the server grew {grown_mb:.0f} MB")
+
+    def test_closed_connections_and_packs_leave_nothing_behind(self):
+        from ZODB.tests.MinPO import MinPO
+        from ZODB.tests.StorageTestBase import zodb_pickle
+        record = zodb_pickle(MinPO("x" * 1000))
+        client = self.client()
+        oid = Z64          # the root: pack's garbage collection starts there
+        tid = client.commit(1, [(oid, Z64, record)])
+        for round_ in range(2):
+            for _ in range(200):
+                self.client().close()
+            for i in range(5):
+                tid = client.commit(10 + i, [(oid, tid, record)])
+                client.call("pack", time.time(), 1)
+            if round_ == 0:
+                baseline = rss_kb(self.process.pid)
+        grown_kb = rss_kb(self.process.pid) - baseline
+        client.close()
+        self.assertLess(grown_kb, 2048, f"the server grew {grown_kb} KB")
+
+
+if __name__ == "__main__":
+    unittest.main()
