@@ -95,7 +95,21 @@ class FreshVenvTests(unittest.TestCase):
             self.assertIn("zodb", installed)
             for name in ("zeo.server", "zeo-server", "zdaemon", "zeo"):
                 self.assertNotIn(name, installed)
-            imported = subprocess.run(
-                [python, "-c", "import zeo.client, zeo.protocol; print('ok')"],
-                capture_output=True, text=True, timeout=120, cwd=tmp)
-            self.assertEqual(imported.stdout.strip(), "ok", imported.stderr)
+            # A working client: it connects to a real server and commits.
+            import zeo.server
+            address, stop = zeo.server.server()
+            try:
+                script = (
+                    "import sys, zeo.client\n"
+                    f"db = zeo.client.DB({tuple(address)!r}, wait_timeout=30)\n"
+                    "with db.transaction() as connection:\n"
+                    "    connection.root.answer = 42\n"
+                    "with db.transaction() as connection:\n"
+                    "    print(connection.root.answer)\n"
+                    "db.close()\n"
+                    "print(sorted(m for m in sys.modules if m.startswith(('zeo.server', 'zdaemon'))))\n")
+                used = subprocess.run([python, "-c", script], capture_output=True,
+                                      text=True, timeout=120, cwd=tmp)
+            finally:
+                stop()
+            self.assertEqual(used.stdout.split(), ["42", "[]"], used.stderr)
