@@ -5,8 +5,12 @@ under tox there is none and they are skipped.
 """
 
 import configparser
+import os
 import re
+import signal
+import socket
 import subprocess
+import time
 import unittest
 from pathlib import Path
 
@@ -77,3 +81,39 @@ class ScriptsTests(unittest.TestCase):
         script = (CHECKOUT / "bin" / "runzeo").read_text()
         self.assertIn("zeo.server", script)
         self.assertNotRegex(script, r"(?i)/ZEO-6")
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@unittest.skipIf(CHECKOUT is None or not (CHECKOUT / "bin" / "zeo").exists(),
+                 "no buildout scripts")
+class ReadmeServerCommandTests(unittest.TestCase):
+    """``bin/zeo fg``, the README's server command, serves 127.0.0.1:8100."""
+
+    def test_bin_zeo_fg_serves_the_var_file_storage(self):
+        from zeo.server.tests.rawclient import RawClient
+        if port_in_use(8100):
+            self.skipTest("something already listens on 127.0.0.1:8100")
+        process = subprocess.Popen([str(CHECKOUT / "bin" / "zeo"), "fg"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    # Read-only: the developer's var/zeo data stays untouched.
+                    client = RawClient(("127.0.0.1", 8100), read_only=True)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        self.fail("bin/zeo fg did not start serving")
+                    time.sleep(0.1)
+            info = client.call("get_info")
+            client.close()
+            self.assertTrue(info["name"].endswith(os.path.join("var", "zeo", "Data.fs")))
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(60)
