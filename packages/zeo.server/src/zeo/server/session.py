@@ -18,7 +18,7 @@ import logging
 import os
 from typing import Any, Iterator
 
-from ZODB.POSException import ConflictError, ReadOnlyError, StorageTransactionError
+from ZODB.POSException import ReadOnlyError, StorageTransactionError
 from ZODB.serialize import referencesf
 from ZODB.interfaces import IBlobStorage
 from zope.interface import implementer

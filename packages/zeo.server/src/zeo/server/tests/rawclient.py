@@ -32,3 +32,16 @@ class RawClient(AdminClient):
             self.send("storea", oid, serial, data, txn)
         self.call("vote", txn)
         return self.call("tpc_finish", txn)
+
+
+def connect_when_ready(address: Any, timeout: float = 30.0, **options: Any) -> RawClient:
+    """A RawClient as soon as a starting server accepts, or the last error."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return RawClient(address, **options)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

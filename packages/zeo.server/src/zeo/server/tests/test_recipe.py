@@ -10,10 +10,9 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
-import time
 import unittest
 
-from zeo.server.tests.rawclient import RawClient
+from zeo.server.tests.rawclient import connect_when_ready
 from zeo.server.tests.test_layout import CHECKOUT
 from zeo.server.tests.test_runzeo import free_port
 
@@ -63,14 +62,7 @@ class RecipeTests(unittest.TestCase):
                               capture_output=True, text=True, timeout=120)
 
     def connect(self):
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                return RawClient(("127.0.0.1", self.port))
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        return connect_when_ready(("127.0.0.1", self.port))
 
     def test_install_run_and_uninstall_keeping_the_data(self):
         self.buildout("myzeo")

@@ -15,7 +15,7 @@ from zope.interface.verify import verifyObject
 
 import zeo.server
 from zeo.server.interfaces import IClosed, IServing
-from zeo.server.tests.rawclient import RawClient, ServerError
+from zeo.server.tests.rawclient import RawClient, ServerError, connect_when_ready
 from zeo.server.tests.test_runzeo import free_port
 
 Z64 = b"\0" * 8
@@ -117,15 +117,7 @@ class MemoryTests(unittest.TestCase):
             [sys.executable, "-m", "zeo.server.runzeo", "-a", f"127.0.0.1:{self.port}",
              "-f", os.path.join(self.directory, "Data.fs")],
             env=env, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                RawClient(("127.0.0.1", self.port)).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        connect_when_ready(("127.0.0.1", self.port)).close()
 
     def tearDown(self):
         self.process.terminate()
