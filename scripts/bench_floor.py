@@ -1,0 +1,208 @@
+#!/usr/bin/env python
+"""The floor: a length-prefixed echo over 127.0.0.1, microseconds per round trip.
+
+No ZEO at all, only what any client-server pair on this machine must pay
+per small request and reply:
+
+* ``blocking``: a blocking-socket server in a thread, a blocking client
+  in the main thread of the same process;
+* ``asyncio``: an asyncio server in another process, an asyncio client
+  (a Protocol resolving one future per reply) in this one;
+* ``asyncio_server_blocking_client``: the same asyncio server, a blocking
+  client: the least a client can pay against an asyncio server;
+* ``asyncio_server_cpu``: the asyncio server's CPU time (utime + stime)
+  per round trip during that last run: the least an asyncio server
+  spends per call.
+
+Each message is a 4-byte big-endian length and a 40-byte body (about a
+msgpack ``ping`` call).  Prints one JSON line, median of ``--repeat``
+batches.  Stdlib only.
+
+Usage: python scripts/bench_floor.py [--count N] [--repeat R]
+"""
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+BODY = b'x' * 40
+MESSAGE = struct.pack('>I', len(BODY)) + BODY
+
+
+def recv_exactly(sock, size):
+    data = b''
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError('closed')
+        data += chunk
+    return data
+
+
+def blocking_echo_server(listener):
+    conn, _ = listener.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with conn:
+        try:
+            while True:
+                (size,) = struct.unpack('>I', recv_exactly(conn, 4))
+                body = recv_exactly(conn, size)
+                conn.sendall(struct.pack('>I', size) + body)
+        except ConnectionError:
+            pass
+
+
+def blocking_client(address, count, repeat):
+    sock = socket.create_connection(address)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    times = []
+    with sock:
+        for _ in range(count // 10):               # warm up
+            sock.sendall(MESSAGE)
+            recv_exactly(sock, len(MESSAGE))
+        for _ in range(repeat):
+            started = time.perf_counter()
+            for _ in range(count):
+                sock.sendall(MESSAGE)
+                (size,) = struct.unpack('>I', recv_exactly(sock, 4))
+                recv_exactly(sock, size)
+            times.append((time.perf_counter() - started) / count)
+    return statistics.median(times) * 1e6
+
+
+def blocking_floor(count, repeat):
+    listener = socket.create_server(('127.0.0.1', 0))
+    thread = threading.Thread(target=blocking_echo_server, args=(listener,),
+                              daemon=True)
+    thread.start()
+    try:
+        return blocking_client(listener.getsockname(), count, repeat)
+    finally:
+        listener.close()
+        thread.join(5)
+
+
+class EchoServer(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+        self.buffer = b''
+        transport.get_extra_info('socket').setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data):
+        buffer = self.buffer + data
+        while len(buffer) >= 4:
+            (size,) = struct.unpack_from('>I', buffer)
+            if len(buffer) < 4 + size:
+                break
+            self.transport.write(buffer[:4 + size])
+            buffer = buffer[4 + size:]
+        self.buffer = buffer
+
+
+def serve_asyncio():
+    """Child process: serve on a free port, print it, run until stdin closes."""
+    async def run():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(EchoServer, '127.0.0.1', 0)
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await loop.run_in_executor(None, sys.stdin.read)
+        server.close()
+    asyncio.run(run())
+
+
+class EchoClient(asyncio.Protocol):
+    def __init__(self):
+        self.buffer = b''
+        self.waiting = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.get_extra_info('socket').setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data):
+        buffer = self.buffer + data
+        while len(buffer) >= 4:
+            (size,) = struct.unpack_from('>I', buffer)
+            if len(buffer) < 4 + size:
+                break
+            body, buffer = buffer[4:4 + size], buffer[4 + size:]
+            self.waiting.set_result(body)
+        self.buffer = buffer
+
+    def call(self):
+        self.waiting = asyncio.get_running_loop().create_future()
+        self.transport.write(MESSAGE)
+        return self.waiting
+
+
+def asyncio_client(port, count, repeat):
+    async def run():
+        loop = asyncio.get_running_loop()
+        transport, client = await loop.create_connection(
+            EchoClient, '127.0.0.1', port)
+        for _ in range(count // 10):
+            await client.call()
+        times = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            for _ in range(count):
+                await client.call()
+            times.append((time.perf_counter() - started) / count)
+        transport.close()
+        return statistics.median(times) * 1e6
+    return asyncio.run(run())
+
+
+def process_cpu_seconds(pid):
+    """utime + stime of a process, from /proc/<pid>/stat (Linux)."""
+    with open(f'/proc/{pid}/stat') as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def measure(count=5000, repeat=5):
+    results = {'blocking': blocking_floor(count, repeat)}
+    server = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), '--serve-asyncio'],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        results['asyncio'] = asyncio_client(port, count, repeat)
+        cpu_before = process_cpu_seconds(server.pid)
+        results['asyncio_server_blocking_client'] = blocking_client(
+            ('127.0.0.1', port), count, repeat)
+        cpu = process_cpu_seconds(server.pid) - cpu_before
+        # Warm-up round trips included: count // 10 + count * repeat.
+        results['asyncio_server_cpu'] = (
+            cpu / (count // 10 + count * repeat) * 1e6)
+    finally:
+        server.stdin.close()
+        server.wait(10)
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--count', type=int, default=5000,
+                        help='round trips per batch')
+    parser.add_argument('--repeat', type=int, default=5, help='batches')
+    parser.add_argument('--serve-asyncio', action='store_true',
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_asyncio:
+        serve_asyncio()
+        return
+    print(json.dumps({'floor_us': measure(args.count, args.repeat)}), flush=True)
+
+
+if __name__ == '__main__':
+    main()
