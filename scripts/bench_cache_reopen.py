@@ -22,7 +22,10 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, '..', 'packages', 'zeo.client', 'src'))
+# zeo.client imports zeo.protocol: both sources, for interpreters (such as
+# bin/reference-py) that have neither installed.
+for _package in ('zeo.protocol', 'zeo.client'):
+    sys.path.insert(0, os.path.join(HERE, '..', 'packages', _package, 'src'))
 
 from zeo.client.file_cache import FileCache  # noqa: E402
 

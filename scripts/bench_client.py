@@ -14,7 +14,8 @@ as one JSON line on stdout (the last line).  Workloads run by several
 processes at once synchronise through stdin/stdout: they print ``READY``
 when connected, and wait for a line on stdin before they start.
 
-Only the standard library and ZODB are imported at module level.
+Only the standard library is imported at module level; ZODB and the
+client storage are imported by the workloads.
 """
 import argparse
 import json

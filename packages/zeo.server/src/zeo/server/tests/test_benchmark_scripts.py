@@ -67,7 +67,8 @@ class BenchmarkScriptTests(unittest.TestCase):
         self.assertGreaterEqual(results["server_cpu"]["ours"], 0)
         # The floor: a loopback echo, blocking and asyncio.
         for key in ("blocking", "asyncio", "asyncio_server_blocking_client",
-                    "asyncio_server_cpu"):
+                    "asyncio_server_cpu", "asyncio_buffered",
+                    "asyncio_buffered_server_cpu"):
             self.assertGreater(report["floor_us"][key], 0)
         self.assertIn("ping latency", done.stdout)
         self.assertIn("ours/ZEO", done.stdout)
