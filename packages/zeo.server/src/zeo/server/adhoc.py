@@ -8,6 +8,7 @@ MappingStorage.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from typing import Any, Callable
 
@@ -49,7 +50,7 @@ def server(path: str | None = None, blob_dir: str | None = None,
     from zeo.server.storage_server import StorageServer
 
     if isinstance(zeo_conf, ServerConfig):
-        config = zeo_conf if not kw else _replace(zeo_conf, kw)
+        config = dataclasses.replace(zeo_conf, **kw) if kw else zeo_conf
     else:
         config = ServerConfig(**{**(zeo_conf or {}), **kw})
     if storages is None:
@@ -93,10 +94,5 @@ def server(path: str | None = None, blob_dir: str | None = None,
         if not thread.is_alive():
             loop.close()
 
-    stop.server = state["server"]  # type: ignore[attr-defined]
     return state["addresses"][0], stop
 
-
-def _replace(config: ServerConfig, changes: dict[str, Any]) -> ServerConfig:
-    import dataclasses
-    return dataclasses.replace(config, **changes)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from typing import Any, Iterator
 
 from ZODB.POSException import ReadOnlyError, StorageTransactionError
 from ZODB.serialize import referencesf
 from ZODB.interfaces import IBlobStorage
-from zope.interface import implementer
+from zope.interface import implementer, providedBy
 
 from zeo.server.interfaces import IStorageSession
 from zeo.server.iterators import IteratorRegistry
@@ -102,7 +103,7 @@ class StorageSession:
         storage = self._storage()
         interfaces = tuple(
             (interface.__module__, interface.__name__)
-            for interface in _provided_by(storage))
+            for interface in providedBy(storage).__iro__)
         return {
             "length": len(storage),
             "size": storage.getSize(),
@@ -197,9 +198,14 @@ class StorageSession:
         self._check_writable()
         served = self.served
         done = self.peer.run_in_thread(lambda: served.storage.pack(t, referencesf))
-        done.add_callback(lambda error, _: served.broadcast_info() if error is None
-                          else logger.error("pack of storage %r failed: %s",
-                                            served.name, error))
+
+        def packed(error: BaseException | None, _: Any) -> None:
+            if error is None:
+                served.broadcast_info()   # every client learns the new size
+            else:
+                logger.error("pack of storage %r failed: %s", served.name, error)
+
+        done.add_callback(packed)
         return done if wait else None
 
     # -- the transaction ------------------------------------------------------
@@ -388,18 +394,12 @@ def _count_conflict(stats: Any) -> None:
     stats.conflicts += 1
 
 
-def _provided_by(storage: Any) -> Any:
-    from zope.interface import providedBy
-    return providedBy(storage).__iro__
-
-
 def _spool_dir(storage: Any) -> str:
     """Where a transaction's spool and blob uploads go: the storage's own
     temporary directory when it has blobs (so that uploads can be renamed
     into place), else the system's."""
     if IBlobStorage.providedBy(storage):
         return storage.temporaryDirectory()
-    import tempfile
     return tempfile.gettempdir()
 
 
