@@ -151,10 +151,9 @@ def last_json(text):
 
 def listening(port):
     """Is something listening on 127.0.0.1:*port*?  Read from
-    /proc/net/tcp, without connecting: which connections a server has
-    seen changes its later CPU and memory per connection, so the runner
-    decides that (`Server.first_client`), not how often it polled.
-    Elsewhere than Linux, connect."""
+    /proc/net/tcp, without connecting, so that the connections a server
+    has seen are only the workload's (the idle-memory workload counts
+    them).  Elsewhere than Linux, connect."""
     try:
         with open('/proc/net/tcp') as f:
             lines = f.readlines()[1:]
@@ -301,39 +300,12 @@ class Server:
                 raise BenchError(f'{self.kind} server exited '
                                  f'({self.process.returncode}):\n{tail(self.log)}')
             if listening(self.port):
-                self.first_client()
                 return self
             if time.monotonic() > deadline:
                 self.stop()
                 raise BenchError(f'{self.kind} server not listening after '
                                  f'60 s:\n{tail(self.log)}')
             time.sleep(0.05)
-
-    def first_client(self):
-        """Be a first client that agrees on the protocol and leaves.
-
-        The servers are measured as a server in service is: after a client
-        has come and gone.  It matters for ours: when a connection that got
-        through the handshake closes, it frees a 256 KiB buffer (its
-        msgpack Packer's), which raises glibc's dynamic mmap threshold; on
-        a server that has never seen that, every socket read maps and
-        unmaps a 256 KiB buffer, about twice the CPU per call
-        (docs/performance.rst).  The reference frees such a buffer with its
-        first message anyway.
-        """
-        with socket.create_connection(('127.0.0.1', self.port), 10) as sock:
-            data = b''
-            while len(data) < 4 or len(data) < 4 + struct.unpack_from('>I', data)[0]:
-                chunk = sock.recv(256)
-                if not chunk:
-                    raise BenchError(f'{self.kind} server closed the first '
-                                     f'connection:\n{tail(self.log)}')
-                data += chunk
-            greeting = data[4:4 + struct.unpack_from('>I', data)[0]]
-            # Answer as the reference client does: the protocol, e.g. b'M5'.
-            sock.sendall(struct.pack('>I', 2) + greeting[:2])
-            time.sleep(0.1)
-        time.sleep(0.1)
 
     @property
     def pid(self):

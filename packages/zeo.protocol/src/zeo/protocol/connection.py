@@ -200,6 +200,7 @@ class _Connection:
         self._codec: Optional[Union[MsgpackCodec, PickleCodec]] = None
         self._encode = None
         self._decode = None
+        self._kept_buffer_size = 0
         self._outbox: List[bytes] = []
         self._eof = False
         self._error = ""
@@ -341,6 +342,7 @@ class _Connection:
         codec = make_codec(agreed.encoding, pickle_globals=globals_, limits=self.limits)
         self._codec = codec
         self._encode = codec.encode_unchecked  # type: ignore[assignment]
+        self._kept_buffer_size = codec.kept_buffer_size
         self._decode = codec.decode  # type: ignore[assignment]
         self._reader.max_frame_size = self.limits.max_frame_size
         self._set_state(_OPEN)
@@ -371,8 +373,8 @@ class _Connection:
                     f"can't encode {type(event).__name__}: {exc}"
                 ) from exc
             size = len(payload)
-            if size > WIRE_MAX_FRAME_SIZE:
-                raise EncodeError(f"a {size}-byte message can't be framed")
+            if size > self._kept_buffer_size:
+                self._after_large_message(size)
             if self._outbox:
                 return self.data_to_send() + _pack_header(size) + payload  # type: ignore[no-any-return]
             return _pack_header(size) + payload  # type: ignore[no-any-return]
@@ -382,6 +384,12 @@ class _Connection:
                 data = self.data_to_send() + data
             return data
         raise self._refusal(event)
+
+    def _after_large_message(self, size: int) -> None:
+        self._codec.shed_buffer()  # type: ignore[union-attr]
+        self._encode = self._codec.encode_unchecked  # type: ignore[union-attr]
+        if size > WIRE_MAX_FRAME_SIZE:
+            raise EncodeError(f"a {size}-byte message can't be framed")
 
     def _send_other(self, event: Event) -> bytes:
         raise NotImplementedError  # pragma: no cover
@@ -448,6 +456,12 @@ class ServerConnection(_Connection):
         self._check_not_failed()
         return frame(self._handshake.greeting())  # type: ignore[union-attr]
 
+    def _after_large_message(self, size: int) -> None:
+        self._codec.shed_buffer()  # type: ignore[union-attr]
+        self._encode = self._codec.encode_unchecked  # type: ignore[union-attr]
+        if size > WIRE_MAX_FRAME_SIZE:
+            raise EncodeError(f"a {size}-byte message can't be framed")
+
     def _send_other(self, event: Event) -> bytes:
         # Only Status gets here (see SEND_TABLE).
         data = self._handshake.send_status(event.data)  # type: ignore[attr-defined,union-attr]
@@ -478,6 +492,12 @@ class ClientConnection(_Connection):
             native=native, capabilities=capabilities, limits=limits
         )
         super().__init__(handshake, limits, pickle_globals)
+
+    def _after_large_message(self, size: int) -> None:
+        self._codec.shed_buffer()  # type: ignore[union-attr]
+        self._encode = self._codec.encode_unchecked  # type: ignore[union-attr]
+        if size > WIRE_MAX_FRAME_SIZE:
+            raise EncodeError(f"a {size}-byte message can't be framed")
 
     def _send_other(self, event: Event) -> bytes:
         # Only StatusRequest gets here (see SEND_TABLE).

@@ -61,6 +61,13 @@ class ICodec(Interface):
 
     encoding = Attribute("The encoding letter: 'M' (msgpack) or 'Z' (pickle).")
 
+    kept_buffer_size = Attribute(
+        "After encoding a payload larger than this, call `shed_buffer` so"
+        " that the codec does not keep the memory that message needed.")
+
+    def shed_buffer():
+        """Drop reusable encoding buffers grown by a large message."""
+
     def encode(event):
         """Return the payload bytes for a message event.
 

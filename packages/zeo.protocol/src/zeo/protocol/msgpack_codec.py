@@ -18,7 +18,10 @@ timestamp extension (type -1) is decoded by msgpack itself into a
 is.
 
 One ``Packer`` is reused for all messages (``packb`` builds a new one per
-call, which is more than half of its cost for small messages).
+call, which is more than half of its cost for small messages).  A Packer
+never shrinks its buffer: after one 50 MB record it would hold 50 MB for
+the life of the connection.  So it starts small (``PACKER_BUFFER_SIZE``)
+and ``shed_buffer()`` replaces it after a message that made it grow.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ __all__ = ["MsgpackCodec"]
 
 _unpackb = msgpack.unpackb
 
+#: The Packer's initial buffer; messages up to this size never make it grow.
+PACKER_BUFFER_SIZE = 64 * 1024
+
 
 def _refuse_ext(code: int, data: bytes) -> NoReturn:
     raise ValueError(f"msgpack extension type {code} is not allowed")
@@ -55,8 +61,16 @@ class MsgpackCodec:
 
     encoding = "M"
 
+    #: A message larger than this grew the buffer (see `shed_buffer`).
+    kept_buffer_size = PACKER_BUFFER_SIZE
+
     def __init__(self) -> None:
-        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self.shed_buffer()
+
+    def shed_buffer(self) -> None:
+        """See `ICodec`."""
+        self._pack = msgpack.Packer(
+            use_bin_type=True, buf_size=PACKER_BUFFER_SIZE).pack
         #: ``encode`` minus the event type check, for callers that have
         #: already checked (the connection); may raise any exception.
         self.encode_unchecked = self._pack
@@ -68,10 +82,13 @@ class MsgpackCodec:
                 f"{type(event).__name__} is not a message and can't be encoded"
             )
         try:
-            return self._pack(event)  # type: ignore[no-any-return]
+            payload = self._pack(event)
         except Exception as exc:
             # The Packer resets its buffer on failure, so it stays usable.
             raise EncodeError(f"can't encode {type(event).__name__}: {exc}") from exc
+        if len(payload) > PACKER_BUFFER_SIZE:
+            self.shed_buffer()
+        return payload  # type: ignore[no-any-return]
 
     def decode(self, payload: Any) -> Message:
         """See `ICodec`."""

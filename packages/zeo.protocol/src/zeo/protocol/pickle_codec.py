@@ -36,6 +36,7 @@ from .events import message_from_wire
 from .interfaces import ICodec
 from .limits import DEFAULT_LIMITS
 from .limits import ProtocolLimits
+from .limits import WIRE_MAX_FRAME_SIZE
 from .safe_unpickle import AllowedGlobals
 from .safe_unpickle import make_loads
 
@@ -95,6 +96,13 @@ class PickleCodec:
             self._new_pickler()
             raise EncodeError(f"can't encode {type(event).__name__}: {exc}") from exc
         return buffer.getvalue()
+
+    #: The pickler keeps nothing between messages (``truncate`` gives the
+    #: buffer's memory back), so `shed_buffer` is never needed.
+    kept_buffer_size = WIRE_MAX_FRAME_SIZE
+
+    def shed_buffer(self) -> None:
+        """See `ICodec`."""
 
     def decode(self, payload: Any) -> Message:
         """See `ICodec`."""

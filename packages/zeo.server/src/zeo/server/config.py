@@ -31,9 +31,14 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_BLOB_CHUNK_SIZE = 1 << 20
 #: Server-side iterators one connection may hold open at once.
 DEFAULT_MAX_ITERATORS = 100
-#: Output bytes queued on a connection before we stop streaming blob data to
-#: it until the transport drains (the transport pauses us earlier).
+#: Bytes one transaction may spool (stores and blobs) before its commit.
 DEFAULT_MAX_SPOOL_SIZE = 1 << 30
+#: Bytes of replies and notifications one connection may have waiting to be
+#: sent. A client that stops reading while invalidations pile up is closed
+#: at this point instead of growing the server without bound. It must hold
+#: at least one message of the largest size: when not configured, the limit
+#: is this or twice the frame limit, whichever is larger.
+DEFAULT_MAX_OUTPUT_BUFFER = 128 << 20
 
 
 def _check_seconds(name: str, value: Any, *, allow_none: bool = True) -> float | None:
@@ -71,6 +76,7 @@ class ServerConfig:
     max_iterators: int = DEFAULT_MAX_ITERATORS
     max_spool_size: int | None = DEFAULT_MAX_SPOOL_SIZE
     blob_chunk_size: int = DEFAULT_BLOB_CHUNK_SIZE
+    max_output_buffer: int | None = None
     limits: ProtocolLimits = dataclasses.field(default_factory=ProtocolLimits)
     ssl: _ssl.SSLContext | None = None
 
@@ -88,6 +94,20 @@ class ServerConfig:
             raise ValueError(
                 f"blob_chunk_size {self.blob_chunk_size} must be well under the"
                 f" maximum frame size {self.limits.max_frame_size}")
+        if self.max_output_buffer is not None:
+            _check_count("max_output_buffer", self.max_output_buffer)
+        if self.output_buffer_limit < self.limits.max_frame_size:
+            raise ValueError(
+                f"max_output_buffer {self.max_output_buffer} must hold one"
+                f" message of the maximum frame size {self.limits.max_frame_size}")
+
+    @property
+    def output_buffer_limit(self) -> int:
+        """Bytes a connection may have waiting to be sent (see
+        ``DEFAULT_MAX_OUTPUT_BUFFER``)."""
+        if self.max_output_buffer is not None:
+            return self.max_output_buffer
+        return max(DEFAULT_MAX_OUTPUT_BUFFER, 2 * self.limits.max_frame_size)
 
     @property
     def encoding(self) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 import zope.event
 from zope.interface import implementer
 
-from zeo.server.adapter import ServerProtocol
+from zeo.server.adapter import ServerProtocol, receive_buffer
 from zeo.server.config import Address, ServerConfig
 from zeo.server.interfaces import IClosed, IServing
 from zeo.server.results import Delayed
@@ -59,6 +59,8 @@ class StorageServer:
         self._listeners: list[asyncio.AbstractServer] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unix_paths: list[str] = []
+        #: Where every connection's reads land (see zeo.server.adapter).
+        self.receive_buffer = receive_buffer()
         self.closed = False
 
     # -- starting and stopping -------------------------------------------------

@@ -75,6 +75,7 @@ def zeo_section(section: Any) -> ZeoSection:
         "client_conflict_resolution": section.client_conflict_resolution,
         "handshake_timeout": section.handshake_timeout,
         "max_connections": section.max_connections,
+        "max_output_buffer": section.max_output_buffer,
         "limits": ProtocolLimits(max_frame_size=section.max_frame_size),
         "ssl": section.ssl,
     }

@@ -297,6 +297,34 @@ class LimitTests(unittest.TestCase):
         self.assertEqual(server.next_event().args, (b"x" * 1500,))
 
 
+class EncodingMemoryTests(unittest.TestCase):
+    """A connection does not keep the memory one large message needed."""
+
+    def held_after(self, encoding, size):
+        import gc
+        import tracemalloc
+        server, client = connected_pair(encoding=encoding)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            data = server.send(Reply(1, b"x" * size))
+            self.assertEqual(len(data) // 1000, size // 1000)
+            del data
+            gc.collect()
+            # The next message is small, and goes through the same path.
+            server.send(Reply(2, None))
+            held, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        return held
+
+    def test_msgpack(self):
+        self.assertLess(self.held_after("M", 20_000_000), 1_000_000)
+
+    def test_pickle(self):
+        self.assertLess(self.held_after("Z", 20_000_000), 1_000_000)
+
+
 class MisuseTests(unittest.TestCase):
 
     def test_send_before_handshake(self):
