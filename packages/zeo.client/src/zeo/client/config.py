@@ -23,6 +23,8 @@ from typing import Any, Iterable, Tuple, Union
 
 from zeo.protocol import DEFAULT_LIMITS, ProtocolLimits
 
+from zeo.client.loops import DEFAULT_EVENT_LOOP, check_event_loop
+
 __all__ = [
     'Address',
     'ClientConfig',
@@ -52,7 +54,7 @@ IGNORED_OPTIONS = frozenset({
 _NONE_IS_DEFAULT = frozenset({
     'wait_timeout', 'disconnect_poll', 'max_disconnect_poll', 'cache_size',
     'blob_cache_size_check', 'name', 'storage', 'heartbeat_interval',
-    'limits'})
+    'limits', 'event_loop'})
 
 # Options with another name in older configurations.
 _ALIASES = {'min_disconnect_poll': 'disconnect_poll'}
@@ -118,7 +120,8 @@ class ClientConfig:
 
     The option names (and defaults) are the reference ``ClientStorage``'s;
     ``disconnect_poll``/``max_disconnect_poll`` bound the reconnect
-    backoff and ``heartbeat_interval`` is the keep-alive period.
+    backoff and ``heartbeat_interval`` is the keep-alive period;
+    ``event_loop`` is ours: which loop runs the connections.
     """
 
     addresses: tuple[Address, ...]
@@ -148,8 +151,11 @@ class ClientConfig:
     max_disconnect_poll: float = 30.0
     heartbeat_interval: float = 60.0
     limits: ProtocolLimits = DEFAULT_LIMITS
+    #: ``'uvloop'`` or ``'asyncio'`` (see zeo.client.loops).
+    event_loop: str = DEFAULT_EVENT_LOOP
 
     def __post_init__(self) -> None:
+        check_event_loop(self.event_loop)
         if not self.addresses:
             raise ValueError('no server address given')
         if not isinstance(self.storage, str) or not self.storage:

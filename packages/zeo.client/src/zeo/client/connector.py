@@ -118,6 +118,7 @@ class ConnectionManager:
         #: How the last verification went (for tests and status).
         self.verify_result: str | None = None
         self._protocols: set[ClientProtocol] = set()
+        self._closed_protocols: list[ClientProtocol] = []
         self._attempts: dict[Any, asyncio.Task[None]] = {}
         self._activation = asyncio.Lock()
         self._waiting: list[list[Any]] = []
@@ -140,7 +141,9 @@ class ConnectionManager:
             task.cancel()
         self._attempts.clear()
         protocol = self.protocol
+        self._closed_protocols = list(self._protocols)
         if protocol is not None:
+            self._closed_protocols.append(protocol)
             self._deactivate(protocol)
         for p in list(self._protocols):
             p.close()
@@ -148,6 +151,17 @@ class ConnectionManager:
         for entry in waiting:
             entry[2].cancel()
             entry[1].set_exception(ClientDisconnected('the client storage is closed'))
+
+    def abort_transports(self) -> None:
+        """Drop the sockets that `close` left closing.
+
+        A TLS transport's close waits for the server's answer to its
+        close_notify; the loop is about to stop, and must not leave the
+        socket open behind it."""
+        for protocol in self._closed_protocols:
+            if protocol.transport is not None:
+                protocol.transport.abort()
+        self._closed_protocols = []
 
     def new_addresses(self, addresses: tuple[Any, ...]) -> None:
         self.addresses = addresses
@@ -283,8 +297,12 @@ class ConnectionManager:
         invalidations = None
         if cache_tid is not None and cache_tid < server_tid:
             invalidations = protocol.request('getInvalidations', cache_tid)
-        info = await info_reply
-        changes = await invalidations if invalidations is not None else None
+        if invalidations is None:
+            info, changes = await info_reply, None
+        else:
+            # Both, so that when the connection drops neither failure is
+            # left unretrieved (asyncio would log it).
+            info, changes = await asyncio.gather(info_reply, invalidations)
         if protocol.closed:
             raise ClientDisconnected('connection lost while verifying the cache')
         # From here to the end nothing awaits: no other message is handled

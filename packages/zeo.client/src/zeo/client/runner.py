@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable
 from zeo.client.config import ClientConfig
 from zeo.client.connector import ConnectionManager
 from zeo.client.errors import ClientDisconnected
+from zeo.client.loops import new_event_loop
 from zeo.client.protocol import ClientProtocol
 
 __all__ = ['Runner', 'Waiter', 'CLOSE_TIMEOUT']
@@ -102,7 +103,7 @@ class Runner:
 
     def __init__(self, config: ClientConfig, cache: Any, client: Any) -> None:
         self.config = config
-        loop = self.loop = asyncio.new_event_loop()
+        loop = self.loop = new_event_loop(config.event_loop)
         self.manager = ConnectionManager(loop, config, cache, client)
         self._outbox: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = \
             collections.deque()
@@ -135,6 +136,7 @@ class Runner:
                     task.cancel()
                 loop.run_until_complete(
                     asyncio.gather(*tasks, return_exceptions=True))
+                self.manager.abort_transports()
                 # One more turn lets closed transports release their sockets.
                 loop.run_until_complete(asyncio.sleep(0))
             finally:

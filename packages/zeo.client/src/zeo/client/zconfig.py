@@ -241,6 +241,10 @@ def storage_arguments(section: Any) -> tuple[list[Address], dict[str, Any]]:
         'ssl': None if tls is None else tls.context,
         'ssl_server_hostname': None if tls is None else tls.server_hostname,
     }
+    if section.event_loop is not None:
+        # Ours only: left out unless set, so that the reference's
+        # ClientStorage can be opened from the same section.
+        kwargs['event_loop'] = section.event_loop
     return addresses, kwargs
 
 

@@ -14,9 +14,13 @@ handed to the frame reader before the next one starts). Plain
 read, which glibc serves with an ``mmap``/``munmap`` pair: two system calls
 and fresh zeroed pages on every small request.
 
-Output waiting behind a slow reader is bounded: a connection whose unsent
-replies and notifications exceed ``ServerConfig.output_buffer_limit`` is
-closed (a client that stops reading must not make the server grow).
+Output waiting behind a slow reader is bounded in two ways. While the
+transport has more than it wants to hold (``pause_writing``), requests
+already received wait unhandled and reading stops, so a client that sends
+requests without reading the replies only stops being answered. What
+comes unasked (invalidations) still queues; a connection whose unsent
+output exceeds ``ServerConfig.output_buffer_limit`` is aborted (a client
+that stops reading must not make the server grow).
 
 Bad input of any kind closes this connection with one log line; it never
 touches the other connections.
@@ -71,6 +75,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
             encoding=self.config.encoding, limits=self.config.limits)
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._paused = False
+        self._reading_paused = False
         self._buffer = server.receive_buffer
         self._output_limit = self.config.output_buffer_limit
         # bytes, or an iterator of (method, args) one-way messages
@@ -95,12 +100,26 @@ class ServerProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.server.bytes_in(self, nbytes)
-        connection = self._connection
         try:
             # The frame reader copies what it keeps: the buffer is reused.
-            connection.receive_data(self._buffer[:nbytes])
+            self._connection.receive_data(self._buffer[:nbytes])
+        except ProtocolError as error:
+            self.close(f"protocol error: {error}")
+            return
+        self._handle_input()
+
+    def _handle_input(self) -> None:
+        """Handle received events until there are none or output backs up."""
+        next_event = self._connection.next_event
+        try:
             while not self.closed:
-                event = connection.next_event()
+                if self._paused:
+                    # Resumed by resume_writing, which handles the rest.
+                    if not self._reading_paused:
+                        self._reading_paused = True
+                        self.transport.pause_reading()  # type: ignore[union-attr]
+                    return
+                event = next_event()
                 if event is NEED_DATA:
                     break
                 self._handle(event)
@@ -129,6 +148,10 @@ class ServerProtocol(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self._paused = False
         self._drain()
+        if self._reading_paused and not self._paused and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+            self._handle_input()
 
     # -- events -----------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import threading
 from typing import Any, Callable
 
 from zeo.server.config import Address, ServerConfig
+from zeo.server.loops import new_event_loop
 
 #: How long `server` waits for the thread to start listening.
 START_TIMEOUT = 60.0
@@ -75,7 +76,7 @@ def server(path: str | None = None, blob_dir: str | None = None,
         await state["stop"].wait()
         await storage_server.close()
 
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop(config.event_loop)
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),),
                               name="zeo.server ad-hoc", daemon=True)
     thread.start()

@@ -13,6 +13,8 @@ from typing import Any, Union
 
 from zeo.protocol import ProtocolLimits
 
+from zeo.server.loops import DEFAULT_EVENT_LOOP, check_event_loop
+
 #: A TCP address ``(host, port)`` or a Unix socket path.
 Address = Union[tuple[str, int], str]
 
@@ -79,8 +81,11 @@ class ServerConfig:
     max_output_buffer: int | None = None
     limits: ProtocolLimits = dataclasses.field(default_factory=ProtocolLimits)
     ssl: _ssl.SSLContext | None = None
+    #: ``"uvloop"`` or ``"asyncio"`` (see zeo.server.loops).
+    event_loop: str = DEFAULT_EVENT_LOOP
 
     def __post_init__(self) -> None:
+        check_event_loop(self.event_loop)
         _check_count("invalidation_queue_size", self.invalidation_queue_size, 0)
         _check_seconds("invalidation_age", self.invalidation_age)
         _check_seconds("transaction_timeout", self.transaction_timeout)

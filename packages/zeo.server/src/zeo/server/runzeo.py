@@ -24,6 +24,7 @@ import sys
 from typing import Any, Sequence
 
 from zeo.server.config import Address, ServerConfig
+from zeo.server.loops import new_event_loop
 
 logger = logging.getLogger("zeo.server")
 
@@ -147,6 +148,7 @@ async def serve(plan: Plan) -> int:
     from zeo.server.storage_server import StorageServer
 
     loop = asyncio.get_running_loop()
+    logger.info("running on the %s event loop", plan.config.event_loop)
     stopping = asyncio.Event()
     exit_status = 0
 
@@ -167,6 +169,20 @@ async def serve(plan: Plan) -> int:
     finally:
         await server.close()
     return exit_status
+
+
+def run(main: Any, event_loop: str) -> int:
+    """``asyncio.run`` on the configured kind of loop."""
+    loop = new_event_loop(event_loop)
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(main)  # type: ignore[no-any-return]
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def reopen_logs() -> None:
@@ -196,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(plan.pid_file, "w") as pid_file:
             pid_file.write(f"{os.getpid()}\n")
     try:
-        return asyncio.run(serve(plan))
+        return run(serve(plan), plan.config.event_loop)
     except OSError as error:
         print(f"runzeo: {error}", file=sys.stderr)
         return 2

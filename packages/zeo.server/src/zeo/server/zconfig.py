@@ -83,6 +83,8 @@ def zeo_section(section: Any) -> ZeoSection:
         fields["transaction_timeout"] = section.transaction_timeout
     if section.msgpack is not None:
         fields["msgpack"] = section.msgpack
+    if section.event_loop is not None:
+        fields["event_loop"] = section.event_loop
     address = getattr(section.address, "address", section.address)
     if isinstance(address, tuple):
         address = (address[0] or "", address[1])

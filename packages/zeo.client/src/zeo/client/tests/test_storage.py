@@ -22,7 +22,6 @@ from zope.interface.verify import verifyObject
 
 from zeo.client.errors import ClientDisconnected
 from zeo.client.interfaces import IClientStorage, IConnectionManager
-from zeo.client.storage import ClientStorage
 from zeo.client.tests.test_connector import OID1, OID2, ServerFixture, commit
 
 

@@ -143,6 +143,52 @@ class RunzeoTests(unittest.TestCase):
         with open(log + ".1") as f:
             self.assertIn("serving storage '1'", f.read())
 
+    def test_zeo_only_keys_and_the_asyncio_loop(self):
+        port = free_port()
+        config = os.path.join(self.directory, "zeo.conf")
+        log = os.path.join(self.directory, "zeo.log")
+        with open(config, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                <zeo>
+                  address 127.0.0.1:{port}
+                  event-loop asyncio
+                  max-output-buffer 200MB
+                  max-frame-size 80MB
+                </zeo>
+                <filestorage 1>
+                  path {self.directory}/Data.fs
+                </filestorage>
+                <eventlog>
+                  <logfile>
+                    path {log}
+                  </logfile>
+                </eventlog>
+                """))
+        process = self.start("-C", config)
+        client = self.wait_serving(("127.0.0.1", port), process)
+        oid = client.call("new_oids", 1)[0]
+        client.commit(1, [(oid, Z64, b"x")])
+        client.close()
+        self.assertEqual(self.stop(process), 0)
+        with open(log) as f:
+            self.assertIn("running on the asyncio event loop", f.read())
+
+    def test_a_bad_event_loop_is_refused_clearly(self):
+        config = os.path.join(self.directory, "zeo.conf")
+        with open(config, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                <zeo>
+                  address 127.0.0.1:{free_port()}
+                  event-loop twisted
+                </zeo>
+                <filestorage 1>
+                  path {self.directory}/Data.fs
+                </filestorage>
+                """))
+        process = self.start("-C", config)
+        self.assertEqual(process.wait(30), 2)
+        self.assertIn(b"event_loop must be one of uvloop, asyncio", process.stderr.read())
+
     def test_usage_errors(self):
         process = self.start()
         self.assertEqual(process.wait(30), 2)
