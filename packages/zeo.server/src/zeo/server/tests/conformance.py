@@ -209,7 +209,7 @@ def blob_suite(prefix, connect, *, shared, encoding):
         # client sees only when it shares that directory.
         test_packing=shared, test_undo=True)
     if os.geteuid() == 0:
-        _drop_examples(suite, ROOT_DEFEATS)
+        drop_examples(suite, ROOT_DEFEATS)
     return suite
 
 
@@ -219,10 +219,10 @@ def blob_suite(prefix, connect, *, shared, encoding):
 ROOT_DEFEATS = ("open(blob.committed(), 'w')",)
 
 
-def _drop_examples(suite, sources):
+def drop_examples(suite, sources):
     for test in suite:
         if isinstance(test, unittest.TestSuite):
-            _drop_examples(test, sources)
+            drop_examples(test, sources)
             continue
         doctest_ = getattr(test, "_dt_test", None)
         if doctest_ is not None:

@@ -9,7 +9,11 @@ every connection it carries:
 - ``cut_after(nbytes, direction)``: close both sides once that many more
   bytes went through in that direction ('up' client→server, 'down'
   server→client), typically in the middle of a frame;
-- ``reset()``: abort every connection now (an RST, not a clean close).
+- ``reset()``: abort every connection now (an RST, not a clean close);
+- ``hold_after(frames, direction)`` / ``release()``: let each connection
+  send its first *frames* whole ZEO frames in that direction, then hold
+  what follows until released -- to stop a conversation at a known
+  message rather than after some time.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ class _Pipe:
         self.client: asyncio.Transport | None = None
         self.server: asyncio.Transport | None = None
         self.pending_to_server: list[bytes] = []
+        #: Per direction: frames seen so far, and bytes held back.
+        self.frames = {"up": _FrameCounter(), "down": _FrameCounter()}
+        self.held: dict[str, list[bytes]] = {"up": [], "down": []}
 
     def close(self, abort: bool = False) -> None:
         for transport in (self.client, self.server):
@@ -43,6 +50,41 @@ class _Pipe:
                 else:
                     transport.close()
         self.proxy.pipes.discard(self)
+
+
+class _FrameCounter:
+    """Counts whole frames (a 4-byte big-endian length, then the payload)
+    in a byte stream that arrives in arbitrary pieces."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._header = b""
+        self._remaining = 0
+
+    def passable(self, data: bytes, limit: int) -> int:
+        """How many leading bytes of *data* belong to the first *limit*
+        frames (counting them as seen)."""
+        position, size = 0, len(data)
+        while position < size and self.count < limit:
+            if self._remaining == 0 and len(self._header) < 4:
+                take = min(4 - len(self._header), size - position)
+                self._header += data[position:position + take]
+                position += take
+                if len(self._header) == 4:
+                    self._remaining = int.from_bytes(self._header, "big")
+                    if self._remaining == 0:
+                        self._frame_done()
+                continue
+            take = min(self._remaining, size - position)
+            position += take
+            self._remaining -= take
+            if self._remaining == 0:
+                self._frame_done()
+        return position
+
+    def _frame_done(self) -> None:
+        self.count += 1
+        self._header = b""
 
 
 class _Side(asyncio.Protocol):
@@ -78,6 +120,7 @@ class FaultProxy:
         self._stalled = False
         self._stalled_chunks: list[tuple[_Pipe, str, bytes]] = []
         self._cut: dict[str, int | None] = {"up": None, "down": None}
+        self._hold: dict[str, int | None] = {"up": None, "down": None}
 
     # -- life cycle (called from the test thread) ---------------------------------
 
@@ -122,6 +165,18 @@ class FaultProxy:
     def reset(self) -> None:
         self._call(self._close_all, True)
 
+    def hold_after(self, frames: int, direction: str = "up") -> None:
+        """Hold each connection's bytes in *direction* after its first
+        *frames* frames that way (counted from the connection's start: set
+        this before the connections it is meant for are made)."""
+        if direction not in self._hold:
+            raise ValueError("direction is 'up' (to the server) or 'down' (to the client)")
+        self._call(self._hold.__setitem__, direction, frames)
+
+    def release(self) -> None:
+        """Stop holding (see `hold_after`); deliver what was held, in order."""
+        self._call(self._release)
+
     @property
     def connections(self) -> int:
         return len(self.pipes)
@@ -147,6 +202,19 @@ class FaultProxy:
         return side
 
     def _forward(self, pipe: _Pipe, direction: str, data: bytes) -> None:
+        limit = self._hold[direction]
+        if limit is not None:
+            held = pipe.held[direction]
+            if not held:
+                passing = pipe.frames[direction].passable(data, limit)
+                data, rest = data[:passing], data[passing:]
+                if rest:
+                    held.append(rest)
+            else:
+                held.append(data)
+                return
+            if not data:
+                return
         if self._stalled:
             self._stalled_chunks.append((pipe, direction, data))
             return
@@ -174,6 +242,14 @@ class FaultProxy:
         chunks, self._stalled_chunks = self._stalled_chunks, []
         for pipe, direction, data in chunks:
             self._forward(pipe, direction, data)
+
+    def _release(self) -> None:
+        self._hold = {"up": None, "down": None}
+        for pipe in list(self.pipes):
+            for direction, held in pipe.held.items():
+                chunks, held[:] = list(held), []
+                for data in chunks:
+                    self._forward(pipe, direction, data)
 
     def _close_all(self, abort: bool) -> None:
         for pipe in list(self.pipes):

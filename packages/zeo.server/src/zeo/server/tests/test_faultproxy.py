@@ -11,6 +11,7 @@ import time
 import unittest
 
 import zeo.server
+from zeo.protocol import Call
 from zeo.server.tests.faultproxy import FaultProxy
 from zeo.server.tests.rawclient import RawClient, ServerError
 
@@ -95,6 +96,21 @@ class FaultProxyTests(unittest.TestCase):
         self.assertTrue(client.wait_closed())
         self.assert_absent(oid)
         self.assert_lock_free()
+
+    def test_hold_after_some_frames_then_release(self):
+        # The client's protocol and register frames pass, then one call.
+        self.proxy.hold_after(3, "up")
+        client = RawClient(self.proxied, timeout=0.5)
+        first, second = Call(101, "new_oids", (1,)), Call(102, "new_oids", (1,))
+        # Both in one chunk: the proxy splits it at the frame boundary.
+        client.sock.sendall(client.connection.send(first) + client.connection.send(second))
+        self.assertEqual(len(client.wait_reply(101)), 1)
+        with self.assertRaises(TimeoutError):
+            client.wait_reply(102)
+        self.proxy.release()
+        client.sock.settimeout(10)
+        self.assertEqual(len(client.wait_reply(102)), 1)
+        client.close()
 
     def test_a_reference_client_recovers_after_a_reset(self):
         import ZODB
