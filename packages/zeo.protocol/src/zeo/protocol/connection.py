@@ -79,6 +79,7 @@ from .events import _brief
 from .events import Reply
 from .events import Status
 from .events import StatusRequest
+from .framing import HEADER_SIZE
 from .framing import FrameReader
 from .framing import frame
 from .handshake import ClientHandshake
@@ -174,7 +175,9 @@ RECEIVE_TABLE: Dict[Tuple[Role, ConnectionState], FrozenSet[type]] = {
     (_CLIENT, _S.OPEN): frozenset({Reply, ErrorReply, OneWayCall}),
 }
 
-_pack_header = struct.Struct(">I").pack
+_HEADER = struct.Struct(">I")
+_pack_header = _HEADER.pack
+_unpack_header = _HEADER.unpack_from
 
 NextEvent = Union[Event, _NeedData]
 
@@ -195,8 +198,9 @@ class _Connection:
         self._handshake = handshake
         self._pickle_globals = pickle_globals
         self._reader = FrameReader(limits.max_handshake_size)
-        self._feed = self._reader.feed
+        self._inbox = self._reader.buffer
         self._next_frame = self._reader.next_frame
+        self._max_frame_size = limits.max_handshake_size
         self._codec: Optional[Union[MsgpackCodec, PickleCodec]] = None
         self._encode = None
         self._decode = None
@@ -251,7 +255,7 @@ class _Connection:
     def receive_data(self, data: bytes) -> None:
         """See `IProtocolConnection`."""
         if data and self._accepting:
-            self._feed(data)
+            self._inbox += data
             return
         self._check_not_failed()
         if data:
@@ -265,21 +269,42 @@ class _Connection:
     def next_event(self) -> NextEvent:
         """See `IProtocolConnection`."""
         if self._state is _OPEN:
-            try:
-                payload = self._next_frame()
-                if payload is not None:
-                    event = self._decode(payload)  # type: ignore[misc]
+            # FrameReader.next_frame, inlined: this is the hot path.
+            buf = self._inbox
+            have = len(buf)
+            if have >= HEADER_SIZE:
+                end = _unpack_header(buf)[0] + HEADER_SIZE
+                if end > self._max_frame_size + HEADER_SIZE:
+                    self._refuse_frame()
+                if have >= end:
+                    payload = buf[HEADER_SIZE:end]
+                    del buf[:end]
+                    try:
+                        event = self._decode(payload)  # type: ignore[misc]
+                    except RemoteProtocolError as exc:
+                        self._enter_error(exc)
+                        raise
                     if event.__class__ in self._can_receive:
                         return event  # type: ignore[no-any-return]
-                    raise RemoteProtocolError(
+                    exc = RemoteProtocolError(
                         f"a {self._role.value} must not receive"
                         f" {type(event).__name__}: {_brief(event)}"
                     )
-            except RemoteProtocolError as exc:
-                self._enter_error(exc)
-                raise
+                    self._enter_error(exc)
+                    raise exc
+            if not self._eof:
+                return NEED_DATA
             return self._end_of_input()
         return self._next_event_slow()
+
+    def _refuse_frame(self) -> None:
+        # The frame reader words the error (the header announced too much).
+        try:
+            self._next_frame()
+        except RemoteProtocolError as exc:
+            self._enter_error(exc)
+            raise
+        raise AssertionError("the frame reader accepted an oversize frame")  # pragma: no cover
 
     def _end_of_input(self) -> NextEvent:
         if not self._eof:
@@ -344,7 +369,7 @@ class _Connection:
         self._encode = codec.encode_unchecked  # type: ignore[assignment]
         self._kept_buffer_size = codec.kept_buffer_size
         self._decode = codec.decode  # type: ignore[assignment]
-        self._reader.max_frame_size = self.limits.max_frame_size
+        self._reader.max_frame_size = self._max_frame_size = self.limits.max_frame_size
         self._set_state(_OPEN)
 
     def events(self) -> Iterator[Event]:
