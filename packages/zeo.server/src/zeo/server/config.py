@@ -33,6 +33,9 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_BLOB_CHUNK_SIZE = 1 << 20
 #: Server-side iterators one connection may hold open at once.
 DEFAULT_MAX_ITERATORS = 100
+#: The packages whose persistent classes may resolve write conflicts on the
+#: server (see zeo.server.conflicts).
+DEFAULT_CONFLICT_RESOLUTION_PACKAGES = ("BTrees", "persistent", "ZODB")
 #: Bytes one transaction may spool (stores and blobs) before its commit.
 DEFAULT_MAX_SPOOL_SIZE = 1 << 30
 #: Bytes of replies and notifications one connection may have waiting to be
@@ -83,9 +86,16 @@ class ServerConfig:
     ssl: _ssl.SSLContext | None = None
     #: ``"uvloop"`` or ``"asyncio"`` (see zeo.server.loops).
     event_loop: str = DEFAULT_EVENT_LOOP
+    #: Top-level packages whose classes may resolve conflicts here.
+    conflict_resolution_packages: tuple[str, ...] = DEFAULT_CONFLICT_RESOLUTION_PACKAGES
 
     def __post_init__(self) -> None:
         check_event_loop(self.event_loop)
+        packages = self.conflict_resolution_packages
+        if not isinstance(packages, tuple) or not all(
+                isinstance(p, str) and p.isidentifier() for p in packages):
+            raise ValueError("conflict_resolution_packages must be a tuple of top-level"
+                             f" package names, not {packages!r}")
         _check_count("invalidation_queue_size", self.invalidation_queue_size, 0)
         _check_seconds("invalidation_age", self.invalidation_age)
         _check_seconds("transaction_timeout", self.transaction_timeout)

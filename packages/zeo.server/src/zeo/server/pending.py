@@ -29,10 +29,14 @@ from __future__ import annotations
 import enum
 import os
 import tempfile
+import time
 from typing import Any, Callable
 
+from persistent.TimeStamp import TimeStamp
 from ZODB.Connection import TransactionMetaData
 from ZODB.POSException import ConflictError, StorageTransactionError
+from ZODB.utils import tid_repr
+from zeo.protocol import RemoteProtocolError, safe_loads, server_pickle_globals
 
 from zeo.server.spool import (
     CheckCurrent, Delete, Restore, Store, StoreBlob, TransactionSpool, Undo)
@@ -60,7 +64,7 @@ class PendingTransaction:
         self.metadata = TransactionMetaData(
             _text_or_bytes(user, "user"), _text_or_bytes(description, "description"),
             _extension(extension))
-        self.tid = tid
+        self.tid = _checked_tid(tid, status)
         self.status = status
         self.phase = Phase.SPOOLING
         self.spool = TransactionSpool(spool_dir, max_size=max_spool_size)
@@ -114,6 +118,11 @@ class PendingTransaction:
         if self.tid is None:
             storage.tpc_begin(self.metadata)
         else:
+            last = storage.lastTransaction()
+            if self.tid <= last:
+                raise StorageTransactionError(
+                    f"transaction id {tid_repr(self.tid)} is not after the last"
+                    f" one, {tid_repr(last)}")
             storage.tpc_begin(self.metadata, self.tid, self.status)
         self.phase = Phase.VOTED
         conflicts: dict[bytes, dict[str, Any]] = {}
@@ -200,12 +209,41 @@ def _text_or_bytes(value: Any, what: str) -> bytes:
     raise TypeError(f"transaction {what} must be bytes or str, not {type(value).__name__}")
 
 
-def _extension(value: Any) -> dict[Any, Any] | bytes:
+def _extension(value: Any) -> dict[Any, Any]:
+    # Bytes would be stored as they are, and unpickled by an unrestricted
+    # unpickler whenever someone reads the history: only a pickled dict of
+    # plain values is taken, and stored as ZODB pickles it.
     if value is None:
         return {}
-    if isinstance(value, (dict, bytes)):
+    if isinstance(value, bytes):
+        try:
+            value = safe_loads(value, server_pickle_globals()) if value else {}
+        except RemoteProtocolError as error:
+            raise TypeError(f"transaction extension bytes must be a pickled dict of"
+                            f" plain values: {error}") from None
+    if isinstance(value, dict):
         return value
     raise TypeError(f"transaction extension must be a dict, not {type(value).__name__}")
+
+
+#: Transaction statuses a client may ask for (FileStorage's normal, packed
+#: and undone); "c" (checkpoint) or anything longer would corrupt the file.
+STATUSES = (" ", "p", "u")
+#: How far after the server's clock a client-chosen tid may be: one near
+#: the end of time would leave no room for later commits.
+MAX_TID_AHEAD = 24 * 3600.0
+
+
+def _checked_tid(tid: Any, status: Any) -> bytes | None:
+    if not isinstance(status, str) or status not in STATUSES:
+        raise ValueError(f"transaction status must be one of {STATUSES!r}, not {status!r}")
+    if tid is None:
+        return None
+    if not isinstance(tid, bytes) or len(tid) != 8:
+        raise TypeError(f"a transaction id is 8 bytes, not {tid!r}")
+    if TimeStamp(tid).timeTime() > time.time() + MAX_TID_AHEAD:
+        raise ValueError(f"transaction id {tid_repr(tid)} is more than a day in the future")
+    return tid
 
 
 def _remove(path: str | None) -> None:

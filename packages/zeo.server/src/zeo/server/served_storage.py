@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from zeo.server.commit_lock import CommitLock
 from zeo.server.config import ServerConfig
+from zeo.server.conflicts import guard_conflict_resolution
 from zeo.server.invalidation_queue import InvalidationQueue, find_invalidations
 from zeo.server.stats import StorageStats
 
@@ -67,6 +68,7 @@ class ServedStorage:
         )
         self.supports_undo = bool(getattr(storage, "supportsUndo", lambda: False)())
         self.blob_dir = _blob_dir(storage)
+        guard_conflict_resolution(storage, config.conflict_resolution_packages)
 
     def __repr__(self) -> str:
         return f"<ServedStorage {self.name!r} {self.storage!r}>"

@@ -64,6 +64,8 @@ class StorageSession:
         self.served: ServedStorage | None = None
         self.read_only = True
         self.txn: PendingTransaction | None = None
+        #: The reply to a vote that waits for the commit lock.
+        self._waiting_vote: Delayed | None = None
         self._iterators: IteratorRegistry | None = None
 
     def __repr__(self) -> str:
@@ -237,7 +239,7 @@ class StorageSession:
         served.stats.active_txns += 1  # type: ignore[union-attr]
 
     def storea(self, oid: bytes, serial: bytes, data: bytes, txn_id: Any) -> None:
-        self._spooling(txn_id).spool.store(oid, _serial(serial), data)
+        self._spooling(txn_id).spool.store(oid, _serial(serial), _record(data))
         self.served.stats.stores += 1  # type: ignore[union-attr]
 
     def deleteObject(self, oid: bytes, serial: bytes, txn_id: Any) -> None:
@@ -249,7 +251,8 @@ class StorageSession:
 
     def restorea(self, oid: bytes, serial: bytes, data: bytes | None,
                  prev_txn: bytes | None, txn_id: Any) -> None:
-        self._spooling(txn_id).spool.restore(oid, _serial(serial), data, prev_txn)
+        self._spooling(txn_id).spool.restore(
+            oid, _serial(serial), None if data is None else _record(data), prev_txn)
         self.served.stats.stores += 1  # type: ignore[union-attr]
 
     def undoa(self, undo_id: bytes, txn_id: Any) -> None:
@@ -262,14 +265,14 @@ class StorageSession:
         self._spooling(None, check_id=False).blob_chunk(chunk)
 
     def storeBlobEnd(self, oid: bytes, serial: bytes, data: bytes, txn_id: Any) -> None:
-        self._spooling(txn_id).end_blob(oid, _serial(serial), data)
+        self._spooling(txn_id).end_blob(oid, _serial(serial), _record(data))
         self.served.stats.stores += 1  # type: ignore[union-attr]
 
     def storeBlobShared(self, oid: bytes, serial: bytes, data: bytes, filename: str,
                         txn_id: Any) -> None:
         txn = self._spooling(txn_id)
         path = _shared_blob_path(self._storage(), self.served.blob_dir, oid, filename)  # type: ignore[union-attr]
-        txn.spool.store_blob(oid, _serial(serial), data, path)
+        txn.spool.store_blob(oid, _serial(serial), _record(data), path)
         self.served.stats.stores += 1  # type: ignore[union-attr]
 
     def _spooling(self, txn_id: Any, check_id: bool = True) -> PendingTransaction:
@@ -292,11 +295,17 @@ class StorageSession:
         delayed = Delayed()
         if self.served.lock.request(self, lambda: self._vote_now(txn, delayed)):  # type: ignore[union-attr]
             return self._vote(txn)
+        self._waiting_vote = delayed
         return delayed
 
     def _vote_now(self, txn: PendingTransaction, delayed: Delayed) -> None:
+        self._waiting_vote = None
         if self.txn is not txn:   # aborted or disconnected while waiting
             self.served.lock.release(self)  # type: ignore[union-attr]
+            if not delayed.settled:
+                delayed.fail(StorageTransactionError(
+                    "the transaction was aborted while its vote waited for"
+                    " the commit lock"))
             return
         try:
             result = self._vote(txn)
@@ -352,6 +361,13 @@ class StorageSession:
         txn, self.txn = self.txn, None
         if txn is None:
             return
+        waiting, self._waiting_vote = self._waiting_vote, None
+        if waiting is not None and not waiting.settled:
+            # Leaving the lock's queue drops the callback that would have
+            # answered the vote: answer it now.
+            waiting.fail(StorageTransactionError(
+                "the transaction was aborted while its vote waited for the"
+                " commit lock"))
         served = self.served
         try:
             if aborted:
@@ -380,6 +396,14 @@ class StorageSession:
                 self._iterators.close()
             if self.served is not None:
                 self.served.remove(self)
+
+
+def _record(data: Any) -> bytes:
+    # An empty record is written without a back pointer and leaves a
+    # FileStorage that no longer opens without its index.
+    if type(data) is not bytes or not data:
+        raise ValueError(f"a record is a non-empty pickle (bytes), not {data!r:.40}")
+    return data
 
 
 def _serial(value: Any) -> Any:

@@ -1,0 +1,191 @@
+"""Server-side conflict resolution that runs no code a client chose.
+
+ZODB resolves a write conflict by unpickling three revisions of the
+record -- the client's new one, the one it started from and the current
+one -- with an unpickler that imports and calls whatever the pickles
+name, then calling the class's ``_p_resolveConflict``. The record data
+comes from clients, so as it stands any client can run any function in
+the server (``os.system`` in a record, then a conflicting store). The
+reference ZEO 6.2 server has that hole; undo meets the same code.
+
+`guard_conflict_resolution` puts a check in front of the storage's
+``tryToResolveConflict``: the pickles are walked (never run) and only
+these names may appear in them:
+
+* as the record's class: a ``persistent.Persistent`` subclass with a
+  ``_p_resolveConflict`` method, from a package listed in
+  ``ServerConfig.conflict_resolution_packages`` (``BTrees``,
+  ``persistent`` and ``ZODB`` by default);
+* inside the states: such classes, and the plain value types of
+  `STATE_GLOBALS` (dates, decimals, sets).
+
+Anything else -- another global, an extension code, a name computed on
+the pickle stack -- is not resolved: the client gets the ``ConflictError``
+it would get from a class without ``_p_resolveConflict``, and retries its
+transaction as usual.
+
+Building that error is a second door: ``ConflictError(data=...)`` names
+the record's class with ``ZODB.utils.get_pickle_metadata``, which
+unpickles the client's data with a full unpickler when it doesn't start
+with a plain ``GLOBAL`` (MappingStorage raises such errors straight from
+``store``). `guard_conflict_resolution` therefore also replaces that
+function, for the whole server process, with `pickle_metadata`, which
+reads the names without running anything.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import logging
+import pickletools
+from typing import Any, Callable, Iterable
+
+import persistent
+from ZODB.POSException import ConflictError
+
+logger = logging.getLogger("zeo.server")
+
+#: Value types a state being resolved may contain besides containers.
+STATE_GLOBALS = frozenset({
+    ("datetime", "date"), ("datetime", "datetime"), ("datetime", "time"),
+    ("datetime", "timedelta"), ("datetime", "timezone"),
+    ("decimal", "Decimal"),
+    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"),
+    ("__builtin__", "set"), ("__builtin__", "frozenset"),
+})
+
+#: Opcodes that fetch a global or call the extension registry.
+_EXTENSION_OPS = frozenset({"EXT1", "EXT2", "EXT4"})
+_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
+                         "SHORT_BINSTRING", "BINSTRING", "STRING"})
+
+
+class Unsafe(Exception):
+    """A pickle names something conflict resolution must not touch."""
+
+
+def pickle_globals(data: bytes) -> list[tuple[str, str]]:
+    """The ``(module, name)`` pairs every pickle in *data* refers to.
+
+    Raises `Unsafe` for extension codes and for ``STACK_GLOBAL`` (the name
+    is computed on the stack; ZODB's own protocol-3 records never use it)
+    and for data that isn't a sequence of well-formed pickles.
+    """
+    found: list[tuple[str, str]] = []
+    stream = io.BytesIO(data)
+    try:
+        while stream.tell() < len(data):
+            for opcode, arg, _ in pickletools.genops(stream):
+                name = opcode.name
+                if name == "GLOBAL" or name == "INST":
+                    module, _, attribute = str(arg).partition(" ")
+                    found.append((module, attribute))
+                elif name == "STACK_GLOBAL" or name in _EXTENSION_OPS:
+                    raise Unsafe(f"opcode {name}")
+    except Unsafe:
+        raise
+    except Exception as error:
+        raise Unsafe(f"unreadable pickle: {error}") from None
+    return found
+
+
+def class_names(data: bytes) -> list[tuple[str, str]]:
+    """The record class of ZODB's first pickle when it is spelled as a
+    ``(module, name)`` tuple of strings rather than as a global."""
+    stream = io.BytesIO(data)
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(stream):
+            if opcode.name in _STRING_OPS:
+                strings.append(str(arg))
+            if len(strings) > 2:
+                break
+    except Exception as error:
+        raise Unsafe(f"unreadable pickle: {error}") from None
+    return [(strings[0], strings[1])] if len(strings) >= 2 else []
+
+
+def pickle_metadata(data: bytes) -> tuple[str, str]:
+    """``ZODB.utils.get_pickle_metadata`` without unpickling: the module
+    and class name of a record's first pickle, or ``('', '')``."""
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
+            name = opcode.name
+            if name == "GLOBAL" or name == "INST":
+                module, _, attribute = str(arg).partition(" ")
+                return module, attribute
+            if name in _STRING_OPS:
+                strings.append(str(arg))
+                if len(strings) == 2:
+                    return strings[0], strings[1]
+    except Exception:
+        pass
+    return "", ""
+
+
+def _make_conflict_errors_safe() -> None:
+    # ConflictError.__init__ imports the function from ZODB.utils each time.
+    import ZODB.utils
+    ZODB.utils.get_pickle_metadata = pickle_metadata
+
+
+class ConflictResolutionGuard:
+    """Decides which classes and values conflict resolution may load."""
+
+    def __init__(self, packages: Iterable[str]) -> None:
+        self.packages = tuple(packages)
+        self._resolvable: dict[tuple[str, str], bool] = {}
+
+    def check(self, records: Iterable[bytes]) -> None:
+        """Raise `Unsafe` unless every name in every record is allowed."""
+        for data in records:
+            for name in class_names(data):
+                self.check_class(name)
+            for name in pickle_globals(data):
+                if name not in STATE_GLOBALS:
+                    self.check_class(name)
+
+    def check_class(self, name: tuple[str, str]) -> None:
+        allowed = self._resolvable.get(name)
+        if allowed is None:
+            allowed = self._resolvable[name] = self._is_resolvable(*name)
+        if not allowed:
+            raise Unsafe(f"{name[0]}.{name[1]} may not take part in conflict resolution")
+
+    def _is_resolvable(self, module: str, name: str) -> bool:
+        if module.split(".")[0] not in self.packages or not name.isidentifier():
+            return False
+        try:
+            value = getattr(importlib.import_module(module), name)
+        except Exception:
+            return False
+        return (isinstance(value, type) and issubclass(value, persistent.Persistent)
+                and callable(getattr(value, "_p_resolveConflict", None)))
+
+
+def guard_conflict_resolution(storage: Any, packages: Iterable[str]) -> None:
+    """Check records before *storage* resolves a conflict (see the module
+    docstring). Storages without conflict resolution are left alone."""
+    _make_conflict_errors_safe()
+    resolve: Callable[..., bytes] | None = getattr(storage, "tryToResolveConflict", None)
+    if resolve is None:
+        return
+    guard = ConflictResolutionGuard(packages)
+    untransform = getattr(storage, "_crs_untransform_record_data", lambda data: data)
+
+    def try_to_resolve_conflict(oid: bytes, committed_serial: bytes, old_serial: bytes,
+                                newpickle: bytes, committed_data: bytes = b"") -> bytes:
+        try:
+            records = [newpickle, storage.loadSerial(oid, old_serial),
+                       committed_data or storage.loadSerial(oid, committed_serial)]
+            guard.check(untransform(record) for record in records)
+        except Exception as reason:   # Unsafe, or a revision that isn't there
+            logger.info("not resolving a conflict on oid %s: %s", oid.hex(), reason)
+            raise ConflictError(oid=oid, serials=(committed_serial, old_serial),
+                                data=newpickle) from None
+        return resolve(oid, committed_serial, old_serial, newpickle, committed_data)
+
+    # An instance attribute: the storage's own store and undo find it first.
+    storage.tryToResolveConflict = try_to_resolve_conflict
