@@ -85,6 +85,8 @@ def zeo_section(section: Any) -> ZeoSection:
         fields["msgpack"] = section.msgpack
     if section.event_loop is not None:
         fields["event_loop"] = section.event_loop
+    if section.conflict_resolution_packages is not None:
+        fields["conflict_resolution_packages"] = tuple(section.conflict_resolution_packages)
     address = getattr(section.address, "address", section.address)
     if isinstance(address, tuple):
         address = (address[0] or "", address[1])

@@ -12,6 +12,7 @@ import time
 import unittest
 
 from zeo.server.runzeo import UsageError, parse_address
+from zeo.server.zconfig import load
 from zeo.server.tests.rawclient import RawClient
 
 Z64 = b"\0" * 8
@@ -152,6 +153,7 @@ class RunzeoTests(unittest.TestCase):
                 <zeo>
                   address 127.0.0.1:{port}
                   event-loop asyncio
+                  conflict-resolution-packages BTrees persistent ZODB myapp
                   max-output-buffer 200MB
                   max-frame-size 80MB
                 </zeo>
@@ -164,6 +166,12 @@ class RunzeoTests(unittest.TestCase):
                   </logfile>
                 </eventlog>
                 """))
+        settings = load(config)
+        self.assertEqual(settings.config.event_loop, "asyncio")
+        self.assertEqual(settings.config.conflict_resolution_packages,
+                         ("BTrees", "persistent", "ZODB", "myapp"))
+        self.assertEqual(settings.config.output_buffer_limit, 200 * 1024 * 1024)
+        self.assertEqual(settings.config.limits.max_frame_size, 80 * 1024 * 1024)
         process = self.start("-C", config)
         client = self.wait_serving(("127.0.0.1", port), process)
         oid = client.call("new_oids", 1)[0]
