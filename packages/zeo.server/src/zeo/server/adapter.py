@@ -54,6 +54,11 @@ QUIET_ERRORS = (ConflictError, POSKeyError)
 
 #: Bytes read from a socket at a time, into the server's shared buffer.
 RECEIVE_BUFFER_SIZE = 256 * 1024
+#: Replies a transport may hold before the connection stops handling
+#: requests (``pause_writing``), and where it starts again. asyncio's 64 KiB
+#: would pause a client's prefetch of a few hundred objects many times.
+WRITE_BUFFER_HIGH = 1024 * 1024
+WRITE_BUFFER_LOW = 256 * 1024
 
 
 def receive_buffer() -> memoryview:
@@ -86,6 +91,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+            high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
         self.label = _describe_peer(transport)
         if not self.server.connection_opened(self):
             return
