@@ -91,8 +91,11 @@ class ServerProtocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Pausing must come well before the output limit: what waits
+        # beyond the transport's buffer is what the limit counts.
+        high = min(WRITE_BUFFER_HIGH, self._output_limit // 4)
         transport.set_write_buffer_limits(  # type: ignore[attr-defined]
-            high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
+            high=high, low=min(WRITE_BUFFER_LOW, high // 4))
         self.label = _describe_peer(transport)
         if not self.server.connection_opened(self):
             return
