@@ -405,7 +405,7 @@ def _build_walk_table() -> List[int]:
     for code, op in enumerate(_OPS):
         if op is None:
             continue
-        name, kind, size, action = op[0], op[1], op[2], op[3]
+        kind, size, action = op[1], op[2], op[3]
         if action == _REFUSE:
             continue
         table[code] = size if kind == _FIXED else kinds[kind]

@@ -122,5 +122,5 @@ class DBLayer:
             self._blob_dir = None
 
 
-SERVER_LAYER = ServerLayer("zeo.server.testing.SERVER_LAYER")
-DB_LAYER = DBLayer(SERVER_LAYER, "zeo.server.testing.DB_LAYER")
+SERVER_LAYER = ServerLayer("SERVER_LAYER")
+DB_LAYER = DBLayer(SERVER_LAYER, "DB_LAYER")
