@@ -12,11 +12,16 @@ call to one the way the network adapter does (see `zeo.server.session`):
 - every reply, error reply and notification is encoded with both codecs,
   as the adapter would before writing it.
 
+`Harness.serve_bytes` does the same for raw bytes from a client, through a
+real `ServerConnection` (framing, both codecs, the restricted unpickler).
+
 After each call `check_invariants` looks at the shared state (commit lock,
-counters, the storage's open transaction, the marker file); `reset` closes
-every connection and proves that a normal commit still works; `close`
-stops the server and checks the file with ``fstest`` and by reopening it
-without its index. Used by ``test_fuzz`` and by ``scripts/fuzz_server.py``.
+counters, the storage's open transaction, the marker file a hostile pickle
+would create); `reset` checks that every call on an open connection is
+answered once the commit lock's holders have gone, closes every connection
+and proves that a normal commit still works; `close` stops the server and
+checks the file with ``fstest`` and by reopening it without its index.
+Used by ``test_fuzz`` and by ``scripts/fuzz_server.py``.
 """
 
 from __future__ import annotations
@@ -37,7 +42,6 @@ from zeo.protocol.msgpack_codec import MsgpackCodec
 from zeo.protocol.pickle_codec import PickleCodec
 from zeo.server.config import ServerConfig
 from zeo.server.interfaces import ISessionPeer
-from zeo.server.pending import Phase
 from zeo.server.results import Delayed
 from zeo.server.session import ONE_WAY_METHODS, SYNC_METHODS, StorageSession
 
@@ -48,36 +52,6 @@ METHODS = tuple(sorted(SYNC_METHODS | ONE_WAY_METHODS))
 #: Errors that only a bug raises, whatever the input. (AssertionError only
 #: from zeo's own code: FileStorage's index answers a non-bytes oid with one.)
 INTERNAL_ERRORS = (NameError, SystemError, MemoryError)
-
-
-#: Bugs found by this fuzzer and not fixed yet, each with a failing test in
-#: ``test_fuzz_findings``; `scrub` keeps their inputs out so that fuzzing
-#: goes on finding new ones. Remove a name when its fix lands.
-KNOWN_BUGS = frozenset({
-    "tpc_begin-tid",               # TpcBeginTidTests
-    "conflict-resolution-pickle",  # ConflictResolutionPickleTests
-    "extension-pickle",            # ExtensionPickleTests
-    "empty-record",                # EmptyRecordTests
-    "vote-unanswered",             # VoteUnansweredTests
-})
-
-def scrub(method: Any, args: Any, hostile: list[bytes], known: frozenset[str]) -> Any:
-    """*args* without the inputs that trigger a bug in *known*."""
-    if type(args) is not tuple:
-        return args
-    if method == "tpc_begin" and len(args) >= 5:
-        if "extension-pickle" in known and args[3] in hostile:
-            args = (*args[:3], {}, *args[4:])
-        if "tpc_begin-tid" in known and args[4] is not None:
-            args = (*args[:4], None, *args[5:])
-    if method in ("storea", "restorea", "storeBlobEnd", "storeBlobShared") \
-            and "conflict-resolution-pickle" in known and len(args) >= 3 \
-            and args[2] in hostile:
-        args = (*args[:2], b"scrubbed", *args[3:])
-    if method in ("storea", "restorea", "storeBlobEnd", "storeBlobShared") \
-            and "empty-record" in known and len(args) >= 3 and args[2] == b"":
-        args = (*args[:2], b"was empty", *args[3:])
-    return args
 
 
 class InternalError(AssertionError):
@@ -158,7 +132,7 @@ class _Peer:
 class Harness:
     """See the module docstring. *directory* must exist and be empty."""
 
-    def __init__(self, directory: str, known_bugs: frozenset[str] = KNOWN_BUGS) -> None:
+    def __init__(self, directory: str) -> None:
         from ZODB.FileStorage import FileStorage
 
         from zeo.server.storage_server import StorageServer
@@ -167,7 +141,6 @@ class Harness:
         self.path = os.path.join(directory, "Data.fs")
         self.marker = os.path.join(directory, "MARKER")
         self.hostile = hostile_pickles(self.marker)
-        self.known_bugs = known_bugs
         storage = FileStorage(self.path, blob_dir=os.path.join(directory, "blobs"))
         self.loop = asyncio.new_event_loop()
         # No transaction timeout: its timer would fire between examples.
@@ -210,12 +183,6 @@ class Harness:
         ``reply``, ``error``, ``pending``, ``sent`` (one-way) or ``closed``.
         *one_way* says how the call came (None: as its name says)."""
         self.calls += 1
-        args = scrub(method, args, self.hostile, self.known_bugs)
-        txn = connection.session.txn
-        if "vote-unanswered" in self.known_bugs and method in ("tpc_abort", "tpc_finish") \
-                and txn is not None and txn.phase is Phase.VOTING:
-            self.outcomes["skipped"] += 1
-            return "skipped"
         outcome = self._dispatch(connection, method, args, one_way)
         self.outcomes[outcome] += 1
         self.run_loop()
@@ -300,8 +267,9 @@ class Harness:
     def serve_bytes(self, encoding: str, data: bytes) -> str:
         """*data*, what a client sends after the handshake, through a real
         `ServerConnection` (framing, decoding, the restricted unpickler),
-        each event dispatched as the adapter does, then end of input.
-        Return "closed" if the server closed the connection early."""
+        each event dispatched as the adapter does; then the client waits
+        for its answers (`settle`) and closes. Return "closed" if the
+        server closed the connection first."""
         wire = ServerConnection(encoding=encoding, native=False)
         wire.initiate()
         wire.receive_data(struct.pack(">I", 2) + encoding.encode() + b"5")
@@ -318,6 +286,8 @@ class Harness:
                     self._event(connection, event)
                 if connection.closed:
                     return "closed"
+                if chunk:
+                    self.settle()
         except RemoteProtocolError as error:
             self.outcomes["protocol error"] += 1
             self.close_connection(connection, f"protocol error: {error}")

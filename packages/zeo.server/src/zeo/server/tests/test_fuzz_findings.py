@@ -1,28 +1,26 @@
-"""What fuzzing the dispatch found, one test each, over real sockets.
+"""What fuzzing the dispatch found, one regression test each, over real sockets.
 
-Each test names the rule it holds the server to. They fail until the
-server is fixed; `fuzzing.KNOWN_BUGS` keeps these inputs out of the
-fuzzers meanwhile (remove the name there when a fix lands).
+Each test names the rule it holds the server to. Before the fixes:
 
-- A client's record data is unpickled by ZODB's conflict resolution
+- A client's record data was unpickled by ZODB's conflict resolution
   (a store with a stale serial, or an undo that meets a later change),
-  whose unpickler imports and calls anything: hostile data runs code in
+  whose unpickler imports and calls anything: hostile data ran code in
   the server.
-- A client's transaction extension may be bytes, which FileStorage
+- A client's transaction extension could be bytes, which FileStorage
   unpickles with an unrestricted unpickler in ``history``, ``undoLog``,
-  ``undoInfo`` and the iterator: hostile bytes run code in the server
-  when anybody reads the history.
-- ``tpc_begin`` passes a client's *tid* and *status* to the storage
-  unchecked: a status other than one character of " pu" is written into
+  ``undoInfo`` and the iterator: hostile bytes ran code in the server
+  when anybody read the history.
+- ``tpc_begin`` passed a client's *tid* and *status* to the storage
+  unchecked: a status other than one character of " pu" was written into
   the transaction header (``"c"`` makes FileStorage drop that transaction
   and every later one when it rebuilds its index; longer strings overwrite
-  header fields), a tid not after the last one breaks the file's order, and
-  one near the end of time makes every later commit invisible to clients.
-- An empty record (``storea`` with ``b""``) is written as a data record
-  without a back pointer: the file no longer opens without its index.
-- A ``vote`` waiting for the commit lock is never answered if its
-  transaction is aborted meanwhile (``tpc_abort``, or a ``tpc_finish``
-  that fails): the lock's waiter is dropped and its reply with it.
+  header fields), a tid not after the last one broke the file's order, and
+  one near the end of time made every later commit invisible to clients.
+- An empty record (``storea`` with ``b""``) was written as a data record
+  without a back pointer: the file no longer opened without its index.
+- A ``vote`` waiting for the commit lock was never answered if its
+  transaction was aborted meanwhile (``tpc_abort``, or a ``tpc_finish``
+  that fails): the lock's waiter was dropped and its reply with it.
 """
 
 from __future__ import annotations
@@ -53,7 +51,7 @@ class FindingTestBase(unittest.TestCase):
             path=self.path, blob_dir=os.path.join(self.directory, "blobs"))
         self.addCleanup(self.stop)
         self.client = RawClient(self.address)
-        self.addCleanup(self.client.close)
+        self.addCleanup(lambda: self.client.close())
         self.committed: dict[bytes, bytes] = {}
 
     def commit(self, stores, txn=1, extension=None):
@@ -66,6 +64,11 @@ class FindingTestBase(unittest.TestCase):
         for oid, _, data in stores:
             self.committed[oid] = data
         return tid
+
+    def reconnect(self):
+        """A fresh connection after the server closed this one (a refusal)."""
+        self.client.close()
+        self.client = RawClient(self.address)
 
     def new_oid(self):
         return self.client.call("new_oids", 1)[0]
@@ -117,7 +120,7 @@ class ExtensionPickleTests(FindingTestBase):
         try:
             self.commit([(oid, Z64, b"data")], extension=hostile_pickles(self.marker)[0])
         except (ServerError, ConnectionError):
-            self.client = RawClient(self.address)   # refusing them is fine
+            self.reconnect()   # refusing them is fine
             self.commit([(oid, Z64, b"data")])
         for method, args in [("history", (oid, 1)), ("undoLog", (0, 10)),
                              ("undoInfo", (0, 10, None))]:
@@ -147,7 +150,7 @@ class TpcBeginTidTests(FindingTestBase):
             self.client.call("vote", 2)
             self.client.call("tpc_finish", 2)
         except (ServerError, ConnectionError):
-            self.client = RawClient(self.address)
+            self.reconnect()
         else:
             self.committed[oid] = b"restored"
 
@@ -197,7 +200,7 @@ class EmptyRecordTests(FindingTestBase):
         try:
             self.commit([(oid, Z64, b"")], txn=2)
         except (ServerError, ConnectionError):
-            self.client = RawClient(self.address)   # refusing it is fine
+            self.reconnect()   # refusing it is fine
         self.commit([(self.new_oid(), Z64, b"after")], txn=3)
         self.assert_file_sound()
 
