@@ -136,17 +136,20 @@ class StorageSession:
     # -- reads ----------------------------------------------------------------
 
     def loadBefore(self, oid: bytes, tid: bytes) -> Any:
+        if oid.__class__ is not bytes or len(oid) != 8 \
+                or tid.__class__ is not bytes or len(tid) != 8:
+            _id8(oid, "an oid"), _id8(tid, "a tid")
         self.served.stats.loads += 1  # type: ignore[union-attr]
         return self._storage().loadBefore(oid, tid)
 
     def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
-        return self._storage().loadSerial(oid, serial)
+        return self._storage().loadSerial(_id8(oid, "an oid"), _id8(serial, "a serial"))
 
     def getTid(self, oid: bytes) -> bytes:
-        return self._storage().getTid(oid)
+        return self._storage().getTid(_id8(oid, "an oid"))
 
     def history(self, oid: bytes, size: int = 1) -> Any:
-        return self._storage().history(oid, size)
+        return self._storage().history(_id8(oid, "an oid"), size)
 
     def record_iternext(self, next: Any = None) -> Any:
         return self._storage().record_iternext(next)
@@ -162,7 +165,7 @@ class StorageSession:
         return self._storage().undoInfo(first, last, specification)
 
     def sendBlob(self, oid: bytes, serial: bytes) -> None:
-        path = self._storage().loadBlob(oid, serial)
+        path = self._storage().loadBlob(_id8(oid, "an oid"), _id8(serial, "a serial"))
         chunk_size = self.served.config.blob_chunk_size  # type: ignore[union-attr]
         self.peer.stream(_blob_messages(oid, serial, path, chunk_size))
         return None
@@ -170,6 +173,11 @@ class StorageSession:
     # -- iterators ------------------------------------------------------------
 
     def iterator_start(self, start: bytes | None = None, stop: bytes | None = None) -> int:
+        # Checked here: FileStorage's iterator asserts on a wrong type and
+        # leaves its file open until garbage collection.
+        for bound in (start, stop):
+            if bound is not None:
+                _id8(bound, "an iterator bound (a tid)")
         return self._iterators.start(self._storage(), start, stop)  # type: ignore[union-attr]
 
     def iterator_next(self, iid: int) -> Any:
@@ -239,15 +247,15 @@ class StorageSession:
         served.stats.active_txns += 1  # type: ignore[union-attr]
 
     def storea(self, oid: bytes, serial: bytes, data: bytes, txn_id: Any) -> None:
-        self._spooling(txn_id).spool.store(oid, _serial(serial), _record(data))
+        self._spooling(txn_id).spool.store(_id8(oid, "an oid"), _serial(serial), _record(data))
         self.served.stats.stores += 1  # type: ignore[union-attr]
 
     def deleteObject(self, oid: bytes, serial: bytes, txn_id: Any) -> None:
-        self._spooling(txn_id).spool.delete(oid, _serial(serial))
+        self._spooling(txn_id).spool.delete(_id8(oid, "an oid"), _serial(serial))
         self.served.stats.stores += 1  # type: ignore[union-attr]
 
     def checkCurrentSerialInTransaction(self, oid: bytes, serial: bytes, txn_id: Any) -> None:
-        self._spooling(txn_id).spool.check_current(oid, _serial(serial))
+        self._spooling(txn_id).spool.check_current(_id8(oid, "an oid"), _serial(serial))
 
     def restorea(self, oid: bytes, serial: bytes, data: bytes | None,
                  prev_txn: bytes | None, txn_id: Any) -> None:
@@ -404,6 +412,13 @@ def _record(data: Any) -> bytes:
     if type(data) is not bytes or not data:
         raise ValueError(f"a record is a non-empty pickle (bytes), not {data!r:.40}")
     return data
+
+
+def _id8(value: Any, what: str) -> bytes:
+    """*value* if it is 8 bytes (an oid or a tid), else a TypeError."""
+    if type(value) is not bytes or len(value) != 8:
+        raise TypeError(f"{what} is 8 bytes, not {value!r:.40}")
+    return value
 
 
 def _serial(value: Any) -> Any:

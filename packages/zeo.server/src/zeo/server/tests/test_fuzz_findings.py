@@ -225,5 +225,23 @@ class VoteUnansweredTests(FindingTestBase):
         self.assertIsNone(waiter.call("ping"))
 
 
+class IdentifierTests(FindingTestBase):
+    """Oids, tids and iterator bounds are checked before the storage sees
+    them: a clear TypeError, not FileStorage's AssertionError (nor an
+    iterator file left open)."""
+
+    def test_wrong_identifiers_get_a_type_error(self):
+        for method, args in [("loadBefore", (b"short", MAXTID)),
+                             ("loadBefore", (Z64, "a tid as text")),
+                             ("loadSerial", (5, Z64)),
+                             ("history", (None,)),
+                             ("iterator_start", ("start", None)),
+                             ("iterator_start", (None, b"\0" * 9))]:
+            with self.assertRaises(ServerError) as caught:
+                self.client.call(method, *args)
+            self.assertEqual(caught.exception.args[0], "builtins.TypeError", (method, args))
+        self.assertIsNone(self.client.call("ping"))
+
+
 if __name__ == "__main__":
     unittest.main()
