@@ -90,22 +90,6 @@ def pickle_globals(data: bytes) -> list[tuple[str, str]]:
     return found
 
 
-def class_names(data: bytes) -> list[tuple[str, str]]:
-    """The record class of ZODB's first pickle when it is spelled as a
-    ``(module, name)`` tuple of strings rather than as a global."""
-    stream = io.BytesIO(data)
-    strings: list[str] = []
-    try:
-        for opcode, arg, _ in pickletools.genops(stream):
-            if opcode.name in _STRING_OPS:
-                strings.append(str(arg))
-            if len(strings) > 2:
-                break
-    except Exception as error:
-        raise Unsafe(f"unreadable pickle: {error}") from None
-    return [(strings[0], strings[1])] if len(strings) >= 2 else []
-
-
 def pickle_metadata(data: bytes) -> tuple[str, str]:
     """``ZODB.utils.get_pickle_metadata`` without unpickling: the module
     and class name of a record's first pickle, or ``('', '')``."""
@@ -141,8 +125,9 @@ class ConflictResolutionGuard:
     def check(self, records: Iterable[bytes]) -> None:
         """Raise `Unsafe` unless every name in every record is allowed."""
         for data in records:
-            for name in class_names(data):
-                self.check_class(name)
+            # The record's class, also when spelled as a (module, name)
+            # tuple of strings rather than as a global.
+            self.check_class(pickle_metadata(data))
             for name in pickle_globals(data):
                 if name not in STATE_GLOBALS:
                     self.check_class(name)
