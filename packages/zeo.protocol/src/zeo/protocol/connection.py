@@ -76,12 +76,14 @@ from .events import Heartbeat
 from .events import OneWayCall
 from .events import ProtocolAgreed
 from .events import _brief
+from .events import message_from_wire
 from .events import Reply
 from .events import Status
 from .events import StatusRequest
 from .framing import HEADER_SIZE
 from .framing import FrameReader
 from .framing import frame
+from .framing import frame_bytes
 from .handshake import ClientHandshake
 from .handshake import HandshakeState
 from .handshake import ServerHandshake
@@ -176,7 +178,6 @@ RECEIVE_TABLE: Dict[Tuple[Role, ConnectionState], FrozenSet[type]] = {
 }
 
 _HEADER = struct.Struct(">I")
-_pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack_from
 
 NextEvent = Union[Event, _NeedData]
@@ -198,12 +199,11 @@ class _Connection:
         self._handshake = handshake
         self._pickle_globals = pickle_globals
         self._reader = FrameReader(limits.max_handshake_size)
-        self._inbox = self._reader.buffer
         self._next_frame = self._reader.next_frame
         self._max_frame_size = limits.max_handshake_size
         self._codec: Optional[Union[MsgpackCodec, PickleCodec]] = None
         self._encode = None
-        self._decode = None
+        self._decode_wire = None
         self._kept_buffer_size = 0
         self._outbox: List[bytes] = []
         self._eof = False
@@ -255,7 +255,20 @@ class _Connection:
     def receive_data(self, data: bytes) -> None:
         """See `IProtocolConnection`."""
         if data and self._accepting:
-            self._inbox += data
+            # FrameReader.feed, inlined for its common case: everything
+            # fed before has been read.
+            reader = self._reader
+            if reader.pos == len(reader.chunk):
+                kind = data.__class__
+                if kind is bytes:
+                    reader.chunk = data  # immutable: no copy needed
+                elif kind is memoryview:
+                    reader.chunk = data.tobytes()  # type: ignore[attr-defined]
+                else:
+                    reader.chunk = bytes(data)
+                reader.pos = 0
+            else:
+                reader.feed(data)
             return
         self._check_not_failed()
         if data:
@@ -269,33 +282,47 @@ class _Connection:
     def next_event(self) -> NextEvent:
         """See `IProtocolConnection`."""
         if self._state is _OPEN:
-            # FrameReader.next_frame, inlined: this is the hot path.
-            buf = self._inbox
-            have = len(buf)
-            if have >= HEADER_SIZE:
-                end = _unpack_header(buf)[0] + HEADER_SIZE
-                if end > self._max_frame_size + HEADER_SIZE:
+            # FrameReader.next_frame and the codec's decode, inlined: this
+            # is the hot path.
+            reader = self._reader
+            chunk = reader.chunk
+            pos = reader.pos
+            if len(chunk) - pos >= HEADER_SIZE:
+                size = _unpack_header(chunk, pos)[0]
+                if size > self._max_frame_size:
                     self._refuse_frame()
-                if have >= end:
-                    payload = buf[HEADER_SIZE:end]
-                    del buf[:end]
+                end = pos + HEADER_SIZE + size
+                if len(chunk) >= end:
+                    reader.pos = end
                     try:
-                        event = self._decode(payload)  # type: ignore[misc]
-                    except RemoteProtocolError as exc:
-                        self._enter_error(exc)
-                        raise
+                        event = message_from_wire(
+                            self._decode_wire(chunk[pos + HEADER_SIZE:end]))  # type: ignore[misc]
+                    except Exception as exc:
+                        raise self._undecodable(exc) from None
                     if event.__class__ in self._can_receive:
-                        return event  # type: ignore[no-any-return]
-                    exc = RemoteProtocolError(
-                        f"a {self._role.value} must not receive"
-                        f" {type(event).__name__}: {_brief(event)}"
-                    )
-                    self._enter_error(exc)
-                    raise exc
+                        return event
+                    raise self._unexpected(event)
             if not self._eof:
                 return NEED_DATA
             return self._end_of_input()
         return self._next_event_slow()
+
+    def _undecodable(self, exc: Exception) -> RemoteProtocolError:
+        if not isinstance(exc, RemoteProtocolError):
+            exc = RemoteProtocolError(
+                f"undecodable {self._codec.name} message:"  # type: ignore[union-attr]
+                f" {type(exc).__name__}: {exc}"
+            )
+        self._enter_error(exc)
+        return exc
+
+    def _unexpected(self, event: Event) -> RemoteProtocolError:
+        exc = RemoteProtocolError(
+            f"a {self._role.value} must not receive"
+            f" {type(event).__name__}: {_brief(event)}"
+        )
+        self._enter_error(exc)
+        return exc
 
     def _refuse_frame(self) -> None:
         # The frame reader words the error (the header announced too much).
@@ -368,7 +395,7 @@ class _Connection:
         self._codec = codec
         self._encode = codec.encode_unchecked  # type: ignore[assignment]
         self._kept_buffer_size = codec.kept_buffer_size
-        self._decode = codec.decode  # type: ignore[assignment]
+        self._decode_wire = codec.decode_unchecked  # type: ignore[assignment]
         self._reader.max_frame_size = self._max_frame_size = self.limits.max_frame_size
         self._set_state(_OPEN)
 
@@ -401,8 +428,8 @@ class _Connection:
             if size > self._kept_buffer_size:
                 self._after_large_message(size)
             if self._outbox:
-                return self.data_to_send() + _pack_header(size) + payload  # type: ignore[no-any-return]
-            return _pack_header(size) + payload  # type: ignore[no-any-return]
+                return self.data_to_send() + frame_bytes(payload)
+            return frame_bytes(payload)
         if type(event) in self._can_send:
             data = self._send_other(event)
             if self._outbox:

@@ -201,6 +201,14 @@ class Call(Message):
     def args(self) -> Tuple[Any, ...]:
         return self[3]  # type: ignore[no-any-return]
 
+    def reply(self, result: Any = None) -> "Reply":
+        """The `Reply` to this call: ``Reply(self.msgid, result)``.
+
+        Cheaper than that spelling: the msgid was checked when this call
+        was made (or decoded), so it isn't checked again.
+        """
+        return _tuple_new(Reply, (self[0], 0, REPLY_NAME, result))  # type: ignore[no-any-return]
+
 
 class OneWayCall(Message):
     """A call nobody answers (wire id 0): stores, invalidations, info."""
@@ -399,7 +407,7 @@ def _bad(reason: str, msg: object) -> RemoteProtocolError:
     return RemoteProtocolError(f"malformed message ({reason}): {_brief(msg)}")
 
 
-def message_from_wire(msg: object) -> Message:
+def _message_from_wire_py(msg: object) -> Message:
     """Turn one decoded wire tuple into its event.
 
     Raises ``RemoteProtocolError`` for anything that isn't one of the
@@ -434,7 +442,12 @@ def message_from_wire(msg: object) -> Message:
                         return _tuple_new(Call, msg)  # type: ignore[no-any-return]
                 elif kind is int and msgid > 0:
                     return _tuple_new(Call, msg)  # type: ignore[no-any-return]
-        elif flag.__class__ is int and flag == 0 and name == ".reply":
+        elif (
+            flag.__class__ is int
+            and flag == 0
+            and name.__class__ is str
+            and name == ".reply"
+        ):
             kind = msgid.__class__
             if kind is tuple:
                 if (
@@ -488,3 +501,18 @@ def _from_wire_checked(msg: object) -> Message:
     if flag is False:
         return _tuple_new(Call, msg)  # type: ignore[no-any-return]
     return _tuple_new(Call, (msgid, False, name, args))  # type: ignore[no-any-return]
+
+
+#: The pure-Python implementation, also used where the compiled helper
+#: isn't built.  Both give the same result for every input (tested).
+message_from_wire = _message_from_wire_py
+
+try:
+    from . import _speedups
+except ImportError:  # pragma: no cover - built by every install we test
+    _speedups = None  # type: ignore[assignment]
+else:
+    # The compiled fast path handles the canonical Call and Reply shapes
+    # and hands everything else to _from_wire_checked.
+    _speedups.configure(Call, Reply, _from_wire_checked)
+    message_from_wire = _speedups.message_from_wire  # noqa: F811

@@ -45,7 +45,8 @@ class IFrameReader(Interface):
     def next_frame():
         """Return the next complete payload, or ``None`` if more is needed.
 
-        The payload is a fresh ``bytearray`` owned by the caller.  Frames
+        The payload is a ``bytes`` or ``bytearray`` copy that later
+        feeds don't touch: the caller may keep it.  Frames
         are returned in order; call repeatedly to drain coalesced frames.
         Raises ``RemoteProtocolError`` when the next header announces
         more than ``max_frame_size`` bytes.
@@ -60,6 +61,8 @@ class ICodec(Interface):
     """
 
     encoding = Attribute("The encoding letter: 'M' (msgpack) or 'Z' (pickle).")
+
+    name = Attribute("The encoding's name for messages: 'msgpack' or 'pickle'.")
 
     kept_buffer_size = Attribute(
         "After encoding a payload larger than this, call `shed_buffer` so"
@@ -85,6 +88,16 @@ class ICodec(Interface):
         tuple shape, a forbidden pickle global.  Never runs peer-chosen
         code.
         """
+
+    decode_unchecked = Attribute(
+        "A callable taking one payload and returning its decoded wire tuple,"
+        " shape unchecked.  ``decode`` is ``message_from_wire("
+        "decode_unchecked(payload))`` with errors translated; the connection"
+        " makes those two calls itself to save one per message.  Undecodable"
+        " bytes raise ``RemoteProtocolError`` or any other exception.  Never"
+        " runs peer-chosen code.  (An attribute, not a method, so that a codec"
+        " can make it a plain function.)"
+    )
 
 
 class IHandshake(Interface):

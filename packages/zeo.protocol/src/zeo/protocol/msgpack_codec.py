@@ -53,6 +53,10 @@ def _refuse_ext(code: int, data: bytes) -> NoReturn:
     raise ValueError(f"msgpack extension type {code} is not allowed")
 
 
+def _unpack_wire(payload: Any) -> Any:
+    return _unpackb(payload, raw=False, use_list=False, ext_hook=_refuse_ext)
+
+
 @implementer(ICodec)
 class MsgpackCodec:
     """The ``M`` codec.  See `ICodec`."""
@@ -60,6 +64,7 @@ class MsgpackCodec:
     __slots__ = ("_pack", "encode_unchecked")
 
     encoding = "M"
+    name = "msgpack"
 
     #: A message larger than this grew the buffer (see `shed_buffer`).
     kept_buffer_size = PACKER_BUFFER_SIZE
@@ -90,10 +95,14 @@ class MsgpackCodec:
             self.shed_buffer()
         return payload  # type: ignore[no-any-return]
 
+    #: See `ICodec`.  (A plain function: the connection calls it per
+    #: message, and a bound method would cost one more call.)
+    decode_unchecked = staticmethod(_unpack_wire)
+
     def decode(self, payload: Any) -> Message:
         """See `ICodec`."""
         try:
-            msg = _unpackb(payload, raw=False, use_list=False, ext_hook=_refuse_ext)
+            msg = _unpack_wire(payload)
         except Exception as exc:
             raise RemoteProtocolError(
                 f"undecodable msgpack message: {type(exc).__name__}: {exc}"

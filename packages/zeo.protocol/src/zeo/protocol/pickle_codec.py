@@ -58,6 +58,7 @@ class PickleCodec:
     __slots__ = ("_buffer", "_dump", "_loads")
 
     encoding = "Z"
+    name = "pickle"
 
     def __init__(
         self,
@@ -107,6 +108,10 @@ class PickleCodec:
     def decode(self, payload: Any) -> Message:
         """See `ICodec`."""
         return message_from_wire(self._loads(payload))
+
+    def decode_unchecked(self, payload: Any) -> Any:
+        """See `ICodec`."""
+        return self._loads(payload)
 
     def __repr__(self) -> str:
         return "<PickleCodec 'Z'>"

@@ -37,13 +37,14 @@ from typing import TYPE_CHECKING, Any, Iterator
 from ZODB.POSException import ConflictError, POSKeyError
 from zeo.protocol import (
     NEED_DATA, Call, ConnectionClosed, ErrorReply, Heartbeat, OneWayCall,
-    ProtocolAgreed, ProtocolError, Reply, ServerConnection, Status, StatusRequest,
+    ProtocolAgreed, ProtocolError, ServerConnection, Status, StatusRequest,
     exception_to_wire)
 
 from zeo.server.results import Delayed
 from zeo.server.session import ONE_WAY_METHODS, SYNC_METHODS, StorageSession
 
 if TYPE_CHECKING:
+    from zeo.server.stats import StorageStats
     from zeo.server.storage_server import StorageServer
 
 logger = logging.getLogger("zeo.server")
@@ -86,6 +87,9 @@ class ServerProtocol(asyncio.BufferedProtocol):
         # bytes, or an iterator of (method, args) one-way messages
         self._pending: collections.deque[Any] = collections.deque()
         self._pending_bytes = 0
+        # The served storage's counters, once the client has registered
+        # (looked up once: bytes are counted on every read and write).
+        self._stats: StorageStats | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------
 
@@ -109,7 +113,9 @@ class ServerProtocol(asyncio.BufferedProtocol):
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.server.bytes_in(self, nbytes)
+        stats = self._stats or self._registered_stats()
+        if stats is not None:
+            stats.bytes_in += nbytes
         try:
             # The frame reader copies what it keeps: the buffer is reused.
             self._connection.receive_data(self._buffer[:nbytes])
@@ -168,9 +174,10 @@ class ServerProtocol(asyncio.BufferedProtocol):
     def _handle(self, event: Any) -> None:
         kind = type(event)
         if kind is Call:
-            self._call(event.msgid, event.method, event.args)
+            self._call(event)
         elif kind is OneWayCall:
-            self._one_way(event.method, event.args)
+            _, _, method, args = event  # an event is its wire tuple
+            self._one_way(method, args)
         elif kind is Heartbeat or kind is ConnectionClosed:
             pass
         elif kind is ProtocolAgreed:
@@ -204,28 +211,29 @@ class ServerProtocol(asyncio.BufferedProtocol):
             return False
         return True
 
-    def _call(self, msgid: Any, method: str, args: tuple[Any, ...]) -> None:
+    def _call(self, call: Call) -> None:
+        _, _, method, args = call  # an event is its wire tuple
         if not self._allowed(method, SYNC_METHODS):
             return
         try:
             result = getattr(self.session, method)(*args)
         except Exception as error:
-            self._reply_error(msgid, method, error)
+            self._reply_error(call.msgid, method, error)
             return
         if type(result) is Delayed:
             result.add_callback(
-                lambda error, value: self._settled(msgid, method, error, value))
+                lambda error, value: self._settled(call, error, value))
         else:
-            self._write(self._connection.send(Reply(msgid, result)))
+            self._write(self._connection.send(call.reply(result)))
 
-    def _settled(self, msgid: Any, method: str, error: BaseException | None,
+    def _settled(self, call: Call, error: BaseException | None,
                  value: Any) -> None:
         if self.closed:
             return
         if error is None:
-            self._write(self._connection.send(Reply(msgid, value)))
+            self._write(self._connection.send(call.reply(value)))
         else:
-            self._reply_error(msgid, method, error)
+            self._reply_error(call.msgid, call.method, error)
 
     def _reply_error(self, msgid: Any, method: str, error: BaseException) -> None:
         if not isinstance(error, QUIET_ERRORS):
@@ -278,8 +286,21 @@ class ServerProtocol(asyncio.BufferedProtocol):
             if waiting > self._output_limit:
                 self._overflowed(waiting)
             return
-        self.server.bytes_out(self, len(data))
+        stats = self._stats or self._registered_stats()
+        if stats is not None:
+            stats.bytes_out += len(data)
         self.transport.write(data)  # type: ignore[union-attr]
+
+    def _registered_stats(self) -> StorageStats | None:
+        session = self.session
+        if session is not None and session.served is not None:
+            self._stats = session.served.stats
+        return self._stats
+
+    def _count_out(self, count: int) -> None:
+        stats = self._stats or self._registered_stats()
+        if stats is not None:
+            stats.bytes_out += count
 
     def _overflowed(self, waiting: int) -> None:
         # Abort, not close: close would first try to send what the client
@@ -298,7 +319,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
             if type(item) is bytes:
                 pending.popleft()
                 self._pending_bytes -= len(item)
-                self.server.bytes_out(self, len(item))
+                self._count_out(len(item))
                 transport.write(item)  # type: ignore[union-attr]
                 continue
             try:
@@ -311,7 +332,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
                 self.close(f"reading a blob to send failed: {error}")
                 return
             data = self._connection.send(OneWayCall(method, args))
-            self.server.bytes_out(self, len(data))
+            self._count_out(len(data))
             transport.write(data)  # type: ignore[union-attr]
 
 

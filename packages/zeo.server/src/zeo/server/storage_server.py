@@ -131,16 +131,6 @@ class StorageServer:
     def connection_closed(self, connection: ServerProtocol) -> None:
         self.connections.discard(connection)
 
-    def bytes_in(self, connection: ServerProtocol, count: int) -> None:
-        session = connection.session
-        if session is not None and session.served is not None:
-            session.served.stats.bytes_in += count
-
-    def bytes_out(self, connection: ServerProtocol, count: int) -> None:
-        session = connection.session
-        if session is not None and session.served is not None:
-            session.served.stats.bytes_out += count
-
     def status(self) -> dict[str, Any]:
         return {name: served.status() for name, served in self.storages.items()}
 

@@ -74,12 +74,34 @@ class FrameReaderTests(unittest.TestCase):
         self.assertIsNone(reader.next_frame())
         self.assertEqual(reader.buffered, 1)
 
-    def test_payload_is_a_fresh_object(self):
+    def test_payload_is_a_copy_later_feeds_dont_touch(self):
+        source = bytearray(frame(b"abc") + frame(b"de"))
         reader = FrameReader()
-        reader.feed(frame(b"abc") + frame(b"def"))
+        reader.feed(source)
+        source[:] = b"\xff" * len(source)  # the caller reuses its buffer
         first = reader.next_frame()
-        first[0:1] = b"X"  # owned by the caller: mutating it is harmless
-        self.assertEqual(reader.next_frame(), b"def")
+        self.assertEqual(first, b"abc")
+        self.assertEqual(reader.next_frame(), b"de")
+        # A frame split across feeds, cut from the growable buffer.
+        reader.feed(frame(b"xyz")[:5])
+        reader.feed(b"yz" + frame(b"next")[:2])
+        split = reader.next_frame()
+        reader.feed(frame(b"next")[2:])
+        self.assertEqual(reader.next_frame(), b"next")
+        self.assertEqual((first, split), (b"abc", b"xyz"))
+
+    def test_fed_bytes_are_kept_without_a_copy(self):
+        # Immutable input is adopted; mutable input is copied once.
+        data = frame(b"abc")
+        reader = FrameReader()
+        reader.feed(data)
+        self.assertIs(reader.chunk, data)
+        view = memoryview(bytearray(data))
+        reader = FrameReader()
+        reader.feed(view)
+        self.assertIs(type(reader.chunk), bytes)
+        self.assertEqual(reader.next_frame(), b"abc")
+        self.assertEqual(reader.buffered, 0)
 
     def test_empty_feed_is_harmless(self):
         reader = FrameReader()

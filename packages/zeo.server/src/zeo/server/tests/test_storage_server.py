@@ -9,11 +9,13 @@ import tempfile
 import time
 import unittest
 
+import msgpack
 import zope.event
 from ZODB.MappingStorage import MappingStorage
 from zope.interface.verify import verifyObject
 
 import zeo.server
+from zeo.protocol import frame
 from zeo.server.interfaces import IClosed, IServing
 from zeo.server.tests.rawclient import RawClient, ServerError, connect_when_ready
 from zeo.server.tests.test_runzeo import free_port
@@ -81,6 +83,29 @@ class EventsAndAddressesTests(unittest.TestCase):
             client = RawClient(address, register=name)
             self.assertEqual(client.call("get_info")["length"], 0)
             client.close()
+
+
+class ByteCounterTests(unittest.TestCase):
+
+    def test_status_counts_the_bytes_of_registered_clients(self):
+        address, stop = zeo.server.server()
+        self.addCleanup(stop)
+        client = RawClient(address)
+        self.addCleanup(client.close)
+        before = client.call("server_status")
+        first_id = client.next_id + 1
+        for _ in range(10):
+            self.assertEqual(client.call("lastTransaction"), Z64)
+        after = client.call("server_status")
+        # Exactly the ten requests and the second status request came in.
+        sent = sum(
+            len(frame(msgpack.packb((msgid, False, "lastTransaction", ()))))
+            for msgid in range(first_id, first_id + 10)
+        ) + len(frame(msgpack.packb((first_id + 10, False, "server_status", ()))))
+        self.assertEqual(after["bytes_in"] - before["bytes_in"], sent)
+        # At least the ten replies (and the first status) went out.
+        reply = len(frame(msgpack.packb((first_id, 0, ".reply", Z64))))
+        self.assertGreater(after["bytes_out"] - before["bytes_out"], 10 * reply)
 
 
 class ReadOnlyServerTests(unittest.TestCase):
