@@ -22,7 +22,11 @@ a bare ``pickle.loads(pickle.dumps(t, 3))``.
 Goal: ours <= 1.5 x floor for msgpack.  Timings are the best of several
 repeats, to filter out noise from other processes.
 
-Run:  python scripts/bench_protocol.py [--number N] [--repeat R]
+With ``--pure-python`` the connections use the pure-Python code instead
+of the compiled helper ``zeo.protocol._speedups`` (what an install without
+a C compiler runs).
+
+Run:  python scripts/bench_protocol.py [--number N] [--repeat R] [--pure-python]
 (adds packages/zeo.protocol/src to sys.path if zeo.protocol isn't
 installed).
 """
@@ -96,6 +100,16 @@ def inlined_round_trip():
     return round_trip
 
 
+def use_pure_python():
+    """Point the connection's hot path at the pure-Python functions."""
+    from zeo.protocol import connection
+    from zeo.protocol.events import _message_from_wire_py
+    from zeo.protocol.framing import _frame_bytes_py
+
+    connection.message_from_wire = _message_from_wire_py
+    connection.frame_bytes = _frame_bytes_py
+
+
 def measure(cases, number, repeat):
     """Best ns/message for each (name, stmt, namespace) in *cases*.
 
@@ -119,7 +133,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--number", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument(
+        "--pure-python", action="store_true",
+        help="measure without the compiled helper zeo.protocol._speedups")
     options = parser.parse_args(argv)
+    if options.pure_python:
+        use_pure_python()
 
     cases = []
     for encoding in ("M", "Z"):
@@ -152,6 +171,8 @@ def main(argv=None):
                 cases.append(((encoding, label, "pickle"), BARE_PICKLE, namespace))
     best = measure(cases, options.number, options.repeat)
 
+    if options.pure_python:
+        print("Pure Python: without the compiled helper.")
     print(
         f"Python {sys.version.split()[0]}, msgpack"
         f" {'.'.join(map(str, msgpack.version))}, best of {options.repeat}"
