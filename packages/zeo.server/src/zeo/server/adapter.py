@@ -55,6 +55,10 @@ QUIET_ERRORS = (ConflictError, POSKeyError)
 
 #: Bytes read from a socket at a time, into the server's shared buffer.
 RECEIVE_BUFFER_SIZE = 256 * 1024
+#: Replies to the requests of one read are written together, in pieces of
+#: about this size: one system call for many small replies (a prefetch of
+#: thousands of objects), while the client already reads the first ones.
+WRITE_BATCH_SIZE = 64 * 1024
 #: Replies a transport may hold before the connection stops handling
 #: requests (``pause_writing``), and where it starts again. asyncio's 64 KiB
 #: would pause a client's prefetch of a few hundred objects many times.
@@ -87,6 +91,10 @@ class ServerProtocol(asyncio.BufferedProtocol):
         # bytes, or an iterator of (method, args) one-way messages
         self._pending: collections.deque[Any] = collections.deque()
         self._pending_bytes = 0
+        # Output produced while handling one read's requests (see _write).
+        self._batching = False
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
         # The served storage's counters, once the client has registered
         # (looked up once: bytes are counted on every read and write).
         self._stats: StorageStats | None = None
@@ -127,6 +135,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
     def _handle_input(self) -> None:
         """Handle received events until there are none or output backs up."""
         next_event = self._connection.next_event
+        self._batching = True
         try:
             while not self.closed:
                 if self._paused:
@@ -139,8 +148,13 @@ class ServerProtocol(asyncio.BufferedProtocol):
                 if event is NEED_DATA:
                     break
                 self._handle(event)
+                if self._batch_bytes >= WRITE_BATCH_SIZE:
+                    self._flush()
         except ProtocolError as error:
             self.close(f"protocol error: {error}")
+        finally:
+            self._batching = False
+            self._flush()
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -149,6 +163,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self.closed = True
         self._pending.clear()
         self._pending_bytes = 0
+        self._batch.clear()
+        self._batch_bytes = 0
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
         session, self.session = self.session, None
@@ -261,6 +277,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
             self._write(self._connection.send(OneWayCall(method, args)))
 
     def stream(self, messages: Iterator[tuple[str, tuple[Any, ...]]]) -> None:
+        self._flush()  # what was sent before goes first
         self._pending.append(messages)
         self._drain()
 
@@ -270,6 +287,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
     def close(self, reason: str | None) -> None:
         if self.closed:
             return
+        if self.transport is not None:
+            self._flush()  # e.g. the status answer, or replies before a bad request
         self.closed = True
         if reason:
             logger.warning("%s: closing the connection: %s", self.label, reason)
@@ -279,6 +298,10 @@ class ServerProtocol(asyncio.BufferedProtocol):
     # -- output ------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
+        if self._batching:
+            self._batch.append(data)
+            self._batch_bytes += len(data)
+            return
         if self._pending or self._paused:
             self._pending.append(data)
             self._pending_bytes += len(data)
@@ -290,6 +313,24 @@ class ServerProtocol(asyncio.BufferedProtocol):
         if stats is not None:
             stats.bytes_out += len(data)
         self.transport.write(data)  # type: ignore[union-attr]
+
+    def _flush(self) -> None:
+        """Write what `_handle_input` collected, as one piece."""
+        batch = self._batch
+        if not batch:
+            return
+        if self.closed:
+            batch.clear()
+            self._batch_bytes = 0
+            return
+        data = batch[0] if len(batch) == 1 else b"".join(batch)
+        batch.clear()
+        self._batch_bytes = 0
+        batching, self._batching = self._batching, False
+        try:
+            self._write(data)
+        finally:
+            self._batching = batching
 
     def _registered_stats(self) -> StorageStats | None:
         session = self.session

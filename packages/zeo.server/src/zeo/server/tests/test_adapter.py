@@ -1,4 +1,5 @@
 """The network adapter under bad input: the connection goes, the server stays.
+And pipelined requests: their replies are written together, in order.
 
 Every test sends something hostile over a real socket, checks that the
 server closes that connection, and then checks that a normal client still
@@ -15,7 +16,11 @@ import tempfile
 import time
 import unittest
 
+import zope.event
+from zeo.protocol import Call
+
 import zeo.server
+from zeo.server.interfaces import IServing
 from zeo.server.tests.rawclient import RawClient
 
 Z64 = b"\0" * 8
@@ -153,3 +158,77 @@ class HostilePickleTests(HostileInputTests):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class WriteRecorder:
+    """Wraps a server connection's real transport and counts its writes."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        self.transport.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.transport, name)
+
+
+class PipelinedRequestTests(unittest.TestCase):
+    """The replies to the requests of one read leave together, in order."""
+
+    def setUp(self):
+        self.servers = []
+        zope.event.subscribers.append(self.note_server)
+        self.addCleanup(zope.event.subscribers.remove, self.note_server)
+        self.address, stop = zeo.server.server()
+        self.addCleanup(stop)
+        self.client = RawClient(self.address)
+        self.addCleanup(self.client.close)
+        server = self.servers[0].server
+        protocol, = server.connections
+        # Replaced between requests; the server thread reads it per write.
+        self.recorder = protocol.transport = WriteRecorder(protocol.transport)
+
+    def note_server(self, event):
+        if IServing.providedBy(event):
+            self.servers.append(event)
+
+    def send_pipelined(self, *calls):
+        client = self.client
+        data = b""
+        ids = []
+        for method, args in calls:
+            client.next_id += 1
+            ids.append(client.next_id)
+            data += client.connection.send(Call(client.next_id, method, args))
+        client.sock.sendall(data)  # one write: the server reads it at once
+        return ids
+
+    def test_many_replies_one_write_per_batch(self):
+        ids = self.send_pipelined(*[("lastTransaction", ())] * 300)
+        for msgid in ids:
+            self.assertEqual(self.client.wait_reply(msgid), Z64)
+        # 300 replies of 16 bytes: one or a few writes (the request bytes
+        # may arrive in more than one read), not 300.
+        self.assertLessEqual(self.recorder.writes, 5)
+
+    def test_big_batches_are_written_in_pieces(self):
+        oid = self.client.call("new_oids", 1)[0]
+        self.client.commit(1, [(oid, Z64, b"x" * 5000)])
+        self.recorder.writes = 0
+        ids = self.send_pipelined(*[("loadBefore", (oid, MAXTID))] * 100)
+        for msgid in ids:
+            self.assertEqual(self.client.wait_reply(msgid)[0], b"x" * 5000)
+        # About 500 KB of replies, written in 64 KiB pieces while the
+        # client reads.
+        self.assertGreaterEqual(self.recorder.writes, 5)
+        self.assertLess(self.recorder.writes, 100)
+
+    def test_replies_before_a_bad_request_are_delivered(self):
+        ids = self.send_pipelined(
+            ("lastTransaction", ()), ("lastTransaction", ()), ("__class__", ()))
+        for msgid in ids[:2]:
+            self.assertEqual(self.client.wait_reply(msgid), Z64)
+        self.assertTrue(self.client.wait_closed())
