@@ -174,6 +174,23 @@ ODD_WIRE_TUPLES = st.tuples(
 )
 
 
+def from_wire_properties():
+    """Fresh Hypothesis tests for a class with the ``check_*`` methods."""
+
+    @settings(max_examples=150, deadline=None)
+    @given(messages)
+    def test_every_message_round_trips_through_its_wire_tuple(self, event):
+        self.check_round_trip(event)
+
+    @settings(max_examples=300, deadline=None)
+    @given(ODD_WIRE_TUPLES)
+    def test_fast_path_agrees_with_full_validation(self, wire):
+        self.check_agrees_with_full_validation(wire)
+
+    return (test_every_message_round_trips_through_its_wire_tuple,
+            test_fast_path_agrees_with_full_validation)
+
+
 class FromWireTests(unittest.TestCase):
     """``message_from_wire``: the compiled one where it is built."""
 
@@ -250,7 +267,7 @@ class FromWireTests(unittest.TestCase):
         self.assertLess(len(str(caught.exception)), 300)
 
     # Hypothesis refuses one @given function run by two TestCase classes,
-    # so each class declares its own and both share these checks.
+    # so each class gets its own from from_wire_properties().
 
     def check_round_trip(self, event):
         decoded = self.from_wire(tuple(event))
@@ -268,15 +285,8 @@ class FromWireTests(unittest.TestCase):
             self.assertEqual(got, expected)
             self.assertEqual(tuple(got), tuple(expected))
 
-    @settings(max_examples=150, deadline=None)
-    @given(messages)
-    def test_every_message_round_trips_through_its_wire_tuple(self, event):
-        self.check_round_trip(event)
-
-    @settings(max_examples=300, deadline=None)
-    @given(ODD_WIRE_TUPLES)
-    def test_fast_path_agrees_with_full_validation(self, wire):
-        self.check_agrees_with_full_validation(wire)
+    (test_every_message_round_trips_through_its_wire_tuple,
+     test_fast_path_agrees_with_full_validation) = from_wire_properties()
 
 
 class PurePythonFromWireTests(FromWireTests):
@@ -284,12 +294,5 @@ class PurePythonFromWireTests(FromWireTests):
 
     from_wire = staticmethod(_message_from_wire_py)
 
-    @settings(max_examples=150, deadline=None)
-    @given(messages)
-    def test_every_message_round_trips_through_its_wire_tuple(self, event):
-        self.check_round_trip(event)
-
-    @settings(max_examples=300, deadline=None)
-    @given(ODD_WIRE_TUPLES)
-    def test_fast_path_agrees_with_full_validation(self, wire):
-        self.check_agrees_with_full_validation(wire)
+    (test_every_message_round_trips_through_its_wire_tuple,
+     test_fast_path_agrees_with_full_validation) = from_wire_properties()
