@@ -19,10 +19,13 @@ per small request and reply:
   arrived; with glibc that maps and unmaps memory on every read until the
   process happens to raise its mmap threshold, which this echo never does.
   The buffered figures are the floor to aim at.
+* ``uvloop_buffered`` and ``uvloop_buffered_server_cpu``: the same with
+  uvloop's event loop on both sides (the loop zeo runs on by default);
+  only when uvloop can be imported.
 
 Each message is a 4-byte big-endian length and a 40-byte body (about a
 msgpack ``ping`` call).  Prints one JSON line, median of ``--repeat``
-batches.  Stdlib only.
+batches.  Stdlib only (uvloop is used if it is there).
 
 Usage: python scripts/bench_floor.py [--count N] [--repeat R]
 """
@@ -150,9 +153,25 @@ def take_frames(protocol):
     return frames
 
 
+def have_uvloop():
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_loop(coroutine, kind):
+    """asyncio.run(coroutine), on uvloop's loop for the ``uvloop`` kinds."""
+    if kind.startswith('uvloop'):
+        import uvloop
+        return uvloop.run(coroutine)
+    return asyncio.run(coroutine)
+
+
 def serve_asyncio(kind):
     """Child process: serve on a free port, print it, run until stdin closes."""
-    factory = BufferedEchoServer if kind == 'buffered' else EchoServer
+    factory = EchoServer if kind == 'plain' else BufferedEchoServer
 
     async def run():
         loop = asyncio.get_running_loop()
@@ -160,7 +179,7 @@ def serve_asyncio(kind):
         print(server.sockets[0].getsockname()[1], flush=True)
         await loop.run_in_executor(None, sys.stdin.read)
         server.close()
-    asyncio.run(run())
+    run_loop(run(), kind)
 
 
 class EchoClient(asyncio.Protocol):
@@ -202,7 +221,7 @@ class BufferedEchoClient(asyncio.BufferedProtocol):
             self.waiting.set_result(frame[4:])
 
 
-def asyncio_client(port, count, repeat, protocol=EchoClient):
+def asyncio_client(port, count, repeat, protocol=EchoClient, kind='plain'):
     async def run():
         loop = asyncio.get_running_loop()
         transport, client = await loop.create_connection(
@@ -217,7 +236,7 @@ def asyncio_client(port, count, repeat, protocol=EchoClient):
             times.append((time.perf_counter() - started) / count)
         transport.close()
         return statistics.median(times) * 1e6
-    return asyncio.run(run())
+    return run_loop(run(), kind)
 
 
 def process_cpu_seconds(pid):
@@ -228,9 +247,11 @@ def process_cpu_seconds(pid):
 
 
 def asyncio_server(kind):
+    # bin/py's eggs (uvloop) reach the child through its path.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     return subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), '--serve-asyncio', kind],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
 
 def measure(count=5000, repeat=5):
@@ -248,18 +269,21 @@ def measure(count=5000, repeat=5):
     finally:
         server.stdin.close()
         server.wait(10)
-    server = asyncio_server('buffered')
-    try:
-        port = int(server.stdout.readline())
-        results['asyncio_buffered'] = asyncio_client(
-            port, count, repeat, BufferedEchoClient)
-        cpu_before = process_cpu_seconds(server.pid)
-        blocking_client(('127.0.0.1', port), count, repeat)
-        cpu = process_cpu_seconds(server.pid) - cpu_before
-        results['asyncio_buffered_server_cpu'] = cpu / round_trips * 1e6
-    finally:
-        server.stdin.close()
-        server.wait(10)
+    kinds = ['buffered'] + (['uvloop'] if have_uvloop() else [])
+    for kind in kinds:
+        name = 'asyncio_buffered' if kind == 'buffered' else 'uvloop_buffered'
+        server = asyncio_server(kind)
+        try:
+            port = int(server.stdout.readline())
+            results[name] = asyncio_client(
+                port, count, repeat, BufferedEchoClient, kind)
+            cpu_before = process_cpu_seconds(server.pid)
+            blocking_client(('127.0.0.1', port), count, repeat)
+            cpu = process_cpu_seconds(server.pid) - cpu_before
+            results[f'{name}_server_cpu'] = cpu / round_trips * 1e6
+        finally:
+            server.stdin.close()
+            server.wait(10)
     return results
 
 
@@ -268,7 +292,7 @@ def main(argv=None):
     parser.add_argument('--count', type=int, default=5000,
                         help='round trips per batch')
     parser.add_argument('--repeat', type=int, default=5, help='batches')
-    parser.add_argument('--serve-asyncio', choices=['plain', 'buffered'],
+    parser.add_argument('--serve-asyncio', choices=['plain', 'buffered', 'uvloop'],
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_asyncio:

@@ -733,6 +733,10 @@ def table(report):
                            ('asyncio_buffered',
                             'asyncio, BufferedProtocol both sides'),
                            ('asyncio_buffered_server_cpu',
+                            'same, server CPU per round trip'),
+                           ('uvloop_buffered',
+                            'uvloop, BufferedProtocol both sides'),
+                           ('uvloop_buffered_server_cpu',
                             'same, server CPU per round trip')):
             if key in floor:
                 lines.append(f'  {label:36} {floor[key]:8.1f}')
