@@ -177,6 +177,10 @@ RECEIVE_TABLE: Dict[Tuple[Role, ConnectionState], FrozenSet[type]] = {
     (_CLIENT, _S.OPEN): frozenset({Reply, ErrorReply, OneWayCall}),
 }
 
+#: Payloads of at least this size are decoded in place (see
+#: ``_next_large_event``); below it, slicing them out is cheaper.
+LARGE_PAYLOAD_SIZE = 64 * 1024
+
 _HEADER = struct.Struct(">I")
 _unpack_header = _HEADER.unpack_from
 
@@ -294,6 +298,8 @@ class _Connection:
                 end = pos + HEADER_SIZE + size
                 if len(chunk) >= end:
                     reader.pos = end
+                    if size >= LARGE_PAYLOAD_SIZE:
+                        return self._next_large_event(chunk, pos + HEADER_SIZE, end)
                     try:
                         event = message_from_wire(
                             self._decode_wire(chunk[pos + HEADER_SIZE:end]))  # type: ignore[misc]
@@ -306,6 +312,23 @@ class _Connection:
                 return NEED_DATA
             return self._end_of_input()
         return self._next_event_slow()
+
+    def _next_large_event(
+        self, chunk: Union[bytes, bytearray], start: int, end: int
+    ) -> Event:
+        # A large payload (blob chunks, big records) is decoded from a view
+        # of the reader's buffer: slicing it out would copy it once more,
+        # into freshly allocated memory.  The view is released before the
+        # buffer can change again.
+        with memoryview(chunk) as view:
+            with view[start:end] as payload:
+                try:
+                    event = message_from_wire(self._decode_wire(payload))  # type: ignore[misc]
+                except Exception as exc:
+                    raise self._undecodable(exc) from None
+        if event.__class__ in self._can_receive:
+            return event
+        raise self._unexpected(event)
 
     def _undecodable(self, exc: Exception) -> RemoteProtocolError:
         if not isinstance(exc, RemoteProtocolError):

@@ -1,6 +1,9 @@
 import struct
 import unittest
 
+import msgpack
+
+from zeo.protocol.connection import LARGE_PAYLOAD_SIZE
 from zeo.protocol.connection import NEED_DATA
 from zeo.protocol.connection import RECEIVE_TABLE
 from zeo.protocol.connection import SEND_TABLE
@@ -162,6 +165,63 @@ class StreamTests(unittest.TestCase):
                     else:
                         events = feed_all(fresh, chunks)
                         self.assertEqual(events[1:], expected)
+
+
+class LargePayloadTests(unittest.TestCase):
+    """Payloads of LARGE_PAYLOAD_SIZE and more are decoded in place."""
+
+    def stream(self, encoding):
+        server, client = connected_pair(encoding)
+        big = bytes(range(256)) * (LARGE_PAYLOAD_SIZE // 256 + 3)
+        calls = [
+            Call(1, "lastTransaction"),
+            OneWayCall("storeBlobChunk", (big,)),
+            Call(2, "lastTransaction"),
+            OneWayCall("storeBlobChunk", (big[:-1] + b"!",)),
+            OneWayCall("storeBlobChunk", (big * 2,)),
+        ]
+        return server, b"".join(client.send(call) for call in calls), calls
+
+    def test_any_read_size_through_a_reused_buffer(self):
+        # As the asyncio adapters feed it: views of one buffer that the
+        # next read overwrites.
+        for encoding in "MZ":
+            for size in (1000, 65536, 100_003, 1 << 20):
+                with self.subTest(encoding=encoding, read_size=size):
+                    server, data, calls = self.stream(encoding)
+                    buffer = bytearray(size)
+                    view = memoryview(buffer)
+                    events = []
+                    for start in range(0, len(data), size):
+                        piece = data[start:start + size]
+                        buffer[:len(piece)] = piece
+                        server.receive_data(view[:len(piece)])
+                        events.extend(drain(server))
+                        buffer[:] = b"\xee" * size  # the buffer is reused
+                    self.assertEqual(events, calls)
+                    self.assertIs(server.state, ConnectionState.OPEN)
+
+    def test_undecodable_large_payload(self):
+        for encoding in "MZ":
+            with self.subTest(encoding=encoding):
+                server, _ = connected_pair(encoding)
+                server.receive_data(frame(b"\xc1" * LARGE_PAYLOAD_SIZE))
+                with self.assertRaises(RemoteProtocolError):
+                    server.next_event()
+                self.assertIs(server.state, ConnectionState.ERROR)
+
+    def test_a_large_message_the_role_must_not_receive(self):
+        server, client = connected_pair("M")
+        data = server.send(OneWayCall("receiveBlobChunk", (b"x" * LARGE_PAYLOAD_SIZE,)))
+        data += server.send(Reply(1, b"y" * LARGE_PAYLOAD_SIZE))
+        client.receive_data(data)
+        self.assertEqual(drain(client)[1].result, b"y" * LARGE_PAYLOAD_SIZE)
+        # A server never takes a Reply, large or not.
+        server2, client2 = connected_pair("M")
+        server2.receive_data(
+            frame(msgpack.packb((1, 0, ".reply", b"z" * LARGE_PAYLOAD_SIZE))))
+        with self.assertRaises(RemoteProtocolError):
+            server2.next_event()
 
 
 class ConversationTests(unittest.TestCase):
