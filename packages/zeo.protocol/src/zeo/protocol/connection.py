@@ -177,6 +177,11 @@ RECEIVE_TABLE: Dict[Tuple[Role, ConnectionState], FrozenSet[type]] = {
     (_CLIENT, _S.OPEN): frozenset({Reply, ErrorReply, OneWayCall}),
 }
 
+#: After sending a message of at most this size, the codec keeps the
+#: buffer the message made it grow until the next small message (see
+#: ``_after_large_message``).
+KEEP_GROWN_BUFFER_SIZE = 4 * 1024 * 1024
+
 #: Payloads of at least this size are decoded in place (see
 #: ``_next_large_event``); below it, slicing them out is cheaper.
 LARGE_PAYLOAD_SIZE = 64 * 1024
@@ -209,6 +214,7 @@ class _Connection:
         self._encode = None
         self._decode_wire = None
         self._kept_buffer_size = 0
+        self._grown = False
         self._outbox: List[bytes] = []
         self._eof = False
         self._error = ""
@@ -450,6 +456,8 @@ class _Connection:
             size = len(payload)
             if size > self._kept_buffer_size:
                 self._after_large_message(size)
+            elif self._grown:
+                self._shed_buffer()  # small messages again: give it back
             if self._outbox:
                 return self.data_to_send() + frame_bytes(payload)
             return frame_bytes(payload)
@@ -461,10 +469,21 @@ class _Connection:
         raise self._refusal(event)
 
     def _after_large_message(self, size: int) -> None:
-        self._codec.shed_buffer()  # type: ignore[union-attr]
-        self._encode = self._codec.encode_unchecked  # type: ignore[union-attr]
+        # The codec's buffer grew.  A message up to KEEP_GROWN_BUFFER_SIZE
+        # is often one of a stream (blob chunks): the next one reuses the
+        # buffer, which is given back at the next small message.  Growing
+        # a fresh buffer for each 1 MiB chunk cost more than copying it.
+        if size > KEEP_GROWN_BUFFER_SIZE:
+            self._shed_buffer()
+        else:
+            self._grown = True
         if size > WIRE_MAX_FRAME_SIZE:
             raise EncodeError(f"a {size}-byte message can't be framed")
+
+    def _shed_buffer(self) -> None:
+        self._grown = False
+        self._codec.shed_buffer()  # type: ignore[union-attr]
+        self._encode = self._codec.encode_unchecked  # type: ignore[union-attr]
 
     def _send_other(self, event: Event) -> bytes:
         raise NotImplementedError  # pragma: no cover
@@ -531,12 +550,6 @@ class ServerConnection(_Connection):
         self._check_not_failed()
         return frame(self._handshake.greeting())  # type: ignore[union-attr]
 
-    def _after_large_message(self, size: int) -> None:
-        self._codec.shed_buffer()  # type: ignore[union-attr]
-        self._encode = self._codec.encode_unchecked  # type: ignore[union-attr]
-        if size > WIRE_MAX_FRAME_SIZE:
-            raise EncodeError(f"a {size}-byte message can't be framed")
-
     def _send_other(self, event: Event) -> bytes:
         # Only Status gets here (see SEND_TABLE).
         data = self._handshake.send_status(event.data)  # type: ignore[attr-defined,union-attr]
@@ -567,12 +580,6 @@ class ClientConnection(_Connection):
             native=native, capabilities=capabilities, limits=limits
         )
         super().__init__(handshake, limits, pickle_globals)
-
-    def _after_large_message(self, size: int) -> None:
-        self._codec.shed_buffer()  # type: ignore[union-attr]
-        self._encode = self._codec.encode_unchecked  # type: ignore[union-attr]
-        if size > WIRE_MAX_FRAME_SIZE:
-            raise EncodeError(f"a {size}-byte message can't be framed")
 
     def _send_other(self, event: Event) -> bytes:
         # Only StatusRequest gets here (see SEND_TABLE).

@@ -3,6 +3,7 @@ import unittest
 
 import msgpack
 
+from zeo.protocol.connection import KEEP_GROWN_BUFFER_SIZE
 from zeo.protocol.connection import LARGE_PAYLOAD_SIZE
 from zeo.protocol.connection import NEED_DATA
 from zeo.protocol.connection import RECEIVE_TABLE
@@ -383,6 +384,33 @@ class EncodingMemoryTests(unittest.TestCase):
 
     def test_pickle(self):
         self.assertLess(self.held_after("Z", 20_000_000), 1_000_000)
+
+    def test_a_stream_of_chunks_reuses_the_grown_buffer(self):
+        # Up to KEEP_GROWN_BUFFER_SIZE, the buffer one chunk grew serves
+        # the next; the next small message gives it back.
+        import gc
+        import tracemalloc
+        server, client = connected_pair("M")
+        chunk = b"c" * (1 << 20)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            server.send(OneWayCall("receiveBlobChunk", (chunk,)))
+            packer = server._encode.__self__
+            for _ in range(3):
+                server.send(OneWayCall("receiveBlobChunk", (chunk,)))
+                self.assertIs(server._encode.__self__, packer)
+            during, _ = tracemalloc.get_traced_memory()
+            del packer
+            server.send(Reply(2, None))
+            gc.collect()
+            after, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertGreater(during, 1 << 20)   # the grown buffer, kept
+        self.assertLess(after, 1_000_000)     # and given back
+        # Bigger messages give it back at once.
+        self.assertGreater(20_000_000, KEEP_GROWN_BUFFER_SIZE)
 
 
 class MisuseTests(unittest.TestCase):
