@@ -51,6 +51,7 @@ class HostileInputTests(unittest.TestCase):
 
     def raw_socket(self):
         sock = socket.create_connection(self.address, timeout=10)
+        self.addCleanup(sock.close)
         greeting = sock.recv(64)
         self.assertEqual(greeting[4:6], b"M5" if self.msgpack else b"Z5")
         return sock
@@ -111,12 +112,14 @@ class HostileInputTests(unittest.TestCase):
 
     def test_unknown_method(self):
         client = RawClient(self.address)
+        self.addCleanup(client.close)
         client.send_call("__class__")
         self.assertTrue(client.wait_closed())
         self.assert_still_serving()
 
     def test_wrong_arguments_to_a_one_way_call_abort_the_transaction(self):
         client = RawClient(self.address)
+        self.addCleanup(client.close)
         client.send("tpc_begin", 9, b"", b"", {}, None, " ")
         client.send("storea", self.oid, self.tid, b"half", 9)
         client.send("storea", "not an oid", 42)
