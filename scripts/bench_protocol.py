@@ -103,11 +103,16 @@ def inlined_round_trip():
 def use_pure_python():
     """Point the connection's hot path at the pure-Python functions."""
     from zeo.protocol import connection
+    from zeo.protocol import msgpack_codec
     from zeo.protocol.events import _message_from_wire_py
     from zeo.protocol.framing import _frame_bytes_py
+    from zeo.protocol.framing import _next_message_py
 
-    connection.message_from_wire = _message_from_wire_py
+    msgpack_codec.message_from_wire = _message_from_wire_py
+    msgpack_codec.MsgpackCodec.decode_message = staticmethod(
+        msgpack_codec._decode_message_py)
     connection.frame_bytes = _frame_bytes_py
+    connection.next_message = _next_message_py
 
 
 def measure(cases, number, repeat):

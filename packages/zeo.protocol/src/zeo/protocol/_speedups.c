@@ -1,5 +1,6 @@
-/* Optional compiled fast paths of zeo.protocol: message_from_wire (events)
- * and frame (framing).
+/* Optional compiled fast paths of zeo.protocol: message_from_wire (events),
+ * decode_msgpack (the msgpack codec's decoding), and next_message and frame
+ * (framing).
  *
  * Per message, recognising the two canonical shapes real peers send --
  * a Call (msgid, False, method, args) and a Reply (msgid, 0, ".reply",
@@ -18,6 +19,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+static PyObject *unpack = NULL;          /* msgpack.unpackb */
+static PyObject *unpack_kwnames = NULL;  /* ("raw", "use_list", "ext_hook") */
+static PyObject *ext_hook = NULL;
 static PyTypeObject *call_type = NULL;
 static PyTypeObject *reply_type = NULL;
 static PyObject *fallback = NULL;
@@ -54,10 +58,15 @@ is_zero_int(PyObject *flag)
     return PyLong_AsLongAndOverflow(flag, &overflow) == 0 && !overflow;
 }
 
-/* The event: a tuple of *type* holding the items of the 4-tuple *msg*. */
+/* The event: what tuple.__new__(type, msg) makes.  Up to CPython 3.13 a
+ * tuple is its items and nothing else, so the object is allocated and
+ * filled here, as tuple's own constructor does for a subclass.  Newer
+ * versions keep more in a tuple (a cached hash from 3.14), so there the
+ * constructor itself is called, whatever it sets up. */
 static PyObject *
 retype(PyTypeObject *type, PyObject *msg)
 {
+#if PY_VERSION_HEX < 0x030E0000
     Py_ssize_t i;
     PyObject *event = type->tp_alloc(type, 4);
     if (event == NULL) {
@@ -69,6 +78,16 @@ retype(PyTypeObject *type, PyObject *msg)
         PyTuple_SET_ITEM(event, i, item);
     }
     return event;
+#else
+    PyObject *event;
+    PyObject *args = PyTuple_Pack(1, msg);
+    if (args == NULL) {
+        return NULL;
+    }
+    event = PyTuple_Type.tp_new(type, args, NULL);
+    Py_DECREF(args);
+    return event;
+#endif
 }
 
 static PyObject *
@@ -105,6 +124,58 @@ message_from_wire(PyObject *module, PyObject *msg)
     return PyObject_CallOneArg(fallback, msg);
 }
 
+/* decode_msgpack(payload) is message_from_wire(msgpack.unpackb(payload,
+ * raw=False, use_list=False, ext_hook=<the codec's hook>)) without the
+ * two Python-level calls around it. */
+static PyObject *
+decode_msgpack(PyObject *module, PyObject *payload)
+{
+    PyObject *args[5];
+    PyObject *msg, *event;
+    if (unpack == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "zeo.protocol._speedups: call configure_msgpack() first");
+        return NULL;
+    }
+    args[0] = NULL;  /* room for PY_VECTORCALL_ARGUMENTS_OFFSET */
+    args[1] = payload;
+    args[2] = Py_False;
+    args[3] = Py_False;
+    args[4] = ext_hook;
+    msg = PyObject_Vectorcall(unpack, args + 1,
+                              1 | PY_VECTORCALL_ARGUMENTS_OFFSET, unpack_kwnames);
+    if (msg == NULL) {
+        return NULL;
+    }
+    event = message_from_wire(module, msg);
+    Py_DECREF(msg);
+    return event;
+}
+
+static PyObject *
+configure_msgpack(PyObject *module, PyObject *args)
+{
+    PyObject *unpackb, *hook, *names;
+    if (!PyArg_ParseTuple(args, "OO:configure_msgpack", &unpackb, &hook)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(unpackb) || !PyCallable_Check(hook)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "configure_msgpack(unpackb, ext_hook) takes two callables");
+        return NULL;
+    }
+    names = Py_BuildValue("(sss)", "raw", "use_list", "ext_hook");
+    if (names == NULL) {
+        return NULL;
+    }
+    Py_INCREF(unpackb);
+    Py_INCREF(hook);
+    Py_XSETREF(unpack, unpackb);
+    Py_XSETREF(ext_hook, hook);
+    Py_XSETREF(unpack_kwnames, names);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 configure(PyObject *module, PyObject *args)
 {
@@ -134,6 +205,95 @@ configure(PyObject *module, PyObject *args)
     Py_XSETREF(reply_type, (PyTypeObject *)reply);
     Py_XSETREF(fallback, checked);
     Py_RETURN_NONE;
+}
+
+static PyObject *str_chunk = NULL;
+static PyObject *str_pos = NULL;
+
+/* next_message(reader, unusual_size, decode): see framing.next_message,
+ * of which this is a copy in C.  Returns decode(payload) for the next
+ * frame, None when more bytes are needed, NotImplemented for a frame of
+ * unusual_size bytes or more (the caller's Python handles those). */
+static PyObject *
+next_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *reader, *decode, *chunk, *pos_obj, *payload, *end_obj, *event;
+    Py_ssize_t unusual, pos, length, size, end;
+    const unsigned char *data;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "next_message(reader, unusual_size, decode)");
+        return NULL;
+    }
+    reader = args[0];
+    decode = args[2];
+    unusual = PyLong_AsSsize_t(args[1]);
+    if (unusual == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    chunk = PyObject_GetAttr(reader, str_chunk);
+    if (chunk == NULL) {
+        return NULL;
+    }
+    pos_obj = PyObject_GetAttr(reader, str_pos);
+    if (pos_obj == NULL) {
+        Py_DECREF(chunk);
+        return NULL;
+    }
+    pos = PyLong_AsSsize_t(pos_obj);
+    Py_DECREF(pos_obj);
+    if (pos == -1 && PyErr_Occurred()) {
+        Py_DECREF(chunk);
+        return NULL;
+    }
+    if (PyBytes_CheckExact(chunk)) {
+        data = (const unsigned char *)PyBytes_AS_STRING(chunk);
+        length = PyBytes_GET_SIZE(chunk);
+    }
+    else if (PyByteArray_CheckExact(chunk)) {
+        data = (const unsigned char *)PyByteArray_AS_STRING(chunk);
+        length = PyByteArray_GET_SIZE(chunk);
+    }
+    else {
+        Py_DECREF(chunk);
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    if (pos < 0) {
+        Py_DECREF(chunk);
+        PyErr_SetString(PyExc_ValueError, "next_message: reader.pos is negative");
+        return NULL;
+    }
+    if (length - pos < 4) {
+        Py_DECREF(chunk);
+        Py_RETURN_NONE;
+    }
+    size = ((Py_ssize_t)data[pos] << 24) | ((Py_ssize_t)data[pos + 1] << 16)
+           | ((Py_ssize_t)data[pos + 2] << 8) | (Py_ssize_t)data[pos + 3];
+    if (size >= unusual) {
+        Py_DECREF(chunk);
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    end = pos + 4 + size;
+    if (end > length) {
+        Py_DECREF(chunk);
+        Py_RETURN_NONE;
+    }
+    payload = PyBytes_FromStringAndSize((const char *)data + pos + 4, size);
+    Py_DECREF(chunk);
+    if (payload == NULL) {
+        return NULL;
+    }
+    end_obj = PyLong_FromSsize_t(end);
+    if (end_obj == NULL || PyObject_SetAttr(reader, str_pos, end_obj) < 0) {
+        Py_XDECREF(end_obj);
+        Py_DECREF(payload);
+        return NULL;
+    }
+    Py_DECREF(end_obj);
+    event = PyObject_CallOneArg(decode, payload);
+    Py_DECREF(payload);
+    return event;
 }
 
 /* frame(payload) -> header + payload, in one allocation instead of
@@ -169,6 +329,13 @@ frame(PyObject *module, PyObject *payload)
 }
 
 static PyMethodDef methods[] = {
+    {"next_message", (PyCFunction)(void (*)(void))next_message, METH_FASTCALL,
+     "next_message(reader, unusual_size, decode): see zeo.protocol.framing."},
+    {"decode_msgpack", decode_msgpack, METH_O,
+     "decode_msgpack(payload) -> event: msgpack.unpackb with the codec's\n"
+     "options, then message_from_wire."},
+    {"configure_msgpack", configure_msgpack, METH_VARARGS,
+     "configure_msgpack(unpackb, ext_hook): what decode_msgpack calls."},
     {"frame", frame, METH_O,
      "frame(payload: bytes) -> the 4-byte big-endian length, then payload."},
     {"message_from_wire", message_from_wire, METH_O,
@@ -181,7 +348,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "zeo.protocol._speedups",
-    "Compiled fast paths of zeo.protocol (message_from_wire, frame).",
+    "Compiled fast paths of zeo.protocol (message_from_wire, decode_msgpack, next_message, frame).",
     -1, methods
 };
 
@@ -190,7 +357,9 @@ PyInit__speedups(void)
 {
     PyObject *module;
     reply_name = PyUnicode_InternFromString(".reply");
-    if (reply_name == NULL) {
+    str_chunk = PyUnicode_InternFromString("chunk");
+    str_pos = PyUnicode_InternFromString("pos");
+    if (reply_name == NULL || str_chunk == NULL || str_pos == NULL) {
         return NULL;
     }
     module = PyModule_Create(&module_def);

@@ -76,7 +76,6 @@ from .events import Heartbeat
 from .events import OneWayCall
 from .events import ProtocolAgreed
 from .events import _brief
-from .events import message_from_wire
 from .events import Reply
 from .events import Status
 from .events import StatusRequest
@@ -84,6 +83,7 @@ from .framing import HEADER_SIZE
 from .framing import FrameReader
 from .framing import frame
 from .framing import frame_bytes
+from .framing import next_message
 from .handshake import ClientHandshake
 from .handshake import HandshakeState
 from .handshake import ServerHandshake
@@ -209,12 +209,11 @@ class _Connection:
         self._pickle_globals = pickle_globals
         self._reader = FrameReader(limits.max_handshake_size)
         self._next_frame = self._reader.next_frame
-        self._max_frame_size = limits.max_handshake_size
+        self._set_max_frame_size(limits.max_handshake_size)
         self._codec: Optional[Union[MsgpackCodec, PickleCodec]] = None
         self._encode = None
-        self._decode_wire = None
+        self._decode = None
         self._kept_buffer_size = 0
-        self._grown = False
         self._outbox: List[bytes] = []
         self._eof = False
         self._error = ""
@@ -292,32 +291,43 @@ class _Connection:
     def next_event(self) -> NextEvent:
         """See `IProtocolConnection`."""
         if self._state is _OPEN:
-            # FrameReader.next_frame and the codec's decode, inlined: this
-            # is the hot path.
-            reader = self._reader
-            chunk = reader.chunk
-            pos = reader.pos
-            if len(chunk) - pos >= HEADER_SIZE:
-                size = _unpack_header(chunk, pos)[0]
-                if size > self._max_frame_size:
-                    self._refuse_frame()
-                end = pos + HEADER_SIZE + size
-                if len(chunk) >= end:
-                    reader.pos = end
-                    if size >= LARGE_PAYLOAD_SIZE:
-                        return self._next_large_event(chunk, pos + HEADER_SIZE, end)
-                    try:
-                        event = message_from_wire(
-                            self._decode_wire(chunk[pos + HEADER_SIZE:end]))  # type: ignore[misc]
-                    except Exception as exc:
-                        raise self._undecodable(exc) from None
-                    if event.__class__ in self._can_receive:
-                        return event
-                    raise self._unexpected(event)
-            if not self._eof:
-                return NEED_DATA
-            return self._end_of_input()
+            # The hot path: framing.next_message cuts the frame and decodes
+            # it in one (compiled) call; frames of unusual size, missing
+            # data and errors take the methods below.
+            try:
+                event = next_message(self._reader, self._unusual_size, self._decode)
+            except Exception as exc:
+                raise self._undecodable(exc) from None
+            if event.__class__ in self._can_receive:
+                return event  # type: ignore[no-any-return]
+            return self._next_event_other(event)
         return self._next_event_slow()
+
+    def _next_event_other(self, result: object) -> NextEvent:
+        if result is None:  # the next frame isn't complete
+            return self._end_of_input()
+        if result is NotImplemented:
+            return self._next_unusual_frame()
+        raise self._unexpected(result)  # type: ignore[arg-type]
+
+    def _next_unusual_frame(self) -> NextEvent:
+        # A frame of _unusual_size bytes or more: refused if over the
+        # limit, else decoded in place once complete.
+        reader = self._reader
+        chunk = reader.chunk
+        pos = reader.pos
+        size = _unpack_header(chunk, pos)[0]
+        if size > self._max_frame_size:
+            try:
+                self._next_frame()  # the frame reader words the refusal
+            except RemoteProtocolError as exc:
+                self._enter_error(exc)
+                raise
+        end = pos + HEADER_SIZE + size
+        if len(chunk) < end:
+            return self._end_of_input()
+        reader.pos = end
+        return self._next_large_event(chunk, pos + HEADER_SIZE, end)
 
     def _next_large_event(
         self, chunk: Union[bytes, bytearray], start: int, end: int
@@ -329,7 +339,7 @@ class _Connection:
         with memoryview(chunk) as view:
             with view[start:end] as payload:
                 try:
-                    event = message_from_wire(self._decode_wire(payload))  # type: ignore[misc]
+                    event = self._decode(payload)  # type: ignore[misc]
                 except Exception as exc:
                     raise self._undecodable(exc) from None
         if event.__class__ in self._can_receive:
@@ -353,14 +363,11 @@ class _Connection:
         self._enter_error(exc)
         return exc
 
-    def _refuse_frame(self) -> None:
-        # The frame reader words the error (the header announced too much).
-        try:
-            self._next_frame()
-        except RemoteProtocolError as exc:
-            self._enter_error(exc)
-            raise
-        raise AssertionError("the frame reader accepted an oversize frame")  # pragma: no cover
+    def _set_max_frame_size(self, size: int) -> None:
+        self._max_frame_size = size
+        # One test on the hot path catches both frames to refuse and
+        # frames to decode in place.
+        self._unusual_size = min(LARGE_PAYLOAD_SIZE, size + 1)
 
     def _end_of_input(self) -> NextEvent:
         if not self._eof:
@@ -424,8 +431,9 @@ class _Connection:
         self._codec = codec
         self._encode = codec.encode_unchecked  # type: ignore[assignment]
         self._kept_buffer_size = codec.kept_buffer_size
-        self._decode_wire = codec.decode_unchecked  # type: ignore[assignment]
-        self._reader.max_frame_size = self._max_frame_size = self.limits.max_frame_size
+        self._decode = codec.decode_message  # type: ignore[assignment]
+        self._reader.max_frame_size = self.limits.max_frame_size
+        self._set_max_frame_size(self.limits.max_frame_size)
         self._set_state(_OPEN)
 
     def events(self) -> Iterator[Event]:
@@ -455,9 +463,8 @@ class _Connection:
                 ) from exc
             size = len(payload)
             if size > self._kept_buffer_size:
+                # A large message, or any message while the buffer is grown.
                 self._after_large_message(size)
-            elif self._grown:
-                self._shed_buffer()  # small messages again: give it back
             if self._outbox:
                 return self.data_to_send() + frame_bytes(payload)
             return frame_bytes(payload)
@@ -473,17 +480,21 @@ class _Connection:
         # is often one of a stream (blob chunks): the next one reuses the
         # buffer, which is given back at the next small message.  Growing
         # a fresh buffer for each 1 MiB chunk cost more than copying it.
-        if size > KEEP_GROWN_BUFFER_SIZE:
+        # While it is kept, _kept_buffer_size is -1, so that send() calls
+        # this for every message and the hot path has one test, not two.
+        codec = self._codec
+        if size > KEEP_GROWN_BUFFER_SIZE or size <= codec.kept_buffer_size:  # type: ignore[union-attr]
             self._shed_buffer()
         else:
-            self._grown = True
+            self._kept_buffer_size = -1
         if size > WIRE_MAX_FRAME_SIZE:
             raise EncodeError(f"a {size}-byte message can't be framed")
 
     def _shed_buffer(self) -> None:
-        self._grown = False
-        self._codec.shed_buffer()  # type: ignore[union-attr]
-        self._encode = self._codec.encode_unchecked  # type: ignore[union-attr]
+        codec = self._codec
+        codec.shed_buffer()  # type: ignore[union-attr]
+        self._encode = codec.encode_unchecked  # type: ignore[union-attr]
+        self._kept_buffer_size = codec.kept_buffer_size  # type: ignore[union-attr]
 
     def _send_other(self, event: Event) -> bytes:
         raise NotImplementedError  # pragma: no cover

@@ -28,6 +28,8 @@ read size.
 from __future__ import annotations
 
 import struct
+from typing import Any
+from typing import Callable
 from typing import Optional
 from typing import Union
 
@@ -87,8 +89,36 @@ def _frame_bytes_py(payload: bytes) -> bytes:
 #: built (one allocation instead of two).
 frame_bytes = _frame_bytes_py
 
+def _next_message_py(
+    reader: "FrameReader", unusual_size: int, decode: Callable[[bytes], Any]
+) -> Any:
+    """Cut the next frame out of *reader* and return ``decode(payload)``.
+
+    Returns ``None`` when the next frame isn't complete yet, and
+    ``NotImplemented`` (leaving the reader as it was) when its header
+    announces *unusual_size* bytes or more: frames to refuse or to decode
+    in place, which the connection handles itself.  The connection's hot
+    path; compiled when the helper is built.
+    """
+    chunk = reader.chunk
+    pos = reader.pos
+    if len(chunk) - pos < HEADER_SIZE:
+        return None
+    size = _unpack_header(chunk, pos)[0]
+    if size >= unusual_size:
+        return NotImplemented
+    end = pos + HEADER_SIZE + size
+    if len(chunk) < end:
+        return None
+    reader.pos = end
+    return decode(chunk[pos + HEADER_SIZE:end])
+
+
+next_message = _next_message_py
+
 try:
     from ._speedups import frame as frame_bytes  # noqa: F811
+    from ._speedups import next_message  # noqa: F811
 except ImportError:  # pragma: no cover - built by every install we test
     pass
 

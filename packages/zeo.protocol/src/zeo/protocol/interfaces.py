@@ -89,14 +89,13 @@ class ICodec(Interface):
         code.
         """
 
-    decode_unchecked = Attribute(
-        "A callable taking one payload and returning its decoded wire tuple,"
-        " shape unchecked.  ``decode`` is ``message_from_wire("
-        "decode_unchecked(payload))`` with errors translated; the connection"
-        " makes those two calls itself to save one per message.  Undecodable"
-        " bytes raise ``RemoteProtocolError`` or any other exception.  Never"
-        " runs peer-chosen code.  (An attribute, not a method, so that a codec"
-        " can make it a plain function.)"
+    decode_message = Attribute(
+        "A callable taking one payload and returning its message event:"
+        " ``decode`` without the translation of errors, which the connection"
+        " does itself (it calls this once per message).  Bad input raises"
+        " ``RemoteProtocolError`` or any other exception.  Never runs"
+        " peer-chosen code.  (An attribute, not a method, so that a codec can"
+        " make it a plain or compiled function.)"
     )
 
 

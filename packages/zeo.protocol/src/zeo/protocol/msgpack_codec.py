@@ -57,6 +57,23 @@ def _unpack_wire(payload: Any) -> Any:
     return _unpackb(payload, raw=False, use_list=False, ext_hook=_refuse_ext)
 
 
+def _decode_message_py(payload: Any) -> Message:
+    return message_from_wire(_unpack_wire(payload))
+
+
+#: ``decode`` without the translation of errors (see `ICodec`); compiled
+#: when the helper is built: the same two calls without their Python frames.
+decode_message = _decode_message_py
+
+try:
+    from . import _speedups
+except ImportError:  # pragma: no cover - built by every install we test
+    pass
+else:
+    _speedups.configure_msgpack(_unpackb, _refuse_ext)
+    decode_message = _speedups.decode_msgpack  # noqa: F811
+
+
 @implementer(ICodec)
 class MsgpackCodec:
     """The ``M`` codec.  See `ICodec`."""
@@ -97,7 +114,7 @@ class MsgpackCodec:
 
     #: See `ICodec`.  (A plain function: the connection calls it per
     #: message, and a bound method would cost one more call.)
-    decode_unchecked = staticmethod(_unpack_wire)
+    decode_message = staticmethod(decode_message)
 
     def decode(self, payload: Any) -> Message:
         """See `ICodec`."""

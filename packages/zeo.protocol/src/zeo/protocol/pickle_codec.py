@@ -109,9 +109,9 @@ class PickleCodec:
         """See `ICodec`."""
         return message_from_wire(self._loads(payload))
 
-    def decode_unchecked(self, payload: Any) -> Any:
+    def decode_message(self, payload: Any) -> Message:
         """See `ICodec`."""
-        return self._loads(payload)
+        return message_from_wire(self._loads(payload))
 
     def __repr__(self) -> str:
         return "<PickleCodec 'Z'>"

@@ -9,6 +9,8 @@ import gc
 import sys
 import unittest
 
+import msgpack
+
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -19,6 +21,8 @@ from zeo.protocol.errors import RemoteProtocolError
 from zeo.protocol.events import Call
 from zeo.protocol.events import Reply
 from zeo.protocol.events import _message_from_wire_py
+from zeo.protocol.msgpack_codec import MsgpackCodec
+from zeo.protocol.msgpack_codec import _decode_message_py
 from zeo.protocol.tests.support import OID
 from zeo.protocol.tests.support import TID1
 from zeo.protocol.tests.support import plain_values
@@ -173,6 +177,155 @@ class MessageFromWireTests(unittest.TestCase):
             _speedups.configure(Call, Reply, "not callable")
         # The failed calls changed nothing.
         self.assertIs(type(events.message_from_wire((1, False, "x", ()))), Call)
+
+
+def decode_outcome(function, payload):
+    """(type, items) of the event, or the exception's class and message."""
+    try:
+        event = function(payload)
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    return type(event), tuple(event)
+
+
+@unittest.skipIf(_speedups is None, "the compiled helper is not built")
+class DecodeMsgpackTests(unittest.TestCase):
+
+    def test_it_is_the_one_in_use(self):
+        self.assertIs(MsgpackCodec.decode_message, _speedups.decode_msgpack)
+        self.assertIs(MsgpackCodec().decode_message, _speedups.decode_msgpack)
+
+    def test_messages_and_bad_bytes_agree(self):
+        payloads = []
+        for wire in EDGE_CASES:
+            try:  # msgpack has no ints beyond 64 bits, no str/int subclasses
+                payloads.append(msgpack.packb(wire, use_bin_type=True))
+            except (OverflowError, TypeError):
+                pass
+        self.assertGreater(len(payloads), 25)
+        payloads += [
+            b"", b"\xc1", b"\x94\x01", b"\xd4\x05\x00",  # ext type 5
+            msgpack.packb((1, False, "x", ())) + b"\x00",   # trailing byte
+            memoryview(msgpack.packb((1, False, "x", ()))),
+            bytearray(msgpack.packb((1, 0, ".reply", b"r"))),
+        ]
+        for payload in payloads:
+            with self.subTest(payload=bytes(payload)[:40]):
+                self.assertEqual(
+                    decode_outcome(_speedups.decode_msgpack, payload),
+                    decode_outcome(_decode_message_py, payload),
+                )
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(
+        st.binary(max_size=40),
+        st.tuples(st.integers(-2, 2**64 - 1), st.booleans(), st.text(max_size=4),
+                  st.tuples(st.binary(max_size=4))).map(
+            lambda wire: msgpack.packb(wire, use_bin_type=True)),
+    ))
+    def test_any_payload_agrees(self, payload):
+        self.assertEqual(
+            decode_outcome(_speedups.decode_msgpack, payload),
+            decode_outcome(_decode_message_py, payload),
+        )
+
+    def test_no_reference_is_leaked(self):
+        payload = msgpack.packb(((OID, TID1), False, "loadBefore", (OID, TID1)))
+        gc.collect()
+        before = sys.getrefcount(payload)
+        for _ in range(1000):
+            event = _speedups.decode_msgpack(payload)
+        for _ in range(100):
+            try:
+                _speedups.decode_msgpack(b"\xc1")
+            except Exception:
+                pass
+        del event
+        gc.collect()
+        self.assertEqual(sys.getrefcount(payload), before)
+
+
+def next_message_outcome(function, chunk, pos, unusual):
+    """What next_message returns (or raises) and where it leaves the reader."""
+    reader = framing.FrameReader()
+    reader.chunk, reader.pos = chunk, pos
+
+    def decode(payload):
+        if payload[:1] == b"!":
+            raise ValueError("undecodable")
+        return ("decoded", bytes(payload))  # bytes or bytearray: either decodes
+
+    try:
+        result = function(reader, unusual, decode)
+    except ValueError as exc:
+        result = ("raised", str(exc))
+    return result, reader.pos
+
+
+@unittest.skipIf(_speedups is None, "the compiled helper is not built")
+class NextMessageTests(unittest.TestCase):
+
+    def test_it_is_the_one_in_use(self):
+        self.assertIs(framing.next_message, _speedups.next_message)
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.lists(st.binary(max_size=12), max_size=4),
+        st.binary(max_size=6),
+        st.integers(0, 60),
+        st.integers(0, 20),
+        st.booleans(),
+    )
+    def test_any_buffer_agrees(self, payloads, tail, pos, unusual, mutable):
+        chunk = b"".join(framing.frame(p) for p in payloads) + tail
+        pos = min(pos, len(chunk))
+        if mutable:
+            chunk = bytearray(chunk)
+        self.assertEqual(
+            next_message_outcome(_speedups.next_message, chunk, pos, unusual),
+            next_message_outcome(framing._next_message_py, chunk, pos, unusual),
+        )
+
+    def test_edges(self):
+        cases = [
+            (b"", 0, 10),                                  # nothing
+            (b"\x00\x00\x00", 0, 10),                       # part of a header
+            (framing.frame(b"abc"), 0, 3),                 # unusual size
+            (framing.frame(b"abc"), 0, 4),                 # just below it
+            (framing.frame(b"abc")[:-1], 0, 10),           # incomplete
+            (framing.frame(b"abc") * 2, 7, 10),            # the second frame
+            (framing.frame(b"abc"), 7, 10),                # all read
+            (framing.frame(b"!x"), 0, 10),                 # decode raises
+            (b"\xff\xff\xff\xff", 0, 2**40),               # 4 GiB announced
+        ]
+        for chunk, pos, unusual in cases:
+            for kind in (bytes, bytearray):
+                with self.subTest(chunk=chunk, pos=pos, unusual=unusual, kind=kind):
+                    self.assertEqual(
+                        next_message_outcome(_speedups.next_message, kind(chunk), pos, unusual),
+                        next_message_outcome(framing._next_message_py, kind(chunk), pos, unusual),
+                    )
+
+    def test_no_reference_is_leaked(self):
+        chunk = framing.frame(b"abc") * 1000
+        reader = framing.FrameReader()
+        gc.collect()
+        before = sys.getrefcount(chunk), sys.getrefcount(bytes)
+        reader.chunk = chunk
+        while _speedups.next_message(reader, 100, bytes) is not None:
+            pass
+        for _ in range(100):  # the other outcomes
+            reader.pos = 0
+            _speedups.next_message(reader, 2, bytes)
+        reader.chunk = b""
+        gc.collect()
+        self.assertEqual((sys.getrefcount(chunk), sys.getrefcount(bytes)), before)
+
+    def test_only_bytes_and_bytearray_chunks(self):
+        result, pos = next_message_outcome(
+            _speedups.next_message, memoryview(framing.frame(b"abc")), 0, 10)
+        self.assertIs(result, NotImplemented)
+        self.assertEqual(pos, 0)
 
 
 @unittest.skipIf(_speedups is None, "the compiled helper is not built")
