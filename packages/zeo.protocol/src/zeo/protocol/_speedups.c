@@ -12,8 +12,14 @@
  * input -- goes to the Python function given to configure(), so the
  * rules and the error messages live in one place.
  *
- * The module only inspects objects a decoder already built (exact
- * tuples, ints, str and bytes) and never calls back into them.
+ * next_message does, per message, what the connection's next_event did
+ * in Python around the decoder: read the 4-byte header, cut the payload
+ * out of the reader's buffer, advance the reader, call the codec's
+ * decoder.  Frames of unusual size go back to Python.
+ *
+ * Besides the decoders it is given (msgpack's unpackb, the codec's), the
+ * module only inspects objects a decoder already built (exact tuples,
+ * ints, str and bytes) and never calls into them.
  */
 
 #define PY_SSIZE_T_CLEAN
