@@ -209,6 +209,7 @@ class _Connection:
         self._pickle_globals = pickle_globals
         self._reader = FrameReader(limits.max_handshake_size)
         self._next_frame = self._reader.next_frame
+        self._feed = self._reader.feed
         self._set_max_frame_size(limits.max_handshake_size)
         self._codec: Optional[Union[MsgpackCodec, PickleCodec]] = None
         self._encode = None
@@ -264,20 +265,7 @@ class _Connection:
     def receive_data(self, data: bytes) -> None:
         """See `IProtocolConnection`."""
         if data and self._accepting:
-            # FrameReader.feed, inlined for its common case: everything
-            # fed before has been read.
-            reader = self._reader
-            if reader.pos == len(reader.chunk):
-                kind = data.__class__
-                if kind is bytes:
-                    reader.chunk = data  # immutable: no copy needed
-                elif kind is memoryview:
-                    reader.chunk = data.tobytes()  # type: ignore[attr-defined]
-                else:
-                    reader.chunk = bytes(data)
-                reader.pos = 0
-            else:
-                reader.feed(data)
+            self._feed(data)
             return
         self._check_not_failed()
         if data:

@@ -130,9 +130,9 @@ class FrameReader:
     __slots__ = ("chunk", "pos", "max_frame_size")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
-        #: The unread input is ``chunk[pos:]``.  The connection's hot path
-        #: reads frames from them in place (one Python call less per
-        #: message than ``next_frame``); see the module docstring.
+        #: The unread input is ``chunk[pos:]``.  ``next_message`` (the
+        #: connection's hot path) reads frames from them in place; see the
+        #: module docstring.
         self.chunk: Union[bytes, bytearray] = b""
         self.pos = 0
         self.max_frame_size = max_frame_size
@@ -143,7 +143,13 @@ class FrameReader:
         pos = self.pos
         if pos == len(chunk):
             # Everything was read: start afresh with data itself.
-            self.chunk = data if data.__class__ is bytes else bytes(data)
+            kind = data.__class__
+            if kind is bytes:
+                self.chunk = data  # immutable: no copy needed
+            elif kind is memoryview:
+                self.chunk = data.tobytes()  # type: ignore[attr-defined]
+            else:
+                self.chunk = bytes(data)
             self.pos = 0
         elif chunk.__class__ is bytes:
             # A frame continues: keep its start in a growable buffer.
