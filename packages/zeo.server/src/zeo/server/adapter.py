@@ -309,9 +309,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
             if waiting > self._output_limit:
                 self._overflowed(waiting)
             return
-        stats = self._stats or self._registered_stats()
-        if stats is not None:
-            stats.bytes_out += len(data)
+        self._count_out(len(data))
         self.transport.write(data)  # type: ignore[union-attr]
 
     def _flush(self) -> None:
