@@ -411,6 +411,10 @@ class EncodingMemoryTests(unittest.TestCase):
         self.assertLess(after, 1_000_000)     # and given back
         # Bigger messages give it back at once.
         self.assertGreater(20_000_000, KEEP_GROWN_BUFFER_SIZE)
+        packer = server._encode.__self__
+        server.send(OneWayCall("receiveBlobChunk", (b"c" * (KEEP_GROWN_BUFFER_SIZE + 1),)))
+        self.assertIsNot(server._encode.__self__, packer)
+        self.assertEqual(server._kept_buffer_size, server.codec.kept_buffer_size)
 
 
 class MisuseTests(unittest.TestCase):
