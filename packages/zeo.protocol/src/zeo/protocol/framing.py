@@ -89,6 +89,7 @@ def _frame_bytes_py(payload: bytes) -> bytes:
 #: built (one allocation instead of two).
 frame_bytes = _frame_bytes_py
 
+
 def _next_message_py(
     reader: "FrameReader", unusual_size: int, decode: Callable[[bytes], Any]
 ) -> Any:
