@@ -353,8 +353,9 @@ class ClientProtocol(asyncio.BufferedProtocol):
                 # the connection resets it (and dooms the transaction).
                 self.close()
                 return
-            self.transport.write(  # type: ignore[union-attr]
-                self._connection.send(OneWayCall(method, args)))
+            # In pieces: a blob chunk is written as read, not copied.
+            self.transport.writelines(  # type: ignore[union-attr]
+                self._connection.send_pieces(OneWayCall(method, args)))
 
     # -- the end ------------------------------------------------------------------
 

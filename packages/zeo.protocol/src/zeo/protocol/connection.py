@@ -26,7 +26,9 @@ event the caller chose to send.  Some bytes the connection produces by
 itself: the client's handshake answer, made when the greeting is
 processed.  Those wait in an outbox; ``data_to_send()`` empties it, and
 ``send()`` always prepends it, so bytes can't be written out of order
-even if the caller forgets ``data_to_send()``.  The server's greeting is
+even if the caller forgets ``data_to_send()``.  ``send_pieces(event)``
+is ``send`` for streams of blob chunks: the same bytes, as a list whose
+last piece is the chunk itself, not a copy.  The server's greeting is
 returned by ``initiate()``, called once on accept.
 
 A server::
@@ -99,15 +101,8 @@ from .safe_unpickle import client_pickle_globals
 from .safe_unpickle import server_pickle_globals
 
 
-__all__ = [
-    "ClientConnection",
-    "ConnectionState",
-    "NEED_DATA",
-    "RECEIVE_TABLE",
-    "Role",
-    "SEND_TABLE",
-    "ServerConnection",
-]
+__all__ = ["ClientConnection", "ConnectionState", "NEED_DATA", "RECEIVE_TABLE", "Role",
+           "SEND_TABLE", "ServerConnection"]
 
 
 class ConnectionState(enum.Enum):
@@ -188,6 +183,7 @@ LARGE_PAYLOAD_SIZE = 64 * 1024
 
 _HEADER = struct.Struct(">I")
 _unpack_header = _HEADER.unpack_from
+_pack_header = _HEADER.pack
 
 NextEvent = Union[Event, _NeedData]
 
@@ -256,9 +252,10 @@ class _Connection:
 
     def _check_not_failed(self) -> None:
         if self._state is _S.ERROR:
-            raise LocalProtocolError(
-                f"connection is in ERROR state after: {self._error}"
-            )
+            raise self._failed()
+
+    def _failed(self) -> LocalProtocolError:
+        return LocalProtocolError(f"connection is in ERROR state after: {self._error}")
 
     # -- input ----------------------------------------------------------
 
@@ -463,6 +460,22 @@ class _Connection:
             return data
         raise self._refusal(event)
 
+    def send_pieces(self, event: Event) -> List[bytes]:
+        """See `IProtocolConnection`."""
+        if event.__class__ not in self._fast_send:
+            return [self.send(event)]  # refused, or not a message
+        pieces = self._codec.encode_pieces(event)  # type: ignore[union-attr]
+        head = pieces[0]
+        if len(head) > self._kept_buffer_size:
+            self._after_large_message(len(head))
+        size = sum(map(len, pieces))
+        if size > WIRE_MAX_FRAME_SIZE:
+            raise EncodeError(f"a {size}-byte message can't be framed")
+        pieces = [_pack_header(size) + head, *pieces[1:]]
+        if self._outbox:
+            pieces.insert(0, self.data_to_send())
+        return pieces
+
     def _after_large_message(self, size: int) -> None:
         # The codec's buffer grew.  A message up to KEEP_GROWN_BUFFER_SIZE
         # is often one of a stream (blob chunks): the next one reuses the
@@ -489,9 +502,7 @@ class _Connection:
 
     def _refusal(self, event: object) -> LocalProtocolError:
         if self._state is _S.ERROR:
-            return LocalProtocolError(
-                f"connection is in ERROR state after: {self._error}"
-            )
+            return self._failed()
         if not isinstance(event, Event):
             return LocalProtocolError(
                 f"send() takes an event, not {type(event).__name__}"

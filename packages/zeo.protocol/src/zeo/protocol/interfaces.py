@@ -80,6 +80,15 @@ class ICodec(Interface):
         the event can't be represented; the codec stays usable.
         """
 
+    def encode_pieces(event):
+        """Return the payload of `encode` as a tuple of ``bytes`` pieces.
+
+        Joined, the pieces are exactly what ``encode`` returns.  A codec
+        may return a large ``bytes`` argument (a blob chunk) as a piece
+        of its own, so that it is written without being copied; the
+        first piece is always the start of the payload.
+        """
+
     def decode(payload):
         """Return the message event for one payload (bytes-like).
 
@@ -189,6 +198,15 @@ class IProtocolConnection(Interface):
         Raises ``LocalProtocolError`` if this role may not send this
         event in the current state, and ``EncodeError`` if it can't be
         marshalled; either way nothing changes.
+        """
+
+    def send_pieces(event):
+        """Like ``send``, but return the framed bytes as a list of pieces
+        to write in order (``transport.writelines``).
+
+        A large ``bytes`` argument at the end of a call's arguments (a
+        blob chunk) is one of the pieces, not a copy: streams of large
+        messages are sent without copying them.
         """
 
     def data_to_send():

@@ -22,12 +22,21 @@ call, which is more than half of its cost for small messages).  A Packer
 never shrinks its buffer: after one 50 MB record it would hold 50 MB for
 the life of the connection.  So it starts small (``PACKER_BUFFER_SIZE``)
 and ``shed_buffer()`` replaces it after a message that made it grow.
+
+Blob chunks are the large messages, and their chunk is the last argument
+of a call.  ``encode_pieces`` encodes such a call with an empty last
+argument (msgpack writes it as a 2-byte empty *bin*, at the very end) and
+swaps that for the *bin* header of the real chunk, which follows as a
+piece of its own: the chunk is never copied into the Packer, out of it,
+or into a frame.
 """
 
 from __future__ import annotations
 
 from typing import Any
 from typing import NoReturn
+
+import struct
 
 import msgpack
 from zope.interface import implementer
@@ -36,6 +45,8 @@ from .errors import EncodeError
 from .errors import LocalProtocolError
 from .errors import RemoteProtocolError
 from .events import MESSAGE_TYPES
+from .events import Call
+from .events import OneWayCall
 from .events import Message
 from .events import message_from_wire
 from .interfaces import ICodec
@@ -47,6 +58,22 @@ _unpackb = msgpack.unpackb
 
 #: The Packer's initial buffer; messages up to this size never make it grow.
 PACKER_BUFFER_SIZE = 64 * 1024
+
+#: A ``bytes`` argument of at least this size, last in a call, is not
+#: copied by ``encode_pieces``.  At least 64 KiB, so that msgpack's own
+#: encoding of it would use the *bin 32* header that takes its place.
+SEPARATE_ARGUMENT_SIZE = 64 * 1024
+
+_BIN32_HEADER = struct.Struct(">BI")
+_tuple_new = tuple.__new__
+_CALLS = (Call, OneWayCall)
+
+
+def _check_message(event: Any) -> None:
+    if type(event) not in MESSAGE_TYPES:
+        raise LocalProtocolError(
+            f"{type(event).__name__} is not a message and can't be encoded"
+        )
 
 
 def _refuse_ext(code: int, data: bytes) -> NoReturn:
@@ -99,10 +126,7 @@ class MsgpackCodec:
 
     def encode(self, event: Message) -> bytes:
         """See `ICodec`."""
-        if type(event) not in MESSAGE_TYPES:
-            raise LocalProtocolError(
-                f"{type(event).__name__} is not a message and can't be encoded"
-            )
+        _check_message(event)
         try:
             payload = self._pack(event)
         except Exception as exc:
@@ -111,6 +135,23 @@ class MsgpackCodec:
         if len(payload) > PACKER_BUFFER_SIZE:
             self.shed_buffer()
         return payload  # type: ignore[no-any-return]
+
+    def encode_pieces(self, event: Message) -> tuple[bytes, ...]:
+        """See `ICodec`.  (The caller sheds the buffer: see
+        ``kept_buffer_size``.)"""
+        _check_message(event)
+        try:
+            args = event[3]
+            if type(event) in _CALLS and type(args) is tuple and args:
+                last = args[-1]
+                if type(last) is bytes and len(last) >= SEPARATE_ARGUMENT_SIZE:
+                    head = self._pack(_tuple_new(type(event), (
+                        event[0], event[1], event[2], args[:-1] + (b"",))))
+                    # The empty bin is the payload's last 2 bytes.
+                    return (head[:-2] + _BIN32_HEADER.pack(0xC6, len(last)), last)
+            return (self._pack(event),)
+        except Exception as exc:
+            raise EncodeError(f"can't encode {type(event).__name__}: {exc}") from exc
 
     #: See `ICodec`.  (A plain function: the connection calls it per
     #: message, and a bound method would cost one more call.)

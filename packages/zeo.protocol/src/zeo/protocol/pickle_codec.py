@@ -98,6 +98,10 @@ class PickleCodec:
             raise EncodeError(f"can't encode {type(event).__name__}: {exc}") from exc
         return buffer.getvalue()
 
+    def encode_pieces(self, event: Message) -> tuple[bytes, ...]:
+        """See `ICodec`: always one piece."""
+        return (self.encode(event),)
+
     #: The pickler keeps nothing between messages (``truncate`` gives the
     #: buffer's memory back), so `shed_buffer` is never needed.
     kept_buffer_size = WIRE_MAX_FRAME_SIZE

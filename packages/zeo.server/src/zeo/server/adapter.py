@@ -370,9 +370,10 @@ class ServerProtocol(asyncio.BufferedProtocol):
                 pending.popleft()
                 self.close(f"reading a blob to send failed: {error}")
                 return
-            data = self._connection.send(OneWayCall(method, args))
-            self._count_out(len(data))
-            transport.write(data)  # type: ignore[union-attr]
+            # In pieces: a blob chunk is written as read, not copied.
+            pieces = self._connection.send_pieces(OneWayCall(method, args))
+            self._count_out(sum(map(len, pieces)))
+            transport.writelines(pieces)  # type: ignore[union-attr]
 
 
 def _describe_peer(transport: Any) -> str:

@@ -20,8 +20,14 @@ class Transport(asyncio.Transport):
         self.written = []
         self.closing = False
 
+        self.pieces = []
+
     def write(self, data):
         self.written.append(bytes(data))
+
+    def writelines(self, pieces):
+        self.pieces.extend(pieces)
+        self.written.append(b''.join(pieces))
 
     def is_closing(self):
         return self.closing
@@ -188,6 +194,14 @@ class ProtocolTests(unittest.TestCase):
         self.assertEqual(self.server_receives(), [
             OneWayCall('storeBlobStart', ()), OneWayCall('storeBlobChunk', (b'x',)),
             OneWayCall('after', ())])
+
+    def test_blob_chunks_are_written_as_read(self):
+        self.server_receives()
+        chunk = b'c' * (1 << 20)
+        self.protocol.stream(iter([('storeBlobStart', ()), ('storeBlobChunk', (chunk,))]))
+        self.assertTrue(any(piece is chunk for piece in self.transport.pieces))
+        self.assertEqual(self.server_receives(), [
+            OneWayCall('storeBlobStart', ()), OneWayCall('storeBlobChunk', (chunk,))])
 
     def test_a_protocol_error_closes_the_connection(self):
         self.server_receives()

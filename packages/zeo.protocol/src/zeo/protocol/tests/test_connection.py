@@ -417,6 +417,72 @@ class EncodingMemoryTests(unittest.TestCase):
         self.assertEqual(server._kept_buffer_size, server.codec.kept_buffer_size)
 
 
+class SendPiecesTests(unittest.TestCase):
+    """send_pieces: the same bytes as send, a blob chunk not copied."""
+
+    def test_the_same_bytes_as_send(self):
+        chunk = b"c" * (1 << 20)
+        for encoding in "MZ":
+            for event in (OneWayCall("receiveBlobChunk", (OID, TID1, chunk)),
+                          OneWayCall("receiveBlobStop", (OID, TID1)),
+                          Reply(5, chunk)):
+                with self.subTest(encoding=encoding, event=event[2]):
+                    server, client = connected_pair(encoding)
+                    pieces = server.send_pieces(event)
+                    self.assertIsInstance(pieces, list)
+                    data = b"".join(pieces)
+                    self.assertEqual(data, server.send(event))
+                    client.receive_data(data)
+                    self.assertEqual(client.next_event(), event)
+
+    def test_a_chunk_is_not_copied(self):
+        import tracemalloc
+        server, client = connected_pair("M")
+        chunk = b"c" * (1 << 20)
+        event = OneWayCall("receiveBlobChunk", (OID, TID1, chunk))
+        tracemalloc.start()
+        try:
+            for _ in range(3):
+                pieces = server.send_pieces(event)
+                self.assertIs(pieces[-1], chunk)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertLess(peak, 100_000)
+
+    def test_a_small_head_gives_a_grown_buffer_back(self):
+        server, client = connected_pair("M")
+        server.send(OneWayCall("receiveBlobChunk", (b"c" * (1 << 20),)))
+        self.assertEqual(server._kept_buffer_size, -1)  # kept for a stream
+        server.send_pieces(OneWayCall("receiveBlobChunk", (b"c" * (1 << 20),)))
+        self.assertEqual(server._kept_buffer_size, server.codec.kept_buffer_size)
+
+    def test_what_the_connection_owes_goes_first(self):
+        server = ServerConnection(encoding="M")
+        client, twin = ClientConnection(), ClientConnection()
+        greeting = server.initiate()
+        for connection in (client, twin):
+            connection.receive_data(greeting)
+            list(connection.events())  # agreed; the answer is owed
+        pieces = client.send_pieces(OneWayCall("storeBlobChunk", (b"c" * (1 << 17),)))
+        self.assertEqual(pieces[0], twin.data_to_send())
+        self.assertEqual(client.data_to_send(), b"")
+        server.receive_data(b"".join(pieces))
+        self.assertEqual([type(e) for e in server.events()], [ProtocolAgreed, OneWayCall])
+
+    def test_refusals_are_those_of_send(self):
+        server, client = connected_pair()
+        with self.assertRaises(LocalProtocolError):
+            server.send_pieces(Call(1, "x"))
+        with self.assertRaises(LocalProtocolError):
+            ClientConnection().send_pieces(OneWayCall("x", (b"c" * (1 << 20),)))
+        with self.assertRaises(EncodeError):
+            client.send_pieces(OneWayCall("x", ({1}, b"c" * (1 << 20))))
+        # and the connection still works
+        server.receive_data(b"".join(client.send_pieces(Call(2, "ping"))))
+        self.assertEqual(server.next_event(), Call(2, "ping"))
+
+
 class MisuseTests(unittest.TestCase):
 
     def test_send_before_handshake(self):

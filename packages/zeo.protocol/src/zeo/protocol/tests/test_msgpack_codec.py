@@ -12,6 +12,7 @@ from zeo.protocol.events import Call
 from zeo.protocol.events import OneWayCall
 from zeo.protocol.events import ProtocolAgreed
 from zeo.protocol.events import Reply
+from zeo.protocol.msgpack_codec import SEPARATE_ARGUMENT_SIZE
 from zeo.protocol.msgpack_codec import MsgpackCodec
 from zeo.protocol.tests.support import REFERENCE_MESSAGES
 from zeo.protocol.tests.support import messages
@@ -103,6 +104,46 @@ class MsgpackCodecTests(unittest.TestCase):
         decoded = self.codec.decode(self.codec.encode(event))
         self.assertEqual(decoded, event)
         self.assertIs(type(decoded), type(event))
+
+    @settings(max_examples=150, deadline=None)
+    @given(messages)
+    def test_pieces_join_to_the_payload(self, event):
+        pieces = self.codec.encode_pieces(event)
+        self.assertEqual(b"".join(pieces), self.codec.encode(event))
+        self.assertTrue(all(type(piece) is bytes for piece in pieces))
+
+    def test_a_large_last_argument_is_a_piece_of_its_own(self):
+        chunk = bytes(range(256)) * 256  # SEPARATE_ARGUMENT_SIZE exactly
+        self.assertEqual(len(chunk), SEPARATE_ARGUMENT_SIZE)
+        for event in (OneWayCall("receiveBlobChunk", (b"o" * 8, b"s" * 8, chunk)),
+                      OneWayCall("storeBlobChunk", (chunk,)),
+                      Call(7, "storeBlobChunk", (chunk,))):
+            with self.subTest(event=type(event).__name__):
+                head, tail = self.codec.encode_pieces(event)
+                self.assertIs(tail, chunk)  # not a copy
+                self.assertLess(len(head), 64)
+                payload = head + tail
+                self.assertEqual(payload, msgpack.packb(event, use_bin_type=True))
+                self.assertEqual(self.codec.decode(payload), event)
+
+    def test_what_stays_in_one_piece(self):
+        large = b"x" * SEPARATE_ARGUMENT_SIZE
+        for event in (
+            OneWayCall("receiveBlobChunk", (b"o" * 8, b"x" * (SEPARATE_ARGUMENT_SIZE - 1))),
+            OneWayCall("storeBlobChunk", (bytearray(large),)),  # not bytes
+            OneWayCall("storeBlobEnd", (large, b"s" * 8)),     # not last
+            OneWayCall("storeBlobStart", ()),
+            Reply(3, large),                                   # a result
+        ):
+            with self.subTest(event=event[2]):
+                self.assertEqual(self.codec.encode_pieces(event),
+                                 (self.codec.encode(event),))
+
+    def test_pieces_errors_are_encode_errors(self):
+        with self.assertRaises(EncodeError):
+            self.codec.encode_pieces(OneWayCall("x", ({1}, b"x" * SEPARATE_ARGUMENT_SIZE)))
+        with self.assertRaises(LocalProtocolError):
+            self.codec.encode_pieces(ProtocolAgreed("M"))  # type: ignore[arg-type]
 
     @settings(max_examples=200, deadline=None)
     @given(st.binary(max_size=60))

@@ -10,6 +10,7 @@ from zeo.protocol.errors import LocalProtocolError
 from zeo.protocol.errors import RemoteProtocolError
 from zeo.protocol.events import Call
 from zeo.protocol.events import ErrorReply
+from zeo.protocol.events import OneWayCall
 from zeo.protocol.events import Reply
 from zeo.protocol.events import Status
 from zeo.protocol.pickle_codec import PickleCodec
@@ -49,6 +50,10 @@ class PickleCodecTests(unittest.TestCase):
 
     def test_encoding_letter(self):
         self.assertEqual(self.codec.encoding, "Z")
+
+    def test_pieces_are_one_payload(self):
+        event = OneWayCall("storeBlobChunk", (b"c" * (1 << 17),))
+        self.assertEqual(self.codec.encode_pieces(event), (self.codec.encode(event),))
 
     def test_containers_keep_their_types(self):
         event = Reply(1, ([1], (2,), {"k": [b"v"]}))

@@ -170,9 +170,16 @@ class WriteRecorder:
         self.transport = transport
         self.writes = 0
 
+        self.pieces = []
+
     def write(self, data):
         self.writes += 1
         self.transport.write(data)
+
+    def writelines(self, pieces):
+        self.writes += 1
+        self.pieces.extend(pieces)
+        self.transport.writelines(pieces)
 
     def __getattr__(self, name):
         return getattr(self.transport, name)
@@ -235,3 +242,43 @@ class PipelinedRequestTests(unittest.TestCase):
         for msgid in ids[:2]:
             self.assertEqual(self.client.wait_reply(msgid), Z64)
         self.assertTrue(self.client.wait_closed())
+
+
+class BlobStreamTests(unittest.TestCase):
+    """A blob is sent in chunks that are written as read, not copied."""
+
+    def setUp(self):
+        directory = tempfile.mkdtemp(prefix="zeo-blob-stream-")
+        self.addCleanup(shutil.rmtree, directory)
+        served = []
+        zope.event.subscribers.append(served.append)
+        try:
+            self.address, stop = zeo.server.server(
+                os.path.join(directory, "Data.fs"),
+                blob_dir=os.path.join(directory, "blobs"), blob_chunk_size=1 << 20)
+        finally:
+            zope.event.subscribers.remove(served.append)
+        self.addCleanup(stop)
+        self.server = [event for event in served if IServing.providedBy(event)][0].server
+        self.client = RawClient(self.address)
+        self.addCleanup(self.client.close)
+
+    def test_chunks_are_pieces_of_their_own(self):
+        client = self.client
+        blob = os.urandom(3 << 20)
+        oid = client.call("new_oids", 1)[0]
+        client.send("tpc_begin", 1, b"", b"", {}, None, " ")
+        client.send("storeBlobStart")
+        for start in range(0, len(blob), 1 << 20):
+            client.send("storeBlobChunk", blob[start:start + (1 << 20)])
+        client.send("storeBlobEnd", oid, Z64, b"blob record", 1)
+        client.call("vote", 1)
+        tid = client.call("tpc_finish", 1)
+        protocol, = self.server.connections
+        recorder = protocol.transport = WriteRecorder(protocol.transport)
+        client.call("sendBlob", oid, tid)
+        received = b"".join(message.args[2] for message in client.one_way
+                            if message.method == "receiveBlobChunk")
+        self.assertEqual(received, blob)
+        self.assertEqual([len(piece) for piece in recorder.pieces if len(piece) > 1000],
+                         [1 << 20] * 3)
