@@ -18,8 +18,8 @@ How the client uses it
 * The I/O thread receives the blob: ``d = cache.begin_download(oid, tid)``
   on ``receiveBlobStart``, ``d.write(chunk)`` per chunk, ``d.finish()`` on
   ``receiveBlobStop``, ``d.abort()`` if the connection drops.  The data goes
-  to a temporary file in ``tmp/``, is fsynced, made read-only and only then
-  linked to its final name.  None of this takes a bucket lock, so the I/O
+  to a temporary file in ``tmp/``, is made read-only and only then linked
+  to its final name.  None of this takes a bucket lock, so the I/O
   thread can finish a download that an application thread is waiting for
   while it holds the lock.
 * After ``tpc_finish`` the client hands each uploaded file to
@@ -37,8 +37,11 @@ How the client uses it
 What a reader can rely on
 -------------------------
 1. **Never partial content.**  A file appears at its final path only by an
-   atomic link (or rename) of a complete, fsynced temporary file and is
-   never written again; a crash leaves at worst a stray file in ``tmp/``.
+   atomic link (or rename) of a complete temporary file and is never
+   written again; a crash leaves at worst a stray file in ``tmp/``.  A
+   crash of the machine can't leave a torn file behind either: see
+   :mod:`zeo.client.blob_crash` (files are flushed to disk in bulk, or
+   one by one where the system can't say which boot it is in).
 2. **open_committed() never fails because of pruning.**  On a hit it opens
    the file without any lock: once open, a file stays readable on POSIX
    even if it is unlinked the next moment.  If the file is missing it
@@ -88,6 +91,9 @@ from typing import TypeVar
 
 from ZODB.POSException import POSKeyError
 
+from zeo.client.blob_crash import UnsyncedFiles
+from zeo.client.blob_crash import flush_file
+from zeo.client.blob_crash import system_boot_id
 from zeo.client.blob_errors import BlobCacheError
 from zeo.client.blob_errors import BlobCacheLayoutError
 from zeo.client.blob_layout import LAYOUT_MARKER
@@ -135,8 +141,10 @@ class BlobCache:
 
     Keyword-only tuning: ``recent`` (seconds a used file is safe from
     pruning), ``lock_timeout`` (seconds :meth:`lock` waits; None: forever),
-    ``fsync`` (flush files to disk before they get their final name; only
-    tests turn it off), ``on_needs_pruning`` (called, in the thread that
+    ``fsync`` (keep files safe from a crash of the machine, see
+    :mod:`zeo.client.blob_crash`; only tests turn it off), ``boot_id``
+    (returns the system's boot id, or None to flush each file before it
+    gets its final name), ``on_needs_pruning`` (called, in the thread that
     added the bytes, each time :attr:`needs_pruning` becomes true,
     including at construction: keep it cheap, e.g. submit :meth:`prune`
     to a worker).
@@ -147,6 +155,7 @@ class BlobCache:
                  recent: float = RECENT_USE_SECONDS,
                  lock_timeout: float | None = LOCK_TIMEOUT,
                  fsync: bool = True,
+                 boot_id: Callable[[], str | None] = system_boot_id,
                  on_needs_pruning: Callable[[], Any] | None = None) -> None:
         if size is not None and (
                 isinstance(size, bool) or not isinstance(size, int) or size < 0):
@@ -166,7 +175,6 @@ class BlobCache:
         self.target = None if size is None else max(size - (self.check or 0), 0)
         self.recent = recent
         self.lock_timeout = lock_timeout
-        self.fsync = fsync
         self._on_needs_pruning = on_needs_pruning
 
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
@@ -178,6 +186,9 @@ class BlobCache:
         self._check_layout()
         self._tmp = os.path.join(self.directory, TMP_DIR)
         self._ensure_dir(self._tmp)
+        self._unsynced = UnsyncedFiles.open(self.directory, boot_id()) if fsync else None
+        #: Whether each file is flushed before it gets its final name.
+        self.fsync = fsync and self._unsynced is None
 
         self._mutex = threading.Lock()
         self._closed = False
@@ -388,18 +399,12 @@ class BlobCache:
 
     def _prepare(self, path: str, synced: bool = False) -> None:
         """Make a complete file ready for its final name: on disk (unless
-        ``synced`` says it is), used now, read-only."""
-        if self.fsync and not synced:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            except OSError as error:
-                # A few systems refuse fsync on a read-only descriptor;
-                # real I/O errors must not be ignored.
-                if error.errno not in (errno.EBADF, errno.EINVAL):
-                    raise
-            finally:
-                os.close(fd)
+        ``synced`` says it is, or the crash marker covers it), used now,
+        read-only."""
+        if self._unsynced is not None:
+            self._unsynced.before_install()
+        elif self.fsync and not synced:
+            flush_file(path)
         now = time.time()
         os.utime(path, (now, now))
         os.chmod(path, self._file_mode)
@@ -505,6 +510,8 @@ class BlobCache:
         with self._mutex:
             self._closed = True
             self._needs_pruning = False
+        if self._unsynced is not None:
+            self._unsynced.close()
 
 
 def _remove_quietly(path: str) -> None:

@@ -9,6 +9,8 @@ and are locked the same way, see :mod:`zeo.client.blob_lock`)::
         tmp/                        downloads in progress, upload staging
         check_size.lock             held by whoever is pruning
         check_size.attempt          "someone wanted to prune meanwhile"
+        .users.lock                 shared-locked by every zeo.client using it
+        .unsynced-<boot id>         files of that boot may not be on disk yet
         <oid % 997>/                a *bucket*, one of 997
             .lock                   the bucket lock
             <oid // 997>.<tid>.blob one committed blob revision
@@ -28,7 +30,8 @@ import re
 
 __all__ = [
     'LAYOUT_NAME', 'LAYOUT_MARKER', 'BUCKETS', 'BLOB_SUFFIX', 'LOCK_NAME',
-    'TMP_DIR', 'CHECK_SIZE_LOCK', 'CHECK_SIZE_ATTEMPT',
+    'TMP_DIR', 'CHECK_SIZE_LOCK', 'CHECK_SIZE_ATTEMPT', 'USERS_LOCK',
+    'UNSYNCED_PREFIX',
     'bucket_name', 'blob_relpath', 'parse_blob_relpath', 'is_bucket_name',
     'check_id',
 ]
@@ -45,6 +48,9 @@ LOCK_NAME = '.lock'
 TMP_DIR = 'tmp'
 CHECK_SIZE_LOCK = 'check_size.lock'
 CHECK_SIZE_ATTEMPT = 'check_size.attempt'
+#: See :mod:`zeo.client.blob_crash`.
+USERS_LOCK = '.users.lock'
+UNSYNCED_PREFIX = '.unsynced-'
 
 # ASCII digits only: ``\d`` would also accept other scripts' digits.
 _BUCKET = re.compile(r'[0-9]+\Z')

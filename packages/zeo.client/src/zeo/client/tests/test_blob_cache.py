@@ -191,7 +191,8 @@ class DownloadTests(BlobCacheTestBase):
         self.assertEqual(self.tmp_files(cache), [])
 
     def test_failure_while_installing_leaves_nothing(self):
-        cache = self.make(fsync=True)
+        # Flushing each file (see test_blob_crash for the crash marker).
+        cache = self.make(fsync=True, boot_id=lambda: None)
         download = cache.begin_download(p64(1), p64(2))
         download.write(b'data')
         with mock.patch('os.fsync', side_effect=OSError(errno.EIO, 'boom')):
@@ -201,7 +202,7 @@ class DownloadTests(BlobCacheTestBase):
         self.assertEqual(self.tmp_files(cache), [])
 
     def test_fsync_before_the_final_name(self):
-        cache = self.make(fsync=True)
+        cache = self.make(fsync=True, boot_id=lambda: None)
         oid, tid = p64(1), p64(2)
         seen = []
 
