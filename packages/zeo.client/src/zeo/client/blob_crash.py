@@ -28,7 +28,9 @@ which boot it is in (Linux: ``/proc/sys/kernel/random/boot_id``) and has
    every blob file and everything in ``tmp/``, then the markers, and logs
    a warning.  Blobs are downloaded again when needed.
 
-A process that crashes leaves the marker behind (and its lock goes with
+Reference ZEO clients sharing the directory take no part: the files they
+write are as safe as ZEO 6.2 makes them.  A process that crashes leaves
+the marker behind (and its lock goes with
 it); the next last user to close cleans up, or, after a reboot, rule 4
 does.  Without a boot id or ``flock`` (Windows), the cache flushes each
 file before it gets its name.
@@ -121,10 +123,21 @@ class UnsyncedFiles:
             return None
         if not _BOOT_ID.match(boot_id):
             raise ValueError(f'not a boot id: {boot_id!r}')
-        fd = os.open(os.path.join(directory, USERS_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(os.path.join(directory, USERS_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                alone = _try_exclusive(fd)
+            except OSError:
+                os.close(fd)
+                raise
+        except OSError as error:
+            # E.g. a network file system without locks: flush each file.
+            logger.info('blob cache %s: flushing each file (no lock: %s)',
+                        directory, error)
+            return None
         try:
             self = cls(directory, boot_id, fd)
-            if _try_exclusive(fd):
+            if alone:
                 try:
                     self._recover()
                 finally:

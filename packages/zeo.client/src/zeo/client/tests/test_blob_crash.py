@@ -129,6 +129,14 @@ class UnsyncedFilesTests(BlobCacheTestBase):
         self.assertEqual(self.markers(), [])
         self.assertFalse(os.path.exists(os.path.join(self.dir, USERS_LOCK)))
 
+    def test_without_file_locks_each_file_is_flushed(self):
+        # As on a network file system without a lock daemon.
+        refused = OSError(37, 'No locks available')
+        with mock.patch('fcntl.flock', side_effect=refused):
+            cache = self.make()
+        self.assertIsNone(cache._unsynced)
+        self.assertTrue(cache.fsync)
+
     def test_boot_ids_are_checked(self):
         with self.assertRaises(ValueError):
             self.make(boot='../../etc')
