@@ -50,7 +50,7 @@ import asyncio
 import collections
 import logging
 import types
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ZODB.POSException import ConflictError, POSKeyError
 
@@ -143,6 +143,8 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self._pending: collections.deque[Any] = collections.deque()
         self._corked: list[bytes] | None = None
         self._buffer = memoryview(bytearray(RECEIVE_BUFFER_SIZE))
+        # What get_buffer last returned, if not _buffer.
+        self._direct: memoryview | None = None
 
     def __repr__(self) -> str:
         state = 'closed' if self.closed else (
@@ -157,17 +159,27 @@ class ClientProtocol(asyncio.BufferedProtocol):
             self._heartbeat_interval, self._send_heartbeat)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._buffer
+        # A large frame in progress (a blob chunk) is read into a buffer
+        # of its own.
+        direct = self._direct = self._connection.receive_buffer()
+        return self._buffer if direct is None else direct
 
     def buffer_updated(self, nbytes: int) -> None:
-        # The frame reader copies what it keeps: the buffer is reused.
-        self.data_received(self._buffer[:nbytes])
+        if self._direct is None:
+            # The frame reader copies what it keeps: the buffer is reused.
+            self.data_received(self._buffer[:nbytes])
+        else:
+            self._direct = None
+            self._receive(self._connection.received_into, nbytes)
 
     def data_received(self, data: bytes) -> None:
         """Handle *data* read from the connection, in arrival order."""
+        self._receive(self._connection.receive_data, data)
+
+    def _receive(self, receive: Callable[[Any], None], data: Any) -> None:
         connection = self._connection
         try:
-            connection.receive_data(data)
+            receive(data)
             next_event = connection.next_event
             while not self.closed:
                 event = next_event()

@@ -53,15 +53,12 @@ belongs to the one loop that does its I/O.
 
 from __future__ import annotations
 
-import enum
 import struct
-from typing import Dict
 from typing import FrozenSet
 from typing import Iterable
 from typing import Iterator
 from typing import List
 from typing import Optional
-from typing import Tuple
 from typing import Union
 
 from zope.interface import implementer
@@ -70,16 +67,10 @@ from .codecs import make_codec
 from .errors import EncodeError
 from .errors import LocalProtocolError
 from .errors import RemoteProtocolError
-from .events import Call
 from .events import ConnectionClosed
-from .events import ErrorReply
 from .events import Event
-from .events import Heartbeat
-from .events import OneWayCall
 from .events import ProtocolAgreed
 from .events import _brief
-from .events import Reply
-from .events import Status
 from .events import StatusRequest
 from .framing import HEADER_SIZE
 from .framing import FrameReader
@@ -99,78 +90,25 @@ from .pickle_codec import PickleCodec
 from .safe_unpickle import AllowedGlobals
 from .safe_unpickle import client_pickle_globals
 from .safe_unpickle import server_pickle_globals
+from .states import NEED_DATA
+from .states import _NeedData
+from .states import RECEIVE_TABLE
+from .states import SEND_TABLE
+from .states import ConnectionState
+from .states import Role
 
 
 __all__ = ["ClientConnection", "ConnectionState", "NEED_DATA", "RECEIVE_TABLE", "Role",
            "SEND_TABLE", "ServerConnection"]
 
 
-class ConnectionState(enum.Enum):
-    """Where a connection stands."""
-
-    #: Negotiating; only handshake frames are exchanged.
-    HANDSHAKE = "HANDSHAKE"
-    #: A protocol is agreed; messages flow.
-    OPEN = "OPEN"
-    #: The ``ruok`` exchange is under way (server: must send ``Status``;
-    #: client: waiting for it).
-    STATUS = "STATUS"
-    #: EOF was reported (or the server sent its status): close the
-    #: transport.  ``next_event()`` keeps returning ``ConnectionClosed``.
-    CLOSED = "CLOSED"
-    #: The peer broke the protocol; close the transport.
-    ERROR = "ERROR"
-
-    def __repr__(self) -> str:
-        return self.value
-
-
-class Role(enum.Enum):
-    """Which end of the connection we are."""
-
-    SERVER = "server"
-    CLIENT = "client"
-
-    def __repr__(self) -> str:
-        return self.value
-
-
-class _NeedData(enum.Enum):
-    NEED_DATA = "NEED_DATA"
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-#: Returned by ``next_event()`` when it needs more bytes.
-NEED_DATA = _NeedData.NEED_DATA
-
 _S = ConnectionState
-_SERVER, _CLIENT = Role.SERVER, Role.CLIENT
+_SERVER = Role.SERVER
 # Module constants for the hot paths: enum member lookup costs ~100 ns.
 _OPEN = _S.OPEN
 _ERROR = _S.ERROR
 _CLOSED = _S.CLOSED
 _NOTHING: FrozenSet[type] = frozenset()
-
-#: (role, state) -> event types that side may send.  Anything else is a
-#: LocalProtocolError.  (The greeting and the answer aren't events: see
-#: ``initiate()`` and ``data_to_send()``.)
-SEND_TABLE: Dict[Tuple[Role, ConnectionState], FrozenSet[type]] = {
-    (_CLIENT, _S.HANDSHAKE): frozenset({StatusRequest}),
-    (_CLIENT, _S.OPEN): frozenset({Call, OneWayCall, Heartbeat}),
-    (_SERVER, _S.OPEN): frozenset({Reply, ErrorReply, OneWayCall}),
-    (_SERVER, _S.STATUS): frozenset({Status}),
-}
-
-#: (role, state) -> message types that side accepts from its peer once a
-#: protocol is agreed.  Anything else is a RemoteProtocolError.  (Every
-#: server->client call is one-way in ZEO 5, and only clients send
-#: heartbeats.)
-RECEIVE_TABLE: Dict[Tuple[Role, ConnectionState], FrozenSet[type]] = {
-    (_SERVER, _S.OPEN): frozenset({Call, OneWayCall, Heartbeat}),
-    (_CLIENT, _S.OPEN): frozenset({Reply, ErrorReply, OneWayCall}),
-}
 
 #: After sending a message of at most this size, the codec keeps the
 #: buffer the message made it grow until the next small message (see
@@ -272,6 +210,15 @@ class _Connection:
         else:
             self._eof = True
             self._accepting = False
+
+    def receive_buffer(self) -> Optional[memoryview]:
+        """See `IProtocolConnection`."""
+        return self._reader.receive_buffer() if self._accepting else None
+
+    def received_into(self, nbytes: int) -> None:
+        """See `IProtocolConnection`."""
+        self._check_not_failed()
+        self._reader.received(nbytes)
 
     def next_event(self) -> NextEvent:
         """See `IProtocolConnection`."""

@@ -16,7 +16,14 @@ Buffering strategy (the hot path is one small frame per read):
   it, so coalesced frames cost one slice each;
 * only when a frame is split across feeds does the rest go into a
   ``bytearray`` that later feeds extend (amortised O(1)); consumed bytes
-  are dropped from its front when more arrives.
+  are dropped from its front when more arrives;
+* a large frame (``DIRECT_FRAME_SIZE`` and up: blob chunks) in progress
+  gets a ``bytearray`` of its full size, which ``receive_buffer`` offers
+  to the I/O layer to read the rest into directly (``received`` counts
+  what arrived).  It is allocated only once a sixteenth of the frame is
+  there (``DIRECT_FRAME_SHARE``), so a peer that announces a big frame
+  and stops can't make the reader allocate more than 16 times what it
+  sent.
 
 The length is checked against ``max_frame_size`` as soon as the 4 header
 bytes are there, so an oversize frame is refused before we wait for (or
@@ -43,6 +50,7 @@ from .limits import WIRE_MAX_FRAME_SIZE
 
 
 __all__ = [
+    "DIRECT_FRAME_SIZE",
     "FrameReader",
     "HEADER_SIZE",
     "frame",
@@ -51,6 +59,12 @@ __all__ = [
 
 #: Size of the length prefix.
 HEADER_SIZE = 4
+
+#: Frames of at least this many payload bytes may be read into a buffer
+#: of their own (see ``FrameReader.receive_buffer``).
+DIRECT_FRAME_SIZE = 64 * 1024
+#: ... once 1/DIRECT_FRAME_SHARE of the frame has arrived.
+DIRECT_FRAME_SHARE = 16
 
 _HEADER = struct.Struct(">I")
 _pack_header = _HEADER.pack
@@ -128,7 +142,7 @@ except ImportError:  # pragma: no cover - built by every install we test
 class FrameReader:
     """Incremental frame splitter.  See `IFrameReader`."""
 
-    __slots__ = ("chunk", "pos", "max_frame_size")
+    __slots__ = ("chunk", "pos", "max_frame_size", "_owned", "_frame", "_filled")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         #: The unread input is ``chunk[pos:]``.  ``next_message`` (the
@@ -137,9 +151,19 @@ class FrameReader:
         self.chunk: Union[bytes, bytearray] = b""
         self.pos = 0
         self.max_frame_size = max_frame_size
+        #: Whether chunk is a bytearray that only feed() has seen, so
+        #: that it may grow and shrink (nobody holds a view of it).
+        self._owned = False
+        #: A large frame being read in place (see receive_buffer), and
+        #: how much of it has arrived.
+        self._frame: Optional[bytearray] = None
+        self._filled = 0
 
     def feed(self, data: bytes) -> None:
         """See `IFrameReader`."""
+        if self._frame is not None:
+            self._feed_frame(data)
+            return
         chunk = self.chunk
         pos = self.pos
         if pos == len(chunk):
@@ -152,17 +176,73 @@ class FrameReader:
             else:
                 self.chunk = bytes(data)
             self.pos = 0
-        elif chunk.__class__ is bytes:
+            self._owned = False
+        elif not self._owned:
             # A frame continues: keep its start in a growable buffer.
             rest = bytearray(memoryview(chunk)[pos:])
             rest += data
             self.chunk = rest
             self.pos = 0
+            self._owned = True
         else:
             if pos:
                 del chunk[:pos]  # type: ignore[union-attr]
                 self.pos = 0
             chunk += data  # type: ignore[operator]
+
+    def receive_buffer(self) -> Optional[memoryview]:
+        """See `IFrameReader`."""
+        frame = self._frame
+        if frame is None:
+            chunk = self.chunk
+            pos = self.pos
+            held = len(chunk) - pos
+            if held < HEADER_SIZE:
+                return None
+            total = HEADER_SIZE + _unpack_header(chunk, pos)[0]
+            if (total < HEADER_SIZE + DIRECT_FRAME_SIZE or held >= total
+                    or held * DIRECT_FRAME_SHARE < total
+                    or total - HEADER_SIZE > self.max_frame_size):
+                return None
+            # chunk[pos:] is the start of this frame and nothing else.
+            frame = self._frame = bytearray(total)
+            frame[:held] = memoryview(chunk)[pos:]
+            self._filled = held
+            self.chunk = b""
+            self.pos = 0
+            self._owned = False
+        return memoryview(frame)[self._filled:]
+
+    def received(self, nbytes: int) -> None:
+        """See `IFrameReader`."""
+        frame = self._frame
+        if frame is None or not 0 <= nbytes <= len(frame) - self._filled:
+            raise LocalProtocolError(
+                f"received({nbytes}) without a receive_buffer() that large")
+        self._filled += nbytes
+        if self._filled == len(frame):
+            # Complete: the frame is the chunk, never resized (the I/O
+            # layer may still hold a view of it).
+            self._frame = None
+            self.chunk = frame
+            self.pos = 0
+
+    def _feed_frame(self, data: Any) -> None:
+        # Fed the ordinary way while a frame is read in place.
+        frame = self._frame
+        filled = self._filled
+        size = len(data)
+        if size <= len(frame) - filled:  # type: ignore[arg-type]
+            frame[filled:filled + size] = data  # type: ignore[index]
+            self.received(size)
+            return
+        # More than the frame: back to one growable buffer.
+        rest = bytearray(memoryview(frame)[:filled])  # type: ignore[arg-type]
+        rest += data
+        self._frame = None
+        self.chunk = rest
+        self.pos = 0
+        self._owned = True
 
     def next_frame(self) -> Optional[Union[bytes, bytearray]]:
         """See `IFrameReader`."""
@@ -185,7 +265,7 @@ class FrameReader:
     @property
     def buffered(self) -> int:
         """See `IFrameReader`."""
-        return len(self.chunk) - self.pos
+        return len(self.chunk) - self.pos + (self._filled if self._frame is not None else 0)
 
     def __repr__(self) -> str:
         return (

@@ -42,6 +42,20 @@ class IFrameReader(Interface):
     def feed(data):
         """Append *data* (bytes-like, possibly empty) to the stream."""
 
+    def receive_buffer():
+        """Return a writable ``memoryview`` to read the next bytes into
+        directly, or ``None`` (then ``feed`` what was read).
+
+        Offered while a large frame is in progress, once enough of it
+        has arrived; its size is what the frame still lacks.  Call
+        ``received`` with the number of bytes written into it.
+        """
+
+    def received(nbytes):
+        """Count *nbytes* written into the last ``receive_buffer()``, from
+        its start.  ``LocalProtocolError`` if there was none, or if
+        *nbytes* is larger than it."""
+
     def next_frame():
         """Return the next complete payload, or ``None`` if more is needed.
 
@@ -178,6 +192,16 @@ class IProtocolConnection(Interface):
         Raises ``LocalProtocolError`` if called after EOF with more data,
         or in the ERROR state.
         """
+
+    def receive_buffer():
+        """A buffer to read the next bytes into directly, or ``None``
+        (then pass what was read to ``receive_data``).  See
+        `IFrameReader.receive_buffer`: offered while a large frame (a blob
+        chunk) arrives, to spare copying it."""
+
+    def received_into(nbytes):
+        """Like ``receive_data`` for *nbytes* written into the last
+        ``receive_buffer()``."""
 
     def next_event():
         """Return the next event, or ``NEED_DATA``.

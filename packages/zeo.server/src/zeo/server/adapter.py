@@ -87,6 +87,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self._paused = False
         self._reading_paused = False
         self._buffer = server.receive_buffer
+        # What get_buffer last returned, if not the shared buffer.
+        self._direct: memoryview | None = None
         self._output_limit = self.config.output_buffer_limit
         # bytes, or an iterator of (method, args) one-way messages
         self._pending: collections.deque[Any] = collections.deque()
@@ -118,15 +120,22 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self._write(self._connection.initiate())
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._buffer
+        # A large frame in progress (a blob chunk) is read into a buffer
+        # of its own; everything else into the buffer shared by all.
+        direct = self._direct = self._connection.receive_buffer()
+        return self._buffer if direct is None else direct
 
     def buffer_updated(self, nbytes: int) -> None:
         stats = self._stats or self._registered_stats()
         if stats is not None:
             stats.bytes_in += nbytes
         try:
-            # The frame reader copies what it keeps: the buffer is reused.
-            self._connection.receive_data(self._buffer[:nbytes])
+            if self._direct is None:
+                # The frame reader copies what it keeps: the buffer is reused.
+                self._connection.receive_data(self._buffer[:nbytes])
+            else:
+                self._direct = None
+                self._connection.received_into(nbytes)
         except ProtocolError as error:
             self.close(f"protocol error: {error}")
             return

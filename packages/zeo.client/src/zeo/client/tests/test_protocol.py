@@ -203,6 +203,23 @@ class ProtocolTests(unittest.TestCase):
         self.assertEqual(self.server_receives(), [
             OneWayCall('storeBlobStart', ()), OneWayCall('storeBlobChunk', (chunk,))])
 
+    def test_large_frames_are_read_into_buffers_of_their_own(self):
+        self.server_receives()
+        chunk = bytes(range(256)) * 4096
+        data = self.server.send(OneWayCall('receiveBlobChunk', (b'o' * 8, b't' * 8, chunk)))
+        own = 0
+        while data:
+            buffer = self.protocol.get_buffer(-1)
+            if buffer is not self.protocol._buffer:
+                own += 1
+            n = min(len(buffer), 65536, len(data))
+            buffer[:n] = data[:n]
+            data = data[n:]
+            self.protocol.buffer_updated(n)
+        self.assertGreater(own, 10)
+        self.assertEqual(self.handler.events[-1],
+                         ('message', 'receiveBlobChunk', (b'o' * 8, b't' * 8, chunk)))
+
     def test_a_protocol_error_closes_the_connection(self):
         self.server_receives()
         self.feed(b'\x00\x00\x00\x02\xc1\xc1')  # not msgpack

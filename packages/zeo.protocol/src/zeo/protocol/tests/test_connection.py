@@ -202,6 +202,41 @@ class LargePayloadTests(unittest.TestCase):
                     self.assertEqual(events, calls)
                     self.assertIs(server.state, ConnectionState.OPEN)
 
+    def test_reading_into_the_offered_buffer(self):
+        # As the asyncio adapters do: into the connection's buffer when it
+        # offers one, else into their own, reused one.
+        for encoding in "MZ":
+            for size in (4096, 100_003):
+                with self.subTest(encoding=encoding, read_size=size):
+                    server, data, calls = self.stream(encoding)
+                    own = bytearray(size)
+                    events, direct, start = [], 0, 0
+                    while start < len(data):
+                        target = server.receive_buffer()
+                        buffer = own if target is None else target
+                        piece = data[start:start + min(size, len(buffer))]
+                        buffer[:len(piece)] = piece
+                        start += len(piece)
+                        if target is None:
+                            server.receive_data(memoryview(own)[:len(piece)])
+                            own[:] = b"\xee" * size
+                        else:
+                            server.received_into(len(piece))
+                            direct += len(piece)
+                        events.extend(drain(server))
+                    self.assertEqual(events, calls)
+                    self.assertGreater(direct, len(data) // 2 if size == 4096 else 0)
+
+    def test_no_buffer_is_offered_after_an_error(self):
+        server, client = connected_pair("M")
+        server.receive_data(frame(b"\xc1")
+                            + frame(b"x" * LARGE_PAYLOAD_SIZE)[:LARGE_PAYLOAD_SIZE // 2])
+        with self.assertRaises(RemoteProtocolError):
+            server.next_event()
+        self.assertIsNone(server.receive_buffer())
+        with self.assertRaises(LocalProtocolError):
+            server.received_into(10)
+
     def test_undecodable_large_payload(self):
         for encoding in "MZ":
             with self.subTest(encoding=encoding):

@@ -7,6 +7,9 @@ from hypothesis import strategies as st
 
 from zeo.protocol.errors import LocalProtocolError
 from zeo.protocol.errors import RemoteProtocolError
+from zeo.protocol.framing import DIRECT_FRAME_SHARE
+from zeo.protocol.framing import DIRECT_FRAME_SIZE
+from zeo.protocol.framing import HEADER_SIZE
 from zeo.protocol.framing import FrameReader
 from zeo.protocol.framing import frame
 from zeo.protocol.framing import frame_header
@@ -149,3 +152,143 @@ class FrameReaderTests(unittest.TestCase):
             start += size
             i += 1
         self.assertEqual(read_all(FrameReader(), chunks), payloads)
+
+
+def read_directly(reader, chunks):
+    """Like read_all, but as an I/O layer that reads into receive_buffer()
+    whenever the reader offers one; returns the frames and the number of
+    bytes that went in directly."""
+    frames = []
+    direct = 0
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            target = reader.receive_buffer()
+            if target is None:
+                reader.feed(view.tobytes())
+                view = view[len(view):]
+            else:
+                n = min(len(target), len(view))
+                target[:n] = view[:n]
+                reader.received(n)
+                direct += n
+                view = view[n:]
+            while True:
+                payload = reader.next_frame()
+                if payload is None:
+                    break
+                frames.append(bytes(payload))
+    return frames, direct
+
+
+class DirectReadTests(unittest.TestCase):
+    """Large frames are read straight into a buffer of their own."""
+
+    LARGE = DIRECT_FRAME_SIZE * 4
+
+    def test_a_large_frame_goes_in_directly(self):
+        payload = bytes(range(256)) * (self.LARGE // 256)
+        stream = frame(payload) + frame(b"next")
+        reader = FrameReader(1 << 20)
+        # The first read: the header and a sixteenth of the frame.
+        first = HEADER_SIZE + self.LARGE // DIRECT_FRAME_SHARE
+        reader.feed(stream[:first])
+        self.assertIsNone(reader.next_frame())
+        target = reader.receive_buffer()
+        self.assertEqual(len(target), len(frame(payload)) - first)
+        self.assertEqual(reader.buffered, first)
+        target[:1000] = stream[first:first + 1000]
+        reader.received(1000)
+        self.assertEqual(reader.buffered, first + 1000)
+        self.assertIsNone(reader.next_frame())
+        rest = reader.receive_buffer()
+        self.assertEqual(len(rest), len(target) - 1000)
+        rest[:] = stream[first + 1000:len(frame(payload))]
+        reader.received(len(rest))
+        self.assertIsNone(reader.receive_buffer())  # the frame is complete
+        self.assertEqual(reader.next_frame(), payload)
+        reader.feed(stream[len(frame(payload)):])
+        self.assertEqual(reader.next_frame(), b"next")
+
+    def test_nothing_is_allocated_for_a_header_alone(self):
+        # A peer announcing a big frame must send its share first.
+        reader = FrameReader(1 << 23)
+        reader.feed(frame_header(1 << 22) + b"x" * ((1 << 22) // DIRECT_FRAME_SHARE - 5))
+        self.assertIsNone(reader.receive_buffer())
+        reader.feed(b"x" * 10)
+        self.assertEqual(len(reader.receive_buffer()),
+                         (1 << 22) - (1 << 22) // DIRECT_FRAME_SHARE - 5)
+
+    def test_small_and_refused_frames_are_never_direct(self):
+        reader = FrameReader(self.LARGE)
+        reader.feed(frame(b"s" * (DIRECT_FRAME_SIZE - 1))[:-1])
+        self.assertIsNone(reader.receive_buffer())
+        reader = FrameReader(self.LARGE)
+        reader.feed(frame(b"x" * (self.LARGE + 1))[:self.LARGE])
+        self.assertIsNone(reader.receive_buffer())
+        with self.assertRaises(RemoteProtocolError):
+            reader.next_frame()
+
+    def test_feeding_while_reading_directly(self):
+        payload = b"p" * self.LARGE
+        stream = frame(payload) + frame(b"after")
+        half = len(stream) // 2
+        for tail in (stream[half:len(frame(payload))], stream[half:]):
+            with self.subTest(overflow=len(tail) > len(frame(payload)) - half):
+                reader = FrameReader(1 << 20)
+                reader.feed(stream[:half])
+                self.assertIsNotNone(reader.receive_buffer())
+                reader.feed(tail)  # the ordinary way, maybe past the frame
+                self.assertEqual(reader.next_frame(), payload)
+                if len(tail) > len(frame(payload)) - half:
+                    self.assertEqual(reader.next_frame(), b"after")
+                self.assertIsNone(reader.next_frame())
+
+    def test_a_complete_frame_is_never_resized(self):
+        # The I/O layer may still hold a view of the buffer it read into.
+        payload = b"q" * self.LARGE
+        stream = frame(payload) + frame(b"a") + frame(b"b")
+        reader = FrameReader(1 << 20)
+        reader.feed(stream[:self.LARGE // 8])
+        held = reader.receive_buffer()
+        held[:] = stream[self.LARGE // 8:len(frame(payload))]
+        reader.received(len(held))
+        reader.feed(stream[len(frame(payload)):-1])  # before the frame is read
+        self.assertEqual(reader.next_frame(), payload)
+        reader.feed(stream[-1:])
+        self.assertEqual(read_all(reader, []), [])
+        self.assertEqual(reader.next_frame(), b"a")
+        self.assertEqual(reader.next_frame(), b"b")
+        held.release()
+
+    def test_received_must_match_a_buffer(self):
+        reader = FrameReader()
+        with self.assertRaises(LocalProtocolError):
+            reader.received(1)
+        reader.feed(frame(b"z" * self.LARGE)[:self.LARGE // 4])
+        target = reader.receive_buffer()
+        with self.assertRaises(LocalProtocolError):
+            reader.received(len(target) + 1)
+        with self.assertRaises(LocalProtocolError):
+            reader.received(-1)
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        st.lists(st.one_of(st.binary(max_size=70),
+                           st.integers(DIRECT_FRAME_SIZE, 3 * DIRECT_FRAME_SIZE)),
+                 max_size=5),
+        st.lists(st.integers(min_value=1, max_value=70_000), min_size=1, max_size=10),
+    )
+    def test_any_split_gives_the_same_frames_read_directly(self, specs, cuts):
+        payloads = [spec if isinstance(spec, bytes) else bytes([spec % 251]) * spec
+                    for spec in specs]
+        stream = b"".join(frame(p) for p in payloads)
+        chunks, start, i = [], 0, 0
+        while start < len(stream):
+            chunks.append(stream[start:start + cuts[i % len(cuts)]])
+            start += cuts[i % len(cuts)]
+            i += 1
+        frames, direct = read_directly(FrameReader(1 << 20), chunks)
+        self.assertEqual(frames, payloads)
+        if any(len(p) >= DIRECT_FRAME_SIZE for p in payloads) and max(cuts) < 4096:
+            self.assertGreater(direct, 0)
