@@ -25,8 +25,10 @@ which boot it is in (Linux: ``/proc/sys/kernel/random/boot_id``) and has
 4. A process that opens the cache while nobody else uses it (again: the
    exclusive lock without waiting) looks for markers of other boots.  One
    means the machine restarted while unflushed files existed: it deletes
-   every blob file and everything in ``tmp/``, then the markers, and logs
-   a warning.  Blobs are downloaded again when needed.
+   every blob file (each under its bucket's lock, as a pruner does), then
+   the markers, and logs a warning.  Blobs are downloaded again when
+   needed.  Files in ``tmp/`` never have a final name, so they can't be
+   served, torn or not.
 
 Reference ZEO clients sharing the directory take no part: the files they
 write are as safe as ZEO 6.2 makes them.  A process that crashes leaves
@@ -43,9 +45,10 @@ import os
 import re
 import threading
 
-from zeo.client.blob_layout import TMP_DIR
+from zeo.client.blob_layout import LOCK_NAME
 from zeo.client.blob_layout import UNSYNCED_PREFIX
 from zeo.client.blob_layout import USERS_LOCK
+from zeo.client.blob_lock import lock_file
 from zeo.client.blob_prune import remove_committed
 from zeo.client.blob_prune import scan
 
@@ -64,6 +67,8 @@ BOOT_ID_PATH = '/proc/sys/kernel/random/boot_id'
 #: before the marker was written are flushed too: the clock may have been
 #: set back meanwhile.
 CLOCK_MARGIN = 3600.0
+#: How long the clean-up after a crash waits for a bucket's lock.
+RECOVERY_LOCK_TIMEOUT = 60.0
 
 _BOOT_ID = re.compile(r'[0-9A-Za-z-]{1,64}\Z')
 
@@ -156,18 +161,14 @@ class UnsyncedFiles:
                  and name != os.path.basename(self.marker)]
         if not stale:
             return
-        for entry in scan(self.directory):
-            try:
-                remove_committed(entry.path)
-            except FileNotFoundError:
-                continue
+        for entry in sorted(scan(self.directory), key=lambda e: e.bucket):
+            # A reference client sharing the directory may be opening it.
+            with lock_file(os.path.join(entry.bucket, LOCK_NAME), RECOVERY_LOCK_TIMEOUT):
+                try:
+                    remove_committed(entry.path)
+                except FileNotFoundError:
+                    continue
             self.dropped += 1
-        tmp = os.path.join(self.directory, TMP_DIR)
-        for name in os.listdir(tmp):
-            try:
-                remove_committed(os.path.join(tmp, name))
-            except OSError:  # not a file; not ours to judge
-                pass
         for name in stale:
             os.remove(os.path.join(self.directory, name))
         _flush_directory(self.directory)
