@@ -10,7 +10,7 @@ handshake; afterwards every frame goes to the codec.  The frame limit is
 
 Rule 2: what a side may send or receive depends only on its role and the
 connection state, and is spelled out in ``SEND_TABLE`` and
-``RECEIVE_TABLE`` below.  Sending anything else raises
+``RECEIVE_TABLE`` (:mod:`zeo.protocol.states`).  Sending anything else raises
 ``LocalProtocolError`` and changes nothing; receiving anything else
 raises ``RemoteProtocolError``.
 
@@ -148,6 +148,7 @@ class _Connection:
         self._codec: Optional[Union[MsgpackCodec, PickleCodec]] = None
         self._encode = None
         self._decode = None
+        self._decode_chunk = None
         self._kept_buffer_size = 0
         self._outbox: List[bytes] = []
         self._eof = False
@@ -270,10 +271,15 @@ class _Connection:
         # buffer can change again.
         with memoryview(chunk) as view:
             with view[start:end] as payload:
-                try:
-                    event = self._decode(payload)  # type: ignore[misc]
-                except Exception as exc:
-                    raise self._undecodable(exc) from None
+                event = self._decode_chunk(payload)  # type: ignore[union-attr]
+                if event is not None:
+                    # It carries a view of the buffer: no resizing it.
+                    self._reader.pin()
+                else:
+                    try:
+                        event = self._decode(payload)  # type: ignore[misc]
+                    except Exception as exc:
+                        raise self._undecodable(exc) from None
         if event.__class__ in self._can_receive:
             return event
         raise self._unexpected(event)
@@ -364,6 +370,7 @@ class _Connection:
         self._encode = codec.encode_unchecked  # type: ignore[assignment]
         self._kept_buffer_size = codec.kept_buffer_size
         self._decode = codec.decode_message  # type: ignore[assignment]
+        self._decode_chunk = codec.decode_chunk_message
         self._reader.max_frame_size = self.limits.max_frame_size
         self._set_max_frame_size(self.limits.max_frame_size)
         self._set_state(_OPEN)

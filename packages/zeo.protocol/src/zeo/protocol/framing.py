@@ -213,6 +213,10 @@ class FrameReader:
             self._owned = False
         return memoryview(frame)[self._filled:]
 
+    def pin(self) -> None:
+        """See `IFrameReader`."""
+        self._owned = False
+
     def received(self, nbytes: int) -> None:
         """See `IFrameReader`."""
         frame = self._frame

@@ -51,6 +51,10 @@ class IFrameReader(Interface):
         ``received`` with the number of bytes written into it.
         """
 
+    def pin():
+        """The caller keeps a view of the unread buffer: the reader must
+        not resize it (the next ``feed`` copies what it keeps instead)."""
+
     def received(nbytes):
         """Count *nbytes* written into the last ``receive_buffer()``, from
         its start.  ``LocalProtocolError`` if there was none, or if
@@ -101,6 +105,18 @@ class ICodec(Interface):
         may return a large ``bytes`` argument (a blob chunk) as a piece
         of its own, so that it is written without being copied; the
         first piece is always the start of the payload.
+        """
+
+    def decode_chunk_message(payload):
+        """Decode a blob chunk message without copying its chunk, or
+        return ``None`` (then use ``decode_message``).
+
+        *payload* is a ``memoryview``.  A codec may recognise a one-way
+        ``receiveBlobChunk`` or ``storeBlobChunk`` whose chunk, last of
+        its arguments, ends the payload, and return the event with the
+        chunk as a ``memoryview`` of *payload*: the caller must then not
+        change the buffer under it.  Anything else, valid or not, gives
+        ``None``.
         """
 
     def decode(payload):

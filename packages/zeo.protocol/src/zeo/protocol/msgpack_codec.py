@@ -28,7 +28,9 @@ of a call.  ``encode_pieces`` encodes such a call with an empty last
 argument (msgpack writes it as a 2-byte empty *bin*, at the very end) and
 swaps that for the *bin* header of the real chunk, which follows as a
 piece of its own: the chunk is never copied into the Packer, out of it,
-or into a frame.
+or into a frame.  ``decode_chunk_message`` is the way back: a blob chunk
+message is decoded without its chunk, which the event then carries as a
+``memoryview`` of the received payload instead of a copy.
 """
 
 from __future__ import annotations
@@ -68,6 +70,13 @@ _BIN32_HEADER = struct.Struct(">BI")
 _tuple_new = tuple.__new__
 _CALLS = (Call, OneWayCall)
 
+#: The one-way calls whose last argument, a blob chunk, is handed over as
+#: a view of the received payload (see ``decode_chunk_message``).
+CHUNK_METHODS = frozenset({"receiveBlobChunk", "storeBlobChunk"})
+#: Where ``decode_chunk_message`` looks for the chunk's header: the head
+#: of a chunk message (id, flag, name, oid, serial) is about 50 bytes.
+CHUNK_HEAD_LIMIT = 256
+
 
 def _check_message(event: Any) -> None:
     if type(event) not in MESSAGE_TYPES:
@@ -99,6 +108,21 @@ except ImportError:  # pragma: no cover - built by every install we test
 else:
     _speedups.configure_msgpack(_unpackb, _refuse_ext)
     decode_message = _speedups.decode_msgpack  # noqa: F811
+
+
+def _chunk_message(head: bytes, chunk: memoryview) -> Message | None:
+    # The payload is head, a bin 32 header and chunk, up to its end.  Decode
+    # head with an empty bin in the chunk's place: msgpack reads left to
+    # right, so if that is a chunk message ending with the empty bin, the
+    # payload is the same message with the chunk.
+    try:
+        event = message_from_wire(_unpack_wire(head + b"\xc4\x00"))
+    except Exception:
+        return None  # the caller decodes the whole payload and says why
+    args = event[3]
+    if type(event) is not OneWayCall or event[2] not in CHUNK_METHODS or args[-1:] != (b"",):
+        return None
+    return _tuple_new(OneWayCall, (event[0], event[1], event[2], args[:-1] + (chunk,)))
 
 
 @implementer(ICodec)
@@ -156,6 +180,19 @@ class MsgpackCodec:
     #: See `ICodec`.  (A plain function: the connection calls it per
     #: message, and a bound method would cost one more call.)
     decode_message = staticmethod(decode_message)
+
+    def decode_chunk_message(self, payload: memoryview) -> Message | None:
+        """See `ICodec`."""
+        size = len(payload)
+        if size < SEPARATE_ARGUMENT_SIZE:
+            return None
+        head = payload[:CHUNK_HEAD_LIMIT].tobytes()
+        at = head.find(b"\xc6")
+        while 0 <= at <= len(head) - 5:
+            if _BIN32_HEADER.unpack_from(head, at)[1] == size - at - 5:
+                return _chunk_message(head[:at], payload[at + 5:])
+            at = head.find(b"\xc6", at + 1)
+        return None
 
     def decode(self, payload: Any) -> Message:
         """See `ICodec`."""

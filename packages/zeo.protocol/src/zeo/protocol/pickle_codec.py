@@ -102,6 +102,10 @@ class PickleCodec:
         """See `ICodec`: always one piece."""
         return (self.encode(event),)
 
+    def decode_chunk_message(self, payload: Any) -> Optional[Message]:
+        """See `ICodec`: never (chunks are decoded with their message)."""
+        return None
+
     #: The pickler keeps nothing between messages (``truncate`` gives the
     #: buffer's memory back), so `shed_buffer` is never needed.
     kept_buffer_size = WIRE_MAX_FRAME_SIZE

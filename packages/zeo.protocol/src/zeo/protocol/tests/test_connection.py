@@ -227,6 +227,25 @@ class LargePayloadTests(unittest.TestCase):
                     self.assertEqual(events, calls)
                     self.assertGreater(direct, len(data) // 2 if size == 4096 else 0)
 
+    def test_blob_chunks_arrive_as_views_of_the_frame(self):
+        # The buffer they view is never resized while they live, whatever
+        # arrives next and however it is split.
+        server, client = connected_pair("M")
+        chunk = bytes(range(256)) * 1024
+        data = b"".join(client.send(OneWayCall("storeBlobChunk", (chunk,)))
+                        for _ in range(3))
+        held = []
+        for start in range(0, len(data), 70_000):
+            server.receive_data(data[start:start + 70_000])
+            held.extend(drain(server))
+        self.assertEqual(len(held), 3)
+        for event in held:
+            self.assertIsInstance(event.args[0], memoryview)
+            self.assertEqual(event.args[0], chunk)
+        # Other large messages are decoded whole, as bytes.
+        server.receive_data(client.send(OneWayCall("storeBlobEnd", (chunk, b"s" * 8))))
+        self.assertIs(type(drain(server)[0].args[0]), bytes)
+
     def test_no_buffer_is_offered_after_an_error(self):
         server, client = connected_pair("M")
         server.receive_data(frame(b"\xc1")

@@ -145,6 +145,50 @@ class MsgpackCodecTests(unittest.TestCase):
         with self.assertRaises(LocalProtocolError):
             self.codec.encode_pieces(ProtocolAgreed("M"))  # type: ignore[arg-type]
 
+    def test_chunk_messages_decode_without_a_copy(self):
+        chunk = bytes(range(256)) * 400
+        for event in (OneWayCall("receiveBlobChunk", (b"o" * 8, b"s" * 8, chunk)),
+                      OneWayCall("receiveBlobChunk", (b"o" * 8, b"\xc6" * 8, chunk)),
+                      OneWayCall("storeBlobChunk", (chunk,))):
+            with self.subTest(method=event.method):
+                payload = memoryview(bytearray(self.codec.encode(event)))
+                decoded = self.codec.decode_chunk_message(payload)
+                self.assertEqual(decoded, event)
+                self.assertIs(type(decoded), OneWayCall)
+                view = decoded.args[-1]
+                self.assertIsInstance(view, memoryview)
+                self.assertIs(view.obj, payload.obj)  # the payload's own bytes
+                self.assertEqual(decoded.args[:-1], event.args[:-1])
+
+    def test_what_is_decoded_whole(self):
+        big = b"x" * SEPARATE_ARGUMENT_SIZE
+        for event in (
+            OneWayCall("storeBlobChunk", (b"x" * 1000,)),       # small
+            Call(3, "storeBlobChunk", (big,)),                  # not one-way
+            OneWayCall("storeBlobEnd", (b"o" * 8, big)),        # not a chunk
+            OneWayCall("storeBlobChunk", (big, b"s")),          # not last
+            Reply(3, big),
+        ):
+            with self.subTest(event=event[2], args=len(event[3])):
+                self.assertIsNone(self.codec.decode_chunk_message(
+                    memoryview(self.codec.encode(event))))
+        self.assertIsNone(self.codec.decode_chunk_message(memoryview(b"\xc6" * 70_000)))
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.binary(min_size=8, max_size=8), st.binary(min_size=8, max_size=8),
+           st.integers(SEPARATE_ARGUMENT_SIZE, SEPARATE_ARGUMENT_SIZE + 300),
+           st.sampled_from(["receiveBlobChunk", "storeBlobChunk", "other"]))
+    def test_chunk_decoding_agrees_with_decode(self, oid, serial, size, method):
+        # Whatever the oid and serial bytes (0xc6 in them, or a length that
+        # happens to fit), the result is the message, or None.
+        event = OneWayCall(method, (oid, serial, b"\xc6" * size))
+        payload = memoryview(self.codec.encode(event))
+        decoded = self.codec.decode_chunk_message(payload)
+        if method == "other":
+            self.assertIsNone(decoded)
+        else:
+            self.assertEqual(decoded, self.codec.decode(payload))
+
     @settings(max_examples=200, deadline=None)
     @given(st.binary(max_size=60))
     def test_random_bytes_decode_or_raise_remote_error(self, payload):

@@ -54,6 +54,8 @@ class PickleCodecTests(unittest.TestCase):
     def test_pieces_are_one_payload(self):
         event = OneWayCall("storeBlobChunk", (b"c" * (1 << 17),))
         self.assertEqual(self.codec.encode_pieces(event), (self.codec.encode(event),))
+        self.assertIsNone(self.codec.decode_chunk_message(
+            memoryview(self.codec.encode(event))))
 
     def test_containers_keep_their_types(self):
         event = Reply(1, ([1], (2,), {"k": [b"v"]}))
