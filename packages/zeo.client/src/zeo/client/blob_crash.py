@@ -84,7 +84,7 @@ def system_boot_id() -> str | None:
 
 
 def flush_file(path: str) -> None:
-    """``fsync`` the file ``path``."""
+    """``fsync`` the file or directory ``path``."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -93,14 +93,6 @@ def flush_file(path: str) -> None:
         # errors must not be ignored.
         if error.errno not in (errno.EBADF, errno.EINVAL):
             raise
-    finally:
-        os.close(fd)
-
-
-def _flush_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -171,7 +163,7 @@ class UnsyncedFiles:
             self.dropped += 1
         for name in stale:
             os.remove(os.path.join(self.directory, name))
-        _flush_directory(self.directory)
+        flush_file(self.directory)
         logger.warning(
             'blob cache %s: the machine restarted while files written since'
             ' the boot %s may not have reached the disk; %d blob files were'
@@ -192,7 +184,7 @@ class UnsyncedFiles:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            _flush_directory(self.directory)
+            flush_file(self.directory)
             self._marked = True
 
     def close(self) -> None:
@@ -216,7 +208,7 @@ class UnsyncedFiles:
                 except FileNotFoundError:
                     continue
         os.remove(self.marker)
-        _flush_directory(self.directory)
+        flush_file(self.directory)
 
 
 def _try_exclusive(fd: int) -> bool:
