@@ -54,7 +54,7 @@ IGNORED_OPTIONS = frozenset({
 _NONE_IS_DEFAULT = frozenset({
     'wait_timeout', 'disconnect_poll', 'max_disconnect_poll', 'cache_size',
     'blob_cache_size_check', 'name', 'storage', 'heartbeat_interval',
-    'limits', 'event_loop'})
+    'limits', 'event_loop', 'direct_calls'})
 
 # Options with another name in older configurations.
 _ALIASES = {'min_disconnect_poll': 'disconnect_poll'}
@@ -121,7 +121,9 @@ class ClientConfig:
     The option names (and defaults) are the reference ``ClientStorage``'s;
     ``disconnect_poll``/``max_disconnect_poll`` bound the reconnect
     backoff and ``heartbeat_interval`` is the keep-alive period;
-    ``event_loop`` is ours: which loop runs the connections.
+    ``event_loop`` and ``direct_calls`` are ours: which loop runs the
+    connections, and whether application threads read and write the
+    socket for their own calls.
     """
 
     addresses: tuple[Address, ...]
@@ -153,9 +155,14 @@ class ClientConfig:
     limits: ProtocolLimits = DEFAULT_LIMITS
     #: ``'uvloop'`` or ``'asyncio'`` (see zeo.client.loops).
     event_loop: str = DEFAULT_EVENT_LOOP
+    #: Let application threads do the socket I/O of their own calls
+    #: (plain TCP and Unix sockets on Linux; see zeo.client.direct).
+    direct_calls: bool = True
 
     def __post_init__(self) -> None:
         check_event_loop(self.event_loop)
+        if not isinstance(self.direct_calls, bool):
+            raise ValueError(f'direct_calls must be true or false, not {self.direct_calls!r}')
         if not self.addresses:
             raise ValueError('no server address given')
         if not isinstance(self.storage, str) or not self.storage:
@@ -208,6 +215,8 @@ class ClientConfig:
                     'server_sync', 'wait'):
             if key in values:
                 values[key] = bool(values[key])
+        if type(values.get('direct_calls')) is int:  # 0 or 1, not 'no'
+            values['direct_calls'] = bool(values['direct_calls'])
         for key in ('storage',):
             if key in values and isinstance(values[key], int):
                 values[key] = str(values[key])

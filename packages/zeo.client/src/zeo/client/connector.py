@@ -239,7 +239,8 @@ class ConnectionManager:
         def factory() -> ClientProtocol:
             protocol = ClientProtocol(
                 loop, address, self, limits=config.limits,
-                heartbeat_interval=config.heartbeat_interval)
+                heartbeat_interval=config.heartbeat_interval,
+                direct_calls=config.direct_calls)
             self._protocols.add(protocol)
             return protocol
 
@@ -314,6 +315,8 @@ class ConnectionManager:
             if args[0] > last:
                 self._invalidate(*args)
         self.protocol = protocol
+        with protocol.lock:
+            protocol.active = not protocol.closed
         self.generation += 1
         self._failures = 0
         reconnected = self.ever_connected
@@ -387,6 +390,8 @@ class ConnectionManager:
         return last
 
     def _deactivate(self, protocol: ClientProtocol) -> None:
+        with protocol.lock:
+            protocol.active = False
         self.protocol = None
         self.connected.clear()
         try:
@@ -538,12 +543,6 @@ class ConnectionManager:
     def forget_current(self, oid: bytes) -> None:
         """Drop the cached current record of *oid* (after a conflict)."""
         self.cache.invalidate(oid, None)
-
-    def cork(self) -> ClientProtocol | None:
-        protocol = self.protocol
-        if protocol is not None:
-            protocol.cork()
-        return protocol
 
     def _wait_then(self, send: Callable[[ClientProtocol], None], waiter: Any,
                    timeout: float | None) -> None:

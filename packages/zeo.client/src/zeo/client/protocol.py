@@ -4,8 +4,11 @@
 Rules
 =====
 
-Rule 1: everything here runs on the client's event loop thread.  Nothing
-blocks, nothing sleeps; timers are loop timers.
+Rule 1: everything here runs on the client's event loop thread, but for
+a direct call, where an application thread sends its request and reads
+the reply itself (``zeo.client.direct``).  Either holds ``lock`` while
+touching the connection's state.  Nothing blocks, nothing sleeps; timers
+are loop timers.
 
 Rule 2: messages are handled strictly in arrival order, and each one is
 handled completely -- including the cache update a load reply implies
@@ -49,11 +52,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import types
 from typing import Any, Callable, Iterator
 
 from ZODB.POSException import ConflictError, POSKeyError
 
+from zeo.client import direct
 from zeo.client.errors import ClientDisconnected
 from zeo.protocol import (
     NEED_DATA, Call, ClientConnection, ConnectionClosed, ErrorReply,
@@ -92,6 +97,7 @@ def _pickle_globals() -> Any:
 _PICKLE_GLOBALS = _pickle_globals()
 
 
+
 def _settle(waiter: Any, value: Any) -> None:
     try:
         waiter.set_result(value)
@@ -106,13 +112,23 @@ def _fail(waiter: Any, error: BaseException) -> None:
         pass
 
 
-class ClientProtocol(asyncio.BufferedProtocol):
+class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
     """The client end of one connection to *address*."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, address: Any,
                  handler: Any, *, limits: ProtocolLimits,
-                 heartbeat_interval: float = 60.0) -> None:
+                 heartbeat_interval: float = 60.0,
+                 direct_calls: bool = False) -> None:
         self.loop = loop
+        #: Held by whichever thread touches the connection's state.
+        self.lock = threading.RLock()
+        #: Set (under the lock, by the connection manager) while this is
+        #: the connection in use: only then may calls be direct.
+        self.active = False
+        self._direct_calls = direct_calls
+        self._baton: direct.SocketBaton | None = None
+        # An event a reading application thread left for the loop.
+        self._held: Any = None
         self.address = address
         self.handler = handler
         self.transport: asyncio.Transport | None = None
@@ -155,6 +171,10 @@ class ClientProtocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self._direct_calls and direct.available(transport):
+            # uvloop starts reading after connection_made returns, paused
+            # or not: take over on the next turn of the loop.
+            self.loop.call_soon(self._read_for_ourselves)
         self._heartbeat = self.loop.call_later(
             self._heartbeat_interval, self._send_heartbeat)
 
@@ -177,31 +197,117 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self._receive(self._connection.receive_data, data)
 
     def _receive(self, receive: Callable[[Any], None], data: Any) -> None:
-        connection = self._connection
+        with self.lock:
+            try:
+                receive(data)
+            except ProtocolError as error:
+                self._protocol_error(error)
+            else:
+                self._handle_events()
+
+    def _handle_events(self) -> None:
+        next_event = self._connection.next_event
         try:
-            receive(data)
-            next_event = connection.next_event
             while not self.closed:
                 event = next_event()
                 if event is NEED_DATA:
                     break
                 self._dispatch(event)
         except ProtocolError as error:
-            logger.error('%r: protocol error: %s', self, error)
-            self.close()
+            self._protocol_error(error)
+
+    def _protocol_error(self, error: ProtocolError) -> None:
+        logger.error('%r: protocol error: %s', self, error)
+        self.close()
 
     def eof_received(self) -> bool:
         return False  # let the transport close
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._shut(exc)
+        with self.lock:
+            self._shut(exc)
 
     def pause_writing(self) -> None:
-        self._paused = True
+        with self.lock:
+            self._paused = True
 
     def resume_writing(self) -> None:
-        self._paused = False
-        self._drain()
+        with self.lock:
+            self._paused = False
+            self._drain()
+
+    # -- reading the socket ourselves (see zeo.client.direct) -----------------
+
+    def _read_for_ourselves(self) -> None:
+        # From now on we read the socket, on the loop or in the thread
+        # holding the baton; the transport only writes.
+        with self.lock:
+            if self.closed:
+                return
+            try:
+                baton = direct.SocketBaton(self.loop, self.transport, self._readable)
+            except OSError as error:  # out of descriptors: the loop reads
+                logger.warning('%r: no direct calls: %s', self, error)
+                return
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            self._baton = baton
+
+    def _read_once(self, baton: direct.SocketBaton) -> int:
+        """One ``recv_into``; its size, 0 at the end of input, -1 for
+        nothing yet.  Raises OSError.  Called holding the lock."""
+        connection = self._connection
+        frame = connection.receive_buffer()
+        buffer = self._buffer if frame is None else frame
+        try:
+            n = baton.socket.recv_into(buffer)
+        except (BlockingIOError, InterruptedError):
+            return -1
+        if n:
+            if frame is None:
+                connection.receive_data(buffer[:n])
+            else:
+                connection.received_into(n)
+        return n
+
+    def _readable(self) -> None:
+        # The loop heard of input, while no application thread reads.
+        with self.lock:
+            baton = self._baton
+            if (self.closed or baton is None or baton.reader is not None
+                    or self._held is not None):
+                return
+            try:
+                n = self._read_once(baton)
+            except ProtocolError as error:
+                self._protocol_error(error)
+                return
+            except OSError as error:
+                self._abort(error)
+                return
+            if n > 0:
+                self._handle_events()
+            elif n == 0:
+                self.close()
+
+    def _abort(self, error: Exception | None) -> None:
+        with self.lock:
+            if self.transport is not None:
+                self.transport.abort()
+            self._shut(error)
+
+    def _resume(self) -> None:
+        # Posted by a reading application thread that left an event for
+        # the loop: handle it, then the rest, then read again.
+        with self.lock:
+            event, self._held = self._held, None
+            if self.closed or event is None:
+                return
+            self._dispatch(event)
+            self._handle_events()
+            baton = self._baton
+            if not self.closed and baton is not None and baton.reader is None \
+                    and self._held is None:
+                baton.give_back()
 
     # -- input ----------------------------------------------------------------
 
@@ -263,13 +369,14 @@ class ClientProtocol(asyncio.BufferedProtocol):
 
     def call(self, method: str, args: tuple[Any, ...], waiter: Any) -> None:
         """Send a request; *waiter* gets the result or the error."""
-        if self.closed:
-            _fail(waiter, ClientDisconnected(f'connection to {self.address!r} lost'))
-            return
-        msgid = self._next_id
-        self._next_id = msgid + 1
-        self._waiters[msgid] = waiter
-        self._write(self._connection.send(Call(msgid, method, args)))
+        with self.lock:
+            if self.closed:
+                _fail(waiter, ClientDisconnected(f'connection to {self.address!r} lost'))
+                return
+            msgid = self._next_id
+            self._next_id = msgid + 1
+            self._waiters[msgid] = waiter
+            self._write(self._connection.send(Call(msgid, method, args)))
 
     def request(self, method: str, *args: Any) -> asyncio.Future[Any]:
         """`call` for the loop's own coroutines: returns a future."""
@@ -280,19 +387,20 @@ class ClientProtocol(asyncio.BufferedProtocol):
     def load(self, oid: bytes, tid: bytes, waiter: Any) -> None:
         """``loadBefore(oid, tid)``; identical loads in flight share one
         request.  *waiter* may be None (a prefetch nobody waits for)."""
-        if self.closed:
-            if waiter is not None:
-                _fail(waiter, ClientDisconnected(
-                    f'connection to {self.address!r} lost'))
-            return
-        key = (oid, tid)
-        waiters = self._waiters.get(key)
-        if waiters is not None:
-            if waiter is not None:
-                waiters.append(waiter)
-            return
-        self._waiters[key] = [waiter] if waiter is not None else []
-        self._write(self._connection.send(Call(key, 'loadBefore', key)))
+        with self.lock:
+            if self.closed:
+                if waiter is not None:
+                    _fail(waiter, ClientDisconnected(
+                        f'connection to {self.address!r} lost'))
+                return
+            key = (oid, tid)
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                if waiter is not None:
+                    waiters.append(waiter)
+                return
+            self._waiters[key] = [waiter] if waiter is not None else []
+            self._write(self._connection.send(Call(key, 'loadBefore', key)))
 
     def loading(self, oid: bytes, tid: bytes) -> bool:
         """Tell whether ``loadBefore(oid, tid)`` is in flight."""
@@ -301,26 +409,30 @@ class ClientProtocol(asyncio.BufferedProtocol):
     def one_way(self, method: str, args: tuple[Any, ...]) -> None:
         """Send a one-way call (nothing comes back).  Dropped silently if
         the connection is gone: the next synchronous call on it fails."""
-        if not self.closed:
-            self._write(self._connection.send(OneWayCall(method, args)))
+        with self.lock:
+            if not self.closed:
+                self._write(self._connection.send(OneWayCall(method, args)))
 
     def stream(self, messages: Iterator[tuple[str, tuple[Any, ...]]]) -> None:
         """Send the one-way ``(method, args)`` messages that *messages*
         yields, pulling the next one only while the transport can take it."""
-        if not self.closed:
-            self._flush_cork()
-            self._pending.append(messages)
-            self._drain()
+        with self.lock:
+            if not self.closed:
+                self._flush_cork()
+                self._pending.append(messages)
+                self._drain()
 
     def cork(self) -> None:
         """Collect output until `uncork` (see the module docstring)."""
-        if self._corked is None:
-            self._corked = []
+        with self.lock:
+            if self._corked is None:
+                self._corked = []
 
     def uncork(self) -> None:
-        corked, self._corked = self._corked, None
-        if corked:
-            self._write(b''.join(corked) if len(corked) > 1 else corked[0])
+        with self.lock:
+            corked, self._corked = self._corked, None
+            if corked:
+                self._write(b''.join(corked) if len(corked) > 1 else corked[0])
 
     def _flush_cork(self) -> None:
         # Write what is corked now (ahead of a stream), and stay corked.
@@ -331,11 +443,12 @@ class ClientProtocol(asyncio.BufferedProtocol):
             self._corked = []
 
     def _send_heartbeat(self) -> None:
-        if not self.closed and self.agreed is not None:
-            self._write(self._connection.send(Heartbeat()))
-        if not self.closed:
-            self._heartbeat = self.loop.call_later(
-                self._heartbeat_interval, self._send_heartbeat)
+        with self.lock:
+            if not self.closed and self.agreed is not None:
+                self._write(self._connection.send(Heartbeat()))
+            if not self.closed:
+                self._heartbeat = self.loop.call_later(
+                    self._heartbeat_interval, self._send_heartbeat)
 
     def _write(self, data: bytes) -> None:
         if self._corked is not None:
@@ -373,13 +486,18 @@ class ClientProtocol(asyncio.BufferedProtocol):
 
     def close(self) -> None:
         """Close the connection; calls in flight fail at once."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-        self._shut(None)
+        with self.lock:
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.close()
+            self._shut(None)
 
     def _shut(self, exc: Exception | None) -> None:
+        # Under the lock, on the loop.
         first = not self.closed
         self.closed = True
+        self.active = False
+        if self._baton is not None:
+            self._baton.close()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None

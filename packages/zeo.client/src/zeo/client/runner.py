@@ -25,10 +25,17 @@ A synchronous call costs one hand-off each way and nothing more:
 No coroutine, no ``Task``, no ``concurrent.futures.Future`` per call.
 Because everything an application thread asks for goes through the one
 outbox, requests (one-way or not) leave in the order they were made.
+
+A *direct* call skips both hand-offs: when the connection allows it
+(plain socket, connected, nobody else reading, and the outbox empty --
+so that it can't overtake a request made before it), the application
+thread sends the request and reads the reply itself (see
+``zeo.client.direct``).  The loop drains the outbox holding the
+connection's lock, so "the outbox is empty" means "everything posted
+before has been sent".
 """
 from __future__ import annotations
 
-import _thread
 import asyncio
 import collections
 import logging
@@ -41,6 +48,7 @@ from zeo.client.connector import ConnectionManager
 from zeo.client.errors import ClientDisconnected
 from zeo.client.loops import new_event_loop
 from zeo.client.protocol import ClientProtocol
+from zeo.client.waiter import Waiter
 
 __all__ = ['Runner', 'Waiter', 'CLOSE_TIMEOUT']
 
@@ -48,55 +56,6 @@ logger = logging.getLogger('zeo.client')
 
 #: How long `Runner.close` waits for the loop thread to end.
 CLOSE_TIMEOUT = 10.0
-
-_allocate_lock = _thread.allocate_lock
-
-
-class Waiter:
-    """Where an application thread waits for one result from the loop.
-
-    ``set_result``/``set_exception`` are called once, on the loop
-    thread; ``wait`` once, by the thread that made the call.  An
-    optional *hook* runs on the loop with the result before the waiter is
-    released (``tpc_finish`` uses it to update the cache in wire order);
-    what it returns or raises is what `wait` returns or raises.
-    """
-
-    __slots__ = ('_lock', '_value', '_error', '_hook')
-
-    def __init__(self, hook: Callable[[Any], Any] | None = None) -> None:
-        lock = _allocate_lock()
-        lock.acquire()
-        self._lock = lock
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._hook = hook
-
-    def set_result(self, value: Any) -> None:
-        hook = self._hook
-        if hook is not None:
-            self._hook = None
-            try:
-                value = hook(value)
-            except BaseException as error:  # handed to the waiting thread
-                self._error = error
-        self._value = value
-        self._lock.release()
-
-    def set_exception(self, error: BaseException) -> None:
-        self._hook = None
-        self._error = error
-        self._lock.release()
-
-    def wait(self, timeout: float | None = None) -> Any:
-        if not self._lock.acquire(True, -1 if timeout is None else timeout):
-            raise ClientDisconnected('timed out waiting for the server')
-        error = self._error
-        if error is not None:
-            self._error = None  # no cycle through the traceback
-            raise error
-        return self._value
-
 
 class Runner:
     """The synchronous facade over one client's event loop."""
@@ -146,22 +105,30 @@ class Runner:
                 self._drain()
 
     def _drain(self) -> None:
-        # Runs on the loop: the outbox, in order, with output corked.
+        # Runs on the loop: the outbox, in order, with output corked and
+        # the connection locked (see the module docstring).
         self._scheduled = False
+        protocol = self.manager.protocol
+        if protocol is None:
+            self._run_outbox()
+            return
+        with protocol.lock:
+            protocol.cork()
+            try:
+                self._run_outbox()
+            finally:
+                protocol.uncork()
+
+    def _run_outbox(self) -> None:
         outbox = self._outbox
         popleft = outbox.popleft
-        corked = self.manager.cork()
-        try:
-            while outbox:
-                function, args = popleft()
-                try:
-                    function(*args)
-                except Exception:
-                    logger.exception('%s: %s failed', self.config.display_name,
-                                     getattr(function, '__name__', function))
-        finally:
-            if corked is not None:
-                corked.uncork()
+        while outbox:
+            function, args = popleft()
+            try:
+                function(*args)
+            except Exception:
+                logger.exception('%s: %s failed', self.config.display_name,
+                                 getattr(function, '__name__', function))
 
     def _post(self, function: Callable[..., Any], *args: Any) -> None:
         self._outbox.append((function, args))
@@ -193,7 +160,10 @@ class Runner:
         if threading.get_ident() == self._loop_thread_id:
             self._check_thread()
         waiter = Waiter()
-        self._post(self.manager.submit, method, args, waiter, protocol, timeout)
+        current = self.manager.protocol
+        if current is None or (protocol is not None and protocol is not current) \
+                or not current.call_direct(method, args, waiter, self._outbox):
+            self._post(self.manager.submit, method, args, waiter, protocol, timeout)
         return waiter.wait()
 
     def call_hooked(self, method: str, args: tuple[Any, ...],
@@ -211,7 +181,9 @@ class Runner:
         if threading.get_ident() == self._loop_thread_id:
             self._check_thread()
         waiter = Waiter()
-        self._post(self.manager.submit_load, oid, tid, waiter)
+        current = self.manager.protocol
+        if current is None or not current.load_direct(oid, tid, waiter, self._outbox):
+            self._post(self.manager.submit_load, oid, tid, waiter)
         return waiter.wait()
 
     def wait_connected(self, timeout: float | None = None) -> ClientProtocol:

@@ -245,6 +245,8 @@ def storage_arguments(section: Any) -> tuple[list[Address], dict[str, Any]]:
         # Ours only: left out unless set, so that the reference's
         # ClientStorage can be opened from the same section.
         kwargs['event_loop'] = section.event_loop
+    if section.direct_calls is not None:
+        kwargs['direct_calls'] = section.direct_calls
     return addresses, kwargs
 
 

@@ -31,7 +31,10 @@ class OptionTests(unittest.TestCase):
         self.assertEqual(config.wait_timeout, 30)
         self.assertEqual(config.cache_size, 20 * 1024 * 1024)
         self.assertTrue(config.wait)
+        self.assertIs(config.direct_calls, True)
         self.assertEqual(config.display_name, "('127.0.0.1', 8100)")
+        self.assertIs(ClientConfig.from_options(1, direct_calls=0).direct_calls, False)
+        self.assertIs(ClientConfig.from_options(1, direct_calls=None).direct_calls, True)
 
     def test_reference_options(self):
         config = ClientConfig.from_options(
@@ -51,7 +54,7 @@ class OptionTests(unittest.TestCase):
                         {'shared_blob_dir': True}, {'blob_cache_size_check': 100},
                         {'ssl': 'yes'}, {'ssl_server_hostname': 'h'},
                         {'disconnect_poll': 5, 'max_disconnect_poll': 1},
-                        {'storage': ''}):
+                        {'storage': ''}, {'direct_calls': 'no'}):
             with self.subTest(options=options):
                 self.assertRaises((TypeError, ValueError),
                                   ClientConfig.from_options, 1, **options)

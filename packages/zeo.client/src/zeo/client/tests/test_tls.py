@@ -132,6 +132,8 @@ class TLSTests(unittest.TestCase):
         self.assertIsNotNone(ssl_object)
         self.assertEqual(ssl_object.getpeercert()['subjectAltName'],
                          (('DNS', 'localhost'), ('IP Address', '127.0.0.1')))
+        # No direct calls over TLS: the loop does all of the I/O.
+        self.assertIsNone(writer._manager.protocol._baton)
 
     def test_the_address_host_is_checked_without_a_server_hostname(self):
         # The certificate names 127.0.0.1 too.

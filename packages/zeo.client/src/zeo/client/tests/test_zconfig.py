@@ -112,6 +112,7 @@ class KeyTests(TempDirTestCase):
             'wait-timeout 5',
             'client-label app-1',
             'event-loop asyncio',
+            'direct-calls false',
             ssl_lines=['check-hostname false', 'server-hostname zeo.example'],
             name='main'))
         self.assertEqual(storage.name, 'main')
@@ -130,7 +131,8 @@ class KeyTests(TempDirTestCase):
             'read_only_fallback': True, 'server_sync': True,
             'wait_timeout': 5, 'client_label': 'app-1', 'name': 'my storage',
             'client': 'app', 'var': self.tmp,
-            'ssl_server_hostname': 'zeo.example', 'event_loop': 'asyncio'})
+            'ssl_server_hostname': 'zeo.example', 'event_loop': 'asyncio',
+            'direct_calls': False})
 
     def test_shared_blob_dir(self):
         storage = parse(section('server 1', f'blob-dir {self.tmp}',

@@ -1,0 +1,276 @@
+"""Direct calls: application threads reading and writing the socket.
+
+The baton over a real socket pair and a real loop; then real clients of a
+real server, where the only instrument is a recording wrapper around the
+function that settles waiters (it calls the real one).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import socket
+import threading
+import time
+import unittest
+
+from ZODB.Connection import TransactionMetaData
+from ZODB.utils import p64, z64
+
+from zeo.client import direct
+from zeo.client import protocol as protocol_module
+from zeo.client.errors import ClientDisconnected
+from zeo.client.loops import new_event_loop
+from zeo.client.tests.test_connector import (
+    OID1, OID2, RecordingDB, ServerFixture, commit, wait_until)
+from zeo.client.waiter import Waiter
+
+
+class BatonTests(unittest.TestCase):
+
+    def setUp(self):
+        self.loop = new_event_loop('uvloop')
+        self.addCleanup(self.loop.close)
+        ours, self.peer = socket.socketpair()
+        self.addCleanup(self.peer.close)
+        self.transport, _ = self.loop.run_until_complete(
+            self.loop.create_connection(asyncio.Protocol, sock=ours))
+        self.transport.pause_reading()
+        self.heard = 0
+        self.baton = direct.SocketBaton(self.loop, self.transport, self.readable)
+        self.addCleanup(self.close)
+
+    def close(self):
+        self.baton.reader = None
+        self.baton.close()
+        self.baton.release()
+        self.transport.close()
+        self.loop.run_until_complete(asyncio.sleep(0))
+
+    def readable(self):
+        self.heard += 1
+
+    def turn(self):
+        self.heard = 0
+        self.loop.run_until_complete(asyncio.sleep(0.05))
+        return self.heard
+
+    def test_the_loop_hears_of_input_only_while_it_holds_the_baton(self):
+        self.peer.send(b'x')
+        self.assertGreater(self.turn(), 0)
+        self.baton.take(threading.get_ident())
+        self.assertEqual(self.turn(), 0)
+        self.assertEqual(self.baton.socket.recv(10), b'x')  # ours to read
+        self.peer.send(b'y')
+        self.assertEqual(self.turn(), 0)
+        self.baton.give_back()
+        self.assertIsNone(self.baton.reader)
+        self.assertGreater(self.turn(), 0)
+
+    def test_close_wakes_the_reading_thread_which_releases_the_descriptors(self):
+        self.baton.take(threading.get_ident())
+        returned = threading.Event()
+
+        def read():
+            self.baton.wait(timeout=30_000)
+            returned.set()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        time.sleep(0.05)
+        self.assertFalse(returned.is_set())
+        fd = self.baton.socket.fileno()
+        self.baton.close()
+        self.assertTrue(returned.wait(5))
+        reader.join()
+        os.fstat(fd)  # still open: the reader may be polling it
+        self.baton.reader = None
+        self.baton.release()
+        with self.assertRaises(OSError):
+            os.fstat(fd)
+
+    def test_close_without_a_reader_releases_at_once(self):
+        fd = self.baton.socket.fileno()
+        self.baton.close()
+        with self.assertRaises(OSError):
+            os.fstat(fd)
+
+    def test_available(self):
+        self.assertTrue(direct.available(self.transport))
+        self.assertFalse(direct.available(None))
+
+
+class Settled:
+    """Which threads settled waiters (wrapping the real function)."""
+
+    def __init__(self, test):
+        self.threads = []
+        real = protocol_module._settle
+
+        def settle(waiter, value):
+            self.threads.append(threading.get_ident())
+            real(waiter, value)
+
+        protocol_module._settle = settle
+        test.addCleanup(setattr, protocol_module, '_settle', real)
+
+
+class DirectCallTests(ServerFixture):
+
+    def test_a_thread_reads_the_replies_to_its_own_calls(self):
+        writer = self.client()
+        tid = commit(writer, (OID1, z64, b'one'))
+        client = self.client()
+        self.assertIsNotNone(client._manager.protocol._baton)
+        settled = Settled(self)
+        client.ping()
+        self.assertEqual(client.load(OID1), (b'one', tid))
+        self.assertEqual(settled.threads, [threading.get_ident()] * 2)
+        # The load reply was cached on the way, as the loop does it.
+        self.assertEqual(client._cache.load(OID1), (b'one', tid))
+
+    def test_on_asyncio_s_own_loop_too(self):
+        client = self.client(event_loop='asyncio')
+        settled = Settled(self)
+        client.ping()
+        self.assertEqual(settled.threads, [threading.get_ident()])
+
+    def test_direct_calls_can_be_turned_off(self):
+        client = self.client(direct_calls=False)
+        self.assertIsNone(client._manager.protocol._baton)
+        settled = Settled(self)
+        client.ping()
+        self.assertEqual(len(settled.threads), 1)
+        self.assertNotEqual(settled.threads[0], threading.get_ident())
+
+    def test_no_direct_call_overtakes_a_request_made_before_it(self):
+        client = self.client()
+        protocol = client._manager.protocol
+        self.assertFalse(protocol.call_direct(
+            'ping', (), Waiter(), collections.deque([(print, ())])))
+        self.assertIsNone(protocol._baton.reader)
+        self.assertIsNone(protocol._held)
+
+    def test_an_invalidation_met_while_reading_is_left_to_the_loop(self):
+        # A's vote waits for the commit lock that B holds; B's commit
+        # sends A its invalidation before A's vote is answered, so the
+        # thread reading for the vote meets it first.
+        db = RecordingDB()
+        a = self.client(db=db)
+        b = self.client()
+        commit(b, (OID2, z64, b'two'))
+        wait_until(lambda: a.lastTransaction() == b.lastTransaction())
+        resumed = []
+        protocol = a._manager.protocol
+        real_resume = protocol._resume
+
+        def resume():
+            resumed.append(threading.get_ident())
+            real_resume()
+
+        protocol._resume = resume
+        tb = TransactionMetaData()
+        b.tpc_begin(tb)
+        b.store(OID1, z64, b'from b', '', tb)
+        b.tpc_vote(tb)
+        ta = TransactionMetaData()
+        a.tpc_begin(ta)
+        a.store(OID2, b.lastTransaction(), b'from a', '', ta)
+        wait_until(lambda: not a._runner._outbox)
+        voted = []
+        voter = threading.Thread(target=lambda: voted.append(a.tpc_vote(ta)))
+        voter.start()
+        wait_until(lambda: b.server_status()['waiting'] == 1,
+                   message='A waiting for the commit lock')
+        self.assertEqual(protocol._baton.reader, voter.ident)
+        tid_b = b.tpc_finish(tb)
+        voter.join(10)
+        self.assertFalse(voter.is_alive())
+        self.assertEqual(len(resumed), 1)
+        self.assertNotEqual(resumed[0], voter.ident)
+        self.assertIn((tid_b, [OID1]), db.invalidated)
+        tid_a = a.tpc_finish(ta)
+        self.assertGreater(tid_a, tid_b)
+        self.assertEqual(a.load(OID1), (b'from b', tid_b))
+        self.assertEqual(a.load(OID2), (b'from a', tid_a))
+        self.assertIsNone(protocol._baton.reader)
+        self.assertIsNone(protocol._held)
+
+    def test_a_connection_lost_while_a_thread_reads_fails_its_call(self):
+        b = self.client()
+        tb = TransactionMetaData()
+        b.tpc_begin(tb)
+        b.store(OID1, z64, b'from b', '', tb)
+        b.tpc_vote(tb)
+        a = self.client()
+        ta = TransactionMetaData()
+        a.tpc_begin(ta)
+        a.store(OID2, z64, b'from a', '', ta)
+        wait_until(lambda: not a._runner._outbox)
+        errors = []
+
+        def vote():
+            try:
+                a.tpc_vote(ta)
+            except ClientDisconnected as error:
+                errors.append(error)
+
+        voter = threading.Thread(target=vote)
+        voter.start()
+        wait_until(lambda: b.server_status()['waiting'] == 1)
+        self.assertEqual(a._manager.protocol._baton.reader, voter.ident)
+        self.stop()
+        voter.join(10)
+        self.assertFalse(voter.is_alive())
+        self.assertEqual(len(errors), 1)
+
+    def test_closing_the_client_wakes_a_reading_thread(self):
+        b = self.client()
+        tb = TransactionMetaData()
+        b.tpc_begin(tb)
+        b.store(OID1, z64, b'from b', '', tb)
+        b.tpc_vote(tb)
+        before = len(os.listdir('/proc/self/fd'))
+        a = self.client()
+        ta = TransactionMetaData()
+        a.tpc_begin(ta)
+        a.store(OID2, z64, b'from a', '', ta)
+        wait_until(lambda: not a._runner._outbox)
+        errors = []
+
+        def vote():
+            try:
+                a.tpc_vote(ta)
+            except ClientDisconnected as error:
+                errors.append(error)
+
+        voter = threading.Thread(target=vote)
+        voter.start()
+        wait_until(lambda: b.server_status()['waiting'] == 1)
+        self.assertEqual(a._manager.protocol._baton.reader, voter.ident)
+        started = time.monotonic()
+        a.close()
+        voter.join(10)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(len(errors), 1)
+        wait_until(lambda: len(os.listdir('/proc/self/fd')) <= before,
+                   message='the descriptors closed')
+
+    def test_threads_take_turns(self):
+        writer = self.client()
+        tids = [commit(writer, (p64(i), z64, b'%d' % i)) for i in range(1, 41)]
+        client = self.client()
+        results = {}
+
+        def load(start):
+            for i in range(start, 41, 4):
+                results[i] = client.load(p64(i))
+
+        threads = [threading.Thread(target=load, args=(s,)) for s in range(1, 5)]
+        for thread in threads:
+            thread.start()
+        for _ in range(200):
+            client.ping()
+        for thread in threads:
+            thread.join(30)
+        self.assertEqual(results, {i: (b'%d' % i, tids[i - 1]) for i in range(1, 41)})
