@@ -13,7 +13,13 @@ forgotten first.
 """
 from __future__ import annotations
 
-__all__ = ['RecentInvalidations']
+__all__ = ['MAX_OLD_REVISIONS', 'RecentInvalidations']
+
+#: The most non-current revisions of one object a cache keeps (besides
+#: the current one); past it, the oldest go.  A hot object committed
+#: thousands of times would otherwise make every store and load of it
+#: scan thousands of old revisions that only a very old snapshot could use.
+MAX_OLD_REVISIONS = 16
 
 
 class RecentInvalidations:

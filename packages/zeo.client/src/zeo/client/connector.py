@@ -93,7 +93,11 @@ class ConnectionManager:
 
     *client* receives ``notify_connected(protocol, info)``,
     ``notify_disconnected(protocol)``, ``info(dict)`` and the
-    ``receiveBlobStart/Chunk/Stop`` callbacks, all on the loop thread.
+    ``receiveBlobStart/Chunk/Stop`` callbacks, on the loop thread; but
+    ``info`` and the blob callbacks (with ``load_reply`` and
+    ``server_message`` here, and the hooks of ``tpc_finish`` and
+    ``pack``) may also run in the application thread of a direct call
+    (``zeo.client.direct``), holding the connection's lock.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, config: ClientConfig,

@@ -22,14 +22,18 @@ safe from any thread and wakes nobody), so the loop stops hearing about
 input, and puts it back when it leaves.  Whoever holds the baton reads
 with ``recv_into`` on a duplicate of the socket's descriptor.
 
-What an application thread may do with the input is limited: it settles
-plain waiters (replies to application threads' calls, and load replies,
-which it caches first, as the loop would).  Anything else -- an
-invalidation, a reply the loop itself waits for, a hooked reply, the end
-of the connection -- is left for the loop: the thread parks that event
-(``held``), asks the loop to go on from there, and stops reading.  So
-every message is still handled in arrival order, by one thread at a
-time, under the connection's lock (Rule 2 of ``zeo.client.protocol``).
+What an application thread may do with the input is what needs no
+loop: replies to application threads' calls (load replies are cached
+first, and a waiter's hook runs, as on the loop) and the server's one-way
+messages (invalidations, ``info``, blob chunks), which the connection
+manager handles thread-safely.  Anything else -- a reply the loop's own
+coroutines wait for, the handshake, the end of the connection -- is left
+for the loop: the thread parks that event (``held``), asks the loop to go
+on from there, and stops reading.  So every message is still handled in
+arrival order, by one thread at a time, under the connection's lock
+(Rule 2 of ``zeo.client.protocol``).  The locks taken on the way
+(visibility, the cache's, the database's) are the ones the loop takes in
+the same order, and ZODB never calls a storage while holding its own.
 
 Only plain TCP and Unix sockets on Linux (``epoll``) have direct calls;
 TLS connections and other platforms use the loop for everything.
@@ -43,11 +47,16 @@ import socket
 import threading
 from typing import Any, Callable
 
-from zeo.protocol import NEED_DATA, Call, ErrorReply, ProtocolError, Reply
+from zeo.protocol import NEED_DATA, Call, ErrorReply, OneWayCall, ProtocolError, Reply
 
 from zeo.client.waiter import Waiter
 
-__all__ = ['DirectCalls', 'SocketBaton', 'BATON_POLL_TIMEOUT', 'LEFT', 'available']
+__all__ = ['DirectCalls', 'SocketBaton', 'BATON_POLL_TIMEOUT', 'LEFT', 'QUEUED_LIMIT',
+           'available']
+
+#: Bytes of queued one-way calls (`DirectCalls.one_way_direct`) that are
+#: sent without waiting for the next call.
+QUEUED_LIMIT = 256 * 1024
 
 #: How long (milliseconds) a reading application thread waits in one
 #: ``poll`` before looking at the connection's state again.  It is also
@@ -171,6 +180,8 @@ class DirectCalls:
     transport: Any
     _baton: SocketBaton | None
     _held: Any
+    _queued: list[bytes]
+    _queued_size: int
     _waiters: dict[Any, Any]
     _next_id: int
     _connection: Any
@@ -216,6 +227,32 @@ class DirectCalls:
         self._read_for(waiter)
         return True
 
+    def one_way_direct(self, method: str, args: tuple[Any, ...], outbox: Any) -> bool:
+        """Queue a one-way call made by an application thread: it leaves
+        with the next thing sent on this connection, by any thread (a
+        transaction's ``storea`` calls leave with its ``vote``), or once
+        `QUEUED_LIMIT` bytes are queued.  False, having done nothing, if
+        it must go through the loop."""
+        with self.lock:
+            if self._baton is None or not self.active or self.closed or outbox:
+                return False
+            data = self._connection.send(OneWayCall(method, args))
+            self._queued.append(data)
+            self._queued_size += len(data)
+            if self._queued_size >= QUEUED_LIMIT:
+                self._send_here(self._take_queued())
+        return True
+
+    def _take_queued(self, data: bytes = b'') -> bytes:
+        # The queued one-way calls, then *data*, as one piece.
+        queued = self._queued
+        if data:
+            queued.append(data)
+        joined = b''.join(queued)
+        queued.clear()
+        self._queued_size = 0
+        return joined
+
     def _may_read_here(self, outbox: Any) -> bool:
         # Under the lock.  Not while requests wait in the runner's outbox:
         # they were made first and must leave first.
@@ -229,6 +266,8 @@ class DirectCalls:
     def _send_here(self, data: bytes) -> None:
         # An application thread's request, under the lock: straight into
         # the socket unless output is queued before it.
+        if self._queued:
+            data = self._take_queued(data)
         if self._corked is not None:
             self._corked.append(data)
             return
@@ -312,10 +351,14 @@ class DirectCalls:
         self.loop.call_soon_threadsafe(function, *args)
 
     def _settles_here(self, event: Any) -> bool:
-        # May an application thread handle *event*?  Only replies whose
-        # waiters are application threads' plain waiters (and load
-        # replies, whose caching is thread-safe).
+        # May an application thread handle *event*?  Replies to
+        # application threads' waiters (hooks included: they need wire
+        # order, not the loop) and the server's one-way messages (the
+        # handler's invalidations, info and blob chunks are thread-safe).
+        # Not the loop's own futures, nor the connection's life events.
         kind = type(event)
+        if kind is OneWayCall:
+            return True
         if kind is Reply:
             msgid = event[0]
         elif kind is ErrorReply:
@@ -325,8 +368,7 @@ class DirectCalls:
         waiter = self._waiters.get(msgid)
         if type(waiter) is list:
             for w in waiter:
-                if type(w) is not Waiter or not w.settles_anywhere:
+                if type(w) is not Waiter:
                     return False
             return True
-        return waiter is None or (type(waiter) is Waiter and waiter.settles_anywhere)
-
+        return waiter is None or type(waiter) is Waiter

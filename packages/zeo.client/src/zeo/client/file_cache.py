@@ -49,7 +49,7 @@ from zeo.client.cache_format import pack_fixed
 from zeo.client.cache_format import pack_free
 from zeo.client.cache_format import pack_slot
 from zeo.client.cache_format import unpack_slot
-from zeo.client.cache_guard import RecentInvalidations
+from zeo.client.cache_guard import MAX_OLD_REVISIONS, RecentInvalidations
 from zeo.client.cache_index import RecordIndex
 from zeo.client.cache_io import UNKNOWN_BOOT_ID
 from zeo.client.cache_io import CacheFile
@@ -379,6 +379,8 @@ class FileCache(RingStore):
             self._mark_dirty()
             self._stats['stores'] += 1
             self._write_records((o, s, e, oid, start_tid, end_tid, data))
+            if e:
+                self._trim(o)
 
     def _admit(self, o: int, s: int, e: int, oid: bytes,
                start_tid: bytes) -> bool:
@@ -437,10 +439,21 @@ class FileCache(RingStore):
             elif t > entry.start:
                 self._mark_dirty()
                 self._set_end(o, entry, t)
+                self._trim(o)
             else:
                 logger.debug('Cache %r: ignoring invalidation of oid %s by '
                              '%016x, not newer than the cached revision',
                              self.path, oid.hex(), t)
+
+    def _trim(self, o: int) -> None:
+        # At most MAX_OLD_REVISIONS non-current ones: the oldest go.
+        # Called dirty (the caller marked it).
+        old = [r for r in self._index.revisions(o) if r.end]
+        if len(old) > MAX_OLD_REVISIONS:
+            old.sort(key=lambda r: r.start)
+            for r in old[:len(old) - MAX_OLD_REVISIONS]:
+                self._free_record(o, r)
+                self._stats['evictions'] += 1
 
     def setLastTid(self, tid: bytes) -> None:
         """See IClientCache."""

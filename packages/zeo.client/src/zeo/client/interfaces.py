@@ -148,10 +148,10 @@ class IConnectionHandler(Interface):
     """What a ``zeo.client.protocol.ClientProtocol`` tells its owner.
 
     Every method is called in the order things happen on the connection,
-    holding the connection's lock, and on the client's event loop thread
-    -- but for `load_reply`, which the application thread of a direct call
-    may make too (``zeo.client.direct``): it must be thread-safe and must
-    not wait for the loop.
+    holding the connection's lock, on the client's event loop thread --
+    but `load_reply` and `server_message`, which the application thread
+    of a direct call may make too (``zeo.client.direct``): they must be
+    thread-safe and must not wait for the loop.
     """
 
     def protocol_agreed(protocol):

@@ -16,7 +16,7 @@ from zope.interface import implementer
 from zeo.client.cache_errors import CacheConsistencyError
 from zeo.client.cache_errors import CacheError
 from zeo.client.cache_errors import LastTidError
-from zeo.client.cache_guard import RecentInvalidations
+from zeo.client.cache_guard import MAX_OLD_REVISIONS, RecentInvalidations
 from zeo.client.interfaces import IClientCache
 
 __all__ = ['MemoryCache', 'RECORD_OVERHEAD']
@@ -87,6 +87,14 @@ class MemoryCache:
         if end is None:
             self._current[oid] = start
         self._bytes += len(data) + RECORD_OVERHEAD
+
+    def _trim(self, oid: bytes) -> None:
+        # At most MAX_OLD_REVISIONS non-current ones: the oldest go.
+        starts = self._starts[oid]
+        current = self._current.get(oid)
+        while len(starts) - (current is not None) > MAX_OLD_REVISIONS:
+            self._remove(oid, min(s for s in starts if s != current))
+            self._stats['evictions'] += 1
 
     def _remove(self, oid: bytes, start: bytes) -> None:
         rev = self._records.pop((oid, start))
@@ -180,6 +188,8 @@ class MemoryCache:
                 return
             self._add(oid, start_tid, end_tid, data)
             self._stats['stores'] += 1
+            if end_tid is not None:
+                self._trim(oid)
             while self._bytes > self._size:
                 (o, s), _ = next(iter(self._records.items()))
                 self._remove(o, s)
@@ -232,6 +242,7 @@ class MemoryCache:
             elif tid > start:
                 self._records[(oid, start)].end = tid
                 del self._current[oid]
+                self._trim(oid)
 
     def setLastTid(self, tid: bytes) -> None:
         """See IClientCache."""

@@ -129,6 +129,9 @@ class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
         self._baton: direct.SocketBaton | None = None
         # An event a reading application thread left for the loop.
         self._held: Any = None
+        # One-way calls application threads queued (see one_way_direct).
+        self._queued: list[bytes] = []
+        self._queued_size = 0
         self.address = address
         self.handler = handler
         self.transport: asyncio.Transport | None = None
@@ -418,6 +421,8 @@ class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
         yields, pulling the next one only while the transport can take it."""
         with self.lock:
             if not self.closed:
+                if self._queued:
+                    self._write(self._take_queued())
                 self._flush_cork()
                 self._pending.append(messages)
                 self._drain()
@@ -451,6 +456,8 @@ class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
                     self._heartbeat_interval, self._send_heartbeat)
 
     def _write(self, data: bytes) -> None:
+        if self._queued:  # application threads' one-way calls came first
+            data = self._take_queued(data)
         if self._corked is not None:
             self._corked.append(data)
         elif self._pending or self._paused:
@@ -503,6 +510,7 @@ class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
             self._heartbeat = None
         self._pending.clear()
         self._corked = None
+        self._queued.clear()
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
             for w in (waiter if type(waiter) is list else (waiter,)):

@@ -169,10 +169,14 @@ class Runner:
     def call_hooked(self, method: str, args: tuple[Any, ...],
                     protocol: ClientProtocol | None,
                     hook: Callable[[Any], Any]) -> Any:
-        """`call`, running *hook(result)* on the loop first."""
+        """`call`, running *hook(result)* first, in wire order (on the
+        loop, or in this thread if it reads the reply itself)."""
         self._check_thread()
         waiter = Waiter(hook)
-        self._post(self.manager.submit, method, args, waiter, protocol, None)
+        current = self.manager.protocol
+        if current is None or (protocol is not None and protocol is not current) \
+                or not current.call_direct(method, args, waiter, self._outbox):
+            self._post(self.manager.submit, method, args, waiter, protocol, None)
         return waiter.wait()
 
     def load(self, oid: bytes, tid: bytes) -> Any:
@@ -214,7 +218,10 @@ class Runner:
     def one_way(self, protocol: ClientProtocol | None, method: str,
                 args: tuple[Any, ...]) -> None:
         """Send a one-way call on *protocol* (None: the current one)."""
-        self._post(self.manager.submit_one_way, protocol, method, args)
+        current = self.manager.protocol
+        if current is None or (protocol is not None and protocol is not current) \
+                or not current.one_way_direct(method, args, self._outbox):
+            self._post(self.manager.submit_one_way, protocol, method, args)
 
     def stream(self, protocol: ClientProtocol,
                messages: Iterable[tuple[str, tuple[Any, ...]]]) -> None:

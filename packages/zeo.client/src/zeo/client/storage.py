@@ -127,7 +127,7 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
     def __repr__(self) -> str:
         return f'<ClientStorage {self.getName()}>'
 
-    # -- the connection (callbacks run on the loop thread) ------------------------
+    # -- the connection (callbacks from the connection manager) --------------------
 
     def notify_connected(self, protocol: Any, info: dict[str, Any]) -> None:
         """The manager made *protocol* the connection in use."""

@@ -7,8 +7,9 @@ writes into before telling the server the file's name.
 
 Downloads: ``sendBlob`` makes the server send ``receiveBlobStart``, any
 number of ``receiveBlobChunk`` and ``receiveBlobStop`` one-way messages,
-then reply; the messages are handled on the loop thread, in wire order,
-and written into the download the asking thread registered.
+then reply; the messages are handled in wire order -- by the asking
+thread itself when its call is direct, else on the loop thread -- and
+written into the download the asking thread registered.
 """
 from __future__ import annotations
 
@@ -183,7 +184,7 @@ class ClientBlobs:
                 logger.warning('%s: could not keep the committed blob %s: %s',
                                self.__name__, path, error)
 
-    # -- server callbacks, on the loop thread, in wire order ---------------------------
+    # -- server callbacks, in wire order (see the module docstring) ---------------------
 
     def receiveBlobStart(self, oid: bytes, serial: bytes) -> None:
         download = self._downloads.get((oid, serial))

@@ -21,7 +21,7 @@ class Waiter:
     thread that made the call.  An optional *hook* runs with the result
     before the waiter is released (``tpc_finish`` uses it to update the
     cache in wire order); what it returns or raises is what `wait`
-    returns or raises.  A hooked waiter is only ever settled on the loop.
+    returns or raises.
     """
 
     __slots__ = ('_lock', '_value', '_error', '_hook')
@@ -33,11 +33,6 @@ class Waiter:
         self._value: Any = None
         self._error: BaseException | None = None
         self._hook = hook
-
-    @property
-    def settles_anywhere(self) -> bool:
-        """May any thread settle this waiter (it has no hook)?"""
-        return self._hook is None
 
     def done(self) -> bool:
         """Has the result (or error) been set?"""

@@ -16,6 +16,7 @@ from zeo.client.cache import FileCache
 from zeo.client.cache import MemoryCache
 from zeo.client.cache import open_cache
 from zeo.client.cache_errors import CacheConsistencyError
+from zeo.client.cache_guard import MAX_OLD_REVISIONS
 from zeo.client.cache_errors import CacheError
 from zeo.client.cache_errors import CacheLockedError
 from zeo.client.cache_errors import LastTidError
@@ -135,6 +136,28 @@ class IClientCacheTests:
         c.store(OID, p64(8), None, b'data8')
         self.assertEqual(c.load(OID), (b'data8', p64(8)))
         self.assertEqual(len(c), 2)
+
+    def test_old_revisions_of_one_object_are_bounded(self):
+        c = self.cache
+        last = MAX_OLD_REVISIONS * 3
+        for t in range(1, last + 1):
+            c.store(OID, p64(t), None, b'data%d' % t)
+            c.invalidate(OID, p64(t + 1))
+            # Non-current records, as loads for old snapshots store them.
+            c.store(OID2, p64(t), p64(t + 1), b'other%d' % t)
+        c.store(OID, p64(last + 1), None, b'current')
+        newest = range(last + 1 - MAX_OLD_REVISIONS, last + 1)
+        for t in range(1, last + 1):
+            if t in newest:
+                self.assertEqual(c.loadBefore(OID, p64(t + 1)),
+                                 (b'data%d' % t, p64(t), p64(t + 1)))
+                self.assertEqual(c.loadBefore(OID2, p64(t + 1)),
+                                 (b'other%d' % t, p64(t), p64(t + 1)))
+            else:
+                self.assertIsNone(c.loadBefore(OID, p64(t + 1)))
+                self.assertIsNone(c.loadBefore(OID2, p64(t + 1)))
+        self.assertEqual(c.load(OID), (b'current', p64(last + 1)))
+        self.assertEqual(len(c), 2 * MAX_OLD_REVISIONS + 1)
 
     def test_invalidate_none_forgets_only_the_current_record(self):
         c = self.cache

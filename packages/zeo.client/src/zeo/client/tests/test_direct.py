@@ -100,6 +100,18 @@ class BatonTests(unittest.TestCase):
         self.assertFalse(direct.available(None))
 
 
+class ThreadRecordingDB(RecordingDB):
+    """Records which thread told it of each invalidation, too."""
+
+    def __init__(self):
+        super().__init__()
+        self.invalidated_by = []
+
+    def invalidate(self, tid, oids):
+        super().invalidate(tid, oids)
+        self.invalidated_by.append((tid, sorted(oids), threading.get_ident()))
+
+
 class Settled:
     """Which threads settled waiters (wrapping the real function)."""
 
@@ -151,17 +163,58 @@ class DirectCallTests(ServerFixture):
         self.assertIsNone(protocol._baton.reader)
         self.assertIsNone(protocol._held)
 
-    def test_an_invalidation_met_while_reading_is_left_to_the_loop(self):
-        # A's vote waits for the commit lock that B holds; B's commit
-        # sends A its invalidation before A's vote is answered, so the
-        # thread reading for the vote meets it first.
-        db = RecordingDB()
+    def vote_waiting_for_the_lock(self, a, b):
+        """B holds the commit lock; A votes in a thread, which reads for
+        that vote until B is done.  Return (B's txn, A's txn, A's thread,
+        what A's vote returned)."""
+        tb = TransactionMetaData()
+        b.tpc_begin(tb)
+        b.store(OID1, z64, b'from b', '', tb)
+        b.tpc_vote(tb)
+        ta = TransactionMetaData()
+        a.tpc_begin(ta)
+        a.store(OID2, a.load(OID2)[1], b'from a', '', ta)
+        wait_until(lambda: not a._runner._outbox)
+        voted = []
+        voter = threading.Thread(target=lambda: voted.append(a.tpc_vote(ta)))
+        voter.start()
+        wait_until(lambda: b.server_status()['waiting'] == 1,
+                   message='A waiting for the commit lock')
+        self.assertEqual(a._manager.protocol._baton.reader, voter.ident)
+        return tb, ta, voter, voted
+
+    def two_clients(self):
+        db = ThreadRecordingDB()
         a = self.client(db=db)
         b = self.client()
         commit(b, (OID2, z64, b'two'))
         wait_until(lambda: a.lastTransaction() == b.lastTransaction())
-        resumed = []
+        return a, b, db
+
+    def test_an_invalidation_met_while_reading_is_handled_by_the_reader(self):
+        # A's vote waits for the commit lock that B holds; B's commit
+        # sends A its invalidation before A's vote is answered, so the
+        # thread reading for the vote meets it first, and handles it.
+        a, b, db = self.two_clients()
+        tb, ta, voter, voted = self.vote_waiting_for_the_lock(a, b)
+        tid_b = b.tpc_finish(tb)
+        voter.join(10)
+        self.assertFalse(voter.is_alive())
+        self.assertEqual(voted, [None])
+        self.assertIn((tid_b, [OID1], voter.ident), db.invalidated_by)
+        self.assertEqual(a.lastTransaction(), tid_b)
+        tid_a = a.tpc_finish(ta)
+        self.assertGreater(tid_a, tid_b)
+        self.assertEqual(a.load(OID1), (b'from b', tid_b))
+        self.assertEqual(a.load(OID2), (b'from a', tid_a))
         protocol = a._manager.protocol
+        self.assertIsNone(protocol._baton.reader)
+        self.assertIsNone(protocol._held)
+
+    def test_a_reply_the_loop_waits_for_is_left_to_the_loop(self):
+        a, b, db = self.two_clients()
+        protocol = a._manager.protocol
+        resumed = []
         real_resume = protocol._resume
 
         def resume():
@@ -169,30 +222,24 @@ class DirectCallTests(ServerFixture):
             real_resume()
 
         protocol._resume = resume
-        tb = TransactionMetaData()
-        b.tpc_begin(tb)
-        b.store(OID1, z64, b'from b', '', tb)
-        b.tpc_vote(tb)
-        ta = TransactionMetaData()
-        a.tpc_begin(ta)
-        a.store(OID2, b.lastTransaction(), b'from a', '', ta)
-        wait_until(lambda: not a._runner._outbox)
-        voted = []
-        voter = threading.Thread(target=lambda: voted.append(a.tpc_vote(ta)))
-        voter.start()
-        wait_until(lambda: b.server_status()['waiting'] == 1,
-                   message='A waiting for the commit lock')
-        self.assertEqual(protocol._baton.reader, voter.ident)
-        tid_b = b.tpc_finish(tb)
-        voter.join(10)
-        self.assertFalse(voter.is_alive())
+        tb, ta, voter, voted = self.vote_waiting_for_the_lock(a, b)
+        # A request of the loop's own (a coroutine's future), answered
+        # while the voting thread reads.
+        futures = []
+        a._runner.run_on_loop(
+            lambda: futures.append(protocol.request('lastTransaction')))
+        wait_until(lambda: futures and futures[0].done(),
+                   message="the loop's reply")
+        self.assertEqual(futures[0].result(), b.lastTransaction())
         self.assertEqual(len(resumed), 1)
         self.assertNotEqual(resumed[0], voter.ident)
-        self.assertIn((tid_b, [OID1]), db.invalidated)
-        tid_a = a.tpc_finish(ta)
-        self.assertGreater(tid_a, tid_b)
-        self.assertEqual(a.load(OID1), (b'from b', tid_b))
-        self.assertEqual(a.load(OID2), (b'from a', tid_a))
+        self.assertTrue(voter.is_alive())
+        # The loop gave the socket back to nobody: the voter's reply is
+        # read by the loop now.
+        b.tpc_finish(tb)
+        voter.join(10)
+        self.assertEqual(voted, [None])
+        a.tpc_finish(ta)
         self.assertIsNone(protocol._baton.reader)
         self.assertIsNone(protocol._held)
 
