@@ -90,10 +90,11 @@ class MemoryCache:
 
     def _trim(self, oid: bytes) -> None:
         # At most MAX_OLD_REVISIONS non-current ones: the oldest go.
+        # The current revision, if any, has the largest start: it is never
+        # the oldest of several.
         starts = self._starts[oid]
-        current = self._current.get(oid)
-        while len(starts) - (current is not None) > MAX_OLD_REVISIONS:
-            self._remove(oid, min(s for s in starts if s != current))
+        while len(starts) - (oid in self._current) > MAX_OLD_REVISIONS:
+            self._remove(oid, min(starts))
             self._stats['evictions'] += 1
 
     def _remove(self, oid: bytes, start: bytes) -> None:
@@ -131,15 +132,14 @@ class MemoryCache:
         _check(tid, 'tid')
         with self._lock:
             self._check_open()
-            current = None
-            for start in self._starts.get(oid, ()):
-                end = self._records[(oid, start)].end
-                if end is None:
-                    current = start
-                elif start < tid <= end:
-                    return self._hit(oid, start).data, start, end
+            # Most loads are of the current revision (the newest one).
+            current = self._current.get(oid)
             if current is not None and current < tid:
                 return self._hit(oid, current).data, current, None
+            for start in self._starts.get(oid, ()):
+                end = self._records[(oid, start)].end
+                if end is not None and start < tid <= end:
+                    return self._hit(oid, start).data, start, end
             self._stats['misses'] += 1
             return None
 
@@ -211,7 +211,9 @@ class MemoryCache:
                     f'cannot cache revision {start.hex()} of oid '
                     f'{oid.hex()} as current: revision {current.hex()} is '
                     f'cached as current')
-            return not any(s >= start for s in starts)
+            # A cached revision starting at or after *start* proves it
+            # superseded (the current one, if any, has the largest start).
+            return not starts or max(starts) < start
         if start in starts:
             if current == start:
                 self._records[(oid, start)].end = end
