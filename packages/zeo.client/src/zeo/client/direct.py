@@ -35,6 +35,15 @@ arrival order, by one thread at a time, under the connection's lock
 (visibility, the cache's, the database's) are the ones the loop takes in
 the same order, and ZODB never calls a storage while holding its own.
 
+Output keeps the order in which calls were made.  A call is direct only
+while the runner's outbox is empty (the loop drains it holding the
+connection's lock), so it never overtakes a request handed to the loop
+before it; it goes straight into the socket unless output is already
+waiting there, behind which it queues.  An application thread's one-way
+calls are queued on the connection (`DirectCalls.one_way_direct`) and
+leave with the next thing sent by any thread, so a one-object commit
+sends ``tpc_begin``, ``storea`` and ``vote`` with one system call.
+
 Only plain TCP and Unix sockets on Linux (``epoll``) have direct calls;
 TLS connections and other platforms use the loop for everything.
 ``direct_calls=False`` (``direct-calls false``) turns them off.

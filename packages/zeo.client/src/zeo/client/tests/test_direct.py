@@ -303,6 +303,46 @@ class DirectCallTests(ServerFixture):
         wait_until(lambda: len(os.listdir('/proc/self/fd')) <= before,
                    message='the descriptors closed')
 
+    def test_one_way_calls_leave_with_the_next_call(self):
+        client = self.client()
+        protocol = client._manager.protocol
+        t = TransactionMetaData()
+        client.tpc_begin(t)
+        client.store(OID1, z64, b'one', '', t)
+        self.assertEqual(len(protocol._queued), 2)   # tpc_begin, storea
+        self.assertIsNone(client.tpc_vote(t))        # sent with the vote
+        self.assertEqual(protocol._queued, [])
+        tid = client.tpc_finish(t)
+        self.assertEqual(client.load(OID1), (b'one', tid))
+
+    def test_the_loop_sends_queued_one_way_calls_first(self):
+        client = self.client()
+        protocol = client._manager.protocol
+        t = TransactionMetaData()
+        client.tpc_begin(t)
+        self.assertEqual(len(protocol._queued), 1)
+        # Anything the loop writes takes the queue along, ahead of it.
+        client._runner.run_on_loop(protocol.one_way, 'set_client_label', ('x',))
+        wait_until(lambda: not protocol._queued, message='the queue sent')
+        client.store(OID1, z64, b'one', '', t)
+        client.tpc_vote(t)
+        tid = client.tpc_finish(t)
+        self.assertEqual(client.load(OID1), (b'one', tid))
+
+    def test_a_large_queue_is_sent_without_waiting_for_a_call(self):
+        client = self.client()
+        protocol = client._manager.protocol
+        t = TransactionMetaData()
+        client.tpc_begin(t)
+        chunk = os.urandom(direct.QUEUED_LIMIT // 4)
+        for i in range(1, 13):
+            client.store(p64(i), z64, chunk + b'%d' % i, '', t)
+            self.assertLess(protocol._queued_size, direct.QUEUED_LIMIT)
+        client.tpc_vote(t)
+        tid = client.tpc_finish(t)
+        for i in range(1, 13):
+            self.assertEqual(client.load(p64(i)), (chunk + b'%d' % i, tid))
+
     def test_threads_take_turns(self):
         writer = self.client()
         tids = [commit(writer, (p64(i), z64, b'%d' % i)) for i in range(1, 41)]
