@@ -14,7 +14,13 @@ import threading
 import time
 import unittest
 
+import random
+
+import transaction
+import ZODB
+from persistent.mapping import PersistentMapping
 from ZODB.Connection import TransactionMetaData
+from ZODB.POSException import ConflictError
 from ZODB.utils import p64, z64
 
 from zeo.client import direct
@@ -361,3 +367,64 @@ class DirectCallTests(ServerFixture):
         for thread in threads:
             thread.join(30)
         self.assertEqual(results, {i: (b'%d' % i, tids[i - 1]) for i in range(1, 41)})
+
+
+class ThreadsAndProcessesTests(ServerFixture):
+    """Many threads of two clients moving money between accounts: each
+    thread's calls race the others' for the socket, and the invalidations
+    of the other client arrive while threads read for themselves."""
+
+    ACCOUNTS = 20
+    THREADS = 4
+    SECONDS = 2.0
+
+    def test_the_total_never_changes(self):
+        dbs = [ZODB.DB(self.client()) for _ in range(2)]
+        for db in dbs:
+            self.addCleanup(db.close)
+        with dbs[0].transaction() as conn:
+            conn.root()['accounts'] = [PersistentMapping(balance=100)
+                                       for _ in range(self.ACCOUNTS)]
+        total = 100 * self.ACCOUNTS
+        deadline = time.monotonic() + self.SECONDS
+        done, failures = [], []
+
+        def work(db, seed):
+            rnd = random.Random(seed)
+            manager = transaction.TransactionManager()
+            conn = db.open(manager)
+            moved = 0
+            try:
+                while time.monotonic() < deadline:
+                    try:
+                        accounts = conn.root()['accounts']
+                        a, b = rnd.sample(accounts, 2)
+                        amount = rnd.randint(1, 10)
+                        a['balance'] -= amount
+                        b['balance'] += amount
+                        if sum(x['balance'] for x in accounts) != total:
+                            failures.append('an inconsistent snapshot')
+                        manager.commit()
+                        moved += 1
+                    except ConflictError:
+                        manager.abort()
+            except Exception as error:  # reported below
+                failures.append(repr(error))
+            finally:
+                manager.abort()
+                conn.close()
+                done.append(moved)
+
+        threads = [threading.Thread(target=work, args=(db, i * 100 + n))
+                   for i, db in enumerate(dbs) for n in range(self.THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(self.SECONDS + 30)
+            self.assertFalse(thread.is_alive(), 'a thread hangs')
+        self.assertEqual(failures, [])
+        self.assertGreater(sum(done), 0)
+        for db in dbs:
+            with db.transaction() as conn:
+                balances = [x['balance'] for x in conn.root()['accounts']]
+            self.assertEqual(sum(balances), total)
