@@ -18,11 +18,12 @@ class RawClient(AdminClient):
             self._read()
 
     def wait_closed(self) -> bool:
-        """Read until the server closes; True if it did."""
+        """Read until the server closes, then close our end; True if it did."""
         try:
             while True:
                 self._read()
         except (ConnectionError, OSError):
+            self.close()
             return True
 
     def commit(self, txn: Any, stores: list[tuple[bytes, bytes, bytes]]) -> bytes:
