@@ -22,7 +22,7 @@ from zope.interface.verify import verifyObject
 
 from zeo.client.errors import ClientDisconnected
 from zeo.client.interfaces import IClientStorage, IConnectionManager
-from zeo.client.tests.test_connector import OID1, OID2, ServerFixture, commit
+from zeo.client.tests.test_connector import OID1, OID2, ServerFixture, commit, wait_until
 
 
 class InterfaceTests(ServerFixture):
@@ -163,12 +163,18 @@ class BlobTests(ServerFixture):
         tm1.commit()
         with blob.open() as f:
             self.assertEqual(len(f.read()), 3_000_000)
+        wait_until(lambda: reader.lastTransaction() == writer.lastTransaction(),
+                   message="the reader has the writer's invalidation")
         tm2.begin()
         with conn2.root()['blob'].open() as f:
             self.assertEqual(f.read(), b'x' * 3_000_000)
         with conn1.root()['blob'].open('w') as f:
             f.write(b'second')
         tm1.commit()
+        # Without server_sync another client sees a commit once its
+        # invalidation has arrived, not when the committer returns.
+        wait_until(lambda: reader.lastTransaction() == writer.lastTransaction(),
+                   message="the reader has the writer's invalidation")
         tm2.begin()
         with conn2.root()['blob'].open() as f:
             self.assertEqual(f.read(), b'second')
