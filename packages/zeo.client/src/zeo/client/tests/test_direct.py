@@ -20,7 +20,7 @@ import transaction
 import ZODB
 from persistent.mapping import PersistentMapping
 from ZODB.Connection import TransactionMetaData
-from ZODB.POSException import ConflictError
+from ZODB.POSException import ConflictError, POSKeyError
 from ZODB.utils import p64, z64
 
 from zeo.client import direct
@@ -106,6 +106,17 @@ class BatonTests(unittest.TestCase):
         self.assertFalse(direct.available(None))
 
 
+def open_files(*fds):
+    """What this process's descriptors *fds* (default: all) refer to."""
+    found = set()
+    for fd in fds or os.listdir('/proc/self/fd'):
+        try:
+            found.add(os.readlink(f'/proc/self/fd/{fd}'))
+        except OSError:  # closed meanwhile
+            pass
+    return found
+
+
 class ThreadRecordingDB(RecordingDB):
     """Records which thread told it of each invalidation, too."""
 
@@ -172,22 +183,32 @@ class DirectCallTests(ServerFixture):
     def vote_waiting_for_the_lock(self, a, b):
         """B holds the commit lock; A votes in a thread, which reads for
         that vote until B is done.  Return (B's txn, A's txn, A's thread,
-        what A's vote returned)."""
+        the vote's outcome: [('voted', result)] or [('error', error)])."""
         tb = TransactionMetaData()
         b.tpc_begin(tb)
         b.store(OID1, z64, b'from b', '', tb)
         b.tpc_vote(tb)
         ta = TransactionMetaData()
         a.tpc_begin(ta)
-        a.store(OID2, a.load(OID2)[1], b'from a', '', ta)
-        wait_until(lambda: not a._runner._outbox)
-        voted = []
-        voter = threading.Thread(target=lambda: voted.append(a.tpc_vote(ta)))
+        try:
+            serial = a.load(OID2)[1]
+        except POSKeyError:
+            serial = z64
+        a.store(OID2, serial, b'from a', '', ta)
+        outcome = []
+
+        def vote():
+            try:
+                outcome.append(('voted', a.tpc_vote(ta)))
+            except ClientDisconnected as error:
+                outcome.append(('error', error))
+
+        voter = threading.Thread(target=vote)
         voter.start()
         wait_until(lambda: b.server_status()['waiting'] == 1,
                    message='A waiting for the commit lock')
         self.assertEqual(a._manager.protocol._baton.reader, voter.ident)
-        return tb, ta, voter, voted
+        return tb, ta, voter, outcome
 
     def two_clients(self):
         db = ThreadRecordingDB()
@@ -206,7 +227,7 @@ class DirectCallTests(ServerFixture):
         tid_b = b.tpc_finish(tb)
         voter.join(10)
         self.assertFalse(voter.is_alive())
-        self.assertEqual(voted, [None])
+        self.assertEqual(voted, [('voted', None)])
         self.assertIn((tid_b, [OID1], voter.ident), db.invalidated_by)
         self.assertEqual(a.lastTransaction(), tid_b)
         tid_a = a.tpc_finish(ta)
@@ -244,70 +265,32 @@ class DirectCallTests(ServerFixture):
         # read by the loop now.
         b.tpc_finish(tb)
         voter.join(10)
-        self.assertEqual(voted, [None])
+        self.assertEqual(voted, [('voted', None)])
         a.tpc_finish(ta)
         self.assertIsNone(protocol._baton.reader)
         self.assertIsNone(protocol._held)
 
     def test_a_connection_lost_while_a_thread_reads_fails_its_call(self):
-        b = self.client()
-        tb = TransactionMetaData()
-        b.tpc_begin(tb)
-        b.store(OID1, z64, b'from b', '', tb)
-        b.tpc_vote(tb)
-        a = self.client()
-        ta = TransactionMetaData()
-        a.tpc_begin(ta)
-        a.store(OID2, z64, b'from a', '', ta)
-        wait_until(lambda: not a._runner._outbox)
-        errors = []
-
-        def vote():
-            try:
-                a.tpc_vote(ta)
-            except ClientDisconnected as error:
-                errors.append(error)
-
-        voter = threading.Thread(target=vote)
-        voter.start()
-        wait_until(lambda: b.server_status()['waiting'] == 1)
-        self.assertEqual(a._manager.protocol._baton.reader, voter.ident)
+        a, b = self.client(), self.client()
+        _, _, voter, outcome = self.vote_waiting_for_the_lock(a, b)
         self.stop()
         voter.join(10)
         self.assertFalse(voter.is_alive())
-        self.assertEqual(len(errors), 1)
+        self.assertEqual([kind for kind, _ in outcome], ['error'])
 
     def test_closing_the_client_wakes_a_reading_thread(self):
-        b = self.client()
-        tb = TransactionMetaData()
-        b.tpc_begin(tb)
-        b.store(OID1, z64, b'from b', '', tb)
-        b.tpc_vote(tb)
-        before = len(os.listdir('/proc/self/fd'))
-        a = self.client()
-        ta = TransactionMetaData()
-        a.tpc_begin(ta)
-        a.store(OID2, z64, b'from a', '', ta)
-        wait_until(lambda: not a._runner._outbox)
-        errors = []
-
-        def vote():
-            try:
-                a.tpc_vote(ta)
-            except ClientDisconnected as error:
-                errors.append(error)
-
-        voter = threading.Thread(target=vote)
-        voter.start()
-        wait_until(lambda: b.server_status()['waiting'] == 1)
-        self.assertEqual(a._manager.protocol._baton.reader, voter.ident)
+        a, b = self.client(), self.client()
+        _, _, voter, outcome = self.vote_waiting_for_the_lock(a, b)
+        baton = a._manager.protocol._baton
+        # The socket and the wake-up pipe, by inode (numbers get reused).
+        ours = open_files(baton.socket.fileno(), baton._wake_read)
+        self.assertEqual(len(ours), 2)
         started = time.monotonic()
         a.close()
         voter.join(10)
         self.assertLess(time.monotonic() - started, 5)
-        self.assertEqual(len(errors), 1)
-        wait_until(lambda: len(os.listdir('/proc/self/fd')) <= before,
-                   message='the descriptors closed')
+        self.assertEqual([kind for kind, _ in outcome], ['error'])
+        wait_until(lambda: not ours & open_files(), message='the descriptors closed')
 
     def test_one_way_calls_leave_with_the_next_call(self):
         client = self.client()
