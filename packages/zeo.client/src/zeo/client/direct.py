@@ -60,8 +60,7 @@ from zeo.protocol import NEED_DATA, Call, ErrorReply, OneWayCall, ProtocolError,
 
 from zeo.client.waiter import Waiter
 
-__all__ = ['DirectCalls', 'SocketBaton', 'BATON_POLL_TIMEOUT', 'LEFT', 'QUEUED_LIMIT',
-           'available']
+__all__ = ['DirectCalls', 'SocketBaton', 'BATON_POLL_TIMEOUT', 'QUEUED_LIMIT', 'available']
 
 #: Bytes of queued one-way calls (`DirectCalls.one_way_direct`) that are
 #: sent without waiting for the next call.
@@ -74,8 +73,8 @@ BATON_POLL_TIMEOUT = 1000
 
 _EPOLLIN = getattr(select, 'EPOLLIN', 1)
 
-#: Held while the loop ends a connection a reading thread found broken.
-LEFT = object()
+# Held while the loop ends a connection a reading thread found broken.
+_LEFT = object()
 
 
 def available(transport: Any) -> bool:
@@ -293,10 +292,11 @@ class DirectCalls:
                 return
             data = data[sent:]
         self._pending.append(data)
-        self.loop.call_soon_threadsafe(self.resume_writing_if_running)
+        self.loop.call_soon_threadsafe(self._drain_if_writing)
 
-    def resume_writing_if_running(self) -> None:
-        """Write what an application thread queued (on the loop)."""
+    def _drain_if_writing(self) -> None:
+        # On the loop: write what an application thread queued behind
+        # output already waiting (unless the transport is paused).
         with self.lock:
             if not self._paused:
                 self._drain()
@@ -356,7 +356,7 @@ class DirectCalls:
         # The reading thread stops; nobody reads until the loop has run
         # *function* (which handles the held event, or ends the connection).
         if self._held is None:
-            self._held = LEFT
+            self._held = _LEFT
         self.loop.call_soon_threadsafe(function, *args)
 
     def _settles_here(self, event: Any) -> bool:

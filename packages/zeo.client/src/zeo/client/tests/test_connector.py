@@ -308,11 +308,7 @@ class AddressTests(ServerFixture):
         self.assertEqual(client._server_address, path)
         # Direct calls work over Unix sockets too.
         self.assertIsNotNone(client._manager.protocol._baton)
-        t = TransactionMetaData()
-        client.tpc_begin(t)
-        client.store(OID1, z64, b'over unix', '', t)
-        client.tpc_vote(t)
-        tid = client.tpc_finish(t)
+        tid = commit(client, (OID1, z64, b'over unix'))
         self.assertEqual(client.load(OID1), (b'over unix', tid))
 
     def test_new_addr(self):
