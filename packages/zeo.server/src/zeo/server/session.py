@@ -259,8 +259,23 @@ class StorageSession:
 
     def restorea(self, oid: bytes, serial: bytes, data: bytes | None,
                  prev_txn: bytes | None, txn_id: Any) -> None:
-        self._spooling(txn_id).spool.restore(
-            oid, _serial(serial), None if data is None else _record(data), prev_txn)
+        txn = self._spooling(txn_id)
+        oid, serial = _id8(oid, "an oid"), _serial(serial)
+        # FileStorage writes *serial* into the record as its tid without
+        # looking at the transaction's: a record whose tid is not its
+        # transaction's would be seen by snapshots it is not part of.
+        if txn.tid is None:
+            raise StorageTransactionError(
+                "restore needs a transaction begun with its tid"
+                " (tpc_begin(transaction, tid, status), as copyTransactionsFrom"
+                " does); this one lets the server choose the tid")
+        if serial != txn.tid:
+            raise StorageTransactionError(
+                f"restore of oid {oid.hex()} with serial {serial!r:.40} in"
+                f" transaction {txn.tid.hex()}: a restored record's serial"
+                " must be its transaction's tid")
+        txn.spool.restore(
+            oid, serial, None if data is None else _record(data), prev_txn)
         self.served.stats.stores += 1  # type: ignore[union-attr]
 
     def undoa(self, undo_id: bytes, txn_id: Any) -> None:

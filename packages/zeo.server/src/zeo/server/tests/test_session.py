@@ -180,5 +180,46 @@ class RegistrationTests(SessionTestBase):
         self.assertTrue(client.wait_closed())
 
 
+
+class RestoreTests(SessionTestBase):
+    """``restorea`` writes a record with the client's serial as its tid, so
+    the serial must be the tid the transaction was begun with."""
+
+    def restore(self, client, oid, serial, tid, txn=1):
+        client.send("tpc_begin", txn, b"", b"", {}, tid, "p")
+        client.send("restorea", oid, serial, b"restored", None, txn)
+        client.call("vote", txn)
+        return client.call("tpc_finish", txn)
+
+    def test_a_restore_in_its_own_transaction(self):
+        client = self.client()
+        oid = self.new_oid(client)
+        tid = client.call("lastTransaction")
+        tid = (int.from_bytes(tid, "big") + 1).to_bytes(8, "big")
+        self.assertEqual(self.restore(client, oid, tid, tid), tid)
+        self.assertEqual(client.call("loadBefore", oid, b"\xff" * 8),
+                         (b"restored", tid, None))
+
+    def test_a_restore_with_another_serial_or_no_tid_is_refused(self):
+        writer = self.client()
+        oid = self.new_oid(writer)
+        last = writer.call("lastTransaction")
+        tid = (int.from_bytes(last, "big") + 1).to_bytes(8, "big")
+        for serial, begun_with in ((Z64, tid), (tid, None)):
+            with self.subTest(serial=serial, tid=begun_with):
+                client = self.client()
+                client.send("tpc_begin", 1, b"", b"", {}, begun_with, "p")
+                client.send("restorea", oid, serial, b"bad", None, 1)
+                # The server closed the connection instead of voting.
+                with self.assertRaises(ConnectionError):
+                    client.call("vote", 1)
+                client.close()
+        # Nothing was committed, and the server still serves.
+        self.assertEqual(writer.call("lastTransaction"), last)
+        with self.assertRaises(ServerError) as caught:
+            writer.call("loadBefore", oid, b"\xff" * 8)
+        self.assertEqual(caught.exception.class_name, "ZODB.POSException.POSKeyError")
+        self.assertEqual(self.restore(writer, oid, tid, tid), tid)
+
 if __name__ == "__main__":
     unittest.main()
