@@ -59,10 +59,14 @@ class AdminClient:
         self.replies: dict[Any, Any] = {}
         self.one_way: collections.deque[OneWayCall] = collections.deque()
         self.agreed: ProtocolAgreed | None = None
-        while self.agreed is None:
-            self._read()
-        self.last_tid = self.call("register", register, read_only) \
-            if register is not None else None
+        try:
+            while self.agreed is None:
+                self._read()
+            self.last_tid = self.call("register", register, read_only) \
+                if register is not None else None
+        except BaseException:
+            self.sock.close()  # a refused registration must not leak the socket
+            raise
 
     def _read(self) -> None:
         data = self.sock.recv(1 << 16)

@@ -2,13 +2,15 @@
 
 `StorageServer` runs on one asyncio event loop. Storage calls run on the
 loop, in order, except the slow ones (``pack``) which go to a worker thread
-and come back as a `Delayed`. `Serving` and `Closed` events (zope.event)
+of the server's own and come back as a `Delayed`; closing the server waits
+for them before it closes the storages, and ends the workers. `Serving` and `Closed` events (zope.event)
 carry the bound addresses, so a server started on port 0 can be found.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import socket
@@ -59,6 +61,8 @@ class StorageServer:
         self._listeners: list[asyncio.AbstractServer] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unix_paths: list[str] = []
+        self._workers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._working: set[asyncio.Future[Any]] = set()
         #: Where every connection's reads land (see zeo.server.adapter).
         self.receive_buffer = receive_buffer()
         self.closed = False
@@ -110,6 +114,7 @@ class StorageServer:
             await listener.wait_closed()
         # Let connection_lost run for the connections just closed.
         await asyncio.sleep(0)
+        await self._stop_workers()
         for path in self._unix_paths:
             _remove_stale_socket(path)
         for served in self.storages.values():
@@ -135,8 +140,13 @@ class StorageServer:
         return {name: served.status() for name, served in self.storages.items()}
 
     def run_in_thread(self, function: Callable[[], Any]) -> Delayed:
+        if self._workers is None:
+            self._workers = concurrent.futures.ThreadPoolExecutor(
+                max_workers=len(self.storages), thread_name_prefix="zeo.server worker")
         delayed = Delayed()
-        future = self._loop.run_in_executor(None, function)  # type: ignore[union-attr]
+        future = self._loop.run_in_executor(self._workers, function)  # type: ignore[union-attr]
+        self._working.add(future)
+        future.add_done_callback(self._working.discard)
 
         def done(future: asyncio.Future[Any]) -> None:
             error = future.exception()
@@ -147,6 +157,16 @@ class StorageServer:
 
         future.add_done_callback(done)
         return delayed
+
+    async def _stop_workers(self) -> None:
+        # A pack still running must not find its storage closed under it.
+        if self._working:
+            logger.info("waiting for %d pack(s) to finish before closing the storages",
+                        len(self._working))
+            await asyncio.wait(set(self._working))
+        if self._workers is not None:
+            self._workers.shutdown(wait=True)  # idle by now: ends the threads
+            self._workers = None
 
 
 def _format_address(address: Address) -> str:

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -130,6 +131,67 @@ def rss_kb(pid: int, key: str = "VmRSS") -> int:
 
 
 @unittest.skipUnless(os.path.exists("/proc/self/status"), "needs /proc")
+def worker_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("zeo.server worker")]
+
+
+class _SlowPackStorage(MappingStorage):
+    """A MappingStorage whose pack waits for the test to let it go."""
+
+    def __init__(self):
+        super().__init__()
+        self.packing = threading.Event()
+        self.may_finish = threading.Event()
+        self.events = []
+
+    def pack(self, t, referencesf, gc=True):
+        self.packing.set()
+        self.may_finish.wait(30)
+        self.events.append("packed")
+
+    def close(self):
+        self.events.append("closed")
+        super().close()
+
+
+class WorkerTests(unittest.TestCase):
+    """Packs run on the server's own worker threads, which end with it."""
+
+    def test_a_stopped_server_leaves_no_worker_thread(self):
+        directory = tempfile.mkdtemp(prefix="zeo-workers-")
+        self.addCleanup(shutil.rmtree, directory)
+        address, stop = zeo.server.server(path=os.path.join(directory, "Data.fs"))
+        self.addCleanup(stop)
+        from ZODB.tests.MinPO import MinPO
+        from ZODB.tests.StorageTestBase import zodb_pickle
+        client = RawClient(address)
+        client.commit(1, [(Z64, Z64, zodb_pickle(MinPO("root")))])
+        client.call("pack", time.time(), 1)
+        self.assertEqual(len(worker_threads()), 1)
+        client.close()
+        stop()
+        self.assertEqual(worker_threads(), [])
+
+    def test_closing_waits_for_a_running_pack(self):
+        storage = _SlowPackStorage()
+        address, stop = zeo.server.server(storages={"1": storage})
+        self.addCleanup(stop)
+        client = RawClient(address)
+        client.send_call("pack", time.time(), 0)   # its reply is not awaited
+        self.assertTrue(storage.packing.wait(30))
+        stopping = threading.Thread(target=stop)
+        stopping.start()
+        stopping.join(0.5)
+        self.assertTrue(stopping.is_alive(), "the server closed during a pack")
+        self.assertEqual(storage.events, [])
+        storage.may_finish.set()
+        stopping.join(30)
+        self.assertFalse(stopping.is_alive())
+        self.assertEqual(storage.events, ["packed", "closed"])
+        self.assertEqual(worker_threads(), [])
+        client.close()
+
+
 class MemoryTests(unittest.TestCase):
     """Server memory (a real runzeo process) does not grow with transaction
     size, the number of packs, or closed connections."""
