@@ -50,8 +50,12 @@ READER_SCRIPT = textwrap.dedent('''
     from zeo.client.tests.test_blob_concurrency import (
         read_revision, OIDS, SIZE, CHUNK)
     from zeo.client.tests.test_blob_cache import content, p64
-    directory, stop = sys.argv[1], float(sys.argv[2])
+    directory = sys.argv[1]
     cache = BlobCache(directory, SIZE, 10, recent=0, fsync=False)
+    # Both processes read for the same span, which starts once this one
+    # has imported everything (slow on a loaded machine).
+    print('READY', flush=True)
+    stop = float(sys.stdin.readline())
     counts = {'reads': 0, 'reloads': 0, 'bad': 0, 'errors': []}
 
     def fetch(oid, tid):
@@ -84,12 +88,16 @@ class ConcurrencyTests(BlobCacheTestBase):
     def test_readers_never_see_partial_or_missing_blobs(self):
         wakeup = threading.Event()
         cache = self.make(SIZE, 10, recent=0, on_needs_pruning=wakeup.set)
-        stop = time.time() + DURATION
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         proc = subprocess.Popen(
-            [sys.executable, '-c', READER_SCRIPT, self.dir, str(stop)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
+            [sys.executable, '-c', READER_SCRIPT, self.dir],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        if proc.stdout.readline() != 'READY\n':
+            self.fail(f'the reader process did not start: {proc.communicate()[1]}')
+        stop = time.time() + DURATION
+        proc.stdin.write(f'{stop!r}\n')
+        proc.stdin.flush()
         errors = []
         done = threading.Event()
 
