@@ -3,8 +3,9 @@
 `StorageServer` runs on one asyncio event loop. Storage calls run on the
 loop, in order, except the slow ones (``pack``) which go to a worker thread
 of the server's own and come back as a `Delayed`; closing the server waits
-for them before it closes the storages, and ends the workers. `Serving` and `Closed` events (zope.event)
-carry the bound addresses, so a server started on port 0 can be found.
+for them before it closes the storages, and ends the workers. `Serving`
+and `Closed` events (zope.event) carry the bound addresses, so a server
+started on port 0 can be found.
 """
 
 from __future__ import annotations
