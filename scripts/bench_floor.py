@@ -6,6 +6,9 @@ per small request and reply:
 
 * ``blocking``: a blocking-socket server in a thread, a blocking client
   in the main thread of the same process;
+* ``blocking_server_cpu``: the CPU time (utime + stime) per round trip of
+  the same blocking server run in a process of its own, against the same
+  client: what serving one small request costs with no event loop at all;
 * ``asyncio``: an asyncio server in another process, an asyncio client
   (a Protocol resolving one future per reply) in this one;
 * ``asyncio_server_blocking_client``: the same asyncio server, a blocking
@@ -239,6 +242,14 @@ def asyncio_client(port, count, repeat, protocol=EchoClient, kind='plain'):
     return run_loop(run(), kind)
 
 
+def serve_blocking():
+    """Child process: print a free port, echo one connection until it ends."""
+    listener = socket.create_server(('127.0.0.1', 0))
+    print(listener.getsockname()[1], flush=True)
+    with listener:
+        blocking_echo_server(listener)
+
+
 def process_cpu_seconds(pid):
     """utime + stime of a process, from /proc/<pid>/stat (Linux)."""
     with open(f'/proc/{pid}/stat') as f:
@@ -254,9 +265,24 @@ def asyncio_server(kind):
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
 
+def blocking_server_cpu(count, repeat, round_trips):
+    server = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), '--serve-blocking'],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        cpu_before = process_cpu_seconds(server.pid)
+        blocking_client(('127.0.0.1', port), count, repeat)
+        cpu = process_cpu_seconds(server.pid) - cpu_before
+    finally:
+        server.wait(10)          # it ends when the client's socket closes
+    return cpu / round_trips * 1e6
+
+
 def measure(count=5000, repeat=5):
     results = {'blocking': blocking_floor(count, repeat)}
     round_trips = count // 10 + count * repeat     # warm-up included
+    results['blocking_server_cpu'] = blocking_server_cpu(count, repeat, round_trips)
     server = asyncio_server('plain')
     try:
         port = int(server.stdout.readline())
@@ -294,7 +320,11 @@ def main(argv=None):
     parser.add_argument('--repeat', type=int, default=5, help='batches')
     parser.add_argument('--serve-asyncio', choices=['plain', 'buffered', 'uvloop'],
                         help=argparse.SUPPRESS)
+    parser.add_argument('--serve-blocking', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_blocking:
+        serve_blocking()
+        return
     if args.serve_asyncio:
         serve_asyncio(args.serve_asyncio)
         return

@@ -729,6 +729,8 @@ def table(report):
         lines.append('')
         lines.append('floor, length-prefixed echo over 127.0.0.1 (µs per round trip):')
         for key, label in (('blocking', 'blocking sockets (thread server)'),
+                           ('blocking_server_cpu',
+                            'blocking server CPU per round trip'),
                            ('asyncio', 'asyncio server and asyncio client'),
                            ('asyncio_server_blocking_client',
                             'asyncio server, blocking client'),

@@ -66,7 +66,8 @@ class BenchmarkScriptTests(unittest.TestCase):
         self.assertEqual(len(ping["runs"]["zeo"]), 1)
         self.assertGreaterEqual(results["server_cpu"]["ours"], 0)
         # The floor: a loopback echo, blocking and asyncio.
-        for key in ("blocking", "asyncio", "asyncio_server_blocking_client",
+        for key in ("blocking", "blocking_server_cpu", "asyncio",
+                    "asyncio_server_blocking_client",
                     "asyncio_server_cpu", "asyncio_buffered",
                     "asyncio_buffered_server_cpu"):
             self.assertGreater(report["floor_us"][key], 0)
