@@ -7,14 +7,20 @@ is a PNG.  Speed goals
 are never asserted: this only proves the benchmark runs.  Skipped outside
 a buildout checkout (no scripts/ next to packages/, or no bin/ with both
 servers and interpreters).
+
+`RunnerPartsTests` checks the runner's own logic (``scripts/bench_runner``:
+goals, the table, the PNG) on made-up reports, in process.
 """
 
 import json
 import os
 import shutil
+import struct
 import subprocess
+import sys
 import tempfile
 import unittest
+import zlib
 from pathlib import Path
 
 # packages/zeo.server/src/zeo/server/tests/ -> the repository root.
@@ -78,3 +84,115 @@ class BenchmarkScriptTests(unittest.TestCase):
         # The temporary directory was cleaned up: only our two files remain.
         self.assertEqual(sorted(os.listdir(self.directory)),
                          ["report.json", "report.png"])
+
+
+def import_runner():
+    """The ``bench_runner`` package of scripts/ (not an installed one)."""
+    scripts = str(REPO / "scripts")
+    sys.path.insert(0, scripts)
+    try:
+        from bench_runner import png, report, scenarios
+    finally:
+        sys.path.remove(scripts)
+    return png, report, scenarios
+
+
+def read_png(data):
+    """(width, height, rows of RGB bytes) of an 8-bit RGB PNG."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    position, chunks = 8, {}
+    while position < len(data):
+        length, = struct.unpack(">I", data[position:position + 4])
+        kind = data[position + 4:position + 8]
+        body = data[position + 8:position + 8 + length]
+        crc, = struct.unpack(">I", data[position + 8 + length:position + 12 + length])
+        assert crc == zlib.crc32(kind + body), kind
+        chunks.setdefault(kind, b"")
+        chunks[kind] += body
+        position += 12 + length
+    width, height, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    assert (depth, color) == (8, 2)
+    raw = zlib.decompress(chunks[b"IDAT"])
+    stride = 1 + width * 3
+    assert len(raw) == stride * height
+    rows = [raw[y * stride + 1:(y + 1) * stride] for y in range(height)]
+    assert all(raw[y * stride] == 0 for y in range(height))   # no filter
+    return width, height, rows
+
+
+@unittest.skipIf(not SCRIPT.exists(), f"no {SCRIPT}")
+class RunnerPartsTests(unittest.TestCase):
+
+    def setUp(self):
+        self.png, self.report, self.scenarios = import_runner()
+        self.metrics = {m.name: m for s in self.scenarios.SCENARIOS
+                        for m in s.metrics}
+
+    def result(self, name, ours, zeo):
+        metric = self.metrics[name]
+        return {"name": name, "title": metric.title, "unit": metric.unit,
+                "ours": ours, "zeo": zeo,
+                "ratio": ours / zeo if ours is not None and zeo else None,
+                "goal_text": metric.goal_text(), "met": metric.met(ours, zeo),
+                "errors": {}}
+
+    def test_goals(self):
+        m = self.metrics
+        # ping: at most 0.33x of ZEO's latency.
+        self.assertIs(m["ping"].met(33, 100), True)
+        self.assertIs(m["ping"].met(34, 100), False)
+        self.assertEqual(m["ping"].goal_text(), "<= 0.33x")
+        # commit1: at least 2x ZEO's throughput.
+        self.assertIs(m["commit1"].met(2000, 1000), True)
+        self.assertIs(m["commit1"].met(1999, 1000), False)
+        # idle: an absolute budget, whatever ZEO uses.
+        self.assertIs(m["idle"].met(49.9, None), True)
+        self.assertIs(m["idle"].met(50, 1), False)
+        # Nothing measured: unknown, not met.
+        self.assertIsNone(m["ping"].met(None, 100))
+        self.assertIsNone(m["ping"].met(10, 0))
+        # "How many times better" for the plot, either way round.
+        self.assertAlmostEqual(m["ping"].better(25, 100), 4)
+        self.assertAlmostEqual(m["commit1"].better(300, 100), 3)
+        self.assertAlmostEqual(m["ping"].goal_better(100), 1 / 0.33)
+
+    def test_table(self):
+        results = [self.result("ping", 30.0, 150.0),
+                   self.result("commit1", 1500.0, 1000.0),
+                   self.result("cold_read", None, 4000.0)]
+        results[2]["errors"] = {"ours": ["client failed"]}
+        text = self.report.table({
+            "results": results, "floor_us": {"blocking": 13.25},
+            "quick": True, "repeat": 1, "seconds": 12.0,
+            "machine": {"loadavg_before": [0.5, 0, 0]}})
+        lines = text.splitlines()
+        self.assertTrue(lines[0].startswith("workload"))
+        ping = next(line for line in lines if line.startswith("ping latency"))
+        self.assertRegex(ping, r"30\.0 +150 +0\.20x +<= 0\.33x +yes$")
+        commit = next(line for line in lines if line.startswith("commit 1"))
+        self.assertRegex(commit, r"1,500 +1,000 +1\.50x +>= 2x +NO$")
+        cold = next(line for line in lines if line.startswith("cold read"))
+        self.assertIn("? (errors: ours)", cold)
+        self.assertIn("blocking sockets (thread server)", text)
+        self.assertIn("13.2", text)
+        self.assertTrue(lines[-1].startswith("quick run, medians of 1 run(s)"))
+
+    def test_plot_draws_met_green_and_missed_red(self):
+        results = [self.result("commit1", 3000.0, 1000.0),   # 3x: met
+                   self.result("ping", 50.0, 100.0)]         # 0.5x: missed
+        directory = tempfile.mkdtemp(prefix="zeo-benchmark-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "plot.png")
+        self.png.plot({"results": results, "floor_us": {}, "quick": False}, path)
+        with open(path, "rb") as f:
+            width, height, rows = read_png(f.read())
+        self.assertEqual(width, 1180)
+        green, red = bytes((46, 160, 67)), bytes((214, 39, 40))
+
+        def colors_in_row(n):
+            row = rows[70 + n * 36 + 18]       # the middle of bar n
+            return {row[x:x + 3] for x in range(0, len(row), 3)}
+        self.assertIn(green, colors_in_row(0))
+        self.assertNotIn(red, colors_in_row(0))
+        self.assertIn(red, colors_in_row(1))
+        self.assertNotIn(green, colors_in_row(1))

@@ -1,0 +1,60 @@
+"""What the runner prints: the table of results and the floor."""
+
+
+def fmt(value):
+    if value is None:
+        return '-'
+    if abs(value) >= 1000:
+        return f'{value:,.0f}'
+    if abs(value) >= 100:
+        return f'{value:.0f}'
+    if abs(value) >= 10:
+        return f'{value:.1f}'
+    return f'{value:.2f}'
+
+
+def table(report):
+    rows = [('workload', 'unit', 'ours', 'ZEO 6.2', 'ours/ZEO', 'goal', 'met?')]
+    for r in report['results']:
+        met = {True: 'yes', False: 'NO', None: '?'}[r['met']]
+        if r['errors']:
+            met += ' (errors: ' + ', '.join(r['errors']) + ')'
+        ratio = f"{r['ratio']:.2f}x" if r['ratio'] is not None else '-'
+        rows.append((r['title'], r['unit'], fmt(r['ours']), fmt(r['zeo']),
+                     ratio, r['goal_text'], met))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [cell.ljust(w) if i < 2 or i == 6 else cell.rjust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append('  '.join(cells).rstrip())
+        if n == 0:
+            lines.append('  '.join('-' * w for w in widths))
+    floor = report['floor_us']
+    if floor:
+        lines.append('')
+        lines.append('floor, length-prefixed echo over 127.0.0.1 (µs per round trip):')
+        for key, label in (('blocking', 'blocking sockets (thread server)'),
+                           ('blocking_server_cpu',
+                            'blocking server CPU per round trip'),
+                           ('asyncio', 'asyncio server and asyncio client'),
+                           ('asyncio_server_blocking_client',
+                            'asyncio server, blocking client'),
+                           ('asyncio_server_cpu',
+                            'asyncio server CPU per round trip'),
+                           ('asyncio_buffered',
+                            'asyncio, BufferedProtocol both sides'),
+                           ('asyncio_buffered_server_cpu',
+                            'same, server CPU per round trip'),
+                           ('uvloop_buffered',
+                            'uvloop, BufferedProtocol both sides'),
+                           ('uvloop_buffered_server_cpu',
+                            'same, server CPU per round trip')):
+            if key in floor:
+                lines.append(f'  {label:36} {floor[key]:8.1f}')
+    mode = 'quick' if report['quick'] else 'full'
+    lines.append('')
+    lines.append(f"{mode} run, medians of {report['repeat']} run(s) each, "
+                 f"{report['seconds']:.0f} s, load average before "
+                 f"{report['machine']['loadavg_before'][0]:.2f}")
+    return '\n'.join(lines)

@@ -1,0 +1,286 @@
+"""The workloads as the runner drives them, each with its metrics and
+their goals (ours against ZEO 6.2), and the sizes of a full and a quick
+run."""
+import shutil
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+
+from .processes import BENCH_FLOOR, BenchError, last_json
+
+KINDS = ('ours', 'zeo')
+
+
+# -- what is measured ----------------------------------------------------------
+
+@dataclass
+class Metric:
+    name: str
+    title: str
+    unit: str
+    higher_is_better: bool
+    #: ('ratio_max', g): ours/ZEO <= g; ('ratio_min', g): ours/ZEO >= g;
+    #: ('ours_max', g): ours < g (an absolute budget, in `unit`).
+    goal: tuple
+
+    def goal_text(self):
+        kind, value = self.goal
+        if kind == 'ratio_max':
+            return f'<= {value:g}x'
+        if kind == 'ratio_min':
+            return f'>= {value:g}x'
+        return f'< {value:g} {self.unit}'
+
+    def met(self, ours, zeo):
+        if ours is None:
+            return None
+        kind, value = self.goal
+        if kind == 'ours_max':
+            return ours < value
+        if not zeo:
+            return None
+        ratio = ours / zeo
+        return ratio <= value if kind == 'ratio_max' else ratio >= value
+
+    def better(self, ours, zeo):
+        """How many times better ours is (>1: better), for the plot."""
+        ratio = ours / zeo
+        return ratio if self.higher_is_better else 1 / ratio
+
+    def goal_better(self, zeo):
+        kind, value = self.goal
+        if kind == 'ratio_min':
+            return value
+        if kind == 'ratio_max':
+            return 1 / value
+        return zeo / value if zeo else None
+
+
+@dataclass
+class Scenario:
+    name: str
+    doc: str
+    metrics: list
+    run: object = None
+    needs_server: bool = True
+
+
+# -- sizes ---------------------------------------------------------------------
+
+FULL = dict(
+    objects=10_000, pings=20_000, commit1=2000, commit100=200, warm_passes=7,
+    clients=16, mixed_seconds=10.0, watchers=16, fanout_commits=20,
+    fanout_pause=0.2, cache_bytes=200 * 1024 * 1024, cache_records=200_000,
+    cache_runs=5, blob_size=10_000_000, blobs=10, idle=1000,
+    floor_count=20_000, timeout=900)
+QUICK = dict(
+    objects=2000, pings=5000, commit1=500, commit100=50, warm_passes=10,
+    clients=4, mixed_seconds=4.0, watchers=4, fanout_commits=10,
+    fanout_pause=0.1, cache_bytes=20 * 1024 * 1024, cache_records=20_000,
+    cache_runs=3, blob_size=10_000_000, blobs=4, idle=300,
+    floor_count=5000, timeout=300)
+
+
+# -- the workloads, as the runner drives them ----------------------------------
+
+def run_ping(bench, kind):
+    with bench.server(kind) as server:
+        out = bench.client(kind, 'ping', '--addr', server.addr,
+                           '--server-pid', server.pid,
+                           '--count', bench.sizes['pings'],
+                           directory=server.directory)
+    return {'ping': out['ping_us'], 'server_cpu': out['server_cpu_us']}, out
+
+
+def run_commit(per_txn, size_key, metric, result_key):
+    def run(bench, kind):
+        with bench.server(kind) as server:
+            out = bench.client(kind, 'commit', '--addr', server.addr,
+                               '--per-txn', per_txn,
+                               '--count', bench.sizes[size_key],
+                               directory=server.directory)
+        return {metric: out[result_key]}, out
+    return run
+
+
+def run_cold(prefetch, metric):
+    def run(bench, kind):
+        with bench.server(kind) as server:
+            extra = ['--prefetch'] if prefetch else []
+            out = bench.client(kind, 'cold', '--addr', server.addr, *extra,
+                               directory=server.directory)
+        return {metric: out['objects_per_s']}, out
+    return run
+
+
+def run_warm(bench, kind):
+    with bench.server(kind) as server:
+        out = bench.client(kind, 'warm', '--addr', server.addr,
+                           '--passes', bench.sizes['warm_passes'],
+                           directory=server.directory)
+    return {'warm_read': out['objects_per_s']}, out
+
+
+def run_mixed(bench, kind):
+    sizes = bench.sizes
+    with bench.server(kind) as server:
+        workers = bench.workers(kind, 'mixed', sizes['clients'],
+                                '--addr', server.addr,
+                                '--duration', sizes['mixed_seconds'],
+                                directory=server.directory)
+        try:
+            for worker in workers:
+                worker.wait_ready(sizes['timeout'])
+            for worker in workers:
+                worker.send('go')
+            results = [w.result(sizes['mixed_seconds'] + sizes['timeout'])
+                       for w in workers]
+        finally:
+            for worker in workers:
+                worker.close()
+    return {'clients': sum(r['txns'] / r['seconds'] for r in results)}, results
+
+
+def run_fanout(bench, kind):
+    sizes = bench.sizes
+    with bench.server(kind) as server:
+        watchers = bench.workers(kind, 'watch', sizes['watchers'],
+                                 '--addr', server.addr,
+                                 directory=server.directory)
+        committer, = bench.workers(kind, 'commit_watched', 1,
+                                   '--addr', server.addr,
+                                   '--count', sizes['fanout_commits'],
+                                   '--pause', sizes['fanout_pause'],
+                                   directory=server.directory)
+        try:
+            for worker in watchers + [committer]:
+                worker.wait_ready(sizes['timeout'])
+            committer.send('go')
+            commits = committer.result(sizes['timeout'])['commits']
+            time.sleep(0.5)
+            for worker in watchers:
+                worker.send('stop')
+            seen = [w.result(sizes['timeout'])['seen'] for w in watchers]
+        finally:
+            for worker in watchers + [committer]:
+                worker.close()
+    latencies = []
+    firsts = []
+    for tid, started in commits:
+        arrivals = [s.get(tid) for s in seen]
+        if None in arrivals:
+            raise BenchError(f'a watcher never saw the invalidation of {tid}')
+        latencies.append(max(arrivals) - started)
+        firsts.append(min(arrivals) - started)
+    return ({'fanout': statistics.median(latencies) * 1e3},
+            {'latencies_ms': [t * 1e3 for t in latencies],
+             # When the first watcher saw it: the commit's share.
+             'first_arrival_ms': [t * 1e3 for t in firsts]})
+
+
+def run_cache_reopen(bench, kind):
+    sizes = bench.sizes
+    directory = bench.workdir / f'cache-{kind}'
+    directory.mkdir(exist_ok=True)
+    try:
+        out = bench.client(kind, 'cache_reopen',
+                           '--size', sizes['cache_bytes'],
+                           '--records', sizes['cache_records'],
+                           '--runs', sizes['cache_runs'],
+                           '--dir', directory, directory=directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return {'cache_reopen': out['reopen_ms']}, out
+
+
+def run_blobs(bench, kind):
+    sizes = bench.sizes
+    with bench.server(kind) as server:
+        common = ['--addr', server.addr, '--size', sizes['blob_size'],
+                  '--count', sizes['blobs']]
+        up = bench.client(kind, 'blob_upload', *common,
+                          '--blob-dir', server.directory / 'client-blobs-up',
+                          directory=server.directory)
+        down = bench.client(kind, 'blob_download', *common,
+                            '--blob-dir', server.directory / 'client-blobs-down',
+                            directory=server.directory)
+    return ({'blob_upload': up['mb_per_s'], 'blob_download': down['mb_per_s']},
+            {'upload': up, 'download': down})
+
+
+def run_idle(bench, kind):
+    with bench.server(kind) as server:
+        # The same raw protocol client (bin/py, zeo.server.admin) for both.
+        out = bench.client(kind, 'idle', '--addr', server.addr,
+                           '--server-pid', server.pid,
+                           '--count', bench.sizes['idle'],
+                           directory=server.directory, interpreter='ours')
+    return {'idle': out['kb_per_connection']}, out
+
+
+SCENARIOS = [
+    Scenario('ping', 'round trip of ping; server CPU per call', [
+        Metric('ping', 'ping latency', 'µs', False, ('ratio_max', 0.33)),
+        Metric('server_cpu', 'server CPU per ping', 'µs', False,
+               ('ratio_max', 0.4))], run_ping),
+    Scenario('commit1', 'commits of 1 object per transaction', [
+        Metric('commit1', 'commit 1 object', 'txn/s', True, ('ratio_min', 2))],
+        run_commit(1, 'commit1', 'commit1', 'txn_per_s')),
+    Scenario('commit100', 'commits of 100 objects per transaction', [
+        Metric('commit100', 'commit 100 objects', 'obj/s', True,
+               ('ratio_min', 1.5))],
+        run_commit(100, 'commit100', 'commit100', 'objects_per_s')),
+    Scenario('cold', 'cold reads through ZODB, no prefetch', [
+        Metric('cold_read', 'cold read', 'obj/s', True, ('ratio_min', 3))],
+        run_cold(False, 'cold_read')),
+    Scenario('prefetch', 'cold reads with Connection.prefetch', [
+        Metric('cold_prefetch', 'cold read, prefetch', 'obj/s', True,
+               ('ratio_min', 2))], run_cold(True, 'cold_prefetch')),
+    Scenario('warm', 'warm reads: client cache full, pickle cache empty', [
+        Metric('warm_read', 'warm read', 'obj/s', True, ('ratio_min', 1))],
+        run_warm),
+    Scenario('clients', 'many client processes: random loads, small commits', [
+        Metric('clients', 'N clients, aggregate', 'txn/s', True,
+               ('ratio_min', 2))], run_mixed),
+    Scenario('fanout', 'invalidation fan-out to N watchers', [
+        Metric('fanout', 'invalidation fan-out', 'ms', False,
+               ('ratio_max', 0.5))], run_fanout),
+    Scenario('cache_reopen', 'reopening a persistent client cache', [
+        Metric('cache_reopen', 'persistent cache reopen', 'ms', False,
+               ('ratio_max', 0.1))], run_cache_reopen, needs_server=False),
+    Scenario('blobs', 'blob upload and download', [
+        Metric('blob_upload', 'blob upload', 'MB/s', True, ('ratio_min', 1.5)),
+        Metric('blob_download', 'blob download', 'MB/s', True,
+               ('ratio_min', 1.5))], run_blobs),
+    Scenario('idle', 'server memory per idle connection', [
+        Metric('idle', 'server memory / idle conn', 'KB', False,
+               ('ours_max', 50))], run_idle),
+]
+BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+def titles(sizes):
+    """Metric titles with this run's sizes in them."""
+    s = sizes
+    cache_mb = s['cache_bytes'] // (1024 * 1024)
+    return {
+        'cold_read': f"cold read {s['objects']:,} objects",
+        'cold_prefetch': f"cold read {s['objects']:,}, prefetch",
+        'warm_read': f"warm read {s['objects']:,} objects",
+        'clients': f"{s['clients']} clients, aggregate",
+        'fanout': f"fan-out to {s['watchers']} clients",
+        'cache_reopen': f"reopen {cache_mb} MB cache",
+        'blob_upload': f"blob upload {s['blob_size'] // 1_000_000} MB",
+        'blob_download': f"blob download {s['blob_size'] // 1_000_000} MB",
+        'idle': f"server memory / idle conn ({s['idle']:,})",
+    }
+
+
+def run_floor(bench):
+    command = [*bench.python('ours'), str(BENCH_FLOOR),
+               '--count', str(bench.sizes['floor_count']), '--repeat', '5']
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise BenchError(f'floor failed:\n{done.stderr[-2000:]}')
+    return last_json(done.stdout)['floor_us']
