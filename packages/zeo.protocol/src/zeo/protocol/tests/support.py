@@ -1,6 +1,9 @@
 """Shared fixtures for the protocol tests: reference bytes, feeding
 helpers, connected pairs and Hypothesis strategies."""
 
+import gc
+import tracemalloc
+
 from hypothesis import strategies as st
 
 from zeo.protocol import Call
@@ -205,6 +208,33 @@ def connected_pair(encoding="M", server_native=True, client_native=True,
 def drain(conn):
     """All events available now."""
     return list(conn.events())
+
+
+class TracedMemory:
+    """Memory allocated (and still held) since the ``with`` began, traced by
+    tracemalloc.  Tracing that was already on (``PYTHONTRACEMALLOC``) stays
+    on, so that later tests are still traced.  Collects garbage first."""
+
+    def __enter__(self) -> "TracedMemory":
+        gc.collect()
+        self._started = not tracemalloc.is_tracing()
+        if self._started:
+            tracemalloc.start()
+        tracemalloc.reset_peak()
+        self._base = tracemalloc.get_traced_memory()[0]
+        return self
+
+    def held(self) -> int:
+        """Bytes held now, beyond those held at the start."""
+        return tracemalloc.get_traced_memory()[0] - self._base
+
+    def peak(self) -> int:
+        """The most held at once since the start, beyond those held then."""
+        return tracemalloc.get_traced_memory()[1] - self._base
+
+    def __exit__(self, *exc_info) -> None:
+        if self._started:
+            tracemalloc.stop()
 
 
 # -- Hypothesis strategies ---------------------------------------------------
