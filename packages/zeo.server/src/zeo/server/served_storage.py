@@ -11,9 +11,12 @@ session can observe the new tid before the invalidations are on their way.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
+
+from ZODB.interfaces import IBlobStorage
 
 from zeo.server.commit_lock import CommitLock
 from zeo.server.config import ServerConfig
@@ -68,6 +71,8 @@ class ServedStorage:
         )
         self.supports_undo = bool(getattr(storage, "supportsUndo", lambda: False)())
         self.blob_dir = _blob_dir(storage)
+        #: Where transactions spool and blob uploads land (see _spool_dir).
+        self.spool_dir = _spool_dir(storage)
         guard_conflict_resolution(storage, config.conflict_resolution_packages)
 
     def __repr__(self) -> str:
@@ -131,3 +136,12 @@ class ServedStorage:
 def _blob_dir(storage: Any) -> str | None:
     helper = getattr(storage, "fshelper", None)
     return getattr(helper, "base_dir", None)
+
+
+def _spool_dir(storage: Any) -> str:
+    """Where a transaction's spool and blob uploads go: the storage's own
+    temporary directory when it has blobs (so that uploads can be renamed
+    into place), else the system's."""
+    if IBlobStorage.providedBy(storage):
+        return storage.temporaryDirectory()
+    return tempfile.gettempdir()

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import Any, Iterator
 
 from ZODB.POSException import ReadOnlyError, StorageTransactionError
 from ZODB.serialize import referencesf
-from ZODB.interfaces import IBlobStorage
 from zope.interface import implementer, providedBy
 
 from zeo.server.interfaces import IStorageSession
@@ -241,7 +239,7 @@ class StorageSession:
         config = served.config  # type: ignore[union-attr]
         self.txn = PendingTransaction(
             served.storage, txn_id, user, description, extension, tid, status,  # type: ignore[union-attr]
-            spool_dir=_spool_dir(served.storage),  # type: ignore[union-attr]
+            spool_dir=served.spool_dir,  # type: ignore[union-attr]
             max_spool_size=config.max_spool_size,
             client_conflict_resolution=config.client_conflict_resolution)
         served.stats.active_txns += 1  # type: ignore[union-attr]
@@ -282,7 +280,8 @@ class StorageSession:
         self._spooling(txn_id).spool.undo(undo_id)
 
     def storeBlobStart(self) -> None:
-        self._spooling(None, check_id=False).start_blob(_spool_dir(self._storage()))
+        self._spooling(None, check_id=False).start_blob(
+            self.served.spool_dir)  # type: ignore[union-attr]
 
     def storeBlobChunk(self, chunk: bytes) -> None:
         self._spooling(None, check_id=False).blob_chunk(chunk)
@@ -446,15 +445,6 @@ def _serial(value: Any) -> Any:
 
 def _count_conflict(stats: Any) -> None:
     stats.conflicts += 1
-
-
-def _spool_dir(storage: Any) -> str:
-    """Where a transaction's spool and blob uploads go: the storage's own
-    temporary directory when it has blobs (so that uploads can be renamed
-    into place), else the system's."""
-    if IBlobStorage.providedBy(storage):
-        return storage.temporaryDirectory()
-    return tempfile.gettempdir()
 
 
 def _blob_messages(oid: bytes, serial: bytes, path: str,
