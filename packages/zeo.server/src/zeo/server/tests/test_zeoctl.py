@@ -80,6 +80,26 @@ class ZeoctlTests(unittest.TestCase):
         with open(os.path.join(self.directory, "zeo.log")) as log:
             self.assertIn("serving storage '1'", log.read())
 
+    def test_runner_section_without_program(self):
+        # The docs promise that a <runner> section naming no program runs
+        # runzeo -C with the same file; zdaemon's own section type requires
+        # "program" and zeoctl used to die with a ZConfig traceback.
+        with open(self.config, "a") as f:
+            f.write(textwrap.dedent(f"""\
+                <runner>
+                  transcript {self.directory}/transcript.log
+                </runner>
+                """))
+        started = self.zeoctl("start")
+        self.assertEqual(started.returncode, 0, started.stderr)
+        self.assertNotIn("Traceback", started.stderr)
+        client = self.connect()
+        self.assertEqual(len(client.call("new_oids", 1)), 1)
+        client.close()
+        self.assertIn("program running", self.zeoctl("status").stdout)
+        self.assertIn("daemon process stopped", self.zeoctl("stop").stdout)
+        self.assertTrue(os.path.exists(os.path.join(self.directory, "transcript.log")))
+
 
 if __name__ == "__main__":
     unittest.main()
