@@ -4,7 +4,8 @@
 FileStorage (and blob directory) in a temporary directory. Every test
 starts with an empty storage: the server is restarted on the same port
 with a fresh file in ``testSetUp``. ``DBLayer`` stacks on it and opens a
-``zeo.client`` DB per test, closed after the test::
+``zeo.client`` DB per test, closed after the test (it needs zeo.client:
+install ``zeo.server[testing]``)::
 
     from zeo.server.testing import DB_LAYER
 
@@ -21,11 +22,13 @@ settings; ``SERVER_LAYER`` and ``DB_LAYER`` are ready-made instances.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
 from typing import Any, Callable
 
+__all__ = ["DBLayer", "DB_LAYER", "SERVER_LAYER", "ServerLayer"]
 
 class ServerLayer:
     """A zeo server for a test layer. See the module docstring."""
@@ -96,7 +99,14 @@ class DBLayer:
         self._blob_dir: str | None = None
 
     def setUp(self) -> None:
-        pass
+        # zeo.server does not depend on zeo.client: say what to install
+        # instead of failing in every test, and leave no server running and
+        # no temporary directory behind (the base layer is already set up).
+        if importlib.util.find_spec("zeo.client") is None:
+            self.server_layer.tearDown()
+            raise ImportError(
+                f"{self.__name__} opens zeo.client databases, and zeo.client is"
+                " not installed: install zeo.server[testing] (or zeo.client)")
 
     def tearDown(self) -> None:
         pass

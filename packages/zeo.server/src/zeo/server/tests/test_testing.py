@@ -1,5 +1,10 @@
 """The layers of zeo.server.testing, used as an application would."""
 
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
 import unittest
 
 from zeo.server.testing import SERVER_LAYER
@@ -61,6 +66,42 @@ class SampleDBTests(unittest.TestCase):
     def test_zz_nothing_left_from_other_tests(self):
         with self.layer.db.transaction() as connection:
             self.assertEqual(list(connection.root()), [])
+
+
+class WithoutClientTests(unittest.TestCase):
+    """An outside suite using DB_LAYER where zeo.client is not installed."""
+
+    def test_clear_message_and_nothing_left_behind(self):
+        with tempfile.TemporaryDirectory(prefix="zeo-no-client-") as directory:
+            package = os.path.join(directory, "app", "tests")
+            temp = os.path.join(directory, "tmp")
+            os.makedirs(package)
+            os.mkdir(temp)
+            for init in (os.path.dirname(package), package):
+                open(os.path.join(init, "__init__.py"), "w").close()
+            with open(os.path.join(package, "test_app.py"), "w") as f:
+                f.write(textwrap.dedent("""\
+                    import sys
+                    import unittest
+                    sys.modules["zeo.client"] = None   # not installed
+                    from zeo.server.testing import DB_LAYER
+
+                    class AppTests(unittest.TestCase):
+                        layer = DB_LAYER
+
+                        def test_it(self):
+                            pass
+                    """))
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([directory, *sys.path]),
+                       TMPDIR=temp)
+            run = subprocess.run(
+                [sys.executable, "-m", "zope.testrunner", "--test-path", directory],
+                env=env, capture_output=True, text=True, timeout=120)
+            output = run.stdout + run.stderr
+            self.assertNotEqual(run.returncode, 0, output)
+            self.assertIn("install zeo.server[testing]", output)
+            self.assertNotIn("ModuleNotFoundError", output)
+            self.assertEqual(os.listdir(temp), [])
 
 
 if __name__ == "__main__":
