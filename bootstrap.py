@@ -31,6 +31,12 @@ TOOLCHAIN = {
     "setuptools": "84.2.1",
     "wheel": "0.48.0",
     "zc.buildout": "6.0.1",
+    # zc.buildout's own dependencies: pip would pick their newest releases,
+    # the buildout then installs the versions pinned in versions.cfg as
+    # eggs, and the next run, finding the venv's copies first, reinstalls
+    # every part. The same pins in both places keep a re-run a no-op.
+    "packaging": "26.3",
+    "platformdirs": "4.14.7",
 }
 
 #: zc.buildout 6 needs at least this Python.
