@@ -58,9 +58,24 @@ def say(message: str) -> None:
     print(f"bootstrap: {message}", flush=True)
 
 
-def run(*command: str | os.PathLike[str]) -> None:
+#: Warnings buildout prints on every run that say nothing about this
+#: checkout: pkg_resources notes that the namespace packages ``zc`` and
+#: ``zope`` (zc.buildout's own) were imported before eggs adding to them
+#: were put on the path, which is how buildout always works.
+QUIET_WARNINGS = [
+    f"ignore:Module {namespace} was already imported from None:UserWarning"
+    for namespace in ("zc", "zope")
+]
+
+
+def run(*command: str | os.PathLike[str], quiet_warnings: bool = False) -> None:
     say(" ".join(str(part) for part in command))
-    subprocess.run([str(part) for part in command], check=True, cwd=HERE)
+    env = None
+    if quiet_warnings:
+        env = dict(os.environ)
+        env["PYTHONWARNINGS"] = ",".join(
+            filter(None, [env.get("PYTHONWARNINGS", ""), *QUIET_WARNINGS]))
+    subprocess.run([str(part) for part in command], check=True, cwd=HERE, env=env)
 
 
 def wanted_toolchain() -> str:
@@ -93,7 +108,7 @@ def main(argv: list[str]) -> int:
     if not buildout.exists():
         run(VENV / "bin" / "buildout", "bootstrap")
     # -N: never look for newer versions; every version is pinned anyway.
-    run(buildout, "-N", *argv)
+    run(buildout, "-N", *argv, quiet_warnings=True)
     return 0
 
 
