@@ -47,8 +47,12 @@ class IFrameReader(Interface):
         directly, or ``None`` (then ``feed`` what was read).
 
         Offered while a large frame is in progress, once enough of it
-        has arrived; its size is what the frame still lacks.  Call
-        ``received`` with the number of bytes written into it.
+        has arrived; never empty, and never larger than what the frame
+        still lacks.  Its size follows the bytes received, not the size
+        the header announces: what the reader holds stays within a small
+        constant factor of what arrived (see `zeo.protocol.framing`), so
+        a frame may take several buffers.  Call ``received`` with the
+        number of bytes written into it.
         """
 
     def pin():
