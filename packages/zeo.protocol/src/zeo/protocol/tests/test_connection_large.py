@@ -144,8 +144,9 @@ class LargePayloadTests(unittest.TestCase):
 
 def read_into_offers(connection, data, read_size):
     """Pass *data* to *connection* as the asyncio adapters do: read into
-    the buffer it offers, else into a buffer of our own; returns the
-    events, each drained as soon as it is there."""
+    the buffer it offers, else into a buffer of our own, and ask for a
+    buffer once more at the end (as an event loop does before its next
+    read); returns the events, each drained as soon as it is there."""
     own = memoryview(bytearray(read_size))
     events, start = [], 0
     while start < len(data):
@@ -161,6 +162,7 @@ def read_into_offers(connection, data, read_size):
             del target
             connection.received_into(size)
         events.extend(drain(connection))
+    connection.receive_buffer()
     return events
 
 
