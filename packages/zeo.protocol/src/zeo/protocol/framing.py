@@ -245,7 +245,8 @@ class FrameReader:
             whole[:held] = memoryview(chunk)[pos:]
             self._pieces = [whole]
         else:
-            # What came is the first piece, as it is.
+            # What came is the first piece (as it is, or cut out of the
+            # chunk); the next ones double the frame each time.
             self._pieces = [chunk[pos:] if pos else chunk]
         self._piece_filled = self._filled = held
         self._total = total
