@@ -18,12 +18,20 @@ Buffering strategy (the hot path is one small frame per read):
   ``bytearray`` that later feeds extend (amortised O(1)); consumed bytes
   are dropped from its front when more arrives;
 * a large frame (``DIRECT_FRAME_SIZE`` and up: blob chunks) in progress
-  gets a ``bytearray`` of its full size, which ``receive_buffer`` offers
-  to the I/O layer to read the rest into directly (``received`` counts
-  what arrived).  It is allocated only once a sixteenth of the frame is
-  there (``DIRECT_FRAME_SHARE``), so a peer that announces a big frame
-  and stops can't make the reader allocate more than 16 times what it
-  sent.
+  is read straight into buffers of its own, which ``receive_buffer``
+  offers to the I/O layer (``received`` counts what arrived).
+
+Memory grows with the bytes received, never with the bytes a header
+announces: a peer that announces 64 MiB and sends 4 must not cost more
+than a few.  So a large frame's buffers come in pieces: the bytes that
+arrived before it went direct are the first, and each next piece is as
+large as all that has arrived (``MIN_PIECE_SIZE`` at least), or the rest
+of the frame if that is at most ``MIN_PIECE_SIZE`` more.  What the reader
+holds for a frame is thus at most twice what arrived plus twice
+``MIN_PIECE_SIZE``, at every moment.  A complete frame in several pieces
+is joined once, the only copy of its bytes (the pieces and the frame
+are held together for that moment, when all has arrived); a frame whose
+rest fits in one piece gets one buffer and no copy.
 
 The length is checked against ``max_frame_size`` as soon as the 4 header
 bytes are there, so an oversize frame is refused before we wait for (or
@@ -53,6 +61,7 @@ __all__ = [
     "DIRECT_FRAME_SIZE",
     "FrameReader",
     "HEADER_SIZE",
+    "MIN_PIECE_SIZE",
     "frame",
     "frame_header",
 ]
@@ -60,11 +69,12 @@ __all__ = [
 #: Size of the length prefix.
 HEADER_SIZE = 4
 
-#: Frames of at least this many payload bytes may be read into a buffer
-#: of their own (see ``FrameReader.receive_buffer``).
+#: Frames of at least this many payload bytes are read into buffers of
+#: their own (see ``FrameReader.receive_buffer``).
 DIRECT_FRAME_SIZE = 64 * 1024
-#: ... once 1/DIRECT_FRAME_SHARE of the frame has arrived.
-DIRECT_FRAME_SHARE = 16
+#: Such a frame is read into pieces as large as what has arrived, and at
+#: least this large; a smaller remainder joins the piece before it.
+MIN_PIECE_SIZE = 64 * 1024
 
 _HEADER = struct.Struct(">I")
 _pack_header = _HEADER.pack
@@ -102,6 +112,14 @@ def _frame_bytes_py(payload: bytes) -> bytes:
 #: ``bytes``: the connection's hot path.  Compiled when the helper is
 #: built (one allocation instead of two).
 frame_bytes = _frame_bytes_py
+
+
+def _piece_size(filled: int, rest: int) -> int:
+    """The size of the next piece of a large frame of which *filled* bytes
+    have arrived and *rest* are to come: at most ``2 * MIN_PIECE_SIZE``
+    more than *filled* (see the module docstring)."""
+    size = filled if filled > MIN_PIECE_SIZE else MIN_PIECE_SIZE
+    return rest if rest <= size + MIN_PIECE_SIZE else size
 
 
 def _next_message_py(
@@ -142,7 +160,8 @@ except ImportError:  # pragma: no cover - built by every install we test
 class FrameReader:
     """Incremental frame splitter.  See `IFrameReader`."""
 
-    __slots__ = ("chunk", "pos", "max_frame_size", "_owned", "_frame", "_filled")
+    __slots__ = ("chunk", "pos", "max_frame_size", "_owned",
+                 "_pieces", "_piece_filled", "_filled", "_total")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         #: The unread input is ``chunk[pos:]``.  ``next_message`` (the
@@ -154,14 +173,18 @@ class FrameReader:
         #: Whether chunk is a bytearray that only feed() has seen, so
         #: that it may grow and shrink (nobody holds a view of it).
         self._owned = False
-        #: A large frame being read in place (see receive_buffer), and
-        #: how much of it has arrived.
-        self._frame: Optional[bytearray] = None
+        #: A large frame being read in place (see receive_buffer): its
+        #: pieces, all full but the last, of which _piece_filled bytes
+        #: are filled; _filled of its _total bytes (header included)
+        #: have arrived.
+        self._pieces: Optional[list[Union[bytes, bytearray]]] = None
+        self._piece_filled = 0
         self._filled = 0
+        self._total = 0
 
     def feed(self, data: bytes) -> None:
         """See `IFrameReader`."""
-        if self._frame is not None:
+        if self._pieces is not None:
             self._feed_frame(data)
             return
         chunk = self.chunk
@@ -192,26 +215,45 @@ class FrameReader:
 
     def receive_buffer(self) -> Optional[memoryview]:
         """See `IFrameReader`."""
-        frame = self._frame
-        if frame is None:
-            chunk = self.chunk
-            pos = self.pos
-            held = len(chunk) - pos
-            if held < HEADER_SIZE:
+        pieces = self._pieces
+        if pieces is None:
+            if not self._start_frame():
                 return None
-            total = HEADER_SIZE + _unpack_header(chunk, pos)[0]
-            if (total < HEADER_SIZE + DIRECT_FRAME_SIZE or held >= total
-                    or held * DIRECT_FRAME_SHARE < total
-                    or total - HEADER_SIZE > self.max_frame_size):
-                return None
-            # chunk[pos:] is the start of this frame and nothing else.
-            frame = self._frame = bytearray(total)
-            frame[:held] = memoryview(chunk)[pos:]
-            self._filled = held
-            self.chunk = b""
-            self.pos = 0
-            self._owned = False
-        return memoryview(frame)[self._filled:]
+            pieces = self._pieces
+        last = pieces[-1]  # type: ignore[index]
+        if self._piece_filled == len(last):
+            last = bytearray(_piece_size(self._filled, self._total - self._filled))
+            pieces.append(last)  # type: ignore[union-attr]
+            self._piece_filled = 0
+        return memoryview(last)[self._piece_filled:]
+
+    def _start_frame(self) -> bool:
+        # Start reading the frame at chunk[pos:] in place, if it is large.
+        chunk = self.chunk
+        pos = self.pos
+        held = len(chunk) - pos
+        if held < HEADER_SIZE:
+            return False
+        total = HEADER_SIZE + _unpack_header(chunk, pos)[0]
+        if (total < HEADER_SIZE + DIRECT_FRAME_SIZE or held >= total
+                or total - HEADER_SIZE > self.max_frame_size):
+            return False
+        # chunk[pos:] is the start of this frame and nothing else.
+        if _piece_size(held, total - held) == total - held:
+            # The rest comes in one piece: one buffer for it all.
+            whole = bytearray(total)
+            whole[:held] = memoryview(chunk)[pos:]
+            self._pieces = [whole]
+        else:
+            # What came is the first piece (as it is, or cut out of the
+            # chunk); the next ones double the frame each time.
+            self._pieces = [chunk[pos:] if pos else chunk]
+        self._piece_filled = self._filled = held
+        self._total = total
+        self.chunk = b""
+        self.pos = 0
+        self._owned = False
+        return True
 
     def pin(self) -> None:
         """See `IFrameReader`."""
@@ -219,32 +261,36 @@ class FrameReader:
 
     def received(self, nbytes: int) -> None:
         """See `IFrameReader`."""
-        frame = self._frame
-        if frame is None or not 0 <= nbytes <= len(frame) - self._filled:
+        pieces = self._pieces
+        if pieces is None or not 0 <= nbytes <= len(pieces[-1]) - self._piece_filled:
             raise LocalProtocolError(
                 f"received({nbytes}) without a receive_buffer() that large")
+        self._piece_filled += nbytes
         self._filled += nbytes
-        if self._filled == len(frame):
-            # Complete: the frame is the chunk, never resized (the I/O
-            # layer may still hold a view of it).
-            self._frame = None
-            self.chunk = frame
+        if self._filled == self._total:
+            # Complete: the frame becomes the chunk.  A single buffer is
+            # never resized (the I/O layer may still hold a view of it);
+            # pieces are joined, the frame's only copy.
+            self._pieces = None
+            self.chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
             self.pos = 0
 
     def _feed_frame(self, data: Any) -> None:
         # Fed the ordinary way while a frame is read in place.
-        frame = self._frame
-        filled = self._filled
-        size = len(data)
-        if size <= len(frame) - filled:  # type: ignore[arg-type]
-            frame[filled:filled + size] = data  # type: ignore[index]
-            self.received(size)
+        view = memoryview(data).cast("B")
+        if len(view) <= self._total - self._filled:
+            while view:
+                target = self.receive_buffer()
+                size = min(len(target), len(view))  # type: ignore[arg-type]
+                target[:size] = view[:size]  # type: ignore[index]
+                self.received(size)
+                view = view[size:]
             return
         # More than the frame: back to one growable buffer.
-        rest = bytearray(memoryview(frame)[:filled])  # type: ignore[arg-type]
-        rest += data
-        self._frame = None
-        self.chunk = rest
+        pieces = self._pieces
+        last = memoryview(pieces[-1])[:self._piece_filled]  # type: ignore[index]
+        self.chunk = bytearray().join([*pieces[:-1], last, view])  # type: ignore[index]
+        self._pieces = None
         self.pos = 0
         self._owned = True
 
@@ -269,7 +315,7 @@ class FrameReader:
     @property
     def buffered(self) -> int:
         """See `IFrameReader`."""
-        return len(self.chunk) - self.pos + (self._filled if self._frame is not None else 0)
+        return len(self.chunk) - self.pos + (self._filled if self._pieces is not None else 0)
 
     def __repr__(self) -> str:
         return (

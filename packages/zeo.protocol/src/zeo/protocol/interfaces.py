@@ -46,9 +46,13 @@ class IFrameReader(Interface):
         """Return a writable ``memoryview`` to read the next bytes into
         directly, or ``None`` (then ``feed`` what was read).
 
-        Offered while a large frame is in progress, once enough of it
-        has arrived; its size is what the frame still lacks.  Call
-        ``received`` with the number of bytes written into it.
+        Offered while a large frame is in progress (once its header has
+        arrived); never empty, and never larger than what the frame
+        still lacks.  Its size follows the bytes received, not the size
+        the header announces: what the reader holds stays within a small
+        constant factor of what arrived (see `zeo.protocol.framing`), so
+        a frame may take several buffers.  Call ``received`` with the
+        number of bytes written into it.
         """
 
     def pin():
@@ -213,7 +217,8 @@ class IProtocolConnection(Interface):
         """A buffer to read the next bytes into directly, or ``None``
         (then pass what was read to ``receive_data``).  See
         `IFrameReader.receive_buffer`: offered while a large frame (a blob
-        chunk) arrives, to spare copying it."""
+        chunk) arrives, so that it is read into buffers of its own rather
+        than copied out of the caller's."""
 
     def received_into(nbytes):
         """Like ``receive_data`` for *nbytes* written into the last

@@ -21,7 +21,9 @@ from zeo.protocol.events import Call
 from zeo.protocol.events import OneWayCall
 from zeo.protocol.events import ProtocolAgreed
 from zeo.protocol.events import Reply
+from zeo.protocol.framing import MIN_PIECE_SIZE
 from zeo.protocol.framing import frame
+from zeo.protocol.framing import frame_header
 from zeo.protocol.tests.support import OID
 from zeo.protocol.tests.support import TID1
 from zeo.protocol.tests.support import connected_pair
@@ -138,6 +140,69 @@ class LargePayloadTests(unittest.TestCase):
             frame(msgpack.packb((1, 0, ".reply", b"z" * LARGE_PAYLOAD_SIZE))))
         with self.assertRaises(RemoteProtocolError):
             server2.next_event()
+
+
+def read_into_offers(connection, data, read_size):
+    """Pass *data* to *connection* as the asyncio adapters do: read into
+    the buffer it offers, else into a buffer of our own, and ask for a
+    buffer once more at the end (as an event loop does before its next
+    read); returns the events, each drained as soon as it is there."""
+    own = memoryview(bytearray(read_size))
+    events, start = [], 0
+    while start < len(data):
+        target = connection.receive_buffer()
+        buffer = own if target is None else target
+        size = min(read_size, len(buffer), len(data) - start)
+        buffer[:size] = data[start:start + size]
+        start += size
+        del buffer
+        if target is None:
+            connection.receive_data(own[:size])
+        else:
+            del target
+            connection.received_into(size)
+        events.extend(drain(connection))
+    connection.receive_buffer()
+    return events
+
+
+class ReceivingMemoryTests(unittest.TestCase):
+    """What a connection holds for a large message grows with the bytes
+    received, never with the size its frame header announces."""
+
+    READ_SIZE = 256 * 1024
+
+    def test_a_frame_announced_at_64_mib_of_which_4_arrive(self):
+        # The old reader allocated (and zero-filled) all 64 MiB.
+        server, client = connected_pair("M")
+        head = client.send(OneWayCall("storeBlobChunk", (b"c" * 1000,)))
+        data = frame_header(64 << 20) + head[4:] + b"b" * (4 << 20)
+        with TracedMemory() as memory:
+            events = read_into_offers(server, data, self.READ_SIZE)
+            peak = memory.peak()
+        self.assertEqual(events, [])
+        self.assertLess(peak, self.bound(data))
+
+    def bound(self, data):
+        # Twice what arrived, the reader's slack and our own read buffer.
+        return 2 * len(data) + 2 * MIN_PIECE_SIZE + self.READ_SIZE + 10_000
+
+    def test_blob_chunks_of_1_and_60_mib_are_copied_once(self):
+        # Read into the pieces the reader offers, joined once (the pieces
+        # and the frame are held together for that moment), the chunk a
+        # view of the frame.
+        server, client = connected_pair("M")
+        for size in (1 << 20, 60 << 20):
+            with self.subTest(size=size):
+                chunk = bytes(range(256)) * (size // 256)
+                data = client.send(OneWayCall("storeBlobChunk", (chunk,)))
+                with TracedMemory() as memory:
+                    [event] = read_into_offers(server, data, self.READ_SIZE)
+                    peak = memory.peak()
+                self.assertIsInstance(event.args[0], memoryview)
+                self.assertEqual(event.args[0], chunk)
+                self.assertLess(peak, self.bound(data))
+                del event, chunk, data
 
 
 class EncodingMemoryTests(unittest.TestCase):

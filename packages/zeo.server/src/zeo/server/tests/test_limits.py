@@ -9,7 +9,10 @@ import unittest
 
 import zeo.server
 from zeo.protocol import ProtocolLimits
+from zeo.protocol.framing import frame_header
+from zeo.server.admin import status
 from zeo.server.tests.rawclient import RawClient
+from zeo.server.tests.serverprocess import ServerProcess
 
 Z64 = b"\0" * 8
 
@@ -131,6 +134,47 @@ class LimitTests(unittest.TestCase):
             self.assertLess(time.monotonic(), deadline, "the idle client is still connected")
             time.sleep(0.1)
         idle.close()
+
+
+class AnnouncedFrameTests(unittest.TestCase):
+    """A server's memory grows with the bytes its clients send, never with
+    the sizes their frame headers announce."""
+
+    CONNECTIONS = 8
+    ANNOUNCED = 64 << 20   # the default maximum frame size
+    SENT = (4 << 20) + (512 << 10)   # a sixteenth of 64 MiB, and more
+
+    def test_frames_announced_at_64_mib_cost_what_was_sent(self):
+        # Each client registers, then announces a 64 MiB frame and sends
+        # 4.5 MiB of it.  The old frame reader allocated the whole frame
+        # once a sixteenth of it was there: 540 MiB more for these 36.
+        directory = tempfile.mkdtemp(prefix="zeo-limits-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        server = ServerProcess(directory)
+        self.addCleanup(server.stop)
+        clients = [server.client() for _ in range(self.CONNECTIONS)]
+        for client in clients:
+            self.addCleanup(client.close)
+        received = status(server.address)["1"]["bytes_in"]
+        before = server.rss_kib() * 1024
+        body = b"b" * self.SENT
+        for client in clients:
+            client.sock.sendall(frame_header(self.ANNOUNCED) + body)
+        # Until the server has read it all (its counter of bytes in).
+        expected = received + self.CONNECTIONS * (4 + self.SENT)
+        deadline = time.monotonic() + 30
+        while status(server.address)["1"]["bytes_in"] < expected:
+            self.assertLess(time.monotonic(), deadline, "the server did not read it all")
+            time.sleep(0.05)
+        time.sleep(0.2)  # and asked for its next buffers
+        grown = server.rss_kib() * 1024 - before
+        sent = self.CONNECTIONS * self.SENT
+        self.assertLess(grown, 3 * sent + (16 << 20),
+                        f"{grown >> 20} MiB more for {sent >> 20} MiB sent")
+        # The server goes on.
+        other = server.client()
+        self.assertEqual(other.call("lastTransaction"), Z64)
+        other.close()
 
 
 if __name__ == "__main__":
