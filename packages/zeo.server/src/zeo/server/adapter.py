@@ -290,6 +290,10 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self._pending.append(messages)
         self._drain()
 
+    @property
+    def writing_paused(self) -> bool:
+        return self._paused
+
     def run_in_thread(self, function: Any) -> Delayed:
         return self.server.run_in_thread(function)
 
