@@ -19,7 +19,8 @@ from zeo.server.loops import DEFAULT_EVENT_LOOP, check_event_loop
 Address = Union[tuple[str, int], str]
 
 #: The reference documents 30 s; we make it the real default. A transaction
-#: that holds the commit lock longer than this is aborted.
+#: that holds the commit lock longer than this is aborted, and the votes
+#: waiting for the lock are answered with ConflictError (commit_lock, Rule 5).
 DEFAULT_TRANSACTION_TIMEOUT = 30.0
 #: A connection that has not finished the handshake by then is closed.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
