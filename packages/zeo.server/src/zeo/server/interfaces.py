@@ -286,9 +286,9 @@ class ISessionPeer(Interface):
         the next one only when the transport can take more (blob
         downloads). Whatever is sent after it waits until it is done."""
 
-    writing_paused = Attribute(
-        "True while the connection's output is backed up (the client is not"
-        " reading what it is sent).")
+    writing_paused_for = Attribute(
+        "Seconds the connection's output has been backed up without a break"
+        " (the client not reading what it is sent), 0.0 when it is not.")
 
     def run_in_thread(function):
         """Run the blocking *function* off the event loop; return a

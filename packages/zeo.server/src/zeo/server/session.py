@@ -331,13 +331,16 @@ class StorageSession:
                     "the transaction was aborted while its vote waited for"
                     " the commit lock"))
             return
-        if self.peer.writing_paused:
+        stalled = self.peer.writing_paused_for
+        limit = self.served.config.reader_stall_timeout  # type: ignore[union-attr]
+        if limit is not None and stalled >= limit:
             # A client that does not read would hold the lock, unanswerable,
             # until the transaction timeout: pass it over (the lock goes on
             # to the next waiter) with a reply it can retry on.
             self._refuse_vote(
-                delayed, "its vote was granted the commit lock while the client"
-                " was not reading its replies; passed over",
+                delayed, f"its turn for the commit lock came while its replies had"
+                f" been left unread for {stalled:.1f} s (reader-stall-timeout"
+                f" {limit:g} s); passed over",
                 "the commit lock was passed over because this client was not"
                 " reading its replies; retry the transaction")
             return

@@ -18,7 +18,6 @@ import time
 import unittest
 
 import transaction
-from ZODB.POSException import ConflictError
 
 import zeo.server
 from zeo.protocol import Call
@@ -40,12 +39,13 @@ def label(client):
 
 class StarvationTestBase(unittest.TestCase):
     timeout = 1.0
+    server_options: dict = {}
 
     def setUp(self):
         self.directory = tempfile.mkdtemp(prefix="zeo-starvation-")
         self.address, self.stop = zeo.server.server(
             path=os.path.join(self.directory, "Data.fs"),
-            transaction_timeout=self.timeout)
+            transaction_timeout=self.timeout, **self.server_options)
         self.clients = []
 
     def tearDown(self):
@@ -89,6 +89,38 @@ class StarvationTestBase(unittest.TestCase):
                 voters.append((voter, voter.send_call("vote", 1)))
         self.wait_until_waiting(count - 1)
         return voters
+
+    def deaf_voter_queued(self):
+        """A committer holding the lock, a voter queued behind it that stops
+        reading (the server has stopped reading it too: its output is
+        backed up), and an honest voter queued last."""
+        holder, deaf, honest = self.client(), self.client(), self.client()
+        oids = holder.call("new_oids", 4)
+        holder.commit(1, [(oids[3], Z64, b"x" * (4 << 20))])
+        self.begin(holder, 2, oids[0])
+        holder.call("vote", 2)
+        self.begin(deaf, 3, oids[1])
+        deaf_vote = deaf.send_call("vote", 3)
+        self.wait_until_waiting(1)
+        # Replies it does not read, then requests the server no longer
+        # reads (they are never looked at), until our sending blocks for
+        # two seconds: the server has stopped reading, as it does only
+        # while the output is backed up.
+        for _ in range(8):
+            deaf.send_call("loadBefore", oids[3], MAXTID)
+        deaf.sock.settimeout(2.0)
+        padding = deaf.connection.send(Call(10 ** 6, "ping", (b"-" * (1 << 20),)))
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline:
+                deaf.sock.sendall(padding)
+            self.fail("the server kept reading a client that does not read")
+        except socket.timeout:
+            pass
+        self.begin(honest, 4, oids[2])
+        honest_vote = honest.send_call("vote", 4)
+        self.wait_until_waiting(2)
+        return holder, (deaf, deaf_vote), (honest, honest_vote)
 
     def assert_silent_voters_dropped(self, voters, logs):
         holder = voters[0][0]
@@ -191,46 +223,75 @@ class WaiterTests(StarvationTestBase):
         with self.assertRaises(ServerError):     # aborted with its connection
             holder.call("loadBefore", oids[1], MAXTID)
 
+
+class DeafVoterTests(StarvationTestBase):
+    timeout = 60.0
+    server_options = {"reader_stall_timeout": 0.2}
+
     def test_a_voter_that_stops_reading_is_passed_over(self):
-        # Its turn comes while its output is backed up: it could not be
-        # told, and would hold the lock until the timeout.
-        holder, deaf, honest = self.client(), self.client(), self.client()
-        oids = holder.call("new_oids", 4)
-        big = b"x" * (4 << 20)
-        holder.commit(1, [(oids[3], Z64, big)])
-        self.begin(holder, 2, oids[0])
-        holder.call("vote", 2)
-        self.begin(deaf, 3, oids[1])
-        vote = deaf.send_call("vote", 3)
-        self.wait_until_waiting(1)
+        # Its turn comes while its replies have been unread for longer than
+        # reader-stall-timeout: it could not be told it has the lock, and
+        # would hold it until the transaction timeout.
         with self.assertLogs("zeo.server", logging.WARNING) as logs:
-            # Replies it does not read, until the server stops reading it
-            # (its output is paused); the padding is never looked at.
-            for _ in range(8):
-                deaf.send_call("loadBefore", oids[3], MAXTID)
-            deaf.sock.settimeout(1.0)
-            frame = deaf.connection.send(Call(10 ** 6, "ping", (b"-" * (1 << 20),)))
-            deadline = time.monotonic() + 60
-            try:
-                while time.monotonic() < deadline:
-                    deaf.sock.sendall(frame)
-                self.fail("the server kept reading a client that does not read")
-            except socket.timeout:
-                pass
-            self.begin(honest, 4, oids[2])
-            honest_vote = honest.send_call("vote", 4)
-            self.wait_until_waiting(2)
+            holder, (deaf, deaf_vote), (honest, honest_vote) = self.deaf_voter_queued()
             holder.call("tpc_finish", 2)
             honest.sock.settimeout(10)
             self.assertEqual(honest.wait_reply(honest_vote), ())
             honest.call("tpc_finish", 4)
         deaf.sock.settimeout(30)
         with self.assertRaises(ServerError) as caught:
-            deaf.wait_reply(vote)
+            deaf.wait_reply(deaf_vote)
         self.assertEqual(caught.exception.class_name, CONFLICT)
         self.assertIn("not reading", str(caught.exception.payload))
-        self.assertTrue([line for line in logs.output
-                         if label(deaf) in line and "ConflictError" in line])
+        lines = [line for line in logs.output if label(deaf) in line]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("reader-stall-timeout", lines[0])
+
+
+class SlowReaderTests(StarvationTestBase):
+    timeout = 60.0
+    server_options = {"reader_stall_timeout": 60.0}
+
+    def test_a_voter_that_reads_again_in_time_keeps_its_turn(self):
+        # Output backed up for less than reader-stall-timeout (a client
+        # reading a big blob, say) is no reason to pass a voter over.
+        holder, (slow, slow_vote), (honest, honest_vote) = self.deaf_voter_queued()
+        holder.call("tpc_finish", 2)
+        slow.sock.settimeout(30)
+        self.assertEqual(slow.wait_reply(slow_vote), ())   # reads at last
+        honest.sock.settimeout(0.3)
+        with self.assertRaises(socket.timeout):
+            honest.wait_reply(honest_vote)      # still waiting its turn
+        honest.sock.settimeout(30)
+        # The slow client's stream ends in the middle of a padding frame,
+        # so it cannot send tpc_finish: it leaves, and its vote is aborted.
+        slow.close()
+        self.assertEqual(honest.wait_reply(honest_vote), ())
+        honest.call("tpc_finish", 4)
+
+
+class ReaderStallTimeoutSettingTests(unittest.TestCase):
+
+    def test_default_and_validation(self):
+        from zeo.server.config import DEFAULT_READER_STALL_TIMEOUT, ServerConfig
+        self.assertEqual(ServerConfig().reader_stall_timeout, DEFAULT_READER_STALL_TIMEOUT)
+        self.assertIsNone(ServerConfig(reader_stall_timeout=None).reader_stall_timeout)
+        for bad in (0, -1.0, float("nan"), True, "5"):
+            with self.assertRaises(ValueError, msg=repr(bad)):
+                ServerConfig(reader_stall_timeout=bad)
+
+    def test_zconfig_key(self):
+        from zeo.server.config import DEFAULT_READER_STALL_TIMEOUT
+        from zeo.server.zconfig import load
+        directory = tempfile.mkdtemp(prefix="zeo-starvation-")
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "zeo.conf")
+        for line, expected in (("reader-stall-timeout 2.5", 2.5),
+                               ("", DEFAULT_READER_STALL_TIMEOUT)):
+            with open(path, "w") as f:
+                f.write(f"<zeo>\n address 127.0.0.1:0\n {line}\n</zeo>\n"
+                        f"<filestorage 1>\n path {directory}/Data.fs\n</filestorage>\n")
+            self.assertEqual(load(path).config.reader_stall_timeout, expected)
 
 
 if __name__ == "__main__":
