@@ -362,12 +362,12 @@ class StorageSession:
             delayed, f"its vote waited {waited:.1f} s for the commit lock, whose"
             f" holder timed out; dropped from the queue",
             f"the commit lock was busy for {waited:.1f} s and its holder timed"
-            f" out after {timeout} s; retry the transaction")
+            f" out after {timeout:g} s; retry the transaction")
 
     def _refuse_vote(self, delayed: Delayed, why: str, message: str) -> None:
         """Answer a waiting vote with a ConflictError (a TransientError:
         ZODB applications retry it) and abort its transaction."""
-        logger.warning("%s: %s; answered with ConflictError", self.label, why)
+        logger.warning("%.200s: %s; answered with ConflictError", self.label, why)
         self._waiting_vote = None
         try:
             delayed.fail(ConflictError(message=message))
