@@ -32,9 +32,9 @@ K = 4
 
 
 def label(client):
-    """How the server names *client*'s connection in its log."""
+    """How the server's log lines about *client*'s connection begin."""
     host, port = client.sock.getsockname()[:2]
-    return f"{host}:{port}"
+    return f"{host}:{port}: "
 
 
 class StarvationTestBase(unittest.TestCase):
