@@ -32,6 +32,7 @@ import asyncio
 import collections
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ZODB.POSException import ConflictError, POSKeyError
@@ -85,6 +86,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
             encoding=self.config.encoding, limits=self.config.limits)
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._paused = False
+        self._paused_at = 0.0    # time.monotonic() at pause_writing
         self._reading_paused = False
         self._buffer = server.receive_buffer
         # What get_buffer last returned, if not the shared buffer.
@@ -185,6 +187,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._paused = True
+        self._paused_at = time.monotonic()
 
     def resume_writing(self) -> None:
         self._paused = False
@@ -289,6 +292,12 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self._flush()  # what was sent before goes first
         self._pending.append(messages)
         self._drain()
+
+    @property
+    def writing_paused_for(self) -> float:
+        if not self._paused:
+            return 0.0
+        return time.monotonic() - self._paused_at
 
     def run_in_thread(self, function: Any) -> Delayed:
         return self.server.run_in_thread(function)

@@ -33,8 +33,22 @@ If the session's callbacks raise, the exception goes to the event loop's
 exception handler and the lock stays held until the owner releases or
 disconnects.
 
+Rule 5: a timeout empties the queue.  When the watchdog fires, every
+waiter leaves the queue before ``on_timeout`` runs, and its
+``on_dropped(waited)`` callback is scheduled with ``call_soon`` (the
+session answers the vote with a ConflictError, which ZODB applications
+retry).  A client that votes and then goes silent is indistinguishable
+from an honest voter while both wait; granting the queue in order would
+let K such voters hold the lock one after the other, K timeouts in all.
+Emptying the queue bounds what silent voters queued together cost
+everyone else to one timeout: the honest clients retry at once, the
+silent ones do not.  Under ordinary contention nothing times out and the
+queue stays strictly FIFO, however long it is.  A dropped owner that has
+already asked again, or holds the lock again, is not called back.
+
 States, per owner: absent -> WAITING -> HOLDING -> absent, or
-absent -> HOLDING -> absent; ``release`` goes to absent from any state.
+absent -> HOLDING -> absent, or absent -> WAITING -> absent (released,
+or dropped by Rule 5); ``release`` goes to absent from any state.
 """
 from __future__ import annotations
 
@@ -63,6 +77,7 @@ CallLater = Callable[[float, Callable[[], None]], Any]
 
 class _Waiter(NamedTuple):
     on_granted: Callable[[], None]
+    on_dropped: Optional[Callable[[float], None]]
     since: float
 
 
@@ -149,8 +164,9 @@ class CommitLock:
         """See `ICommitLock`."""
         return self._timed_out
 
-    def request(self, owner: Hashable,
-                on_granted: Callable[[], None]) -> bool:
+    def request(self, owner: Hashable, on_granted: Callable[[], None],
+                on_dropped: Optional[Callable[[float], None]] = None,
+                ) -> bool:
         """See `ICommitLock`."""
         if owner is None:
             raise ValueError("the commit lock's owner must not be None")
@@ -166,7 +182,7 @@ class CommitLock:
         if self._holder is None:
             self._take(owner)
             return True
-        self._waiters[owner] = _Waiter(on_granted, self._clock())
+        self._waiters[owner] = _Waiter(on_granted, on_dropped, self._clock())
         return False
 
     def release(self, owner: Hashable) -> bool:
@@ -215,10 +231,25 @@ class CommitLock:
         if self._is_current(owner, grant):
             on_granted()
 
+    def _notify_dropped(self, owner: Hashable,
+                        on_dropped: Callable[[float], None],
+                        waited: float) -> None:
+        if owner != self._holder and owner not in self._waiters:
+            on_dropped(waited)
+
     def _expire(self, owner: Hashable, grant: int) -> None:
         if not self._is_current(owner, grant):
             return
         self._timer = None
         self._timed_out = True
+        # Rule 5: the queue goes first, so the holder's release (in
+        # on_timeout) hands the lock to nobody who was waiting.
+        dropped, self._waiters = self._waiters, {}
+        now = self._clock()
+        for waiter_owner, waiter in dropped.items():
+            if waiter.on_dropped is not None:
+                self._call_soon(functools.partial(
+                    self._notify_dropped, waiter_owner, waiter.on_dropped,
+                    max(0.0, now - waiter.since)))
         # Checked in __init__: on_timeout is set when timeout is.
         self._on_timeout(owner)  # type: ignore[misc]

@@ -19,7 +19,8 @@ from zeo.server.loops import DEFAULT_EVENT_LOOP, check_event_loop
 Address = Union[tuple[str, int], str]
 
 #: The reference documents 30 s; we make it the real default. A transaction
-#: that holds the commit lock longer than this is aborted.
+#: that holds the commit lock longer than this is aborted, and the votes
+#: waiting for the lock are answered with ConflictError (commit_lock, Rule 5).
 DEFAULT_TRANSACTION_TIMEOUT = 30.0
 #: A connection that has not finished the handshake by then is closed.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
@@ -36,6 +37,12 @@ DEFAULT_MAX_ITERATORS = 100
 #: The packages whose persistent classes may resolve write conflicts on the
 #: server (see zeo.server.conflicts).
 DEFAULT_CONFLICT_RESOLUTION_PACKAGES = ("BTrees", "persistent", "ZODB")
+#: Seconds a connection's replies may stay backed up (the client not
+#: reading them) before its turn for the commit lock passes it over: its
+#: waiting vote is answered with ConflictError instead of taking the lock it
+#: could not be told about. Honest clients drain within moments, even while
+#: a blob streams to them.
+DEFAULT_READER_STALL_TIMEOUT = 5.0
 #: Bytes one transaction may spool (stores and blobs) before its commit.
 DEFAULT_MAX_SPOOL_SIZE = 1 << 30
 #: Bytes of replies and notifications one connection may have waiting to be
@@ -75,6 +82,7 @@ class ServerConfig:
     invalidation_age: float | None = None
     transaction_timeout: float | None = DEFAULT_TRANSACTION_TIMEOUT
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    reader_stall_timeout: float | None = DEFAULT_READER_STALL_TIMEOUT
     client_conflict_resolution: bool = False
     msgpack: bool = True
     max_connections: int = DEFAULT_MAX_CONNECTIONS
@@ -100,6 +108,7 @@ class ServerConfig:
         _check_seconds("invalidation_age", self.invalidation_age)
         _check_seconds("transaction_timeout", self.transaction_timeout)
         _check_seconds("handshake_timeout", self.handshake_timeout, allow_none=False)
+        _check_seconds("reader_stall_timeout", self.reader_stall_timeout)
         _check_count("max_connections", self.max_connections)
         _check_count("max_iterators", self.max_iterators)
         if self.max_spool_size is not None:

@@ -93,7 +93,10 @@ class ICommitLock(Interface):
     lock does not release itself: the callback is expected to abort the
     owner's transaction, which calls ``release``.  (Releasing behind the
     session's back would let the next voter begin a storage transaction
-    while the previous one is still open.)
+    while the previous one is still open.)  Before that callback, a
+    timeout empties the queue: each waiter's ``on_dropped`` is scheduled
+    instead of ever granting it, so silent voters queued together cost
+    the others one timeout, not one each.
     """
 
     holder = Attribute("The owner holding the lock, or None.")
@@ -114,7 +117,7 @@ class ICommitLock(Interface):
         "True if the current holder's timeout has fired and it has not "
         "released the lock yet.")
 
-    def request(owner, on_granted):
+    def request(owner, on_granted, on_dropped=None):
         """Ask for the lock on behalf of *owner*.
 
         Return True if the lock was free and is now held by *owner*
@@ -122,6 +125,9 @@ class ICommitLock(Interface):
         holds it: *owner* is queued, and ``on_granted()`` is called later,
         via ``call_soon``, once *owner* has been given the lock.  It is
         not called if *owner* releases (e.g. disconnects) before that.
+        If the holder times out while *owner* waits, *owner* leaves the
+        queue instead and ``on_dropped(waited)`` (seconds it waited) is
+        called via ``call_soon``, unless *owner* has asked again by then.
 
         Raises StorageTransactionError if *owner* already holds or is
         already waiting for the lock, ValueError if *owner* is None.
@@ -279,6 +285,10 @@ class ISessionPeer(Interface):
         """Send an iterator of ``(method, args)`` one-way messages, pulling
         the next one only when the transport can take more (blob
         downloads). Whatever is sent after it waits until it is done."""
+
+    writing_paused_for = Attribute(
+        "Seconds the connection's output has been backed up without a break"
+        " (the client not reading what it is sent), 0.0 when it is not.")
 
     def run_in_thread(function):
         """Run the blocking *function* off the event loop; return a

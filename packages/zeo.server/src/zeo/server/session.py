@@ -18,7 +18,7 @@ import logging
 import os
 from typing import Any, Iterator
 
-from ZODB.POSException import ReadOnlyError, StorageTransactionError
+from ZODB.POSException import ConflictError, ReadOnlyError, StorageTransactionError
 from ZODB.serialize import referencesf
 from zope.interface import implementer, providedBy
 
@@ -315,7 +315,9 @@ class StorageSession:
         txn.discard_blob_upload()
         txn.phase = Phase.VOTING
         delayed = Delayed()
-        if self.served.lock.request(self, lambda: self._vote_now(txn, delayed)):  # type: ignore[union-attr]
+        if self.served.lock.request(  # type: ignore[union-attr]
+                self, lambda: self._vote_now(txn, delayed),
+                lambda waited: self._vote_dropped(txn, delayed, waited)):
             return self._vote(txn)
         self._waiting_vote = delayed
         return delayed
@@ -329,12 +331,48 @@ class StorageSession:
                     "the transaction was aborted while its vote waited for"
                     " the commit lock"))
             return
+        stalled = self.peer.writing_paused_for
+        limit = self.served.config.reader_stall_timeout  # type: ignore[union-attr]
+        if limit is not None and stalled >= limit:
+            # A client that does not read would hold the lock, unanswerable,
+            # until the transaction timeout: pass it over (the lock goes on
+            # to the next waiter) with a reply it can retry on.
+            self._refuse_vote(
+                delayed, f"its turn for the commit lock came while its replies had"
+                f" been left unread for {stalled:.1f} s (reader-stall-timeout"
+                f" {limit:g} s); passed over",
+                "the commit lock was passed over because this client was not"
+                " reading its replies; retry the transaction")
+            return
         try:
             result = self._vote(txn)
         except Exception as error:
             delayed.fail(error)
         else:
             delayed.resolve(result)
+
+    def _vote_dropped(self, txn: PendingTransaction, delayed: Delayed,
+                      waited: float) -> None:
+        """The holder timed out while this vote waited (see commit_lock,
+        Rule 5)."""
+        if self.txn is not txn or delayed.settled:
+            return   # aborted or disconnected meanwhile: already answered
+        timeout = self.served.config.transaction_timeout  # type: ignore[union-attr]
+        self._refuse_vote(
+            delayed, f"its vote waited {waited:.1f} s for the commit lock, whose"
+            f" holder timed out; dropped from the queue",
+            f"the commit lock was busy for {waited:.1f} s and its holder timed"
+            f" out after {timeout:g} s; retry the transaction")
+
+    def _refuse_vote(self, delayed: Delayed, why: str, message: str) -> None:
+        """Answer a waiting vote with a ConflictError (a TransientError:
+        ZODB applications retry it) and abort its transaction."""
+        logger.warning("%.200s: %s; answered with ConflictError", self.label, why)
+        self._waiting_vote = None
+        try:
+            delayed.fail(ConflictError(message=message))
+        finally:
+            self._forget_transaction(aborted=True)
 
     def _vote(self, txn: PendingTransaction) -> Any:
         served = self.served

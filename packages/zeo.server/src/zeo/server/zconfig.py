@@ -81,6 +81,8 @@ def zeo_section(section: Any) -> ZeoSection:
     }
     if section.transaction_timeout is not None:
         fields["transaction_timeout"] = section.transaction_timeout
+    if section.reader_stall_timeout is not None:
+        fields["reader_stall_timeout"] = section.reader_stall_timeout
     if section.msgpack is not None:
         fields["msgpack"] = section.msgpack
     if section.event_loop is not None:

@@ -105,6 +105,9 @@ class Connection:
 class _Peer:
     """The session's side of a connection: encodes what would be sent."""
 
+    #: Everything is "sent" at once: output never backs up.
+    writing_paused_for = 0.0
+
     def __init__(self, harness: Harness, connection: Connection) -> None:
         self.harness = harness
         self.connection = connection

@@ -21,6 +21,9 @@ class Owner:
     def granted(self):
         self.log.append(('granted', self.name))
 
+    def dropped(self, waited):
+        self.log.append(('dropped', self.name, waited))
+
 
 class LoopTestCase(unittest.TestCase):
 
@@ -325,26 +328,143 @@ class TimeoutTests(LoopTestCase):
         self.wait_for_timeout()
         self.assertEqual(self.timeouts, [b])
 
-    def test_regrant_after_timeout(self):
-        a, b = self.owner('a'), self.owner('b')
+    def releasing_lock(self):
+        """A lock whose on_timeout releases, as the session's abort does."""
         fired = self.on_timeout
 
         def on_timeout(owner):
-            # What the session does: abort, which releases.
             self.lock.release(owner)
             fired(owner)
-        self.lock = self._makeOne(on_timeout=on_timeout)
+        return self._makeOne(on_timeout=on_timeout)
+
+    def test_regrant_after_timeout(self):
+        a, b = self.owner('a'), self.owner('b')
+        self.lock = self.releasing_lock()
         self.lock.request(a, a.granted)
-        self.lock.request(b, b.granted)
         self.wait_for_timeout()
         self.assertEqual(self.timeouts, [a])
-        self.assertIs(self.lock.holder, b)
+        self.assertIsNone(self.lock.holder)
+        self.assertTrue(self.lock.request(b, b.granted))
         self.assertFalse(self.lock.holder_timed_out)
-        self.spin()
-        self.assertEqual(self.log, [('granted', 'b')])
         self.wait_for_timeout()
         self.assertEqual(self.timeouts, [a, b])
         self.assertIsNone(self.lock.holder)
+        self.assertEqual(self.log, [])
+
+    # Rule 5: a timeout empties the queue.
+
+    def test_timeout_drops_every_waiter_instead_of_granting(self):
+        self.lock = self.releasing_lock()
+        a, b, c, d = (self.owner(n) for n in 'abcd')
+        self.lock.request(a, a.granted, a.dropped)    # clock 1000
+        for o in (b, c, d):                           # 1001, 1002, 1003
+            self.assertFalse(self.lock.request(o, o.granted, o.dropped))
+        self.wait_for_timeout()                       # swept at 1004
+        self.assertEqual(self.timeouts, [a])
+        # The queue was empty when a released: nobody was granted.
+        self.assertIsNone(self.lock.holder)
+        self.assertEqual(self.lock.waiting, 0)
+        self.assertIsNone(self.lock.waiting_since)
+        self.spin()
+        self.assertEqual(self.log, [('dropped', 'b', 3.0), ('dropped', 'c', 2.0),
+                                    ('dropped', 'd', 1.0)])
+
+    def test_k_silent_waiters_cost_one_timeout(self):
+        # a..d never release (silent voters); e releases as soon as it is
+        # granted and asks again when dropped (a retrying client).
+        self.lock = self.releasing_lock()
+        silent = [self.owner(n) for n in 'abcd']
+        e = self.owner('e')
+        committed = self.loop.create_future()
+
+        def e_granted():
+            self.lock.release(e)
+            committed.set_result(None)
+
+        def e_dropped(waited):
+            self.log.append(('dropped', 'e', waited))
+            if self.lock.request(e, e_granted, e_dropped):
+                e_granted()
+        for o in silent:
+            self.lock.request(o, o.granted, o.dropped)
+        self.lock.request(e, e_granted, e_dropped)
+        self.loop.run_until_complete(asyncio.wait_for(committed, 2.0))
+        # One timeout, not four: b, c and d were never granted.
+        self.assertEqual(self.timeouts, silent[:1])
+        self.assertEqual([entry[:2] for entry in self.log],
+                         [('dropped', n) for n in 'bcde'])
+
+    def test_waiters_are_not_dropped_under_ordinary_contention(self):
+        # Every holder releases within the timeout: the last waiter waits
+        # longer than the timeout in all, and is still granted in turn.
+        owners = [self.owner(n) for n in 'abcd']
+        for o in owners:
+            self.lock.request(o, o.granted, o.dropped)
+        for o in owners:
+            self.assertIs(self.lock.holder, o)
+            self.spin(0.05)
+            self.lock.release(o)
+        self.spin()
+        self.assertEqual(self.timeouts, [])
+        self.assertEqual(self.log, [('granted', n) for n in 'bcd'])
+
+    def test_a_dropped_owner_that_asked_again_is_not_called_back(self):
+        a, b, c = self.owner('a'), self.owner('b'), self.owner('c')
+        fired = self.on_timeout
+
+        def on_timeout(owner):
+            self.lock.release(owner)
+            # Before the notifications run, b asks again and gets the
+            # free lock, c asks again and waits.
+            self.assertTrue(self.lock.request(b, b.granted, b.dropped))
+            self.assertFalse(self.lock.request(c, c.granted, c.dropped))
+            fired(owner)
+        self.lock = self._makeOne(on_timeout=on_timeout)
+        self.lock.request(a, a.granted, a.dropped)
+        self.lock.request(b, b.granted, b.dropped)
+        self.lock.request(c, c.granted, c.dropped)
+        self.wait_for_timeout()
+        self.spin()
+        self.assertEqual(self.log, [])
+        self.assertEqual(self.lock.waiters, (c,))
+
+    def test_waiters_without_on_dropped_just_leave(self):
+        self.lock = self.releasing_lock()
+        a, b = self.owner('a'), self.owner('b')
+        self.lock.request(a, a.granted)
+        self.lock.request(b, b.granted)
+        self.wait_for_timeout()
+        self.spin()
+        self.assertIsNone(self.lock.holder)
+        self.assertEqual(self.lock.waiting, 0)
+        self.assertEqual(self.log, [])
+
+    def test_a_failing_drop_callback_does_not_stop_the_others(self):
+        self.lock = self.releasing_lock()
+        a, b, c = self.owner('a'), self.owner('b'), self.owner('c')
+
+        def boom(waited):
+            raise RuntimeError('session bug')
+        self.lock.request(a, a.granted)
+        self.lock.request(b, b.granted, boom)
+        self.lock.request(c, c.granted, c.dropped)
+        self.wait_for_timeout()
+        self.spin()
+        self.assertEqual(len(self.unexpected), 1)
+        self.unexpected.clear()
+        self.assertEqual([entry[:2] for entry in self.log], [('dropped', 'c')])
+
+    def test_the_queue_is_dropped_before_on_timeout_runs(self):
+        # A session whose abort fails leaves the lock held (Rule 4), but
+        # the waiters are answered all the same.
+        a, b = self.owner('a'), self.owner('b')
+        self.lock.request(a, a.granted)
+        self.lock.request(b, b.granted, b.dropped)
+        self.wait_for_timeout()
+        self.assertIs(self.lock.holder, a)
+        self.assertEqual(self.lock.waiting, 0)
+        self.spin()
+        self.assertEqual([entry[:2] for entry in self.log], [('dropped', 'b')])
 
     def test_stale_timer_does_not_fire_for_new_holder(self):
         # Cancel is the normal path; this checks the grant guard by using

@@ -122,7 +122,7 @@ class CommitTests(SessionTestBase):
 class TimeoutTests(SessionTestBase):
     server_options = {"transaction_timeout": 0.5}
 
-    def test_a_timed_out_committer_is_aborted_and_the_next_voter_proceeds(self):
+    def test_a_timed_out_committer_is_aborted_and_the_waiting_voter_retries(self):
         # The reference closes such a client but keeps the lock forever.
         stalled, waiting = self.client(), self.client()
         oid1, oid2 = self.new_oid(stalled), self.new_oid(stalled)
@@ -130,8 +130,14 @@ class TimeoutTests(SessionTestBase):
         stalled.send("storea", oid1, Z64, b"a", 1)
         stalled.call("vote", 1)      # holds the lock and never finishes
         started = time.monotonic()
-        self.assertIsInstance(waiting.commit(2, [(oid2, Z64, b"b")]), bytes)
+        # The timeout empties the lock's queue (commit_lock, Rule 5): the
+        # waiting vote is answered with a ConflictError, to be retried.
+        with self.assertRaises(ServerError) as caught:
+            waiting.commit(2, [(oid2, Z64, b"b")])
+        self.assertEqual(caught.exception.class_name, "ZODB.POSException.ConflictError")
         self.assertGreater(time.monotonic() - started, 0.3)
+        self.assertIsNone(waiting.call("tpc_abort", 2))   # already aborted
+        self.assertIsInstance(waiting.commit(3, [(oid2, Z64, b"b")]), bytes)
         self.assertTrue(stalled.wait_closed())
 
 
