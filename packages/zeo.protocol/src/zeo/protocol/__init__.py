@@ -11,6 +11,7 @@ from .connection import ConnectionState
 from .connection import Role
 from .connection import ServerConnection
 from .display import PEER_REPR_LIMIT
+from .display import exception_text
 from .display import peer_repr
 from .errors import EncodeError
 from .errors import LocalProtocolError
@@ -73,6 +74,7 @@ __all__ = [
     "ServerConnection",
     # showing peer-supplied values (display.py)
     "PEER_REPR_LIMIT",
+    "exception_text",
     "peer_repr",
     # errors (errors.py)
     "EncodeError",

@@ -1,5 +1,8 @@
 """Showing a value the peer sent in a log line or an error message.
 
+``exception_text(error)`` does the same for an exception, whose message
+may quote such values: ``'KeyError: <int of 16610 bits>'``.
+
 ``peer_repr(value)`` is the one way to do it: a ``repr``-like text of at
 most about ``PEER_REPR_LIMIT`` characters, with the original size added
 when something was cut (``'aaaa'... (62914560 characters)``). It never
@@ -18,7 +21,7 @@ import builtins
 import reprlib
 from typing import Any
 
-__all__ = ["PEER_REPR_LIMIT", "peer_repr"]
+__all__ = ["PEER_REPR_LIMIT", "exception_text", "peer_repr"]
 
 #: Characters of a peer-supplied value shown in a log line or error message.
 PEER_REPR_LIMIT = 200
@@ -125,3 +128,35 @@ def peer_repr(value: Any, limit: int = PEER_REPR_LIMIT) -> str:
         return text
     except Exception:
         return f"<{_type_name(value)} object>"
+
+
+#: Exception classes whose ``str()`` is made from their args, by ``repr``
+#: (KeyError) or ``str`` of each: shown from the args, without building
+#: the whole text first.
+_ARGS_STR = frozenset({BaseException.__str__, KeyError.__str__})
+
+
+def exception_text(error: BaseException, limit: int = PEER_REPR_LIMIT) -> str:
+    """``'ClassName: message'`` of *error*, at most about *limit*
+    characters of message, unprintable characters escaped. Never raises."""
+    name = _type_name(error)
+    try:
+        args = error.args
+        if type(error).__str__ in _ARGS_STR and type(args) is tuple \
+                and not (len(args) == 1 and type(args[0]) is str
+                         and type(error).__str__ is BaseException.__str__):
+            # Already short and escaped.
+            text = peer_repr(args[0] if len(args) == 1 else args, limit) if args else ""
+        else:
+            text = str(error)
+            if type(text) is not str:
+                raise TypeError("__str__ returned a non-str")
+            cut = len(text) > limit
+            text = text[:limit]
+            if not text.isprintable():
+                text = text.encode("unicode_escape").decode("ascii")[:limit]
+            if cut:
+                text += "..."
+    except Exception:
+        text = "<unprintable>"
+    return f"{name}: {text}" if text else name
