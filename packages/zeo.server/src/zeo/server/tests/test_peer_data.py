@@ -17,6 +17,8 @@ import tempfile
 import textwrap
 import unittest
 
+from ZODB.FileStorage import FileStorage
+
 import zeo.server
 from zeo.server.tests.rawclient import RawClient, ServerError
 from zeo.server.tests.test_tools import run
@@ -179,6 +181,32 @@ class PeerDataTests(unittest.TestCase):
         self.assertEqual(status["connections_by_label_omitted"],
                          status["connections"] - 9)
         self.assertLess(len(self.ruok()), SMALL)
+
+
+class OddStorage(FileStorage):
+    """getTid answers what no encoding can carry."""
+
+    def getTid(self, oid):
+        return lambda: None
+
+
+class UnencodableResultTests(unittest.TestCase):
+    """Issue #17 (9): a result that cannot be encoded is answered with an
+    error (as the reference does), not by dropping the connection."""
+
+    def test_an_unencodable_result_is_answered_with_an_error(self):
+        directory = tempfile.mkdtemp(prefix="zeo-peer-data-")
+        self.addCleanup(shutil.rmtree, directory)
+        for msgpack in (True, False):
+            storage = OddStorage(os.path.join(directory, f"{msgpack}.fs"))
+            address, stop = zeo.server.server(storages={"1": storage}, msgpack=msgpack)
+            self.addCleanup(stop)
+            client = RawClient(address)
+            self.addCleanup(client.close)
+            with self.assertRaises(ServerError) as caught:
+                client.call("getTid", Z64)
+            self.assertEqual(caught.exception.class_name, "builtins.ValueError")
+            self.assertIsNone(client.call("ping"))
 
 
 class ConfigTests(unittest.TestCase):
