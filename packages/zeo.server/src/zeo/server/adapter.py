@@ -252,6 +252,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         except Exception as error:
             self._reply_error(call.msgid, method, error)
             return
+        if method == "set_client_label":
+            self._relabel()
         if type(result) is Delayed:
             result.add_callback(
                 lambda error, value: self._settled(call, error, value))
@@ -306,7 +308,11 @@ class ServerProtocol(asyncio.BufferedProtocol):
             return
         if type(result) is Delayed:
             result.add_callback(lambda error, value: self._one_way_settled(method, error))
-        if method == "set_client_label" and self.session is not None:
+        if method == "set_client_label":
+            self._relabel()
+
+    def _relabel(self) -> None:
+        if self.session is not None:
             self.label = f"{self.session.label} ({_describe_peer(self.transport)})"
 
     def _one_way_settled(self, method: str, error: BaseException | None) -> None:

@@ -122,6 +122,7 @@ class PeerDataTests(unittest.TestCase):
         # Its error comes back as an error reply; the connection stays.
         error = self.assert_error_small(client, "storea", Z64, Z64, b"x", 1)
         self.assertEqual(error.class_name, "ZODB.POSException.StorageTransactionError")
+        self.assertTrue(any(line.startswith("called (127.0.0.1:") for line in self.log.lines))
         self.assert_usable(client)
 
     def test_a_call_sent_one_way_is_not_answered_and_keeps_the_connection(self):
