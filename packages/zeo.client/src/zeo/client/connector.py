@@ -66,6 +66,7 @@ from typing import Any, Callable
 from ZODB.POSException import ReadOnlyError, StorageTransactionError
 from ZODB.utils import tid_repr
 from zope.interface import implementer
+from zeo.protocol import exception_text, peer_repr
 
 from zeo.client.cache import CacheConsistencyError
 from zeo.client.config import ClientConfig
@@ -413,7 +414,8 @@ class ConnectionManager:
         if protocol is self.protocol:
             self._deactivate(protocol)
             logger.warning('%s: disconnected from %s%s', self.config.display_name,
-                           describe(protocol.address), f': {exc}' if exc else '')
+                           describe(protocol.address),
+                           f': {exception_text(exc)}' if exc else '')
             if not self.closed:
                 self._start_attempts()
         elif self.protocol is not None and self.protocol.read_only \
@@ -444,7 +446,8 @@ class ConnectionManager:
         elif method in ('receiveBlobStart', 'receiveBlobChunk', 'receiveBlobStop'):
             getattr(self.client, method)(*args)
         else:
-            logger.warning('%r: ignoring the unknown server message %r', protocol, method)
+            logger.warning('%r: ignoring the unknown server message %s', protocol,
+                           peer_repr(method))
 
     # -- consistency ------------------------------------------------------------
 

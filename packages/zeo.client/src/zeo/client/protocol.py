@@ -63,7 +63,7 @@ from zeo.client.errors import ClientDisconnected
 from zeo.protocol import (
     NEED_DATA, Call, ClientConnection, ConnectionClosed, ErrorReply,
     Heartbeat, OneWayCall, ProtocolAgreed, ProtocolError, ProtocolLimits,
-    Reply, client_pickle_globals, zodb_error_table)
+    Reply, client_pickle_globals, exception_text, peer_repr, zodb_error_table)
 
 __all__ = ['ClientProtocol', 'QUIET_ERRORS']
 
@@ -220,7 +220,7 @@ class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
             self._protocol_error(error)
 
     def _protocol_error(self, error: ProtocolError) -> None:
-        logger.error('%r: protocol error: %s', self, error)
+        logger.error('%r: protocol error: %s', self, exception_text(error))
         self.close()
 
     def eof_received(self) -> bool:
@@ -324,12 +324,12 @@ class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
             elif waiter is not None:
                 _settle(waiter, event[3])
             else:
-                logger.warning('%r: reply to an unknown call %r', self, msgid)
+                logger.warning('%r: reply to an unknown call %s', self, peer_repr(msgid))
         elif kind is OneWayCall:
             try:
                 self.handler.server_message(self, event.method, event.args)
             except Exception:
-                logger.exception('%r: handling %s failed', self, event.method)
+                logger.exception('%r: handling %s failed', self, peer_repr(event.method))
         elif kind is ErrorReply:
             self._error_replied(event)
         elif kind is ProtocolAgreed:
@@ -360,8 +360,8 @@ class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
         if not isinstance(error, QUIET_ERRORS):
             logger.info('%r: the server raised %s', self, error.__class__.__name__)
         if waiter is None:
-            logger.warning('%r: error reply to an unknown call %r: %r',
-                           self, event.msgid, error)
+            logger.warning('%r: error reply to an unknown call %s: %s',
+                           self, peer_repr(event.msgid), exception_text(error))
         elif type(waiter) is list:
             for w in waiter:
                 _fail(w, _ERRORS.from_reply(event))

@@ -19,6 +19,7 @@ import tempfile
 from typing import Any
 
 from ZODB.POSException import POSKeyError, Unsupported
+from zeo.protocol import peer_repr
 
 from zeo.client.config import ClientConfig
 from zeo.client.transaction_buffer import blob_upload
@@ -189,8 +190,8 @@ class ClientBlobs:
     def receiveBlobStart(self, oid: bytes, serial: bytes) -> None:
         download = self._downloads.get((oid, serial))
         if download is None:
-            logger.warning('%s: unexpected blob %r/%r from the server',
-                           self.__name__, oid, serial)
+            logger.warning('%s: unexpected blob %s/%s from the server',
+                           self.__name__, peer_repr(oid), peer_repr(serial))
         else:
             download.started = True
 

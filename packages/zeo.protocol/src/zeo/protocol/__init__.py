@@ -10,6 +10,9 @@ from .connection import ClientConnection
 from .connection import ConnectionState
 from .connection import Role
 from .connection import ServerConnection
+from .display import PEER_REPR_LIMIT
+from .display import exception_text
+from .display import peer_repr
 from .errors import EncodeError
 from .errors import LocalProtocolError
 from .errors import ProtocolError
@@ -69,6 +72,10 @@ __all__ = [
     "NEED_DATA",
     "Role",
     "ServerConnection",
+    # showing peer-supplied values (display.py)
+    "PEER_REPR_LIMIT",
+    "exception_text",
+    "peer_repr",
     # errors (errors.py)
     "EncodeError",
     "LocalProtocolError",

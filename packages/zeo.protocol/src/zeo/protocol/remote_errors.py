@@ -11,8 +11,12 @@ encodes with msgpack *and* unpickles without globals at the other end:
   (what the reference's msgpack hook does);
 * ``bytearray``/``memoryview`` become ``bytes``;
 * ints msgpack can't carry, strs that aren't valid UTF-8, and any other
-  object become their ``repr()`` (the server can always report an error);
-* nesting is cut off (by ``repr``) below ``MAX_PAYLOAD_DEPTH`` levels.
+  object become their ``repr()``, cut short (see `peer_repr`);
+* nesting is cut off (by ``repr``) below ``MAX_PAYLOAD_DEPTH`` levels;
+* strings, and containers, are cut to a bounded total size, so an error
+  quoting a huge value the client sent is small.
+
+The server can always report an error: ``exception_to_wire`` never raises.
 
 Client side: an ``ErrorTable`` maps class names to *builders*,
 ``builder(class_name, payload) -> exception``.  Nothing is ever imported
@@ -36,6 +40,7 @@ from typing import Tuple
 
 from zope.interface import implementer
 
+from .display import peer_repr
 from .events import ErrorReply
 from .events import MsgId
 from .interfaces import IErrorTable
@@ -46,6 +51,9 @@ __all__ = [
     "Builder",
     "ErrorTable",
     "MAX_PAYLOAD_DEPTH",
+    "MAX_PAYLOAD_ITEMS",
+    "MAX_PAYLOAD_SIZE",
+    "MAX_PAYLOAD_TEXT",
     "RemoteError",
     "args_builder",
     "builtin_error_table",
@@ -60,10 +68,21 @@ Builder = Callable[[str, Any], BaseException]
 #: Containers deeper than this in an error payload are sent as repr().
 MAX_PAYLOAD_DEPTH = 16
 
+#: Characters (or bytes) of one string in an error payload; longer ones are
+#: cut, and a cut string says how long it was.
+MAX_PAYLOAD_TEXT = 2000
+
+#: Characters of all the strings of one error payload together, and items
+#: of all its containers together; beyond these, what is left is cut.
+MAX_PAYLOAD_SIZE = 16 * 1024
+MAX_PAYLOAD_ITEMS = 256
+
 #: Longest repr() we put in a payload.
 _MAX_REPR = 1000
+#: Longest class name shown as it is.
+_MAX_NAME = 200
 
-_PASS_THROUGH = frozenset({type(None), bool, float, bytes})
+_PASS_THROUGH = frozenset({type(None), bool, float})
 _INT_RANGE = range(-(2**63), 2**64)
 
 
@@ -86,7 +105,10 @@ class RemoteError(Exception):
         return self.args[1]
 
     def __str__(self) -> str:
-        return f"{self.args[0]}: {_safe_repr(self.args[1])}"
+        name = self.args[0]
+        if type(name) is not str or not name.isprintable() or len(name) > _MAX_NAME:
+            name = peer_repr(name)
+        return f"{name}: {_safe_repr(self.args[1])}"
 
 
 def qualified_name(cls: type) -> str:
@@ -95,70 +117,120 @@ def qualified_name(cls: type) -> str:
 
 
 def _safe_repr(value: object) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<unrepresentable {type(value).__name__} object>"
-    if len(text) > _MAX_REPR:
-        text = text[: _MAX_REPR - 3] + "..."
-    return text
+    return peer_repr(value, _MAX_REPR)
 
 
-def _plain(value: Any, depth: int) -> Any:
+class _Budget:
+    """What is left of one payload's `MAX_PAYLOAD_SIZE` / `MAX_PAYLOAD_ITEMS`."""
+
+    __slots__ = ("chars", "items")
+
+    def __init__(self) -> None:
+        self.chars = MAX_PAYLOAD_SIZE
+        self.items = MAX_PAYLOAD_ITEMS
+
+    def text(self, value: Any, marker: Any, size: Optional[int] = None) -> Any:
+        """*value* (str or bytes, *size* long), cut to what is left of the budget."""
+        if size is None:
+            size = len(value)
+        room = max(0, min(MAX_PAYLOAD_TEXT, self.chars))
+        if size <= room:
+            self.chars -= size
+            return value
+        self.chars -= room
+        return value[:room] + marker(size)
+
+    def take(self, count: int) -> int:
+        """How many of *count* container items may be sent."""
+        allowed = max(0, min(count, self.items))
+        self.items -= allowed
+        return allowed
+
+
+def _cut_str(size: int) -> str:
+    return f"... ({size} characters)"
+
+
+def _cut_bytes(size: int) -> bytes:
+    return b"... (%d bytes)" % size
+
+
+def _plain(value: Any, depth: int, budget: _Budget) -> Any:
     kind = type(value)
     if kind in _PASS_THROUGH:
         return value
     if kind is int:
-        return value if value in _INT_RANGE else repr(value)
+        return value if value in _INT_RANGE else _safe_repr(value)
     if kind is str:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            return ascii(value)
-        return value
+            value = _safe_repr(value)
+        return budget.text(value, _cut_str)
+    if kind is bytes:
+        return budget.text(value, _cut_bytes)
+    if kind is bytearray or kind is memoryview:
+        size = len(value) if kind is bytearray else value.nbytes
+        return budget.text(bytes(value[:MAX_PAYLOAD_TEXT]), _cut_bytes, size)
     if depth >= MAX_PAYLOAD_DEPTH:
         return _safe_repr(value)
-    if kind is tuple:
-        return tuple([_plain(item, depth + 1) for item in value])
-    if kind is list:
-        return [_plain(item, depth + 1) for item in value]
+    if kind is tuple or kind is list:
+        items = [_plain(item, depth + 1, budget)
+                 for item in value[:budget.take(len(value))]]
+        return tuple(items) if kind is tuple else items
     if kind is dict:
-        return {
-            _plain_key(key): _plain(item, depth + 1) for key, item in value.items()
-        }
+        keep = budget.take(len(value))
+        plain = {}
+        for key, item in value.items():
+            if len(plain) >= keep:
+                break
+            plain[_plain_key(key, budget)] = _plain(item, depth + 1, budget)
+        return plain
     if isinstance(value, BaseException):
-        return _exception_to_wire(value, depth + 1)
-    if kind is bytearray or kind is memoryview:
-        return bytes(value)
+        return _exception_to_wire(value, depth + 1, budget)
     return _safe_repr(value)
 
 
-def _plain_key(key: Any) -> Any:
+def _plain_key(key: Any, budget: _Budget) -> Any:
     # msgpack peers only accept str and bytes map keys.
-    if type(key) is bytes:
-        return key
-    if type(key) is str:
-        return _plain(key, 0)
+    if type(key) is bytes or type(key) is str:
+        return _plain(key, 0, budget)
     return _safe_repr(key)
 
 
-def _exception_to_wire(exc: BaseException, depth: int) -> Tuple[str, Any]:
+def _exception_to_wire(exc: BaseException, depth: int, budget: _Budget) -> Tuple[str, Any]:
     try:
         state = vars(exc)
     except TypeError:  # __slots__-only exception class
         state = {}
     raw = state if state else exc.args
-    return qualified_name(type(exc)), _plain(raw, depth)
+    return qualified_name(type(exc)), _plain(raw, depth, budget)
 
 
 def exception_to_wire(exc: BaseException) -> Tuple[str, Any]:
-    """Return ``(class_name, payload)`` for *exc*, made encodable."""
-    return _exception_to_wire(exc, 0)
+    """Return ``(class_name, payload)`` for *exc*, made encodable.
+
+    Never raises: the payload's strings are cut to `MAX_PAYLOAD_TEXT`, all
+    of them to `MAX_PAYLOAD_SIZE`, its items to `MAX_PAYLOAD_ITEMS`; and an
+    exception whose state can't be flattened at all is sent with its
+    ``repr`` (cut) as its only argument.
+    """
+    try:
+        return _exception_to_wire(exc, 0, _Budget())
+    except Exception:
+        pass
+    try:
+        name = qualified_name(type(exc))
+        if type(name) is not str or not name:
+            raise TypeError(name)
+    except Exception:
+        name = "builtins.Exception"
+    return name, (_safe_repr(exc),)
 
 
 def error_reply(msgid: MsgId, exc: BaseException) -> ErrorReply:
     """The ``ErrorReply`` a server sends when call *msgid* raised *exc*."""
-    class_name, payload = _exception_to_wire(exc, 0)
+    class_name, payload = exception_to_wire(exc)
     return ErrorReply(msgid, class_name, payload)
 
 

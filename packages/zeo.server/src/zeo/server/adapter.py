@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from ZODB.POSException import ConflictError, POSKeyError
 from zeo.protocol import (
-    NEED_DATA, Call, ConnectionClosed, ErrorReply, Heartbeat, OneWayCall,
+    NEED_DATA, Call, ConnectionClosed, EncodeError, ErrorReply, Heartbeat, OneWayCall,
     ProtocolAgreed, ProtocolError, ServerConnection, Status, StatusRequest,
-    exception_to_wire)
+    exception_text, exception_to_wire, peer_repr)
 
 from zeo.server.results import Delayed
-from zeo.server.session import ONE_WAY_METHODS, SYNC_METHODS, StorageSession
+from zeo.server.session import EXPOSED_METHODS, StorageSession
 
 if TYPE_CHECKING:
     from zeo.server.stats import StorageStats
@@ -65,6 +65,10 @@ WRITE_BATCH_SIZE = 64 * 1024
 #: would pause a client's prefetch of a few hundred objects many times.
 WRITE_BUFFER_HIGH = 1024 * 1024
 WRITE_BUFFER_LOW = 256 * 1024
+
+
+#: Characters of a reason for closing a connection put in the log.
+MAX_REASON = 1000
 
 
 def receive_buffer() -> memoryview:
@@ -115,7 +119,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self.label = _describe_peer(transport)
         if not self.server.connection_opened(self):
             return
-        self.session = StorageSession(self.server.storages, self, self.label)
+        self.session = StorageSession(self.server.storages, self, self.label,
+                                      self.config.max_label_length)
         loop = asyncio.get_running_loop()
         self._handshake_timer = loop.call_later(
             self.config.handshake_timeout, self._handshake_timed_out)
@@ -139,7 +144,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
                 self._direct = None
                 self._connection.received_into(nbytes)
         except ProtocolError as error:
-            self.close(f"protocol error: {error}")
+            self.close(f"protocol error: {exception_text(error)}")
             return
         self._handle_input()
 
@@ -162,7 +167,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
                 if self._batch_bytes >= WRITE_BATCH_SIZE:
                     self._flush()
         except ProtocolError as error:
-            self.close(f"protocol error: {error}")
+            self.close(f"protocol error: {exception_text(error)}")
         finally:
             self._batching = False
             self._flush()
@@ -229,10 +234,10 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self._write(self._connection.send(Status(status)))
         self.close(None)
 
-    def _allowed(self, method: str, table: frozenset[str]) -> bool:
+    def _allowed(self, method: str) -> bool:
         session = self.session
-        if method not in table:
-            self.close(f"unknown method {method!r}")
+        if method not in EXPOSED_METHODS:
+            self.close(f"unknown method {peer_repr(method)}")
             return False
         if session is not None and not session.registered and method != "register":
             self.close(f"{method!r} called before register")
@@ -240,47 +245,82 @@ class ServerProtocol(asyncio.BufferedProtocol):
         return True
 
     def _call(self, call: Call) -> None:
+        """Answer a call: every call on an open connection gets a reply or
+        an error reply, whatever its method returns or raises."""
         _, _, method, args = call  # an event is its wire tuple
-        if not self._allowed(method, SYNC_METHODS):
+        if not self._allowed(method):
             return
         try:
             result = getattr(self.session, method)(*args)
         except Exception as error:
             self._reply_error(call.msgid, method, error)
             return
+        if method == "set_client_label":
+            self._relabel()
         if type(result) is Delayed:
             result.add_callback(
                 lambda error, value: self._settled(call, error, value))
         else:
-            self._write(self._connection.send(call.reply(result)))
+            self._reply(call, result)
 
     def _settled(self, call: Call, error: BaseException | None,
                  value: Any) -> None:
         if self.closed:
             return
         if error is None:
-            self._write(self._connection.send(call.reply(value)))
+            self._reply(call, value)
         else:
             self._reply_error(call.msgid, call.method, error)
 
-    def _reply_error(self, msgid: Any, method: str, error: BaseException) -> None:
-        if not isinstance(error, QUIET_ERRORS):
-            logger.warning("%s: %s raised %s: %s", self.label, method,
-                           type(error).__name__, error)
+    def _reply(self, call: Call, result: Any) -> None:
+        try:
+            data = self._connection.send(call.reply(result))
+        except EncodeError as error:
+            # As the reference: the client learns that it has no answer.
+            logger.error("%s: the result of %s cannot be sent: %s", self.label,
+                         call.method, exception_text(error))
+            self._reply_error(call.msgid, call.method,
+                              ValueError(f"the result of {call.method} cannot be encoded"),
+                              log=False)
+            return
+        self._write(data)
+
+    def _reply_error(self, msgid: Any, method: str, error: BaseException,
+                     log: bool = True) -> None:
+        if log and not isinstance(error, QUIET_ERRORS):
+            logger.warning("%s: %s raised %s", self.label, method, exception_text(error))
         class_name, payload = exception_to_wire(error)
-        self._write(self._connection.send(ErrorReply(msgid, class_name, payload)))
+        try:
+            data = self._connection.send(ErrorReply(msgid, class_name, payload))
+        except EncodeError:
+            # Only text left: that always encodes.
+            data = self._connection.send(ErrorReply(
+                msgid, "builtins.ValueError", (exception_text(error),)))
+        self._write(data)
 
     def _one_way(self, method: str, args: tuple[Any, ...]) -> None:
-        if not self._allowed(method, ONE_WAY_METHODS):
+        """Handle a one-way message: no answer, so an error (now, or from a
+        call that answers later) closes the connection."""
+        if not self._allowed(method):
             return
         try:
-            getattr(self.session, method)(*args)
+            result = getattr(self.session, method)(*args)
         except Exception as error:
-            # A one-way call cannot be answered: the connection goes, and
-            # the session aborts its transaction as it closes.
-            self.close(f"{method} failed: {type(error).__name__}: {error}")
-        if method == "set_client_label" and self.session is not None:
+            # The session aborts its transaction as the connection closes.
+            self.close(f"{method} failed: {exception_text(error)}")
+            return
+        if type(result) is Delayed:
+            result.add_callback(lambda error, value: self._one_way_settled(method, error))
+        if method == "set_client_label":
+            self._relabel()
+
+    def _relabel(self) -> None:
+        if self.session is not None:
             self.label = f"{self.session.label} ({_describe_peer(self.transport)})"
+
+    def _one_way_settled(self, method: str, error: BaseException | None) -> None:
+        if error is not None:
+            self.close(f"{method} failed: {exception_text(error)}")
 
     # -- the session's peer (see ISessionPeer) ----------------------------------
 
@@ -309,6 +349,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
             self._flush()  # e.g. the status answer, or replies before a bad request
         self.closed = True
         if reason:
+            if len(reason) > MAX_REASON:   # callers cut peer data; this is a backstop
+                reason = reason[:MAX_REASON] + "..."
             logger.warning("%s: closing the connection: %s", self.label, reason)
         if self.transport is not None:
             self.transport.close()
@@ -386,7 +428,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
                 continue
             except OSError as error:
                 pending.popleft()
-                self.close(f"reading a blob to send failed: {error}")
+                self.close(f"reading a blob to send failed: {exception_text(error)}")
                 return
             # In pieces: a blob chunk is written as read, not copied.
             pieces = self._connection.send_pieces(OneWayCall(method, args))

@@ -51,6 +51,13 @@ DEFAULT_MAX_SPOOL_SIZE = 1 << 30
 #: at least one message of the largest size: when not configured, the limit
 #: is this or twice the frame limit, whichever is larger.
 DEFAULT_MAX_OUTPUT_BUFFER = 128 << 20
+#: Characters of a client's label (``set_client_label``) kept; a longer
+#: label is cut, with one log line per connection.
+DEFAULT_MAX_LABEL_LENGTH = 200
+#: Labels listed in a storage's ``connections_by_label`` status (``ruok``,
+#: ``server_status``): those with the most connections; the rest are
+#: counted together under ``connections_by_label_omitted``.
+DEFAULT_MAX_STATUS_LABELS = 100
 
 
 def _check_seconds(name: str, value: Any, *, allow_none: bool = True) -> float | None:
@@ -90,6 +97,8 @@ class ServerConfig:
     max_spool_size: int | None = DEFAULT_MAX_SPOOL_SIZE
     blob_chunk_size: int = DEFAULT_BLOB_CHUNK_SIZE
     max_output_buffer: int | None = None
+    max_label_length: int = DEFAULT_MAX_LABEL_LENGTH
+    max_status_labels: int = DEFAULT_MAX_STATUS_LABELS
     limits: ProtocolLimits = dataclasses.field(default_factory=ProtocolLimits)
     ssl: _ssl.SSLContext | None = None
     #: ``"uvloop"`` or ``"asyncio"`` (see zeo.server.loops).
@@ -120,6 +129,8 @@ class ServerConfig:
                 f" maximum frame size {self.limits.max_frame_size}")
         if self.max_output_buffer is not None:
             _check_count("max_output_buffer", self.max_output_buffer)
+        _check_count("max_label_length", self.max_label_length)
+        _check_count("max_status_labels", self.max_status_labels, 0)
         if self.output_buffer_limit < self.limits.max_frame_size:
             raise ValueError(
                 f"max_output_buffer {self.max_output_buffer} must hold one"

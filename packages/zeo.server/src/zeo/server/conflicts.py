@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterable
 
 import persistent
 from ZODB.POSException import ConflictError
+from zeo.protocol import exception_text, peer_repr
 
 logger = logging.getLogger("zeo.server")
 
@@ -86,7 +87,7 @@ def pickle_globals(data: bytes) -> list[tuple[str, str]]:
     except Unsafe:
         raise
     except Exception as error:
-        raise Unsafe(f"unreadable pickle: {error}") from None
+        raise Unsafe(f"unreadable pickle: {exception_text(error)}") from None
     return found
 
 
@@ -137,7 +138,8 @@ class ConflictResolutionGuard:
         if allowed is None:
             allowed = self._resolvable[name] = self._is_resolvable(*name)
         if not allowed:
-            raise Unsafe(f"{name[0]}.{name[1]} may not take part in conflict resolution")
+            raise Unsafe(f"{peer_repr(name[0] + '.' + name[1])} may not take part"
+                         " in conflict resolution")
 
     def _is_resolvable(self, module: str, name: str) -> bool:
         if module.split(".")[0] not in self.packages or not name.isidentifier():
@@ -167,7 +169,8 @@ def guard_conflict_resolution(storage: Any, packages: Iterable[str]) -> None:
                        committed_data or storage.loadSerial(oid, committed_serial)]
             guard.check(untransform(record) for record in records)
         except Exception as reason:   # Unsafe, or a revision that isn't there
-            logger.info("not resolving a conflict on oid %s: %s", oid.hex(), reason)
+            logger.info("not resolving a conflict on oid %s: %s", oid.hex(),
+                        exception_text(reason))
             raise ConflictError(oid=oid, serials=(committed_serial, old_serial),
                                 data=newpickle) from None
         return resolve(oid, committed_serial, old_serial, newpickle, committed_data)

@@ -256,7 +256,7 @@ class IStorageStats(Interface):
         """Move one connection from *old_label* to *new_label*."""
 
     def as_dict(now, last_transaction, lock=None, describe_owner=str,
-                invalidation_queue_length=0):
+                invalidation_queue_length=0, max_labels=None):
         """Return a JSON-serializable status dict.
 
         *now* is the current epoch time, *last_transaction* the storage's
@@ -269,8 +269,15 @@ class IStorageStats(Interface):
         ``"stub"`` when no timeout is configured) and
         ``last-transaction`` (16 lowercase hex digits).  Extras:
         ``uptime``, ``bytes_in``, ``bytes_out``,
-        ``connections_by_label``, ``lock_holder``, ``lock_wait_max``
-        and ``invalidation_queue_length``.
+        ``connections_by_label``, ``connections_by_label_omitted``,
+        ``lock_holder``, ``lock_wait_max`` and
+        ``invalidation_queue_length``.
+
+        ``connections_by_label`` lists at most *max_labels* labels (None:
+        all), those with the most connections (ties by label); the
+        connections under the others are counted in
+        ``connections_by_label_omitted``.  The anonymous ``ruok`` answer
+        carries this dict: its size must not follow what clients send.
         """
 
 

@@ -28,6 +28,7 @@ from typing import Tuple
 
 from persistent.TimeStamp import TimeStamp
 from zope.interface import implementer
+from zeo.protocol import peer_repr
 
 from zeo.server.interfaces import IInvalidationQueue
 
@@ -68,10 +69,10 @@ def _check_tid(tid: Any, what: str = 'tid') -> bytes:
     # comparing anything but 8-byte bytes would silently give wrong answers.
     if not isinstance(tid, bytes):
         raise TypeError(
-            f"{what} must be 8 bytes, got {type(tid).__name__}: {tid!r}")
+            f"{what} must be 8 bytes, got {type(tid).__name__}: {peer_repr(tid)}")
     if len(tid) != 8:
         raise ValueError(
-            f"{what} must be 8 bytes long, got {len(tid)}: {tid!r}")
+            f"{what} must be 8 bytes long, got {len(tid)}: {peer_repr(tid)}")
     return tid
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+from zeo.protocol import peer_repr
+
 
 class TooManyIterators(Exception):
     """A connection asked for more open iterators than its limit."""
@@ -54,7 +56,7 @@ class IteratorRegistry:
         info = self._current.get(iid)
         if info is None or info.tid != tid:
             raise ValueError(
-                f"iterator {iid} is not at transaction {tid!r}; call"
+                f"iterator {peer_repr(iid)} is not at transaction {peer_repr(tid)}; call"
                 " iterator_record_start for the transaction iterator_next returned")
         rid = self._new_id()
         self._records[rid] = iter(info)

@@ -36,7 +36,7 @@ from persistent.TimeStamp import TimeStamp
 from ZODB.Connection import TransactionMetaData
 from ZODB.POSException import ConflictError, StorageTransactionError
 from ZODB.utils import tid_repr
-from zeo.protocol import RemoteProtocolError, safe_loads, server_pickle_globals
+from zeo.protocol import RemoteProtocolError, peer_repr, safe_loads, server_pickle_globals
 
 from zeo.server.spool import (
     CheckCurrent, Delete, Restore, Store, StoreBlob, TransactionSpool, Undo)
@@ -76,7 +76,8 @@ class PendingTransaction:
     def check(self, txn_id: Any) -> None:
         if txn_id != self.txn_id:
             raise StorageTransactionError(
-                f"this connection's transaction is {self.txn_id!r}, not {txn_id!r}")
+                f"this connection's transaction is {peer_repr(self.txn_id)},"
+                f" not {peer_repr(txn_id)}")
 
     # -- blob uploads ---------------------------------------------------------
 
@@ -236,11 +237,12 @@ MAX_TID_AHEAD = 24 * 3600.0
 
 def _checked_tid(tid: Any, status: Any) -> bytes | None:
     if not isinstance(status, str) or status not in STATUSES:
-        raise ValueError(f"transaction status must be one of {STATUSES!r}, not {status!r}")
+        raise ValueError(f"transaction status must be one of {STATUSES!r},"
+                         f" not {peer_repr(status)}")
     if tid is None:
         return None
     if not isinstance(tid, bytes) or len(tid) != 8:
-        raise TypeError(f"a transaction id is 8 bytes, not {tid!r}")
+        raise TypeError(f"a transaction id is 8 bytes, not {peer_repr(tid)}")
     if TimeStamp(tid).timeTime() > time.time() + MAX_TID_AHEAD:
         raise ValueError(f"transaction id {tid_repr(tid)} is more than a day in the future")
     return tid

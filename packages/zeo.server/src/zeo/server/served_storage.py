@@ -127,7 +127,8 @@ class ServedStorage:
             last_transaction=self.storage.lastTransaction() or Z64,
             lock=self.lock,
             describe_owner=lambda session: session.label,
-            invalidation_queue_length=len(self.queue))
+            invalidation_queue_length=len(self.queue),
+            max_labels=self.config.max_status_labels)
 
     def close(self) -> None:
         self.storage.close()

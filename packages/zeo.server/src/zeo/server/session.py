@@ -1,11 +1,12 @@
 """The server side of one client connection: the ZEO 5/6 RPC surface.
 
 A `StorageSession` is pure: it knows nothing of sockets or encodings. The
-network adapter (`zeo.server.protocol`) decodes a call, checks the name
-against `SYNC_METHODS` / `ONE_WAY_METHODS`, calls the method of the same
-name, and replies with what it returns (a value, or a `Delayed` settled
-later). An exception from a synchronous method becomes an error reply; one
-from a one-way method closes the connection, since it cannot be reported.
+network adapter (`zeo.server.adapter`) decodes a call, checks the name
+against `EXPOSED_METHODS`, calls the method of the same name, and, for a
+call (not a one-way message), replies with what it returns (a value, or a
+`Delayed` settled later). Any method may come either way, as the reference
+server allows: an exception from a call becomes an error reply; one from a
+one-way message closes the connection, since it cannot be reported.
 
 The session talks back through its *peer* (see `ISessionPeer`): one-way
 messages to the client (``info``, ``invalidateTransaction``, blob chunks),
@@ -21,7 +22,9 @@ from typing import Any, Iterator
 from ZODB.POSException import ConflictError, ReadOnlyError, StorageTransactionError
 from ZODB.serialize import referencesf
 from zope.interface import implementer, providedBy
+from zeo.protocol import peer_repr
 
+from zeo.server.config import DEFAULT_MAX_LABEL_LENGTH
 from zeo.server.interfaces import IStorageSession
 from zeo.server.iterators import IteratorRegistry
 from zeo.server.pending import PendingTransaction, Phase
@@ -31,7 +34,8 @@ from zeo.server.served_storage import ServedStorage
 logger = logging.getLogger("zeo.server")
 
 #: Calls answered with a reply. Everything else but ONE_WAY_METHODS is
-#: refused and closes the connection.
+#: refused and closes the connection. Either kind may come in either mode,
+#: as the reference server accepts it (see `EXPOSED_METHODS`).
 SYNC_METHODS = frozenset({
     "register", "get_info", "lastTransaction", "getInvalidations", "ping",
     "new_oids", "loadBefore", "loadSerial", "getTid", "history",
@@ -45,6 +49,9 @@ ONE_WAY_METHODS = frozenset({
     "restorea", "undoa", "storeBlobStart", "storeBlobChunk", "storeBlobEnd",
     "storeBlobShared", "iterator_gc", "set_client_label",
 })
+#: What a client may call, as a call (answered, errors included) or as a
+#: one-way message (not answered; an error closes the connection).
+EXPOSED_METHODS = SYNC_METHODS | ONE_WAY_METHODS
 
 #: Most oids handed out by one ``new_oids`` call, as in the reference.
 MAX_NEW_OIDS = 100
@@ -55,10 +62,12 @@ class StorageSession:
     """See `IStorageSession`."""
 
     def __init__(self, storages: dict[str, ServedStorage], peer: Any,
-                 label: str) -> None:
+                 label: str, max_label_length: int = DEFAULT_MAX_LABEL_LENGTH) -> None:
         self._storages = storages
         self.peer = peer
         self.label = label
+        self._max_label_length = max_label_length
+        self._label_cut_logged = False
         self.served: ServedStorage | None = None
         self.read_only = True
         self.txn: PendingTransaction | None = None
@@ -87,7 +96,7 @@ class StorageSession:
             raise ValueError("duplicate register() call")
         served = self._storages.get(storage_name)
         if served is None:
-            raise ValueError(f"unknown storage: {storage_name}")
+            raise ValueError(f"unknown storage: {peer_repr(storage_name)}")
         if served.read_only and not read_only:
             raise ReadOnlyError()
         self.served = served
@@ -125,8 +134,21 @@ class StorageSession:
     def server_status(self) -> dict[str, Any]:
         return self.served.status()  # type: ignore[union-attr]
 
-    def set_client_label(self, label: str) -> None:
-        label = str(label)
+    def set_client_label(self, label: Any) -> None:
+        """Name this connection in log lines and status. The label is cut to
+        ``max_label_length`` characters (logged once per connection), and
+        unprintable characters become ``?``: it is shown as it is."""
+        if type(label) is not str:
+            label = peer_repr(label)
+        limit = self._max_label_length
+        if len(label) > limit:
+            if not self._label_cut_logged:
+                self._label_cut_logged = True
+                logger.warning("%s: client label of %d characters cut to %d: %s",
+                               self.label, len(label), limit, peer_repr(label))
+            label = label[:limit]
+        if not label.isprintable():
+            label = "".join(c if c.isprintable() else "?" for c in label)
         if self.served is not None:
             self.served.stats.connection_relabelled(self.label, label)
         self.label = label
@@ -222,7 +244,7 @@ class StorageSession:
         txn = self.txn
         if txn is None:
             raise StorageTransactionError(
-                f"no transaction {txn_id!r} on this connection; call tpc_begin first")
+                f"no transaction {peer_repr(txn_id)} on this connection; call tpc_begin first")
         txn.check(txn_id)
         return txn
 
@@ -233,7 +255,7 @@ class StorageSession:
             if self.txn.txn_id == txn_id:
                 return  # a repeated tpc_begin for the same transaction is harmless
             raise StorageTransactionError(
-                f"tpc_begin for {txn_id!r} while transaction {self.txn.txn_id!r}"
+                f"tpc_begin for {peer_repr(txn_id)} while transaction {peer_repr(self.txn.txn_id)}"
                 " is still open on this connection")
         served = self.served
         config = served.config  # type: ignore[union-attr]
@@ -269,7 +291,7 @@ class StorageSession:
                 " does); this one lets the server choose the tid")
         if serial != txn.tid:
             raise StorageTransactionError(
-                f"restore of oid {oid.hex()} with serial {serial!r:.40} in"
+                f"restore of oid {oid.hex()} with serial {peer_repr(serial, 40)} in"
                 f" transaction {txn.tid.hex()}: a restored record's serial"
                 " must be its transaction's tid")
         txn.spool.restore(
@@ -391,7 +413,8 @@ class StorageSession:
     def tpc_finish(self, txn_id: Any) -> bytes | None:
         txn = self.txn
         if txn is None or txn.txn_id != txn_id:
-            logger.warning("%s: tpc_finish for unknown transaction %r", self.label, txn_id)
+            logger.warning("%s: tpc_finish for unknown transaction %s", self.label,
+                           peer_repr(txn_id))
             return None
         served = self.served
         oids = txn.changed_oids()
@@ -462,14 +485,14 @@ def _record(data: Any) -> bytes:
     # An empty record is written without a back pointer and leaves a
     # FileStorage that no longer opens without its index.
     if type(data) is not bytes or not data:
-        raise ValueError(f"a record is a non-empty pickle (bytes), not {data!r:.40}")
+        raise ValueError(f"a record is a non-empty pickle (bytes), not {peer_repr(data, 40)}")
     return data
 
 
 def _id8(value: Any, what: str) -> bytes:
     """*value* if it is 8 bytes (an oid or a tid), else a TypeError."""
     if type(value) is not bytes or len(value) != 8:
-        raise TypeError(f"{what} is 8 bytes, not {value!r:.40}")
+        raise TypeError(f"{what} is 8 bytes, not {peer_repr(value, 40)}")
     return value
 
 

@@ -12,6 +12,7 @@ No clock is read here: the caller passes the start time and ``now``
 """
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Callable
 from collections.abc import Hashable
@@ -106,12 +107,24 @@ class StorageStats:
         self.connection_removed(old_label)
         self.connection_added(new_label)
 
+    def _labels_shown(self, max_labels: Optional[int]) -> tuple[dict[str, int], int]:
+        """The labels with the most connections, and how many connections
+        the others have."""
+        labels = self._labels
+        if max_labels is None or len(labels) <= max_labels:
+            return dict(labels), 0
+        shown = dict(heapq.nsmallest(
+            max_labels, labels.items(), key=lambda item: (-item[1], item[0])))
+        return shown, self._connections - sum(shown.values())
+
     def as_dict(self, now: float, last_transaction: bytes,
                 lock: Optional[CommitLock] = None,
                 describe_owner: Callable[[Hashable], str] = str,
                 invalidation_queue_length: int = 0,
+                max_labels: Optional[int] = None,
                 ) -> dict[str, Any]:
         """See `IStorageStats`."""
+        by_label, omitted = self._labels_shown(max_labels)
         if (not isinstance(last_transaction, bytes)
                 or len(last_transaction) != 8):
             raise ValueError(f"last_transaction must be 8 bytes, got"
@@ -151,7 +164,8 @@ class StorageStats:
             'uptime': max(0.0, now - self.start_time),
             'bytes_in': self.bytes_in,
             'bytes_out': self.bytes_out,
-            'connections_by_label': dict(self._labels),
+            'connections_by_label': by_label,
+            'connections_by_label_omitted': omitted,
             'lock_holder': holder,
             'lock_wait_max': lock_wait_max,
             'invalidation_queue_length': invalidation_queue_length,

@@ -76,6 +76,8 @@ def zeo_section(section: Any) -> ZeoSection:
         "handshake_timeout": section.handshake_timeout,
         "max_connections": section.max_connections,
         "max_output_buffer": section.max_output_buffer,
+        "max_label_length": section.max_label_length,
+        "max_status_labels": section.max_status_labels,
         "limits": ProtocolLimits(max_frame_size=section.max_frame_size),
         "ssl": section.ssl,
     }

@@ -139,6 +139,21 @@ class ProtocolTests(unittest.TestCase):
         self.assertEqual(error1.oid, b'o' * 8)
         self.assertIsInstance(error2, POSKeyError)
 
+    def test_server_values_in_log_lines_are_cut(self):
+        # Issue #17 (6): a reply or error reply nobody waits for is logged,
+        # with what the server sent cut short.
+        self.server_receives()
+        huge = 'x' * (4 << 20)
+        with self.assertLogs('zeo.client', 'WARNING') as logged:
+            self.feed(self.server.send(Reply(2**63, huge))
+                      + self.server.send(ErrorReply(7, 'builtins.ValueError', (huge,)))
+                      + self.server.send(ErrorReply(8, huge, {huge: huge})))
+        self.assertEqual(len(logged.output), 3)
+        for line in logged.output:
+            self.assertLess(len(line), 2000)
+        self.assertIn("unknown call 9223372036854775808", logged.output[0])
+        self.assertIn("unknown call 7: ValueError: xxx", logged.output[1])
+
     def test_one_way_messages_go_to_the_handler_in_order(self):
         self.server_receives()
         self.feed(self.server.send(OneWayCall('info', ({'length': 1},)))

@@ -9,6 +9,7 @@ from zeo.protocol.events import ErrorReply
 from zeo.protocol.msgpack_codec import MsgpackCodec
 from zeo.protocol.pickle_codec import PickleCodec
 from zeo.protocol.remote_errors import MAX_PAYLOAD_DEPTH
+from zeo.protocol.remote_errors import MAX_PAYLOAD_TEXT
 from zeo.protocol.remote_errors import ErrorTable
 from zeo.protocol.remote_errors import RemoteError
 from zeo.protocol.remote_errors import args_builder
@@ -64,7 +65,7 @@ class ExceptionToWireTests(unittest.TestCase):
         self.assertEqual(payload[4], b"ba")
         self.assertEqual(payload[5], [("builtins.KeyError", (b"nested",))])
         self.assertEqual(payload[6], {"3": "int key", b"b": 1, "s": (None, True, 1.5)})
-        self.assertEqual(payload[7], "<unrepresentable Unrepresentable object>")
+        self.assertEqual(payload[7], "<Unrepresentable object>")
         # ... so that both encodings can always carry it:
         for codec in (MsgpackCodec(), PickleCodec()):
             reply = ErrorReply(1, name, payload)
@@ -88,7 +89,50 @@ class ExceptionToWireTests(unittest.TestCase):
                 return "x" * 5000
 
         name, payload = exception_to_wire(Custom(Big()))
-        self.assertEqual(len(payload[0]), 1000)
+        self.assertEqual(payload[0], "x" * 1000 + "...")
+
+    def test_huge_values_make_a_small_payload_that_encodes(self):
+        # Issue #17 (9): repr() of an int over 4300 digits raises; the error
+        # reply for iterator_next(10**5000) could not be built. (6): a
+        # payload quoting a 20 MB value the client sent is small.
+        huge = 10**5000
+        big_text = "\n" * (20 << 20)
+        cases = [
+            KeyError(huge),
+            KeyError((huge, -huge)),
+            ValueError(big_text),
+            KeyError(b"\xff" * (20 << 20)),
+            Custom([big_text] * 100_000),
+            Custom({str(i): b"v" * 1000 for i in range(10_000)}),
+            Custom(bytearray(20 << 20), memoryview(b"x" * (20 << 20))),
+        ]
+        for exc in cases:
+            name, payload = exception_to_wire(exc)
+            self.assertEqual(name, qualified_name(type(exc)))
+            for codec in (MsgpackCodec(), PickleCodec()):
+                encoded = codec.encode(ErrorReply(1, name, payload))
+                self.assertLess(len(encoded), 64 * 1024, name)
+        name, payload = exception_to_wire(KeyError(huge))
+        self.assertEqual(payload, ("<int of 16610 bits>",))
+        name, payload = exception_to_wire(ValueError("x" * 5000))
+        self.assertEqual(payload, ("x" * MAX_PAYLOAD_TEXT + "... (5000 characters)",))
+        name, payload = exception_to_wire(KeyError(b"y" * 5000))
+        self.assertEqual(payload, (b"y" * MAX_PAYLOAD_TEXT + b"... (5000 bytes)",))
+
+    def test_an_exception_that_cannot_be_flattened_is_still_sent(self):
+        class Hostile(Exception):
+            def __getattribute__(self, name):
+                if name in ("__dict__", "args"):
+                    raise RuntimeError("no state for you")
+                return super().__getattribute__(name)
+
+            def __repr__(self):
+                raise RuntimeError("no repr either")
+
+        name, payload = exception_to_wire(Hostile())
+        self.assertEqual(name, f"{__name__}.Hostile")
+        self.assertEqual(payload, ("<Hostile object>",))
+        self.assertEqual(error_reply(3, Hostile()).payload, ("<Hostile object>",))
 
     def test_error_reply(self):
         self.assertEqual(

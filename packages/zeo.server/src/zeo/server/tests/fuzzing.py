@@ -5,10 +5,11 @@ directory) on a private event loop, started without any listening socket.
 Its sessions are real `StorageSession` objects; `Harness.dispatch` hands a
 call to one the way the network adapter does (see `zeo.server.session`):
 
-- a name outside `SYNC_METHODS` / `ONE_WAY_METHODS`, or anything but
-  ``register`` before ``register``, closes the connection;
-- an exception from a synchronous call is an error reply, from a one-way
-  call it closes the connection;
+- a name outside `EXPOSED_METHODS`, or anything but ``register`` before
+  ``register``, closes the connection; any exposed method may come as a
+  call or as a one-way message;
+- an exception from a call is an error reply, from a one-way message
+  (now or from its `Delayed`) it closes the connection;
 - every reply, error reply and notification is encoded with both codecs,
   as the adapter would before writing it.
 
@@ -37,13 +38,14 @@ from zope.interface import implementer
 
 from zeo.protocol import (
     NEED_DATA, Call, ConnectionClosed, EncodeError, ErrorReply, Heartbeat, OneWayCall,
-    ProtocolAgreed, RemoteProtocolError, Reply, ServerConnection, exception_to_wire)
+    ProtocolAgreed, RemoteProtocolError, Reply, ServerConnection, exception_text,
+    exception_to_wire)
 from zeo.protocol.msgpack_codec import MsgpackCodec
 from zeo.protocol.pickle_codec import PickleCodec
 from zeo.server.config import ServerConfig
 from zeo.server.interfaces import ISessionPeer
 from zeo.server.results import Delayed
-from zeo.server.session import ONE_WAY_METHODS, SYNC_METHODS, StorageSession
+from zeo.server.session import EXPOSED_METHODS, ONE_WAY_METHODS, SYNC_METHODS, StorageSession
 
 Z64 = b"\0" * 8
 MAXTID = b"\x7f" + b"\xff" * 7
@@ -198,8 +200,8 @@ class Harness:
             return "closed"
         session = connection.session
         sync = method in SYNC_METHODS if one_way is None else not one_way
-        if method not in (SYNC_METHODS if sync else ONE_WAY_METHODS):
-            self.close_connection(connection, f"unknown method {method!r}")
+        if method not in EXPOSED_METHODS:
+            self.close_connection(connection, f"unknown method {method!r:.200}")
             return "closed"
         if not session.registered and method != "register":
             self.close_connection(connection, f"{method!r} before register")
@@ -211,11 +213,14 @@ class Harness:
             if not sync:
                 # Formatted as the adapter does: if str() fails, so would it.
                 self.close_connection(connection,
-                                      f"{method} failed: {type(error).__name__}: {error}")
+                                      f"{method} failed: {exception_text(error)}")
                 return "closed"
             self._error_reply(connection, error)
             return "error"
         if not sync:
+            if type(result) is Delayed:
+                result.add_callback(lambda error, value: error is None or self.close_connection(
+                    connection, f"{method} failed: {exception_text(error)}"))
             return "sent"
         if type(result) is Delayed:
             self.delayed.append((connection, result))
@@ -234,9 +239,14 @@ class Harness:
 
     def _reply(self, connection: Connection, value: Any) -> str:
         self.last_reply = value
-        if self.encode(Reply(1, value), connection):
-            return "reply"
-        return "closed"
+        for codec in self.codecs:
+            try:
+                codec.encode(Reply(1, value))
+            except EncodeError:
+                # The adapter answers with an error instead (as the reference).
+                self._error_reply(connection, ValueError("the result cannot be encoded"))
+                return "error"
+        return "reply"
 
     def _error_reply(self, connection: Connection, error: BaseException) -> None:
         class_name, payload = exception_to_wire(error)

@@ -84,6 +84,25 @@ class StatsTests(unittest.TestCase):
         stats.connections_by_label['app'] = 99
         self.assertEqual(stats.connections_by_label, {'app': 1, 'worker': 1})
 
+    def test_status_lists_the_busiest_labels(self):
+        # Issue #17 (7): the anonymous ruok answer carries this dict; its
+        # size must not grow with what clients choose as labels.
+        stats = self._makeOne()
+        for label, count in (('b', 3), ('a', 1), ('c', 2), ('d', 1), ('e', 2)):
+            for _ in range(count):
+                stats.connection_added(label)
+        status = stats.as_dict(START, LAST, max_labels=3)
+        self.assertEqual(status['connections_by_label'], {'b': 3, 'c': 2, 'e': 2})
+        self.assertEqual(status['connections_by_label_omitted'], 2)
+        status = stats.as_dict(START, LAST, max_labels=0)
+        self.assertEqual(status['connections_by_label'], {})
+        self.assertEqual(status['connections_by_label_omitted'], 9)
+        status = stats.as_dict(START, LAST, max_labels=5)
+        self.assertEqual(len(status['connections_by_label']), 5)
+        self.assertEqual(status['connections_by_label_omitted'], 0)
+        self.assertEqual(stats.as_dict(START, LAST)['connections_by_label'],
+                         stats.connections_by_label)
+
     def test_connection_errors(self):
         stats = self._makeOne()
         with self.assertRaisesRegex(ValueError, 'no connection'):
