@@ -22,6 +22,11 @@ comes unasked (invalidations) still queues; a connection whose unsent
 output exceeds ``ServerConfig.output_buffer_limit`` is aborted (a client
 that stops reading must not make the server grow).
 
+What every connection holds together (partial input, unsent output), the
+connections per address and idle connections are bounded by the server's
+`zeo.server.budgets.Budgets`: a connection reports what it holds after
+each read and write, and is aborted when the budget chooses it.
+
 Bad input of any kind closes this connection with one log line; it never
 touches the other connections.
 """
@@ -87,6 +92,11 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self._paused = False
         self._reading_paused = False
         self._buffer = server.receive_buffer
+        self._budgets = server.budgets
+        # Set by every read, taken by the idle sweep (see budgets).
+        self._heard = True
+        # Calls whose reply comes later (a Delayed).
+        self._delayed = 0
         # What get_buffer last returned, if not the shared buffer.
         self._direct: memoryview | None = None
         self._output_limit = self.config.output_buffer_limit
@@ -126,6 +136,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
         return self._buffer if direct is None else direct
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._heard = True
         stats = self._stats or self._registered_stats()
         if stats is not None:
             stats.bytes_in += nbytes
@@ -164,6 +175,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         finally:
             self._batching = False
             self._flush()
+            if not self.closed:
+                self._budgets.input_held(self, self._connection.buffered)
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -246,6 +259,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
             self._reply_error(call.msgid, method, error)
             return
         if type(result) is Delayed:
+            self._delayed += 1
             result.add_callback(
                 lambda error, value: self._settled(call, error, value))
         else:
@@ -253,6 +267,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
 
     def _settled(self, call: Call, error: BaseException | None,
                  value: Any) -> None:
+        self._delayed -= 1
         if self.closed:
             return
         if error is None:
@@ -304,6 +319,40 @@ class ServerProtocol(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.close()
 
+    def abort(self, reason: str) -> None:
+        """Close now with one log line, dropping unsent output (a client
+        that does not read must not keep it, nor memory, until it does)."""
+        if self.closed:
+            return
+        self.closed = True
+        logger.warning("%s: closing the connection: %s", self.label, reason)
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._batch.clear()
+        self._batch_bytes = 0
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- what the budgets ask (see zeo.server.budgets) ----------------------------
+
+    def unsent_output(self) -> int:
+        if self.closed or self.transport is None:
+            return 0
+        return self._pending_bytes + self.transport.get_write_buffer_size()
+
+    def take_heard(self) -> bool:
+        heard, self._heard = self._heard, False
+        return heard
+
+    def busy(self) -> bool:
+        """Not idle, whatever the client sends: in the handshake (its own
+        timer), in a transaction, waiting for a reply of ours, or with
+        output waiting or reading paused."""
+        session = self.session
+        return (session is None or self._handshake_timer is not None
+                or session.in_transaction or self._delayed > 0
+                or bool(self._pending) or self._paused or self._reading_paused)
+
     # -- output ------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
@@ -317,9 +366,14 @@ class ServerProtocol(asyncio.BufferedProtocol):
             waiting = self._pending_bytes + self.transport.get_write_buffer_size()  # type: ignore[union-attr]
             if waiting > self._output_limit:
                 self._overflowed(waiting)
+                return
+            self._budgets.output_held(self, waiting)
             return
         self._count_out(len(data))
-        self.transport.write(data)  # type: ignore[union-attr]
+        transport = self.transport
+        transport.write(data)  # type: ignore[union-attr]
+        if not self.closed:
+            self._budgets.output_held(self, transport.get_write_buffer_size())  # type: ignore[union-attr]
 
     def _flush(self) -> None:
         """Write what `_handle_input` collected, as one piece."""
@@ -351,13 +405,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
             stats.bytes_out += count
 
     def _overflowed(self, waiting: int) -> None:
-        # Abort, not close: close would first try to send what the client
-        # does not read, and keep the memory until it does.
-        self.close(f"the client left {waiting} bytes unread, over the limit"
+        self.abort(f"the client left {waiting} bytes unread, over the limit"
                    f" of {self._output_limit} bytes (max-output-buffer)")
-        self._pending.clear()
-        self._pending_bytes = 0
-        self.transport.abort()  # type: ignore[union-attr]
 
     def _drain(self) -> None:
         pending = self._pending
@@ -383,6 +432,16 @@ class ServerProtocol(asyncio.BufferedProtocol):
             pieces = self._connection.send_pieces(OneWayCall(method, args))
             self._count_out(sum(map(len, pieces)))
             transport.writelines(pieces)  # type: ignore[union-attr]
+        if not self.closed:
+            self._budgets.output_held(self, self.unsent_output())
+
+
+def peer_host(transport: Any) -> str | None:
+    """The IP address of a TCP peer; None for a Unix socket."""
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return str(peer[0])
+    return None
 
 
 def _describe_peer(transport: Any) -> str:
