@@ -221,5 +221,5 @@ class Budgets:
             since = quiet.setdefault(connection, now)
             if now - since >= timeout:  # type: ignore[operator]
                 quiet.pop(connection)
-                connection.close(f"idle for {now - since:.0f} seconds, longer than"
+                connection.close(f"idle for {now - since:.3g} seconds, at least"
                                  f" {timeout:g} (idle-timeout)")
