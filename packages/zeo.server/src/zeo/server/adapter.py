@@ -97,6 +97,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self._heard = True
         # Calls whose reply comes later (a Delayed).
         self._delayed = 0
+        # Aborted or lost: the transport holds nothing more of ours.
+        self._gone = False
         # What get_buffer last returned, if not the shared buffer.
         self._direct: memoryview | None = None
         self._output_limit = self.config.output_buffer_limit
@@ -182,7 +184,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        self._gone = self.closed = True
         self._pending.clear()
         self._pending_bytes = 0
         self._batch.clear()
@@ -321,10 +323,11 @@ class ServerProtocol(asyncio.BufferedProtocol):
 
     def abort(self, reason: str) -> None:
         """Close now with one log line, dropping unsent output (a client
-        that does not read must not keep it, nor memory, until it does)."""
-        if self.closed:
+        that does not read must not keep it, nor memory, until it does).
+        Also ends a connection that `close` left sending its output."""
+        if self._gone:
             return
-        self.closed = True
+        self._gone = self.closed = True
         logger.warning("%s: closing the connection: %s", self.label, reason)
         self._pending.clear()
         self._pending_bytes = 0
@@ -336,7 +339,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
     # -- what the budgets ask (see zeo.server.budgets) ----------------------------
 
     def unsent_output(self) -> int:
-        if self.closed or self.transport is None:
+        """Output waiting, including what a closing connection still sends."""
+        if self._gone or self.transport is None:
             return 0
         return self._pending_bytes + self.transport.get_write_buffer_size()
 
@@ -370,10 +374,10 @@ class ServerProtocol(asyncio.BufferedProtocol):
             self._budgets.output_held(self, waiting)
             return
         self._count_out(len(data))
-        transport = self.transport
-        transport.write(data)  # type: ignore[union-attr]
+        transport: Any = self.transport
+        transport.write(data)
         if not self.closed:
-            self._budgets.output_held(self, transport.get_write_buffer_size())  # type: ignore[union-attr]
+            self._budgets.output_held(self, transport.get_write_buffer_size())
 
     def _flush(self) -> None:
         """Write what `_handle_input` collected, as one piece."""
