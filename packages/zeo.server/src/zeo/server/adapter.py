@@ -93,6 +93,9 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self._reading_paused = False
         self._buffer = server.receive_buffer
         self._budgets = server.budgets
+        # Read only: whether the budgets count anything for us.
+        self._input_tallies = server.budgets.input_tallies
+        self._output_tallies = server.budgets.output_tallies
         # Set by every read, taken by the idle sweep (see budgets).
         self._heard = True
         # Calls whose reply comes later (a Delayed).
@@ -177,8 +180,9 @@ class ServerProtocol(asyncio.BufferedProtocol):
         finally:
             self._batching = False
             self._flush()
-            if not self.closed:
-                self._budgets.input_held(self, self._connection.buffered)
+            held = self._connection.buffered
+            if (held or self in self._input_tallies) and not self.closed:
+                self._budgets.input_held(self, held)
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -376,8 +380,9 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self._count_out(len(data))
         transport: Any = self.transport
         transport.write(data)
-        if not self.closed:
-            self._budgets.output_held(self, transport.get_write_buffer_size())
+        unsent = transport.get_write_buffer_size()
+        if (unsent or self in self._output_tallies) and not self.closed:
+            self._budgets.output_held(self, unsent)
 
     def _flush(self) -> None:
         """Write what `_handle_input` collected, as one piece."""

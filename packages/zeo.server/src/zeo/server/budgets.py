@@ -33,7 +33,8 @@ connections:
 Ownership: the `Budgets` object, one per `StorageServer`, owns every tally
 here (the per-connection amounts, the totals, the per-address counts, the
 idle times); a connection owns its buffers and only *reports* what they
-hold (``input_held``, ``output_held``) and whether it heard from its peer
+hold (``input_held``, ``output_held``; nothing when it holds nothing and
+nothing is counted for it) and whether it heard from its peer
 (``take_heard``). Everything runs on the server's event loop thread only:
 nothing here locks. Reporting costs a dict lookup per read or write;
 anything proportional to the number of connections happens only when a
@@ -82,13 +83,14 @@ class Budgets:
         self.per_address = config.max_connections_per_address
         self.idle_timeout = config.idle_timeout
         #: Bytes of partial input held, in total and by the connections
-        #: that hold any.
+        #: that hold any. Connections read the dict (to skip reporting 0
+        #: when nothing is counted for them); only `Budgets` writes it.
         self.input_total = 0
-        self._input: dict[Any, int] = {}
+        self.input_tallies: dict[Any, int] = {}
         #: Bytes of unsent output, as last reported (a transport drains
-        #: silently: refreshed before anyone is cut off).
+        #: silently: refreshed before anyone is cut off). Likewise.
         self.output_total = 0
-        self._output: dict[Any, int] = {}
+        self.output_tallies: dict[Any, int] = {}
         #: TCP connections by IP address, and the address of each.
         self._hosts: dict[Any, str] = {}
         self._per_host: dict[str, int] = {}
@@ -113,8 +115,8 @@ class Budgets:
 
     def forget(self, connection: Any) -> None:
         """*connection* is gone: drop everything counted for it."""
-        self.input_total -= self._input.pop(connection, 0)
-        self.output_total -= self._output.pop(connection, 0)
+        self.input_total -= self.input_tallies.pop(connection, 0)
+        self.output_total -= self.output_tallies.pop(connection, 0)
         self._quiet_since.pop(connection, None)
         host = self._hosts.pop(connection, None)
         if host is not None:
@@ -125,15 +127,15 @@ class Budgets:
                 del self._per_host[host]
 
     def _evict(self, connection: Any, reason: str) -> None:
-        self.input_total -= self._input.pop(connection, 0)
-        self.output_total -= self._output.pop(connection, 0)
+        self.input_total -= self.input_tallies.pop(connection, 0)
+        self.output_total -= self.output_tallies.pop(connection, 0)
         connection.abort(reason)
 
     # -- buffered input ----------------------------------------------------------
 
     def input_held(self, connection: Any, held: int) -> None:
         """*connection* now holds *held* bytes of partial input."""
-        tallies = self._input
+        tallies = self.input_tallies
         old = tallies.get(connection, 0)
         if held == old:
             return
@@ -147,7 +149,7 @@ class Budgets:
 
     def _shed_input(self) -> None:
         total = self.input_total
-        for connection, held in sorted(self._input.items(), key=_by_amount, reverse=True):
+        for connection, held in sorted(self.input_tallies.items(), key=_by_amount, reverse=True):
             if self.input_total <= self.input_limit:
                 break
             self._evict(connection, (
@@ -159,7 +161,7 @@ class Budgets:
 
     def output_held(self, connection: Any, unsent: int) -> None:
         """*connection* now has *unsent* bytes of output waiting."""
-        tallies = self._output
+        tallies = self.output_tallies
         old = tallies.get(connection, 0)
         if unsent == old:
             return
@@ -172,7 +174,7 @@ class Budgets:
             self._shed_output()
 
     def _shed_output(self) -> None:
-        tallies = self._output
+        tallies = self.output_tallies
         for connection in list(tallies):
             unsent = connection.unsent_output()
             if unsent:
