@@ -40,11 +40,13 @@ import logging
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ZODB.POSException import ConflictError, POSKeyError
+from zope.interface import implementer
 from zeo.protocol import (
     NEED_DATA, Call, ConnectionClosed, ErrorReply, Heartbeat, OneWayCall,
     ProtocolAgreed, ProtocolError, ServerConnection, Status, StatusRequest,
     exception_to_wire)
 
+from zeo.server.interfaces import IBudgetedConnection
 from zeo.server.results import Delayed
 from zeo.server.session import ONE_WAY_METHODS, SYNC_METHODS, StorageSession
 
@@ -76,6 +78,7 @@ def receive_buffer() -> memoryview:
     return memoryview(bytearray(RECEIVE_BUFFER_SIZE))
 
 
+@implementer(IBudgetedConnection)
 class ServerProtocol(asyncio.BufferedProtocol):
     """One client connection."""
 
@@ -326,9 +329,9 @@ class ServerProtocol(asyncio.BufferedProtocol):
             self.transport.close()
 
     def abort(self, reason: str) -> None:
-        """Close now with one log line, dropping unsent output (a client
-        that does not read must not keep it, nor memory, until it does).
-        Also ends a connection that `close` left sending its output."""
+        """See `IBudgetedConnection`. A client that does not read must not
+        keep its output, nor memory, until it does; this also ends a
+        connection that `close` left sending its output."""
         if self._gone:
             return
         self._gone = self.closed = True
@@ -340,22 +343,21 @@ class ServerProtocol(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.abort()
 
-    # -- what the budgets ask (see zeo.server.budgets) ----------------------------
+    # -- what the budgets ask (see IBudgetedConnection) -----------------------------
 
     def unsent_output(self) -> int:
-        """Output waiting, including what a closing connection still sends."""
+        """See `IBudgetedConnection`."""
         if self._gone or self.transport is None:
             return 0
         return self._pending_bytes + self.transport.get_write_buffer_size()
 
     def take_heard(self) -> bool:
+        """See `IBudgetedConnection`."""
         heard, self._heard = self._heard, False
         return heard
 
     def busy(self) -> bool:
-        """Not idle, whatever the client sends: in the handshake (its own
-        timer), in a transaction, waiting for a reply of ours, or with
-        output waiting or reading paused."""
+        """See `IBudgetedConnection`."""
         session = self.session
         return (session is None or self._handshake_timer is not None
                 or session.in_transaction or self._delayed > 0

@@ -46,36 +46,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import operator
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable
+
+from zope.interface import implementer
 
 from zeo.server.config import ServerConfig
+from zeo.server.interfaces import IServerBudgets
 
-__all__ = ["Budgets", "BudgetedConnection"]
+__all__ = ["Budgets"]
 
 logger = logging.getLogger("zeo.server")
 
 _by_amount = operator.itemgetter(1)
 
 
-class BudgetedConnection(Protocol):
-    """What `Budgets` needs of a connection (``ServerProtocol``)."""
-
-    label: str
-    closed: bool
-
-    def unsent_output(self) -> int: ...
-
-    def take_heard(self) -> bool: ...
-
-    def busy(self) -> bool: ...
-
-    def abort(self, reason: str) -> None: ...
-
-    def close(self, reason: str | None) -> None: ...
-
-
+@implementer(IServerBudgets)
 class Budgets:
-    """The process-wide tallies of one server. See the module docstring."""
+    """The process-wide tallies of one server. See `IServerBudgets` and the
+    module docstring."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.input_limit = config.total_input_limit
@@ -101,8 +89,7 @@ class Budgets:
     # -- connections -----------------------------------------------------------
 
     def admit(self, connection: Any, host: str | None) -> str | None:
-        """Count a new connection from *host* (None: a Unix socket); the
-        reason to refuse it, or None."""
+        """See `IServerBudgets`."""
         if host is None:
             return None
         count = self._per_host.get(host, 0)
@@ -114,7 +101,7 @@ class Budgets:
         return None
 
     def forget(self, connection: Any) -> None:
-        """*connection* is gone: drop everything counted for it."""
+        """See `IServerBudgets`."""
         self.input_total -= self.input_tallies.pop(connection, 0)
         self.output_total -= self.output_tallies.pop(connection, 0)
         self._quiet_since.pop(connection, None)
@@ -134,7 +121,7 @@ class Budgets:
     # -- buffered input ----------------------------------------------------------
 
     def input_held(self, connection: Any, held: int) -> None:
-        """*connection* now holds *held* bytes of partial input."""
+        """See `IServerBudgets`."""
         tallies = self.input_tallies
         old = tallies.get(connection, 0)
         if held == old:
@@ -160,7 +147,7 @@ class Budgets:
     # -- unsent output -----------------------------------------------------------
 
     def output_held(self, connection: Any, unsent: int) -> None:
-        """*connection* now has *unsent* bytes of output waiting."""
+        """See `IServerBudgets`."""
         tallies = self.output_tallies
         old = tallies.get(connection, 0)
         if unsent == old:
@@ -193,9 +180,8 @@ class Budgets:
     # -- idle connections ----------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop,
-              connections: Iterable[BudgetedConnection]) -> None:
-        """Sweep *connections* (the server's live set) for idle ones, if
-        an idle timeout is configured."""
+              connections: Iterable[Any]) -> None:
+        """See `IServerBudgets`."""
         if self.idle_timeout is None:
             return
         period = self.idle_timeout / 4
@@ -207,11 +193,12 @@ class Budgets:
         self._sweeper = loop.call_later(period, sweep)
 
     def stop(self) -> None:
+        """See `IServerBudgets`."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
 
-    def _sweep(self, now: float, connections: Iterable[BudgetedConnection]) -> None:
+    def _sweep(self, now: float, connections: Iterable[Any]) -> None:
         quiet = self._quiet_since
         timeout = self.idle_timeout
         for connection in list(connections):
