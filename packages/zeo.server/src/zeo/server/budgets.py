@@ -21,14 +21,14 @@ connections:
   Unix socket connections have no address; only ``max_connections``
   bounds them.
 * **idle connections** (``idle_timeout``, off by default): one periodic
-  sweep of the loop, every quarter of the timeout, closes a connection
-  that completed the handshake and has sent nothing since the previous
-  sweeps for the whole timeout, unless it is busy: a transaction in
-  progress (including a vote waiting for the commit lock), a call being
-  answered later (a pack), output still queued or reading paused by
-  back-pressure. A heartbeat is input: ZEO clients send one every 60
-  seconds, so a timeout above that closes only clients that are gone
-  or stuck.
+  sweep on the loop, every quarter of the timeout, closes (one log line)
+  a connection that completed the handshake and has sent nothing for the
+  timeout (sweeps notice it within 1.5 times the timeout), unless it is
+  busy: a transaction in progress (including a vote waiting for the
+  commit lock), a call answered later (a pack), output still queued, or
+  reading paused by back-pressure. A heartbeat is input: ZEO clients send
+  one every 60 seconds, so a timeout well above that closes only clients
+  that are gone or stuck.
 
 Ownership: the `Budgets` object, one per `StorageServer`, owns every tally
 here (the per-connection amounts, the totals, the per-address counts, the
@@ -37,6 +37,7 @@ hold (``input_held``, ``output_held``; nothing when it holds nothing and
 nothing is counted for it) and whether it heard from its peer
 (``take_heard``). Everything runs on the server's event loop thread only:
 nothing here locks. Reporting costs a dict lookup per read or write;
+cutting a connection off is one log line (by the connection);
 anything proportional to the number of connections happens only when a
 budget is exceeded, or once per idle sweep.
 """
@@ -44,7 +45,6 @@ budget is exceeded, or once per idle sweep.
 from __future__ import annotations
 
 import asyncio
-import logging
 import operator
 from typing import Any, Iterable
 
@@ -54,8 +54,6 @@ from zeo.server.config import ServerConfig
 from zeo.server.interfaces import IServerBudgets
 
 __all__ = ["Budgets"]
-
-logger = logging.getLogger("zeo.server")
 
 _by_amount = operator.itemgetter(1)
 
