@@ -448,10 +448,12 @@ class ServerProtocol(asyncio.BufferedProtocol):
 
 
 def peer_host(transport: Any) -> str | None:
-    """The IP address of a TCP peer; None for a Unix socket."""
+    """The IP address of a TCP peer (an IPv4 address also when it reaches
+    an IPv6 socket); None for a Unix socket."""
     peer = transport.get_extra_info("peername") if transport is not None else None
     if isinstance(peer, tuple) and len(peer) >= 2:
-        return str(peer[0])
+        host = str(peer[0])
+        return host[7:] if host.startswith("::ffff:") and "." in host else host
     return None
 
 

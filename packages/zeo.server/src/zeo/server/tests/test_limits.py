@@ -351,6 +351,21 @@ class ProcessWideLimitConfigTests(unittest.TestCase):
         set_ = ServerConfig(max_total_input_buffer=100 * MiB, max_total_output_buffer=200 * MiB)
         self.assertEqual((set_.total_input_limit, set_.total_output_limit), (100 * MiB, 200 * MiB))
 
+    def test_the_address_counted_per_connection(self):
+        from zeo.server.adapter import peer_host
+
+        class Transport:
+            def __init__(self, peer):
+                self.peer = peer
+
+            def get_extra_info(self, name):
+                return self.peer
+
+        self.assertEqual(peer_host(Transport(("10.0.0.1", 8100))), "10.0.0.1")
+        self.assertEqual(peer_host(Transport(("::ffff:10.0.0.1", 8100, 0, 0))), "10.0.0.1")
+        self.assertEqual(peer_host(Transport(("::1", 8100, 0, 0))), "::1")
+        self.assertIsNone(peer_host(Transport("")))   # a Unix socket
+
     def test_bad_values_are_refused(self):
         for field, bad in [("max_total_input_buffer", 0), ("max_total_input_buffer", MiB),
                            ("max_total_output_buffer", -1), ("max_total_output_buffer", "1GB"),
