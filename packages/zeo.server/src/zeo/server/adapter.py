@@ -376,8 +376,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
             waiting = self._pending_bytes + self.transport.get_write_buffer_size()  # type: ignore[union-attr]
             if waiting > self._output_limit:
                 self._overflowed(waiting)
-                return
-            self._budgets.output_held(self, waiting)
+            elif not self._gone:
+                self._budgets.output_held(self, waiting)
             return
         self._count_out(len(data))
         transport: Any = self.transport
