@@ -221,6 +221,11 @@ class _Connection:
         self._check_not_failed()
         self._reader.received(nbytes)
 
+    @property
+    def buffered(self) -> int:
+        """See `IProtocolConnection`."""
+        return self._reader.buffered
+
     def next_event(self) -> NextEvent:
         """See `IProtocolConnection`."""
         if self._state is _OPEN:

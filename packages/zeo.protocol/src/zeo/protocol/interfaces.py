@@ -206,6 +206,11 @@ class IProtocolConnection(Interface):
 
     limits = Attribute("The `ProtocolLimits` in force.")
 
+    buffered = Attribute(
+        "Bytes received and held that are not yet returned as events (a"
+        " partial frame): what the I/O layer counts against its input"
+        " budget.")
+
     def receive_data(data):
         """Add bytes received from the peer; ``b''`` signals EOF.
 

@@ -22,6 +22,11 @@ comes unasked (invalidations) still queues; a connection whose unsent
 output exceeds ``ServerConfig.output_buffer_limit`` is aborted (a client
 that stops reading must not make the server grow).
 
+What every connection holds together (partial input, unsent output), the
+connections per address and idle connections are bounded by the server's
+`zeo.server.budgets.Budgets`: a connection reports what it holds after
+each read and write, and is aborted when the budget chooses it.
+
 Bad input of any kind closes this connection with one log line; it never
 touches the other connections.
 """
@@ -36,11 +41,13 @@ import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ZODB.POSException import ConflictError, POSKeyError
+from zope.interface import implementer
 from zeo.protocol import (
     NEED_DATA, Call, ConnectionClosed, EncodeError, ErrorReply, Heartbeat, OneWayCall,
     ProtocolAgreed, ProtocolError, ServerConnection, Status, StatusRequest,
     exception_text, exception_to_wire, peer_repr)
 
+from zeo.server.interfaces import IBudgetedConnection
 from zeo.server.results import Delayed
 from zeo.server.session import EXPOSED_METHODS, StorageSession
 
@@ -76,6 +83,7 @@ def receive_buffer() -> memoryview:
     return memoryview(bytearray(RECEIVE_BUFFER_SIZE))
 
 
+@implementer(IBudgetedConnection)
 class ServerProtocol(asyncio.BufferedProtocol):
     """One client connection."""
 
@@ -93,6 +101,16 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self._paused_at = 0.0    # time.monotonic() at pause_writing
         self._reading_paused = False
         self._buffer = server.receive_buffer
+        self._budgets = server.budgets
+        # Read only: whether the budgets count anything for us.
+        self._input_tallies = server.budgets.input_tallies
+        self._output_tallies = server.budgets.output_tallies
+        # Set by every read, taken by the idle sweep (see budgets).
+        self._heard = True
+        # Calls whose reply comes later (a Delayed).
+        self._delayed = 0
+        # Aborted or lost: the transport holds nothing more of ours.
+        self._gone = False
         # What get_buffer last returned, if not the shared buffer.
         self._direct: memoryview | None = None
         self._output_limit = self.config.output_buffer_limit
@@ -133,6 +151,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
         return self._buffer if direct is None else direct
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._heard = True
         stats = self._stats or self._registered_stats()
         if stats is not None:
             stats.bytes_in += nbytes
@@ -171,12 +190,15 @@ class ServerProtocol(asyncio.BufferedProtocol):
         finally:
             self._batching = False
             self._flush()
+            held = self._connection.buffered
+            if (held or self in self._input_tallies) and not self.closed:
+                self._budgets.input_held(self, held)
 
     def eof_received(self) -> bool:
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        self._gone = self.closed = True
         self._pending.clear()
         self._pending_bytes = 0
         self._batch.clear()
@@ -258,6 +280,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
         if method == "set_client_label":
             self._relabel()
         if type(result) is Delayed:
+            self._delayed += 1
             result.add_callback(
                 lambda error, value: self._settled(call, error, value))
         else:
@@ -265,6 +288,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
 
     def _settled(self, call: Call, error: BaseException | None,
                  value: Any) -> None:
+        self._delayed -= 1
         if self.closed:
             return
         if error is None:
@@ -355,6 +379,41 @@ class ServerProtocol(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.close()
 
+    def abort(self, reason: str) -> None:
+        """See `IBudgetedConnection`. A client that does not read must not
+        keep its output, nor memory, until it does; this also ends a
+        connection that `close` left sending its output."""
+        if self._gone:
+            return
+        self._gone = self.closed = True
+        logger.warning("%s: closing the connection: %s", self.label, reason)
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._batch.clear()
+        self._batch_bytes = 0
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- what the budgets ask (see IBudgetedConnection) -----------------------------
+
+    def unsent_output(self) -> int:
+        """See `IBudgetedConnection`."""
+        if self._gone or self.transport is None:
+            return 0
+        return self._pending_bytes + self.transport.get_write_buffer_size()
+
+    def take_heard(self) -> bool:
+        """See `IBudgetedConnection`."""
+        heard, self._heard = self._heard, False
+        return heard
+
+    def busy(self) -> bool:
+        """See `IBudgetedConnection`."""
+        session = self.session
+        return (session is None or self._handshake_timer is not None
+                or session.in_transaction or self._delayed > 0
+                or bool(self._pending) or self._paused or self._reading_paused)
+
     # -- output ------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
@@ -368,9 +427,15 @@ class ServerProtocol(asyncio.BufferedProtocol):
             waiting = self._pending_bytes + self.transport.get_write_buffer_size()  # type: ignore[union-attr]
             if waiting > self._output_limit:
                 self._overflowed(waiting)
+            elif not self._gone:
+                self._budgets.output_held(self, waiting)
             return
         self._count_out(len(data))
-        self.transport.write(data)  # type: ignore[union-attr]
+        transport: Any = self.transport
+        transport.write(data)
+        unsent = transport.get_write_buffer_size()
+        if (unsent or self in self._output_tallies) and not self.closed:
+            self._budgets.output_held(self, unsent)
 
     def _flush(self) -> None:
         """Write what `_handle_input` collected, as one piece."""
@@ -402,13 +467,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
             stats.bytes_out += count
 
     def _overflowed(self, waiting: int) -> None:
-        # Abort, not close: close would first try to send what the client
-        # does not read, and keep the memory until it does.
-        self.close(f"the client left {waiting} bytes unread, over the limit"
+        self.abort(f"the client left {waiting} bytes unread, over the limit"
                    f" of {self._output_limit} bytes (max-output-buffer)")
-        self._pending.clear()
-        self._pending_bytes = 0
-        self.transport.abort()  # type: ignore[union-attr]
 
     def _drain(self) -> None:
         pending = self._pending
@@ -434,6 +494,18 @@ class ServerProtocol(asyncio.BufferedProtocol):
             pieces = self._connection.send_pieces(OneWayCall(method, args))
             self._count_out(sum(map(len, pieces)))
             transport.writelines(pieces)  # type: ignore[union-attr]
+        if not self.closed:
+            self._budgets.output_held(self, self.unsent_output())
+
+
+def peer_host(transport: Any) -> str | None:
+    """The IP address of a TCP peer (an IPv4 address also when it reaches
+    an IPv6 socket); None for a Unix socket."""
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return host[7:] if host.startswith("::ffff:") and "." in host else host
+    return None
 
 
 def _describe_peer(transport: Any) -> str:

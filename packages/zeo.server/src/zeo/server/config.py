@@ -59,6 +59,23 @@ DEFAULT_MAX_LABEL_LENGTH = 200
 #: counted together under ``connections_by_label_omitted``.
 DEFAULT_MAX_STATUS_LABELS = 100
 
+# -- process-wide limits (see zeo.server.budgets) ------------------------------
+#: Bytes of partial requests all connections together may hold (input read
+#: but not yet a whole message). 1 GiB admits 16 clients each in the middle
+#: of a maximum-size (64 MiB) message, or thousands sending ordinary ones;
+#: when not configured, the limit is this or 16 times the frame limit,
+#: whichever is larger. Over it, the biggest holders are closed.
+DEFAULT_MAX_TOTAL_INPUT_BUFFER = 1 << 30
+#: Bytes of unsent output all connections together may have waiting. When
+#: not configured, the limit is this or 8 times the per-connection output
+#: limit, whichever is larger (1 GiB with the defaults). Over it, the
+#: connections with the most unsent output are aborted.
+DEFAULT_MAX_TOTAL_OUTPUT_BUFFER = 1 << 30
+#: TCP connections one IP address may hold; beyond, closed on accept. ZEO
+#: sites run many application processes per host, each with a connection
+#: per storage. Unix socket connections count only toward max_connections.
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 1000
+
 
 def _check_seconds(name: str, value: Any, *, allow_none: bool = True) -> float | None:
     if value is None and allow_none:
@@ -105,6 +122,16 @@ class ServerConfig:
     event_loop: str = DEFAULT_EVENT_LOOP
     #: Top-level packages whose classes may resolve conflicts here.
     conflict_resolution_packages: tuple[str, ...] = DEFAULT_CONFLICT_RESOLUTION_PACKAGES
+    # -- process-wide limits (see zeo.server.budgets) --
+    #: None: see ``DEFAULT_MAX_TOTAL_INPUT_BUFFER`` (``total_input_limit``).
+    max_total_input_buffer: int | None = None
+    #: None: see ``DEFAULT_MAX_TOTAL_OUTPUT_BUFFER`` (``total_output_limit``).
+    max_total_output_buffer: int | None = None
+    #: Seconds after the handshake a connection may send nothing (and have
+    #: no transaction, vote, call or output in progress) before it is
+    #: closed; None (the default): never.
+    idle_timeout: float | None = None
+    max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
 
     def __post_init__(self) -> None:
         check_event_loop(self.event_loop)
@@ -135,6 +162,35 @@ class ServerConfig:
             raise ValueError(
                 f"max_output_buffer {self.max_output_buffer} must hold one"
                 f" message of the maximum frame size {self.limits.max_frame_size}")
+        self._check_process_wide_limits()
+
+    def _check_process_wide_limits(self) -> None:
+        _check_seconds("idle_timeout", self.idle_timeout)
+        _check_count("max_connections_per_address", self.max_connections_per_address)
+        for name in ("max_total_input_buffer", "max_total_output_buffer"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_count(name, value)
+                if value < self.limits.max_frame_size:
+                    raise ValueError(
+                        f"{name} {value} must hold one message of the maximum"
+                        f" frame size {self.limits.max_frame_size}")
+
+    @property
+    def total_input_limit(self) -> int:
+        """Bytes of partial input all connections together may hold (see
+        ``DEFAULT_MAX_TOTAL_INPUT_BUFFER``)."""
+        if self.max_total_input_buffer is not None:
+            return self.max_total_input_buffer
+        return max(DEFAULT_MAX_TOTAL_INPUT_BUFFER, 16 * self.limits.max_frame_size)
+
+    @property
+    def total_output_limit(self) -> int:
+        """Bytes of unsent output all connections together may have (see
+        ``DEFAULT_MAX_TOTAL_OUTPUT_BUFFER``)."""
+        if self.max_total_output_buffer is not None:
+            return self.max_total_output_buffer
+        return max(DEFAULT_MAX_TOTAL_OUTPUT_BUFFER, 8 * self.output_buffer_limit)
 
     @property
     def output_buffer_limit(self) -> int:

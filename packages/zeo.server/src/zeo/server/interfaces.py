@@ -330,6 +330,74 @@ class IStorageSession(Interface):
         commit lock at once), drop iterators, leave the storage."""
 
 
+# -- process-wide budgets (zeo.server.budgets) --------------------------------
+
+
+class IBudgetedConnection(Interface):
+    """What the server's budgets need of a connection (the asyncio adapter).
+    The connection reports what it holds with ``IServerBudgets.input_held``
+    and ``output_held``; these are the budgets' questions and orders."""
+
+    label = Attribute("How log lines name this connection.")
+    closed = Attribute("True once the connection is closing or closed.")
+
+    def unsent_output():
+        """Bytes of output waiting to be sent now (queued and in the
+        transport's buffer), also while closing; 0 once aborted or lost."""
+
+    def take_heard():
+        """Whether anything was received since the last call; resets it."""
+
+    def busy():
+        """True if the connection must not be closed as idle however quiet
+        its peer: in the handshake, in a transaction, waiting for a reply of
+        ours, or with output waiting or reading paused."""
+
+    def abort(reason):
+        """Close at once, dropping unsent output, logging *reason*."""
+
+    def close(reason):
+        """Close the connection, logging *reason* (a str) if given."""
+
+
+class IServerBudgets(Interface):
+    """What all connections of one server hold together, bounded: partial
+    input, unsent output, connections per address, idle connections. Loop
+    thread only. See zeo.server.budgets."""
+
+    input_total = Attribute("Bytes of partial input held by all connections.")
+    output_total = Attribute("Bytes of unsent output, as last reported.")
+    input_tallies = Attribute(
+        "Read only: a mapping of the connections holding partial input to"
+        " their bytes.")
+    output_tallies = Attribute(
+        "Read only: a mapping of the connections with unsent output to"
+        " their bytes, as last reported.")
+
+    def admit(connection, host):
+        """Count a new connection from IP address *host* (None: a Unix
+        socket, not counted); return the reason to refuse it, or None."""
+
+    def forget(connection):
+        """The connection is gone: drop everything counted for it."""
+
+    def input_held(connection, held):
+        """*connection* holds *held* bytes of partial input now; if the
+        total is over the limit, abort the biggest holders until it is not."""
+
+    def output_held(connection, unsent):
+        """*connection* has *unsent* bytes of output waiting now; if the
+        total is over the limit, refresh every tally and abort the biggest
+        until it is not."""
+
+    def start(loop, connections):
+        """Sweep *connections* (a live collection of `IBudgetedConnection`)
+        for idle ones on *loop*, if an idle timeout is configured."""
+
+    def stop():
+        """Stop sweeping."""
+
+
 class IServing(Interface):
     """Event: a storage server is listening."""
 

@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterable
 import zope.event
 from zope.interface import implementer
 
-from zeo.server.adapter import ServerProtocol, receive_buffer
+from zeo.server.adapter import ServerProtocol, peer_host, receive_buffer
+from zeo.server.budgets import Budgets
 from zeo.server.config import Address, ServerConfig
 from zeo.server.interfaces import IClosed, IServing
 from zeo.server.results import Delayed
@@ -66,6 +67,8 @@ class StorageServer:
         self._working: set[asyncio.Future[Any]] = set()
         #: Where every connection's reads land (see zeo.server.adapter).
         self.receive_buffer = receive_buffer()
+        #: What all connections hold together (see zeo.server.budgets).
+        self.budgets = Budgets(self.config)
         self.closed = False
 
     # -- starting and stopping -------------------------------------------------
@@ -79,6 +82,7 @@ class StorageServer:
             self.storages[name] = ServedStorage(name, storage, self.config, hooks)
         for address in addresses:
             await self._listen(loop, address)
+        self.budgets.start(loop, self.connections)
         zope.event.notify(Serving(self, list(self.addresses)))
         for name, served in self.storages.items():
             logger.info("serving storage %r (%s) on %s%s", name, served.storage.getName(),
@@ -107,6 +111,7 @@ class StorageServer:
         if self.closed:
             return
         self.closed = True
+        self.budgets.stop()
         for listener in self._listeners:
             listener.close()
         for connection in list(self.connections):
@@ -131,11 +136,18 @@ class StorageServer:
                            " (max-connections)", connection.label, len(self.connections))
             connection.close(None)
             return False
+        refused = self.budgets.admit(connection, peer_host(connection.transport))
+        if refused is not None:
+            logger.warning("%s: refused: %s", connection.label, refused)
+            connection.close(None)
+            return False
         self.connections.add(connection)
         return True
 
     def connection_closed(self, connection: ServerProtocol) -> None:
-        self.connections.discard(connection)
+        if connection in self.connections:
+            self.connections.discard(connection)
+            self.budgets.forget(connection)
 
     def status(self) -> dict[str, Any]:
         return {name: served.status() for name, served in self.storages.items()}

@@ -91,6 +91,11 @@ def zeo_section(section: Any) -> ZeoSection:
         fields["event_loop"] = section.event_loop
     if section.conflict_resolution_packages is not None:
         fields["conflict_resolution_packages"] = tuple(section.conflict_resolution_packages)
+    # process-wide limits (zeo.server.budgets)
+    fields["max_total_input_buffer"] = section.max_total_input_buffer
+    fields["max_total_output_buffer"] = section.max_total_output_buffer
+    fields["idle_timeout"] = section.idle_timeout
+    fields["max_connections_per_address"] = section.max_connections_per_address
     address = getattr(section.address, "address", section.address)
     if isinstance(address, tuple):
         address = (address[0] or "", address[1])

@@ -254,6 +254,19 @@ class EndOfStreamTests(unittest.TestCase):
         with self.assertRaises(RemoteProtocolError):
             server.next_event()
 
+    def test_buffered_counts_the_partial_frame_held(self):
+        # What the server counts against its process-wide input budget.
+        server, client = connected_pair()
+        data = client.send(Call(1, "x")) + client.send(Call(2, "y", (b"z" * 200_000,)))
+        self.assertEqual(server.buffered, 0)
+        server.receive_data(data[:-10])
+        self.assertEqual(drain(server), [Call(1, "x")])
+        second = len(client.send(Call(3, "y", (b"z" * 200_000,))))
+        self.assertEqual(server.buffered, second - 10)
+        server.receive_data(data[-10:])
+        self.assertEqual(drain(server), [Call(2, "y", (b"z" * 200_000,))])
+        self.assertEqual(server.buffered, 0)
+
     def test_eof_during_handshake(self):
         server = ServerConnection(encoding="M")
         server.initiate()

@@ -43,7 +43,9 @@ class IdleConnectionsTests(unittest.TestCase):
             self.skipTest(f"ulimit -n is {soft}; {self.connections + 100} descriptors needed")
         self.directory = tempfile.mkdtemp(prefix="zeo-idle-")
         self.addCleanup(shutil.rmtree, self.directory, True)
-        self.server = ServerProcess(self.directory)
+        # All from 127.0.0.1: more than the default per address.
+        self.server = ServerProcess(self.directory, zeo_options={
+            "max-connections-per-address": str(self.connections + 100)})
         self.addCleanup(self.server.stop)
         self.clients = []
         self.addCleanup(self.close_all)

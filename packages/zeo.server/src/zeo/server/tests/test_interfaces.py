@@ -6,9 +6,14 @@ import unittest
 from zope.interface.verify import verifyClass
 from zope.interface.verify import verifyObject
 
+from zeo.server.adapter import ServerProtocol
+from zeo.server.budgets import Budgets
 from zeo.server.commit_lock import CommitLock
+from zeo.server.config import ServerConfig
+from zeo.server.interfaces import IBudgetedConnection
 from zeo.server.interfaces import ICommitLock
 from zeo.server.interfaces import IInvalidationQueue
+from zeo.server.interfaces import IServerBudgets
 from zeo.server.interfaces import IStorageStats
 from zeo.server.interfaces import ITransactionSpool
 from zeo.server.invalidation_queue import InvalidationQueue
@@ -36,6 +41,11 @@ class InterfaceTests(unittest.TestCase):
             self.addCleanup(spool.close)
             verifyClass(ITransactionSpool, TransactionSpool)
             verifyObject(ITransactionSpool, spool)
+
+    def test_budgets(self):
+        verifyClass(IServerBudgets, Budgets)
+        verifyObject(IServerBudgets, Budgets(ServerConfig()))
+        verifyClass(IBudgetedConnection, ServerProtocol)
 
     def test_storage_stats(self):
         verifyClass(IStorageStats, StorageStats)

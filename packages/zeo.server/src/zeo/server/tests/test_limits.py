@@ -1,16 +1,22 @@
 """Resource bounds: connections, spooled transaction size, unread output."""
 
+import logging
 import os
 import shutil
 import socket
+import struct
 import tempfile
 import time
 import unittest
 
+import zope.event
+
 import zeo.server
-from zeo.protocol import ProtocolLimits
+from zeo.protocol import ProtocolError, ProtocolLimits
 from zeo.protocol.framing import frame_header
 from zeo.server.admin import status
+from zeo.server.config import ServerConfig
+from zeo.server.interfaces import IServing
 from zeo.server.tests.rawclient import RawClient
 from zeo.server.tests.serverprocess import ServerProcess
 
@@ -175,6 +181,242 @@ class AnnouncedFrameTests(unittest.TestCase):
         other = server.client()
         self.assertEqual(other.call("lastTransaction"), Z64)
         other.close()
+
+MAXTID = b"\x7f" + b"\xff" * 7
+MiB = 1 << 20
+
+
+def wait_for(condition, message, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        time.sleep(0.02)
+
+
+class ProcessWideLimitTests(unittest.TestCase):
+    """What all connections hold together (zeo.server.budgets), over real
+    sockets with small limits."""
+
+    def start(self, port=0, **options):
+        self.directory = tempfile.mkdtemp(prefix="zeo-budgets-")
+        self.addCleanup(shutil.rmtree, self.directory)
+        serving = []
+        note = lambda event: IServing.providedBy(event) and serving.append(event)  # noqa: E731
+        zope.event.subscribers.append(note)
+        try:
+            address, stop = zeo.server.server(
+                path=os.path.join(self.directory, "Data.fs"), port=port, **options)
+        finally:
+            zope.event.subscribers.remove(note)
+        self.addCleanup(stop)
+        self.server = serving[0].server
+        return address
+
+    def open_socket(self, address, source=None):
+        """A connection that completed the handshake (msgpack), unregistered."""
+        sock = socket.create_connection(address, timeout=10, source_address=source)
+        self.addCleanup(sock.close)
+        greeting = sock.recv(64)
+        self.assertEqual(greeting[4:6], b"M5")
+        sock.sendall(struct.pack(">I", 2) + b"M5")
+        return sock
+
+    def assert_serving(self, address):
+        client = RawClient(address)
+        try:
+            oid = client.call("new_oids", 1)[0]
+            tid = client.commit(1, [(oid, Z64, b"still here")])
+            self.assertEqual(client.call("loadBefore", oid, MAXTID), (b"still here", tid, None))
+        finally:
+            client.close()
+
+    def closed_by_server(self, sock):
+        client = RawClient.__new__(RawClient)
+        client.sock = sock
+        return server_closed(client)
+
+    def test_the_biggest_holders_of_partial_input_are_closed(self):
+        # Each hoarder announces an almost maximal frame and sends only
+        # part of it. Together they pass the 2 MiB budget with the last
+        # one: the biggest (the first) is closed, the others are kept.
+        address = self.start(limits=ProtocolLimits(max_frame_size=MiB),
+                             blob_chunk_size=MiB // 4, max_output_buffer=2 * MiB,
+                             max_total_input_buffer=2 * MiB)
+        budgets = self.server.budgets
+        hoarders = []
+        held = 0
+        with self.assertLogs("zeo.server", logging.WARNING) as logged:
+            for size in (1_000_000, 500_000, 300_000, 400_000):
+                sock = self.open_socket(address)
+                sock.sendall(struct.pack(">I", MiB - 8) + b"h" * size)
+                hoarders.append(sock)
+                held += size + 4
+                if held <= 2 * MiB:
+                    wait_for(lambda: budgets.input_total == held,
+                             f"the server does not hold {held} bytes")
+            biggest = hoarders[0]
+            wait_for(lambda: self.closed_by_server(biggest), "the biggest holder is open")
+            wait_for(lambda: budgets.input_total == held - 1_000_004,
+                     "the closed connection's input is still counted")
+        self.assertEqual(len(logged.output), 1, logged.output)
+        self.assertIn("1000004 bytes of unfinished requests", logged.output[0])
+        self.assertIn("max-total-input-buffer", logged.output[0])
+        for sock in hoarders[1:]:
+            self.assertFalse(self.closed_by_server(sock))
+        self.assert_serving(address)
+        for sock in hoarders[1:]:
+            sock.close()
+        wait_for(lambda: budgets.input_total == 0, "closed connections are still counted")
+
+    def test_the_connections_with_the_most_unsent_output_are_aborted(self):
+        # Clients that ask for 600 kB records and do not read: each has
+        # about 1 to 2 MB of replies waiting when the server stops
+        # answering it (write_buffer high water: 1 MiB). Four of them are
+        # over the 3 MiB budget (each one alone is well under its own
+        # 8 MiB limit): some are aborted, at least one is kept. On a Unix
+        # socket, so that the kernel holds little.
+        directory = tempfile.mkdtemp(prefix="zeo-unix-")
+        self.addCleanup(shutil.rmtree, directory)
+        address = self.start(port=os.path.join(directory, "socket"),
+                             limits=ProtocolLimits(max_frame_size=MiB),
+                             blob_chunk_size=MiB // 4, max_output_buffer=8 * MiB,
+                             max_total_output_buffer=3 * MiB)
+        budgets = self.server.budgets
+        writer = RawClient(address)
+        oid = writer.call("new_oids", 1)[0]
+        writer.commit(1, [(oid, Z64, b"r" * 600_000)])
+        writer.close()
+        greedy = []
+        with self.assertLogs("zeo.server", logging.WARNING) as logged:
+            for _ in range(4):
+                client = RawClient(address)
+                greedy.append(client)
+                for _ in range(20):
+                    client.send_call("loadBefore", oid, MAXTID)
+                time.sleep(0.2)
+            wait_for(lambda: len(logged.output) >= 1, "nobody was aborted")
+        self.assertLessEqual(budgets.output_total, 3 * MiB)
+        # The others get every answer as they read.
+        closed = 0
+        for client in greedy:
+            try:
+                for msgid in range(1, client.next_id + 1):
+                    if msgid != 1:   # register
+                        self.assertEqual(len(client.wait_reply(msgid)[0]), 600_000)
+            except (OSError, ProtocolError):   # reset, or cut in a message
+                closed += 1
+            client.close()
+        self.assertGreaterEqual(closed, 1)
+        self.assertLess(closed, 4)
+        self.assertEqual(len(logged.output), closed, logged.output)
+        for line in logged.output:
+            self.assertIn("max-total-output-buffer", line)
+        self.assert_serving(address)
+
+    def test_connections_beyond_the_limit_per_address_are_closed_on_accept(self):
+        address = self.start(max_connections_per_address=2)
+        first, second = RawClient(address), RawClient(address)
+        with self.assertLogs("zeo.server", logging.WARNING) as logged:
+            third = socket.create_connection(address, timeout=10)
+            self.assertEqual(third.recv(100), b"")   # closed without a greeting
+            third.close()
+        self.assertEqual(len(logged.output), 1, logged.output)
+        self.assertIn("2 connections from 127.0.0.1 already", logged.output[0])
+        self.assertIn("max-connections-per-address", logged.output[0])
+        # Another address has its own count (all of 127/8 is loopback).
+        other = self.open_socket(address, source=("127.0.0.2", 0))
+        self.assertFalse(self.closed_by_server(other))
+        # A closed connection frees its slot.
+        first.close()
+        wait_for(lambda: len(self.server.connections) == 2, "the slot was not freed")
+        again = RawClient(address)
+        self.assertEqual(again.call("lastTransaction"), Z64)
+        for client in (again, second):
+            client.close()
+
+    def test_unix_socket_connections_have_no_limit_per_address(self):
+        directory = tempfile.mkdtemp(prefix="zeo-unix-")
+        self.addCleanup(shutil.rmtree, directory)
+        address = self.start(port=os.path.join(directory, "socket"),
+                             max_connections_per_address=1)
+        clients = [RawClient(address) for _ in range(3)]
+        for client in clients:
+            self.assertEqual(client.call("lastTransaction"), Z64)
+            client.close()
+
+    def test_idle_connections_are_closed_unless_busy(self):
+        address = self.start(idle_timeout=1.0)
+        idle = RawClient(address)
+        talking = RawClient(address)
+        committing = RawClient(address)
+        # A transaction in progress is not idle, however quiet.
+        committing.send("tpc_begin", 1, b"", b"", {}, None, " ")
+        started = time.monotonic()
+        with self.assertLogs("zeo.server", logging.WARNING) as logged:
+            while not server_closed(idle):
+                self.assertLess(time.monotonic() - started, 10, "the idle client is open")
+                self.assertIsNone(talking.call("ping"))
+                time.sleep(0.05)
+        self.assertGreaterEqual(time.monotonic() - started, 1.0)
+        self.assertEqual(len(logged.output), 1, logged.output)
+        self.assertIn("(idle-timeout)", logged.output[0])
+        # As long again: the others are still there (a ping every 50 ms
+        # keeps one busy, a transaction the other).
+        until = time.monotonic() + 1.0
+        while time.monotonic() < until:
+            self.assertIsNone(talking.call("ping"))
+            time.sleep(0.05)
+        self.assertFalse(server_closed(committing))
+        self.assertIsNone(committing.call("tpc_abort", 1))
+        for client in (idle, talking, committing):
+            client.close()
+
+    def test_no_idle_timeout_by_default(self):
+        self.assertIsNone(ServerConfig().idle_timeout)
+        address = self.start(handshake_timeout=0.2)
+        quiet = RawClient(address)
+        time.sleep(0.6)
+        self.assertEqual(quiet.call("lastTransaction"), Z64)
+        quiet.close()
+
+
+class ProcessWideLimitConfigTests(unittest.TestCase):
+
+    def test_defaults(self):
+        config = ServerConfig()
+        self.assertEqual(config.total_input_limit, 1 << 30)
+        self.assertEqual(config.total_output_limit, 1 << 30)
+        self.assertEqual(config.max_connections_per_address, 1000)
+        big = ServerConfig(limits=ProtocolLimits(max_frame_size=256 * MiB))
+        self.assertEqual(big.total_input_limit, 16 * 256 * MiB)
+        self.assertEqual(big.total_output_limit, 8 * 512 * MiB)
+        set_ = ServerConfig(max_total_input_buffer=100 * MiB, max_total_output_buffer=200 * MiB)
+        self.assertEqual((set_.total_input_limit, set_.total_output_limit), (100 * MiB, 200 * MiB))
+
+    def test_the_address_counted_per_connection(self):
+        from zeo.server.adapter import peer_host
+
+        class Transport:
+            def __init__(self, peer):
+                self.peer = peer
+
+            def get_extra_info(self, name):
+                return self.peer
+
+        self.assertEqual(peer_host(Transport(("10.0.0.1", 8100))), "10.0.0.1")
+        self.assertEqual(peer_host(Transport(("::ffff:10.0.0.1", 8100, 0, 0))), "10.0.0.1")
+        self.assertEqual(peer_host(Transport(("::1", 8100, 0, 0))), "::1")
+        self.assertIsNone(peer_host(Transport("")))   # a Unix socket
+
+    def test_bad_values_are_refused(self):
+        for field, bad in [("max_total_input_buffer", 0), ("max_total_input_buffer", MiB),
+                           ("max_total_output_buffer", -1), ("max_total_output_buffer", "1GB"),
+                           ("idle_timeout", 0), ("idle_timeout", float("inf")),
+                           ("max_connections_per_address", 0),
+                           ("max_connections_per_address", True)]:
+            with self.assertRaises(ValueError, msg=(field, bad)):
+                ServerConfig(**{field: bad})
 
 
 if __name__ == "__main__":

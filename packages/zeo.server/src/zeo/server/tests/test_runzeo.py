@@ -181,6 +181,46 @@ class RunzeoTests(unittest.TestCase):
         with open(log) as f:
             self.assertIn("running on the asyncio event loop", f.read())
 
+    def test_process_wide_limit_keys(self):
+        config = os.path.join(self.directory, "zeo.conf")
+        text = textwrap.dedent(f"""\
+            <zeo>
+              address 127.0.0.1:{free_port()}
+              %s
+            </zeo>
+            <filestorage 1>
+              path {self.directory}/Data.fs
+            </filestorage>
+            """)
+        with open(config, "w") as f:
+            f.write(text % textwrap.indent(textwrap.dedent("""\
+                max-total-input-buffer 300MB
+                max-total-output-buffer 2GB
+                idle-timeout 600
+                max-connections-per-address 50
+                """), "  "))
+        settings = load(config)
+        self.assertEqual(settings.config.total_input_limit, 300 * 1024 * 1024)
+        self.assertEqual(settings.config.total_output_limit, 2 * 1024 ** 3)
+        self.assertEqual(settings.config.idle_timeout, 600.0)
+        self.assertEqual(settings.config.max_connections_per_address, 50)
+        # Absent: the defaults.
+        with open(config, "w") as f:
+            f.write(text % "")
+        settings = load(config)
+        self.assertIsNone(settings.config.max_total_input_buffer)
+        self.assertIsNone(settings.config.max_total_output_buffer)
+        self.assertEqual(settings.config.total_input_limit, 1 << 30)
+        self.assertEqual(settings.config.total_output_limit, 1 << 30)
+        self.assertIsNone(settings.config.idle_timeout)
+        self.assertEqual(settings.config.max_connections_per_address, 1000)
+        # Bad values are refused clearly.
+        with open(config, "w") as f:
+            f.write(text % "max-connections-per-address 0")
+        with self.assertRaises(ValueError) as raised:
+            load(config)
+        self.assertIn("max_connections_per_address", str(raised.exception))
+
     def test_a_bad_event_loop_is_refused_clearly(self):
         config = os.path.join(self.directory, "zeo.conf")
         with open(config, "w") as f:
