@@ -182,6 +182,7 @@ class AnnouncedFrameTests(unittest.TestCase):
         self.assertEqual(other.call("lastTransaction"), Z64)
         other.close()
 
+
 MAXTID = b"\x7f" + b"\xff" * 7
 MiB = 1 << 20
 
