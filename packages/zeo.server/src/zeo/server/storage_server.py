@@ -22,6 +22,7 @@ import zope.event
 from zope.interface import implementer
 
 from zeo.server.adapter import ServerProtocol, receive_buffer
+from zeo.server.blob_uploads import SpoolBudget
 from zeo.server.config import Address, ServerConfig
 from zeo.server.interfaces import IClosed, IServing
 from zeo.server.results import Delayed
@@ -66,6 +67,8 @@ class StorageServer:
         self._working: set[asyncio.Future[Any]] = set()
         #: Where every connection's reads land (see zeo.server.adapter).
         self.receive_buffer = receive_buffer()
+        #: Spooled and uploaded bytes of every open transaction, all storages.
+        self.spool_budget = SpoolBudget(self.config.max_spool_total)
         self.closed = False
 
     # -- starting and stopping -------------------------------------------------
@@ -76,7 +79,8 @@ class StorageServer:
         self._loop = loop
         hooks = LoopHooks(loop.call_soon, loop.call_later)
         for name, storage in self._raw_storages.items():
-            self.storages[name] = ServedStorage(name, storage, self.config, hooks)
+            self.storages[name] = ServedStorage(name, storage, self.config, hooks,
+                                                spool_budget=self.spool_budget)
         for address in addresses:
             await self._listen(loop, address)
         zope.event.notify(Serving(self, list(self.addresses)))
