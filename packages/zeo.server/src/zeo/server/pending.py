@@ -75,6 +75,8 @@ class PendingTransaction:
         self.blob_upload: Any = None     # open temp file between Start and End
         self.blob_upload_path: str | None = None
         self.blob_upload_size = 0
+        #: The upload directory this transaction put files in, if any.
+        self.uploads: UploadDirectory | None = None
 
     def check(self, txn_id: Any) -> None:
         if txn_id != self.txn_id:
@@ -89,6 +91,7 @@ class PendingTransaction:
 
     def start_blob(self, uploads: UploadDirectory) -> None:
         self.discard_blob_upload()
+        self.uploads = uploads
         self.blob_upload, self.blob_upload_path = uploads.new_file()
 
     def blob_chunk(self, chunk: bytes) -> None:
@@ -212,8 +215,12 @@ class PendingTransaction:
             self.storage.tpc_abort(self.metadata)
 
     def close(self) -> None:
-        self.discard_blob_upload()
-        self.spool.close()
+        try:
+            self.discard_blob_upload()
+            self.spool.close()
+        finally:
+            if self.uploads is not None:
+                self.uploads.remove_if_empty()
 
 
 def _text_or_bytes(value: Any, what: str) -> bytes:

@@ -302,6 +302,7 @@ class StorageSession:
         txn = self._spooling(txn_id)
         oid, serial, data = _id8(oid, "an oid"), _serial(serial), _record(data)
         path = _shared_blob_path(self.served, oid, filename)  # type: ignore[arg-type]
+        txn.uploads = self.served.uploads  # type: ignore[union-attr]
         try:
             txn.spool.store_blob(oid, serial, data, path)
         except BaseException:
