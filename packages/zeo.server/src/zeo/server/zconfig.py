@@ -76,6 +76,7 @@ def zeo_section(section: Any) -> ZeoSection:
         "handshake_timeout": section.handshake_timeout,
         "max_connections": section.max_connections,
         "max_output_buffer": section.max_output_buffer,
+        "max_spool_size": section.max_spool_size,
         "max_spool_total": section.max_spool_total,
         "limits": ProtocolLimits(max_frame_size=section.max_frame_size),
         "ssl": section.ssl,

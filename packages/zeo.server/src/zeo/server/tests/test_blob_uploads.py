@@ -1,15 +1,21 @@
 """Blob uploads are bounded, per transaction and over the whole server, go
 only to storages with blobs, and do not outlive a killed server."""
 
+import errno
 import logging
 import os
 import shutil
 import tempfile
+import textwrap
 import unittest
+from unittest import mock
 
 import zeo.server
 from zeo.server import blob_uploads
 from zeo.server.blob_uploads import UploadDirectory, remove_stale_uploads
+from zeo.server.config import DEFAULT_MAX_SPOOL_SIZE, DEFAULT_MAX_SPOOL_TOTAL, ServerConfig
+from zeo.server.shared_blobs import claim_shared_blob
+from zeo.server.zconfig import load
 from zeo.server.tests.rawclient import RawClient
 from zeo.server.tests.serverprocess import ServerProcess
 
@@ -125,6 +131,57 @@ class UploadDirectoryTests(unittest.TestCase):
         self.assertEqual(len(upload_files(self.parent)), 1)
         live.close()
         self.assertEqual(os.listdir(self.parent), [])
+
+
+class SharedClaimCopyTests(unittest.TestCase):
+    """When the claim's rename fails (the upload directory on another file
+    system), the checked file is copied, and the client's file removed."""
+
+    def test_the_claim_copies_when_it_cannot_rename(self):
+        blobs = tempfile.mkdtemp(prefix="zeo-uploads-test-")
+        self.addCleanup(shutil.rmtree, blobs)
+        oid_dir = os.path.join(blobs, "0x01")
+        os.makedirs(os.path.join(blobs, "tmp"))
+        os.mkdir(oid_dir)
+        with open(os.path.join(oid_dir, "upload.tmp"), "wb") as f:
+            f.write(b"content")
+        uploads = UploadDirectory(os.path.join(blobs, "tmp"))
+        self.addCleanup(uploads.close)
+        uploads.new_name()   # the directory exists before the rename fails
+        cross_device = OSError(errno.EXDEV, "Invalid cross-device link")
+        with mock.patch("os.replace", side_effect=cross_device):
+            path = claim_shared_blob(blobs, oid_dir, "upload.tmp", uploads.new_name)
+        self.assertEqual(os.path.dirname(path), uploads.path)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"content")
+        self.assertEqual(os.listdir(oid_dir), [])
+
+
+class ConfigurationTests(unittest.TestCase):
+
+    def test_the_zeo_keys_and_defaults(self):
+        directory = tempfile.mkdtemp(prefix="zeo-uploads-test-")
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "zeo.conf")
+        for keys, size, total in [
+                ("", DEFAULT_MAX_SPOOL_SIZE, DEFAULT_MAX_SPOOL_TOTAL),
+                ("max-spool-size 2GB\nmax-spool-total 3MB", 2 << 30, 3 << 20)]:
+            with open(path, "w") as f:
+                f.write(textwrap.dedent(f"""\
+                    <zeo>
+                      address 127.0.0.1:0
+                      {keys}
+                    </zeo>
+                    <filestorage 1>
+                      path {directory}/Data.fs
+                    </filestorage>
+                    """))
+            config = load(path).config
+            self.assertEqual((config.max_spool_size, config.max_spool_total), (size, total))
+        self.assertEqual(DEFAULT_MAX_SPOOL_TOTAL, 4 * DEFAULT_MAX_SPOOL_SIZE)
+        self.assertIsNone(ServerConfig(max_spool_total=None).max_spool_total)
+        with self.assertRaises(ValueError):
+            ServerConfig(max_spool_total=0)
 
 
 class KilledServerTests(unittest.TestCase):
