@@ -167,38 +167,47 @@ class UploadDirectory:
 def remove_stale_uploads(parent: str) -> list[str]:
     """Remove the upload directories in *parent* whose owner is gone
     (Rule 2); return their paths."""
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(os.scandir(parent))
-    except FileNotFoundError:
+    except OSError as error:   # no such directory, not readable, ...
+        if not isinstance(error, FileNotFoundError):
+            logger.warning("cannot look for stale blob uploads in %s: %s", parent, error)
         return removed
     for entry in entries:
-        staging = entry.name.startswith(STAGING_PREFIX)
-        if not (staging or entry.name.startswith(PREFIX)) or entry.path in _LIVE \
-                or not entry.is_dir(follow_symlinks=False):
-            continue
         try:
-            lock = os.open(os.path.join(entry.path, LOCK_NAME),
-                           os.O_RDWR | os.O_NOFOLLOW | _CLOEXEC)
-        except FileNotFoundError:
-            if staging:
-                continue   # perhaps being created right now (Rule 3)
-            lock = None    # not made by Rule 3: nobody owns it
-        except OSError:
-            continue       # not ours to judge (a symlink?)
-        try:
-            if lock is not None:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue   # its server is alive
-            shutil.rmtree(entry.path, ignore_errors=True)
-            removed.append(entry.path)
-        finally:
-            if lock is not None:
-                os.close(lock)
+            if _remove_if_stale(entry):
+                removed.append(entry.path)
+        except OSError as error:
+            logger.warning("cannot remove the stale blob uploads %s: %s", entry.path, error)
     if removed:
         logger.warning("removed %d blob upload director%s left by a server that"
                        " is gone: %s", len(removed), "y" if len(removed) == 1 else "ies",
                        ", ".join(removed))
     return removed
+
+
+def _remove_if_stale(entry: os.DirEntry[str]) -> bool:
+    """Remove *entry* if it is an upload directory without a live owner."""
+    staging = entry.name.startswith(STAGING_PREFIX)
+    if not (staging or entry.name.startswith(PREFIX)) or entry.path in _LIVE \
+            or not entry.is_dir(follow_symlinks=False):
+        return False
+    try:
+        lock: int | None = os.open(os.path.join(entry.path, LOCK_NAME),
+                                   os.O_RDWR | os.O_NOFOLLOW | _CLOEXEC)
+    except FileNotFoundError:
+        if staging:
+            return False   # perhaps being created right now (Rule 3)
+        lock = None        # not made by Rule 3: nobody owns it
+    try:
+        if lock is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False   # its server is alive
+        shutil.rmtree(entry.path)
+        return True
+    finally:
+        if lock is not None:
+            os.close(lock)

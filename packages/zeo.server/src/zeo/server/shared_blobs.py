@@ -192,6 +192,7 @@ def _copy(name: str, source_fd: int, before: os.stat_result, target: str,
         out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
                       dir_fd=target_fd)
         with os.fdopen(out, "wb") as copy:
+            os.fchmod(copy.fileno(), stat.S_IMODE(info.st_mode) | stat.S_IRUSR)
             shutil.copyfileobj(source, copy)
     now = os.stat(name, dir_fd=source_fd, follow_symlinks=False)
     if (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino):
