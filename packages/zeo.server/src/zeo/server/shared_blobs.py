@@ -45,7 +45,9 @@ __all__ = [
 logger = logging.getLogger("zeo.server")
 
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+#: O_NONBLOCK: a FIFO put in a file's place must not block the server in
+#: open(); it is then refused as not a regular file.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
 class UnsafeBlobPath(ValueError):
@@ -189,11 +191,16 @@ def _copy(name: str, source_fd: int, before: os.stat_result, target: str,
         if (info.st_dev, info.st_ino) != (before.st_dev, before.st_ino):
             raise UnsafeBlobPath(f"the shared blob file {name!r:.200} changed while"
                                  " the server claimed it")
+        _plain_file(info, name)
         out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
                       dir_fd=target_fd)
-        with os.fdopen(out, "wb") as copy:
-            os.fchmod(copy.fileno(), stat.S_IMODE(info.st_mode) | stat.S_IRUSR)
-            shutil.copyfileobj(source, copy)
+        try:
+            with os.fdopen(out, "wb") as copy:
+                os.fchmod(copy.fileno(), stat.S_IMODE(info.st_mode) | stat.S_IRUSR)
+                shutil.copyfileobj(source, copy)
+        except BaseException:
+            os.unlink(target, dir_fd=target_fd)
+            raise
     now = os.stat(name, dir_fd=source_fd, follow_symlinks=False)
     if (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino):
         os.unlink(name, dir_fd=source_fd)

@@ -158,6 +158,13 @@ class SharedBlobSymlinkTests(unittest.TestCase):
         os.symlink(secret, committed)
         with self.assertRaises(ServerError):
             self.send_blob(oid, tid)
+        # ... or by a FIFO, which must not block the server in open() ...
+        os.remove(committed)
+        os.mkfifo(committed)
+        with self.assertRaises(ServerError):
+            self.send_blob(oid, tid)
+        os.remove(committed)
+        os.symlink(secret, committed)
         # ... or a directory on the way.
         os.remove(committed)
         oid_dir = self.helper.getPathForOID(oid)
