@@ -45,6 +45,11 @@ DEFAULT_CONFLICT_RESOLUTION_PACKAGES = ("BTrees", "persistent", "ZODB")
 DEFAULT_READER_STALL_TIMEOUT = 5.0
 #: Bytes one transaction may spool (stores and blobs) before its commit.
 DEFAULT_MAX_SPOOL_SIZE = 1 << 30
+#: Bytes all open transactions of the server may spool together, blob
+#: uploads included: four transactions at the per-transaction bound. The
+#: per-transaction bound alone lets every connection fill the temporary
+#: disk once; this bounds the sum, which is what has to fit on that disk.
+DEFAULT_MAX_SPOOL_TOTAL = 4 << 30
 #: Bytes of replies and notifications one connection may have waiting to be
 #: sent. A client that stops reading while invalidations pile up is closed
 #: at this point instead of growing the server without bound. It must hold
@@ -112,6 +117,8 @@ class ServerConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_iterators: int = DEFAULT_MAX_ITERATORS
     max_spool_size: int | None = DEFAULT_MAX_SPOOL_SIZE
+    #: Process-wide: see DEFAULT_MAX_SPOOL_TOTAL (None: no limit).
+    max_spool_total: int | None = DEFAULT_MAX_SPOOL_TOTAL
     blob_chunk_size: int = DEFAULT_BLOB_CHUNK_SIZE
     max_output_buffer: int | None = None
     max_label_length: int = DEFAULT_MAX_LABEL_LENGTH
@@ -149,6 +156,8 @@ class ServerConfig:
         _check_count("max_iterators", self.max_iterators)
         if self.max_spool_size is not None:
             _check_count("max_spool_size", self.max_spool_size)
+        if self.max_spool_total is not None:
+            _check_count("max_spool_total", self.max_spool_total)
         _check_count("blob_chunk_size", self.blob_chunk_size)
         if self.blob_chunk_size > self.limits.max_frame_size // 2:
             raise ValueError(

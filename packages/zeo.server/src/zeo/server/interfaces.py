@@ -160,7 +160,11 @@ class ITransactionSpool(Interface):
 
     size = Attribute("Number of bytes spooled so far (encoded form).")
 
-    max_size = Attribute("Limit on ``size`` in bytes, or None.")
+    max_size = Attribute(
+        "Limit on ``size`` plus ``blob_bytes``, in bytes, or None.")
+
+    blob_bytes = Attribute(
+        "Bytes of blob uploads counted with add_blob_bytes (and not removed).")
 
     in_memory = Attribute("True while the log is still held in memory.")
 
@@ -207,6 +211,17 @@ class ITransactionSpool(Interface):
         The spool never reads the file.  ``close()`` deletes it if it
         still exists; a storage that committed it has moved it away.
         """
+
+    def add_blob_bytes(nbytes):
+        """Count *nbytes* of blob upload against ``max_size`` and the
+        server's budget, before they are written.
+
+        Raises TransactionTooLargeError, counting nothing, if either would
+        be exceeded.
+        """
+
+    def remove_blob_bytes(nbytes):
+        """Stop counting *nbytes* of blob upload (a discarded upload)."""
 
     def close():
         """Discard everything: temporary file, buffers and owned blob files.

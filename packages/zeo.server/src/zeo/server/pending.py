@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import enum
 import os
-import tempfile
 import time
 from typing import Any, Callable
 
@@ -38,6 +37,7 @@ from ZODB.POSException import ConflictError, StorageTransactionError
 from ZODB.utils import tid_repr
 from zeo.protocol import RemoteProtocolError, peer_repr, safe_loads, server_pickle_globals
 
+from zeo.server.blob_uploads import SpoolBudget, UploadDirectory
 from zeo.server.spool import (
     CheckCurrent, Delete, Restore, Store, StoreBlob, TransactionSpool, Undo)
 
@@ -58,7 +58,8 @@ class PendingTransaction:
     def __init__(self, storage: Any, txn_id: Any, user: Any, description: Any,
                  extension: Any, tid: bytes | None, status: str, *,
                  spool_dir: str, max_spool_size: int | None,
-                 client_conflict_resolution: bool) -> None:
+                 client_conflict_resolution: bool,
+                 spool_budget: SpoolBudget | None = None) -> None:
         self.storage = storage
         self.txn_id = txn_id
         self.metadata = TransactionMetaData(
@@ -67,11 +68,15 @@ class PendingTransaction:
         self.tid = _checked_tid(tid, status)
         self.status = status
         self.phase = Phase.SPOOLING
-        self.spool = TransactionSpool(spool_dir, max_size=max_spool_size)
+        self.spool = TransactionSpool(spool_dir, max_size=max_spool_size,
+                                      budget=spool_budget)
         self.client_conflict_resolution = client_conflict_resolution
         self.undone_oids: set[bytes] = set()
         self.blob_upload: Any = None     # open temp file between Start and End
         self.blob_upload_path: str | None = None
+        self.blob_upload_size = 0
+        #: The upload directory this transaction put files in, if any.
+        self.uploads: UploadDirectory | None = None
 
     def check(self, txn_id: Any) -> None:
         if txn_id != self.txn_id:
@@ -81,30 +86,43 @@ class PendingTransaction:
 
     # -- blob uploads ---------------------------------------------------------
 
-    def start_blob(self, directory: str) -> None:
+    # A blob's bytes count against the spool's bounds as they arrive
+    # (TransactionSpool.add_blob_bytes), before they are written; the file
+    # is in the storage's UploadDirectory, so it cannot outlive the server.
+
+    def start_blob(self, uploads: UploadDirectory) -> None:
         self.discard_blob_upload()
-        fd, path = tempfile.mkstemp(suffix=".upload", dir=directory)
-        self.blob_upload = os.fdopen(fd, "wb")
-        self.blob_upload_path = path
+        self.uploads = uploads
+        self.blob_upload, self.blob_upload_path = uploads.new_file()
 
     def blob_chunk(self, chunk: bytes) -> None:
         if self.blob_upload is None:
             raise StorageTransactionError("storeBlobChunk without storeBlobStart")
+        size = memoryview(chunk).nbytes   # bytes, or a view of received bytes
+        self.spool.add_blob_bytes(size)
+        self.blob_upload_size += size
         self.blob_upload.write(chunk)
 
     def end_blob(self, oid: bytes, serial: bytes, data: bytes) -> None:
         if self.blob_upload is None:
             raise StorageTransactionError("storeBlobEnd without storeBlobStart")
         self.blob_upload.close()
-        path = self.blob_upload_path
+        try:
+            self.spool.store_blob(oid, serial, data, self.blob_upload_path)
+        except BaseException:
+            self.discard_blob_upload()
+            raise
+        # The spool owns the file now, and keeps counting its bytes.
         self.blob_upload = self.blob_upload_path = None
-        self.spool.store_blob(oid, serial, data, path)
+        self.blob_upload_size = 0
 
     def discard_blob_upload(self) -> None:
         if self.blob_upload is not None:
             self.blob_upload.close()
             _remove(self.blob_upload_path)
             self.blob_upload = self.blob_upload_path = None
+            self.spool.remove_blob_bytes(self.blob_upload_size)
+            self.blob_upload_size = 0
 
     # -- the vote -------------------------------------------------------------
 
@@ -198,8 +216,12 @@ class PendingTransaction:
             self.storage.tpc_abort(self.metadata)
 
     def close(self) -> None:
-        self.discard_blob_upload()
-        self.spool.close()
+        try:
+            self.discard_blob_upload()
+            self.spool.close()
+        finally:
+            if self.uploads is not None:
+                self.uploads.remove_if_empty()
 
 
 def _text_or_bytes(value: Any, what: str) -> bytes:

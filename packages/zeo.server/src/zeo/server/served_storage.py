@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ZODB.interfaces import IBlobStorage
 
+from zeo.server.blob_uploads import SpoolBudget, UploadDirectory, remove_stale_uploads
 from zeo.server.commit_lock import CommitLock
 from zeo.server.config import ServerConfig
 from zeo.server.conflicts import guard_conflict_resolution
@@ -49,10 +50,15 @@ class LoopHooks:
 
 
 class ServedStorage:
-    """A ZODB storage served under *name*."""
+    """A ZODB storage served under *name*.
+
+    *spool_budget* is shared by every storage of a server (see
+    `zeo.server.blob_uploads.SpoolBudget`); without it this storage has its
+    own, of ``config.max_spool_total`` bytes.
+    """
 
     def __init__(self, name: str, storage: Any, config: ServerConfig,
-                 hooks: LoopHooks) -> None:
+                 hooks: LoopHooks, spool_budget: SpoolBudget | None = None) -> None:
         self.name = name
         self.storage = storage
         self.config = config
@@ -73,6 +79,12 @@ class ServedStorage:
         self.blob_dir = _blob_dir(storage)
         #: Where transactions spool and blob uploads land (see _spool_dir).
         self.spool_dir = _spool_dir(storage)
+        self.spool_budget = spool_budget or SpoolBudget(config.max_spool_total)
+        #: Blob uploads of this process (None: the storage has no blobs).
+        self.uploads: UploadDirectory | None = None
+        if IBlobStorage.providedBy(storage):
+            remove_stale_uploads(self.spool_dir)
+            self.uploads = UploadDirectory(self.spool_dir)
         guard_conflict_resolution(storage, config.conflict_resolution_packages)
 
     def __repr__(self) -> str:
@@ -131,7 +143,11 @@ class ServedStorage:
             max_labels=self.config.max_status_labels)
 
     def close(self) -> None:
-        self.storage.close()
+        try:
+            if self.uploads is not None:
+                self.uploads.close()
+        finally:
+            self.storage.close()
 
 
 def _blob_dir(storage: Any) -> str | None:

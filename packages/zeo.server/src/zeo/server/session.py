@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterator
+from typing import Any
 
 from ZODB.POSException import ConflictError, ReadOnlyError, StorageTransactionError
 from ZODB.serialize import referencesf
@@ -30,6 +30,7 @@ from zeo.server.iterators import IteratorRegistry
 from zeo.server.pending import PendingTransaction, Phase
 from zeo.server.results import Delayed
 from zeo.server.served_storage import ServedStorage
+from zeo.server.shared_blobs import BlobMessages, claim_shared_blob, open_blob
 
 logger = logging.getLogger("zeo.server")
 
@@ -186,8 +187,9 @@ class StorageSession:
 
     def sendBlob(self, oid: bytes, serial: bytes) -> None:
         path = self._storage().loadBlob(_id8(oid, "an oid"), _id8(serial, "a serial"))
+        blob = open_blob(self.served.blob_dir, path)  # type: ignore[union-attr]
         chunk_size = self.served.config.blob_chunk_size  # type: ignore[union-attr]
-        self.peer.stream(_blob_messages(oid, serial, path, chunk_size))
+        self.peer.stream(BlobMessages(oid, serial, blob, chunk_size))
         return None
 
     # -- iterators ------------------------------------------------------------
@@ -263,7 +265,8 @@ class StorageSession:
             served.storage, txn_id, user, description, extension, tid, status,  # type: ignore[union-attr]
             spool_dir=served.spool_dir,  # type: ignore[union-attr]
             max_spool_size=config.max_spool_size,
-            client_conflict_resolution=config.client_conflict_resolution)
+            client_conflict_resolution=config.client_conflict_resolution,
+            spool_budget=served.spool_budget)  # type: ignore[union-attr]
         served.stats.active_txns += 1  # type: ignore[union-attr]
 
     def storea(self, oid: bytes, serial: bytes, data: bytes, txn_id: Any) -> None:
@@ -302,8 +305,12 @@ class StorageSession:
         self._spooling(txn_id).spool.undo(undo_id)
 
     def storeBlobStart(self) -> None:
-        self._spooling(None, check_id=False).start_blob(
-            self.served.spool_dir)  # type: ignore[union-attr]
+        txn = self._spooling(None, check_id=False)
+        uploads = self.served.uploads  # type: ignore[union-attr]
+        if uploads is None:
+            raise ValueError(f"storage {self.served.name!r} has no blob support;"  # type: ignore[union-attr]
+                             " storeBlobStart is refused")
+        txn.start_blob(uploads)
 
     def storeBlobChunk(self, chunk: bytes) -> None:
         self._spooling(None, check_id=False).blob_chunk(chunk)
@@ -315,8 +322,14 @@ class StorageSession:
     def storeBlobShared(self, oid: bytes, serial: bytes, data: bytes, filename: str,
                         txn_id: Any) -> None:
         txn = self._spooling(txn_id)
-        path = _shared_blob_path(self._storage(), self.served.blob_dir, oid, filename)  # type: ignore[union-attr]
-        txn.spool.store_blob(oid, _serial(serial), _record(data), path)
+        oid, serial, data = _id8(oid, "an oid"), _serial(serial), _record(data)
+        path = _shared_blob_path(self.served, oid, filename)  # type: ignore[arg-type]
+        txn.uploads = self.served.uploads  # type: ignore[union-attr]
+        try:
+            txn.spool.store_blob(oid, serial, data, path)
+        except BaseException:
+            os.remove(path)   # ours since claimed; the spool did not take it
+            raise
         self.served.stats.stores += 1  # type: ignore[union-attr]
 
     def _spooling(self, txn_id: Any, check_id: bool = True) -> PendingTransaction:
@@ -508,42 +521,10 @@ def _count_conflict(stats: Any) -> None:
     stats.conflicts += 1
 
 
-def _blob_messages(oid: bytes, serial: bytes, path: str,
-                   chunk_size: int) -> Iterator[tuple[str, tuple[Any, ...]]]:
-    """The one-way messages that stream a blob, read lazily chunk by chunk."""
-    yield "receiveBlobStart", (oid, serial)
-    with open(path, "rb") as blob:
-        while True:
-            chunk = blob.read(chunk_size)
-            if not chunk:
-                break
-            yield "receiveBlobChunk", (oid, serial, chunk)
-    yield "receiveBlobStop", (oid, serial)
-
-
-def _shared_blob_path(storage: Any, blob_dir: str | None, oid: bytes, filename: Any) -> str:
-    """Where a shared-blob-dir upload named *filename* lives, checked strictly.
-
-    The name must be a bare temporary-file name: no path separator (on
-    POSIX a backslash is an ordinary character, and reference clients put
-    ``repr(serial)`` in the name), not starting with a dot, ending in ``.tmp``
-    plus at most one character. The result must resolve, symlinks followed,
-    to a file inside the blob directory.
-    """
-    if blob_dir is None:
+def _shared_blob_path(served: ServedStorage, oid: bytes, filename: Any) -> str:
+    """Claim the shared-blob-dir upload *filename* of *oid* and return where
+    it is now: see `zeo.server.shared_blobs` for the rules."""
+    if served.blob_dir is None or served.uploads is None:
         raise ValueError("this storage has no blob directory; storeBlobShared is refused")
-    separators = {os.sep, os.altsep or os.sep, "/"}
-    if not isinstance(filename, str) or not filename or "\0" in filename \
-            or any(sep in filename for sep in separators) or filename.startswith(".") \
-            or not (filename.endswith(".tmp") or filename[:-1].endswith(".tmp")):
-        logger.warning("refused storeBlobShared with a suspicious file name %r", filename)
-        raise ValueError(f"invalid blob file name {filename!r}")
-    directory = storage.fshelper.getPathForOID(oid)
-    path = os.path.realpath(os.path.join(directory, filename))
-    root = os.path.realpath(blob_dir)
-    if os.path.commonpath([root, path]) != root:
-        logger.warning("refused storeBlobShared outside the blob directory: %r", filename)
-        raise ValueError(f"invalid blob file name {filename!r}")
-    if not os.path.isfile(path):
-        raise ValueError(f"no uploaded blob file {filename!r} in the shared blob directory")
-    return path
+    return claim_shared_blob(served.blob_dir, served.storage.fshelper.getPathForOID(oid),
+                             filename, served.uploads.new_name)

@@ -22,13 +22,17 @@ is left behind even if the server is killed.  Replay reads the log in
 chunks of `READ_CHUNK` bytes (or one record, if larger).
 
 ``max_size`` (default `DEFAULT_MAX_SIZE`, 1 GiB; None for no limit)
-bounds the encoded size.  It exists because any client may stream stores
-without ever voting; each spool is then a way to fill the server's temp
-disk.  1 GiB is far above what ZODB applications commit in one
-transaction (blob contents are not counted: they travel as separate
-files) while still bounding the damage per connection.  Exceeding it
-raises `ZODB.POSException.TransactionTooLargeError`, which a ZODB client
-understands; the operation is then not recorded.
+bounds the encoded size plus the bytes of the transaction's blob uploads
+(`TransactionSpool.add_blob_bytes`; the upload files themselves are kept
+by the session).  It exists because any client may stream stores and
+blob chunks without ever voting; each spool is then a way to fill the
+server's temp disk.  1 GiB is far above what ZODB applications commit in
+one transaction while still bounding the damage per connection.
+Exceeding it raises `ZODB.POSException.TransactionTooLargeError`, which a
+ZODB client understands; the operation is then not recorded.  A shared
+*budget* (`zeo.server.blob_uploads.SpoolBudget`), if given, bounds the
+same bytes summed over every open transaction of the server: the spool
+charges it as it grows and gives everything back at ``close``.
 
 Errors
 ------
@@ -87,6 +91,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from typing import Any
 from typing import NamedTuple
 from typing import Optional
@@ -97,6 +102,9 @@ from ZODB.POSException import TransactionTooLargeError
 from zope.interface import implementer
 
 from zeo.server.interfaces import ITransactionSpool
+
+if TYPE_CHECKING:
+    from zeo.server.blob_uploads import SpoolBudget
 
 
 __all__ = [
@@ -221,7 +229,8 @@ class TransactionSpool:
 
     def __init__(self, directory: str, *,
                  memory_limit: int = DEFAULT_MEMORY_LIMIT,
-                 max_size: Optional[int] = DEFAULT_MAX_SIZE) -> None:
+                 max_size: Optional[int] = DEFAULT_MAX_SIZE,
+                 budget: Optional[SpoolBudget] = None) -> None:
         if (isinstance(memory_limit, bool) or not isinstance(memory_limit, int)
                 or memory_limit < 0):
             raise ValueError(
@@ -238,6 +247,9 @@ class TransactionSpool:
         self._in_memory = True
         self._at_end = True   # False after a replay moved the position
         self._size = 0
+        self._blob_bytes = 0
+        self._budget = budget
+        self._charged = 0     # bytes charged to the budget, given back at close
         self._count = 0
         self._counts: dict[str, int] = dict.fromkeys(
             (name for _, name, _ in _OPS.values()), 0)
@@ -260,6 +272,11 @@ class TransactionSpool:
     def size(self) -> int:
         """See `ITransactionSpool`."""
         return self._size
+
+    @property
+    def blob_bytes(self) -> int:
+        """See `ITransactionSpool`."""
+        return self._blob_bytes
 
     @property
     def in_memory(self) -> bool:
@@ -345,6 +362,34 @@ class TransactionSpool:
         self._oids.add(oid)
         self._blob_paths.append(blob_path)
 
+    def add_blob_bytes(self, nbytes: int) -> None:
+        """See `ITransactionSpool`."""
+        self._check_usable('count blob bytes in')
+        self._charge(self._size + self._blob_bytes + nbytes, nbytes,
+                     'this blob data')
+        self._blob_bytes += nbytes
+
+    def remove_blob_bytes(self, nbytes: int) -> None:
+        """See `ITransactionSpool`."""
+        nbytes = min(nbytes, self._blob_bytes)
+        self._blob_bytes -= nbytes
+        if self._budget is not None:
+            self._budget.release(nbytes)
+            self._charged -= nbytes
+
+    def _charge(self, total: int, nbytes: int, what: str) -> None:
+        """Check *total* (this transaction's bytes with *nbytes* more)
+        against max_size, then charge *nbytes* to the budget."""
+        if self.max_size is not None and total > self.max_size:
+            raise TransactionTooLargeError(
+                f"transaction too large: spooling {what} would bring it to"
+                f" {total} bytes (blob uploads included), over the server's"
+                f" limit of {self.max_size} bytes; commit smaller transactions"
+                f" or ask the operator to raise the limit")
+        if self._budget is not None:
+            self._budget.charge(nbytes)
+            self._charged += nbytes
+
     def _check_usable(self, doing: str) -> None:
         if self._closed:
             raise ValueError(f"cannot {doing} a closed transaction spool")
@@ -378,12 +423,8 @@ class TransactionSpool:
                 f" than the spool format allows ({MAX_FIELD_LENGTH} bytes)")
         record_length = _HEADER.size + payload_length
         new_size = self._size + record_length
-        if self.max_size is not None and new_size > self.max_size:
-            raise TransactionTooLargeError(
-                f"transaction too large: spooling this operation would"
-                f" bring it to {new_size} bytes, over the server's limit"
-                f" of {self.max_size} bytes; commit smaller transactions"
-                f" or ask the operator to raise the limit")
+        self._charge(new_size + self._blob_bytes, record_length,
+                     'this operation')
         if self._in_memory and new_size > self.memory_limit:
             self._spill()
         f = self._file
@@ -500,6 +541,9 @@ class TransactionSpool:
         if self._closed:
             return
         self._closed = True
+        if self._budget is not None:
+            self._budget.release(self._charged)
+            self._charged = 0
         blob_paths, self._blob_paths = self._blob_paths, []
         self._oids = set()
         f, self._file = self._file, None

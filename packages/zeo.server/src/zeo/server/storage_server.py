@@ -22,6 +22,7 @@ import zope.event
 from zope.interface import implementer
 
 from zeo.server.adapter import ServerProtocol, peer_host, receive_buffer
+from zeo.server.blob_uploads import SpoolBudget
 from zeo.server.budgets import Budgets
 from zeo.server.config import Address, ServerConfig
 from zeo.server.interfaces import IClosed, IServing
@@ -69,6 +70,8 @@ class StorageServer:
         self.receive_buffer = receive_buffer()
         #: What all connections hold together (see zeo.server.budgets).
         self.budgets = Budgets(self.config)
+        #: Spooled and uploaded bytes of every open transaction, all storages.
+        self.spool_budget = SpoolBudget(self.config.max_spool_total)
         self.closed = False
 
     # -- starting and stopping -------------------------------------------------
@@ -79,7 +82,8 @@ class StorageServer:
         self._loop = loop
         hooks = LoopHooks(loop.call_soon, loop.call_later)
         for name, storage in self._raw_storages.items():
-            self.storages[name] = ServedStorage(name, storage, self.config, hooks)
+            self.storages[name] = ServedStorage(name, storage, self.config, hooks,
+                                                spool_budget=self.spool_budget)
         for address in addresses:
             await self._listen(loop, address)
         self.budgets.start(loop, self.connections)

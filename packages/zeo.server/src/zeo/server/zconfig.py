@@ -78,6 +78,8 @@ def zeo_section(section: Any) -> ZeoSection:
         "max_output_buffer": section.max_output_buffer,
         "max_label_length": section.max_label_length,
         "max_status_labels": section.max_status_labels,
+        "max_spool_size": section.max_spool_size,
+        "max_spool_total": section.max_spool_total,
         "limits": ProtocolLimits(max_frame_size=section.max_frame_size),
         "ssl": section.ssl,
     }

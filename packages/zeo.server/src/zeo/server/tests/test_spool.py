@@ -163,6 +163,39 @@ class ModeTests:
         spool.delete(p64(3), Z64)
         self.assertEqual(len(spool), 2)
 
+    def test_blob_bytes_count_against_max_size(self):
+        spool = self.make(max_size=1000)
+        spool.add_blob_bytes(600)
+        with self.assertRaisesRegex(TransactionTooLargeError, 'blob uploads included'):
+            spool.add_blob_bytes(500)
+        # Stores count with the blob bytes.
+        with self.assertRaises(TransactionTooLargeError):
+            spool.store(p64(1), Z64, b'x' * 500)
+        self.assertEqual((spool.blob_bytes, len(spool)), (600, 0))
+        spool.remove_blob_bytes(600)   # a discarded upload
+        spool.store(p64(1), Z64, b'x' * 500)
+
+    def test_a_budget_bounds_the_sum_over_spools(self):
+        from zeo.server.blob_uploads import SpoolBudget
+        budget = SpoolBudget(1000)
+        first = self.make(max_size=None, budget=budget)
+        second = self.make(max_size=None, budget=budget)
+        first.store(p64(1), Z64, b'x' * 300)
+        first.add_blob_bytes(300)
+        with self.assertRaisesRegex(TransactionTooLargeError, 'max-spool-total'):
+            second.add_blob_bytes(500)
+        with self.assertRaisesRegex(TransactionTooLargeError, 'max-spool-total'):
+            second.store(p64(2), Z64, b'x' * 500)
+        self.assertEqual(budget.used, first.size + 300)
+        second.add_blob_bytes(100)
+        second.remove_blob_bytes(100)
+        self.assertEqual(budget.used, first.size + 300)
+        first.close()    # gives back everything it held
+        self.assertEqual(budget.used, 0)
+        second.add_blob_bytes(900)
+        second.close()
+        self.assertEqual(budget.used, 0)
+
     def test_unlimited(self):
         spool = self.make(max_size=None)
         spool.store(p64(1), Z64, b'x' * 1000)
