@@ -33,6 +33,8 @@ import shutil
 import stat
 from typing import IO, Any, Callable, Iterator
 
+from zeo.protocol import peer_repr
+
 __all__ = [
     "BlobMessages",
     "UnsafeBlobPath",
@@ -66,7 +68,7 @@ def check_shared_name(filename: Any) -> str:
     if not isinstance(filename, str) or not filename or "\0" in filename \
             or any(sep in filename for sep in separators) or filename.startswith(".") \
             or not (filename.endswith(".tmp") or filename[:-1].endswith(".tmp")):
-        raise UnsafeBlobPath(f"invalid shared blob file name {filename!r:.200}")
+        raise UnsafeBlobPath(f"invalid shared blob file name {peer_repr(filename)}")
     return filename
 
 
@@ -76,10 +78,11 @@ def relative_parts(root: str, path: str) -> list[str]:
     root = os.path.join(os.path.abspath(root), "")
     path = os.path.abspath(path)
     if not path.startswith(root):
-        raise UnsafeBlobPath(f"{path!r:.200} is not inside the blob directory {root!r:.200}")
+        raise UnsafeBlobPath(
+            f"{peer_repr(path)} is not inside the blob directory {peer_repr(root)}")
     parts = path[len(root):].split(os.sep)
     if not parts or any(part in ("", ".", "..") for part in parts):
-        raise UnsafeBlobPath(f"{path!r:.200} is not a plain path below {root!r:.200}")
+        raise UnsafeBlobPath(f"{peer_repr(path)} is not a plain path below {peer_repr(root)}")
     return parts
 
 
@@ -93,7 +96,7 @@ def _open_directory(root: str, parts: list[str]) -> int:
             except OSError as error:
                 if error.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise UnsafeBlobPath(
-                        f"{part!r:.200} below {root!r:.200} is not a plain directory"
+                        f"{peer_repr(part)} below {peer_repr(root)} is not a plain directory"
                         " (a symlink?)") from None
                 raise
             os.close(fd)
@@ -106,10 +109,10 @@ def _open_directory(root: str, parts: list[str]) -> int:
 
 def _plain_file(info: os.stat_result, name: str) -> None:
     if not stat.S_ISREG(info.st_mode):
-        raise UnsafeBlobPath(f"{name!r:.200} is not a regular file (a symlink?)")
+        raise UnsafeBlobPath(f"{peer_repr(name)} is not a regular file (a symlink?)")
     if info.st_nlink != 1:
         raise UnsafeBlobPath(
-            f"{name!r:.200} has {info.st_nlink} links; a blob upload has exactly one"
+            f"{peer_repr(name)} has {info.st_nlink} links; a blob upload has exactly one"
             " (another name of a committed blob is not an upload)")
 
 
@@ -128,13 +131,13 @@ def open_blob(blob_dir: str | None, path: str) -> IO[bytes]:
             fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=parent)
         except OSError as error:
             if error.errno == errno.ELOOP:
-                raise UnsafeBlobPath(f"the blob file {path!r:.200} is a symlink") from None
+                raise UnsafeBlobPath(f"the blob file {peer_repr(path)} is a symlink") from None
             raise
         finally:
             os.close(parent)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnsafeBlobPath(f"the blob file {path!r:.200} is not a regular file")
+            raise UnsafeBlobPath(f"the blob file {peer_repr(path)} is not a regular file")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -156,7 +159,7 @@ def claim_shared_blob(blob_dir: str, oid_dir: str, filename: Any,
             before = os.stat(name, dir_fd=source_fd, follow_symlinks=False)
         except FileNotFoundError:
             raise UnsafeBlobPath(
-                f"no uploaded blob file {name!r:.200} in the shared blob directory") from None
+                f"no uploaded blob file {peer_repr(name)} in the shared blob directory") from None
         _plain_file(before, name)
         directory, target, target_fd = new_upload_name()
         try:
@@ -174,7 +177,7 @@ def claim_shared_blob(blob_dir: str, oid_dir: str, filename: Any,
             # Swapped between the check and the rename: put back what we
             # took (it was in the client's directory) and refuse.
             os.replace(target, name, src_dir_fd=target_fd, dst_dir_fd=source_fd)
-            raise UnsafeBlobPath(f"the shared blob file {name!r:.200} changed while"
+            raise UnsafeBlobPath(f"the shared blob file {peer_repr(name)} changed while"
                                  " the server claimed it")
         return os.path.join(directory, target)
     finally:
@@ -189,7 +192,7 @@ def _copy(name: str, source_fd: int, before: os.stat_result, target: str,
     with os.fdopen(fd, "rb") as source:
         info = os.fstat(source.fileno())
         if (info.st_dev, info.st_ino) != (before.st_dev, before.st_ino):
-            raise UnsafeBlobPath(f"the shared blob file {name!r:.200} changed while"
+            raise UnsafeBlobPath(f"the shared blob file {peer_repr(name)} changed while"
                                  " the server claimed it")
         _plain_file(info, name)
         out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
