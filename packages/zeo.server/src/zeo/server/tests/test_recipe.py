@@ -1,17 +1,20 @@
 """The buildout recipe, in a real buildout outside the monorepo.
 
-The outside buildout uses our packages as develop eggs and the monorepo's
-eggs directory and pins, so it runs without the network (never through
-find-links: that would make buildout scan the whole package index).
+The outside buildout uses the monorepo's develop eggs (our packages, only
+read: installing them again takes seconds per run), eggs directory and
+pins, so it runs without the network (never through find-links: that would
+make buildout scan the whole package index).
 """
 
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
 import textwrap
 import unittest
 
+from zeo.server import zconfig
 from zeo.server.tests.rawclient import connect_when_ready
 from zeo.server.tests.test_layout import CHECKOUT
 from zeo.server.tests.test_runzeo import free_port
@@ -33,15 +36,20 @@ class RecipeTests(unittest.TestCase):
             subprocess.run([script, "stop"], capture_output=True, timeout=60)
         shutil.rmtree(self.directory)
 
-    def buildout(self, parts):
+    def buildout(self, parts, part=None, fails=False):
+        """Run buildout with the part [myzeo] (by default, ours with the test's
+        port); return its output. *fails*: expect it to fail."""
+        if part is None:
+            part = f"""\
+                address = 127.0.0.1:{self.port}
+                transaction-timeout = 20
+                """
         config = os.path.join(self.directory, "buildout.cfg")
         with open(config, "w") as f:
             f.write(textwrap.dedent(f"""\
                 [buildout]
                 extends = {CHECKOUT}/versions.cfg
-                develop =
-                    {CHECKOUT}/packages/zeo.protocol
-                    {CHECKOUT}/packages/zeo.server
+                develop-eggs-directory = {CHECKOUT}/develop-eggs
                 eggs-directory = {CHECKOUT}/eggs
                 allow-picked-versions = false
                 newest = false
@@ -49,13 +57,16 @@ class RecipeTests(unittest.TestCase):
 
                 [myzeo]
                 recipe = zeo.server
-                address = 127.0.0.1:{self.port}
-                transaction-timeout = 20
-                """))
+                """) + textwrap.dedent(part))
         result = subprocess.run(
             [str(CHECKOUT / "bin" / "buildout"), "-N", "-c", config],
             cwd=self.directory, capture_output=True, text=True, timeout=600)
-        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        output = result.stdout + result.stderr
+        if fails:
+            self.assertNotEqual(result.returncode, 0, output)
+        else:
+            self.assertEqual(result.returncode, 0, output)
+        return output
 
     def control(self, action):
         return subprocess.run([os.path.join(self.directory, "bin", "myzeo"), action],
@@ -87,6 +98,95 @@ class RecipeTests(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.directory, "parts", "myzeo")))
         self.assertFalse(os.path.exists(os.path.join(self.directory, "bin", "myzeo")))
         self.assertTrue(os.path.exists(data))
+
+    def test_a_misspelled_option_fails_naming_it(self):
+        output = self.buildout("myzeo", f"""\
+            address = 127.0.0.1:{self.port}
+            transaction-timout = 20
+            """, fails=True)
+        self.assertIn("unknown option 'transaction-timout'; did you mean"
+                      " 'transaction-timeout'?", output)
+        self.assertFalse(os.path.exists(os.path.join(self.directory, "bin", "myzeo")))
+
+    def test_options_refused_with_what_to_do(self):
+        for part, message in [
+                ("address = 1\nzeo-address = 2\n", "'zeo-address' and 'address'"),
+                ("monitor-address = 8200\n", "there is no monitor server"),
+                ("authentication-database = auth\n", "use TLS client certificates"),
+                ("zeo-conf = my.conf\nzeo-log-level = debug\n",
+                 "would be ignored: zeo-log-level"),
+                ("zeopack = /usr/bin/mypack\n", "not supported"),
+        ]:
+            with self.subTest(part=part):
+                self.assertIn(message, self.buildout("myzeo", part, fails=True))
+
+    def test_a_plone_recipe_zeoserver_part(self):
+        """A part written for plone.recipe.zeoserver, with only the recipe
+        line changed: its layout, log, runner settings, extra zeo.conf text,
+        and a zeopack script that packs the running server."""
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        self.buildout("myzeo", f"""\
+            zeo-address = {self.port}
+            file-storage = filestorage/Main.fs
+            zeo-log = log/server.log
+            zeo-log-level = debug
+            zeo-log-format = %(levelname)s %(message)s
+            socket-name = ${{buildout:directory}}/run/zeo.zdsock
+            effective-user = {user}
+            pack-days = 3
+            pack-gc = false
+            zeo-conf-additional =
+                <filestorage other>
+                  path ${{buildout:directory}}/var/filestorage/Other.fs
+                </filestorage>
+            """)
+        var = os.path.join(self.directory, "var")
+        config = os.path.join(self.directory, "parts", "myzeo", "zeo.conf")
+        settings = zconfig.load(config)
+        self.assertEqual(settings.address, ("127.0.0.1", self.port))
+        self.assertEqual(sorted(settings.storage_factories), ["1", "other"])
+        self.assertEqual(settings.pid_filename, os.path.join(var, "myzeo.pid"))
+        self.assertEqual(settings.runner.user, user)
+        self.assertEqual(settings.runner.socket_name,
+                         os.path.join(self.directory, "run", "zeo.zdsock"))
+        with open(config) as f:
+            text = f.read()
+        for line in ["  level debug", f"    path {var}/log/server.log",
+                     "    format %(levelname)s %(message)s",
+                     f"  path {var}/filestorage/Main.fs",
+                     f"  blob-dir {var}/blobstorage", "  pack-gc false"]:
+            self.assertIn(line + "\n", text)
+
+        self.assertIn("daemon process started", self.control("start").stdout)
+        client = self.connect()
+        oid = client.call("new_oids", 1)[0]
+        serial = client.commit(1, [(oid, Z64, b"old")])
+        client.commit(2, [(oid, serial, b"new")])
+        client.close()
+        status = self.script("myzeo-status")
+        self.assertIn("OK: storage 1:", status.stdout)
+        self.assertIn("storage other:", status.stdout)
+        data = os.path.join(var, "filestorage", "Main.fs")
+        size = os.path.getsize(data)
+        pack = self.script("zeopack")      # pack-days 3: keeps everything
+        self.assertEqual(pack.returncode, 0, pack.stdout + pack.stderr)
+        self.assertEqual(os.path.getsize(data), size)
+        pack = self.script("zeopack", "-D", "0")
+        self.assertEqual(pack.returncode, 0, pack.stdout + pack.stderr)
+        self.assertLess(os.path.getsize(data), size)
+        self.assertTrue(os.path.exists(data + ".old"))
+        with open(os.path.join(var, "log", "server.log")) as f:
+            self.assertIn("\nINFO ", "\n" + f.read())
+        self.assertIn("daemon process stopped", self.control("stop").stdout)
+
+        self.buildout("")    # uninstall the part
+        for script in ("myzeo", "myzeo-status", "zeopack", "repozo"):
+            self.assertFalse(os.path.exists(os.path.join(self.directory, "bin", script)))
+        self.assertTrue(os.path.exists(data))
+
+    def script(self, name, *args):
+        return subprocess.run([os.path.join(self.directory, "bin", name), *args],
+                              capture_output=True, text=True, timeout=120)
 
 
 if __name__ == "__main__":
