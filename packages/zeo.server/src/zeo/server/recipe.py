@@ -224,6 +224,12 @@ class Recipe:
         for key, value in ZEO_DEFAULTS.items():
             options.setdefault(key, value)
         options.setdefault("pack-days", "1")
+        try:
+            float(options["pack-days"])
+        except ValueError:
+            raise zc.buildout.UserError(
+                f"[{name}]: pack-days must be a number of days,"
+                f" not {options['pack-days']!r:.100}") from None
         options.setdefault("storage-number", "1")
         for key in ("zeopack-script-name", "repozo-script-name"):
             options.setdefault(key, layout[key])

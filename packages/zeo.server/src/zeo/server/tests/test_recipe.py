@@ -116,9 +116,17 @@ class RecipeTests(unittest.TestCase):
                 ("zeo-conf = my.conf\nzeo-log-level = debug\n",
                  "would be ignored: zeo-log-level"),
                 ("zeopack = /usr/bin/mypack\n", "not supported"),
+                ("pack-days = a week\n", "pack-days must be a number of days"),
         ]:
             with self.subTest(part=part):
                 self.assertIn(message, self.buildout("myzeo", part, fails=True))
+
+    def test_no_new_database_beside_plone_recipe_zeoserver_data(self):
+        # A part that was plone.recipe.zeoserver's with its default layout.
+        os.makedirs(os.path.join(self.directory, "var", "filestorage"))
+        open(os.path.join(self.directory, "var", "filestorage", "Data.fs"), "w").close()
+        output = self.buildout("myzeo", "", fails=True)
+        self.assertIn("add 'file-storage = filestorage/Data.fs'", output)
 
     def test_a_plone_recipe_zeoserver_part(self):
         """A part written for plone.recipe.zeoserver, with only the recipe

@@ -1,0 +1,44 @@
+"""The recipe's zeopack and status scripts, against a real server."""
+
+import shutil
+import tempfile
+import unittest
+
+import zeo.server
+from zeo.server.partscripts import status, zeopack
+from zeo.server.tests.test_tools import run
+
+
+class PartScriptTests(unittest.TestCase):
+
+    def setUp(self):
+        self.directory = tempfile.mkdtemp(prefix="zeo-partscripts-")
+        self.address, self.stop = zeo.server.server(path=f"{self.directory}/Data.fs")
+        self.target = f"127.0.0.1:{self.address[1]}"
+
+    def tearDown(self):
+        self.stop()
+        shutil.rmtree(self.directory)
+
+    def test_plone_recipe_zeoserver_flags(self):
+        # -S names the storage instead of the part's; -D the days.
+        code, _, err = run(lambda argv: zeopack(self.target, "1", "1", argv),
+                           "-S", "nosuch", "-D", "0")
+        self.assertEqual(code, 1)
+        self.assertIn("storage 'nosuch'", err)
+        code, _, err = run(lambda argv: zeopack(self.target, "nosuch", "1", argv),
+                           "-S1", "-B", "/some/blobs")
+        self.assertEqual(code, 0, err)
+        self.assertIn("-B is not needed", err)
+        code, _, err = run(lambda argv: zeopack(self.target, "1", "1", argv), "-D")
+        self.assertEqual(code, 2)
+        self.assertIn("-D needs a value", err)
+
+    def test_status(self):
+        code, out, _ = run(lambda argv: status(self.target, argv), "--json")
+        self.assertEqual(code, 1)     # an empty storage
+        self.assertIn('"connections"', out)
+
+
+if __name__ == "__main__":
+    unittest.main()
