@@ -15,6 +15,8 @@
     # transaction-timeout = 30
     # invalidation-queue-size = 100
     # pack-days = 1                   (the zeopack script's default)
+    # zeopack-script-name = zeo-zeopack, status-script-name = zeo-status,
+    # repozo-script-name = zeo-repozo  (empty: no such script)
     # ssl-certificate, ssl-key, ssl-authenticate = (TLS; all or none)
     # and any other key of the <zeo> section (read-only, max-connections ...)
 
@@ -81,6 +83,7 @@ ALIASES = {
 #: Our own options (besides the <zeo> keys).
 OUR_OPTIONS = (
     "var", "address", "path", "blob-dir", "log-file", "pid-file", "eggs",
+    "status-script-name",
     "ssl-certificate", "ssl-key", "ssl-authenticate",
 )
 
@@ -233,6 +236,7 @@ class Recipe:
         options.setdefault("storage-number", "1")
         for key in ("zeopack-script-name", "repozo-script-name"):
             options.setdefault(key, layout[key])
+        options.setdefault("status-script-name", f"{name}-status")
         part = os.path.join(buildout["buildout"]["parts-directory"], name)
         options["part-directory"] = part
         options["config"] = os.path.join(part, "zeo.conf")
@@ -362,14 +366,14 @@ class Recipe:
         if tls:
             logger.warning("[%s]: no zeopack or status script: they do not speak TLS",
                            self.name)
-        if options.get("zeopack", None) != "" and not tls:
+        if options["zeopack-script-name"] and options.get("zeopack") != "" and not tls:
             written.append(script(
                 options["zeopack-script-name"], "zeo.server.partscripts", "zeopack",
                 f"{address!r}, {options['storage-number']!r}, {options['pack-days']!r}"))
-        if not tls:
-            written.append(script(f"{self.name}-status", "zeo.server.partscripts",
-                                  "status", repr(address)))
-        if options.get("repozo", None) != "":
+        if options["status-script-name"] and not tls:
+            written.append(script(options["status-script-name"],
+                                  "zeo.server.partscripts", "status", repr(address)))
+        if options["repozo-script-name"] and options.get("repozo") != "":
             written.append(script(options["repozo-script-name"],
                                   "ZODB.scripts.repozo", "main"))
         return written

@@ -121,6 +121,25 @@ class RecipeTests(unittest.TestCase):
             with self.subTest(part=part):
                 self.assertIn(message, self.buildout("myzeo", part, fails=True))
 
+    def test_zeo_conf_of_ones_own(self):
+        own = os.path.join(self.directory, "own.conf")
+        with open(own, "w") as f:
+            f.write(f"<zeo>\n address 127.0.0.1:{self.port}\n</zeo>\n"
+                    "<mappingstorage main>\n</mappingstorage>\n")
+        self.buildout("myzeo", f"""\
+            zeo-conf = own.conf
+            zeo-address = {self.port}
+            status-script-name = zeo-state
+            zeopack-script-name =
+            repozo =
+            """)
+        config = os.path.join(self.directory, "parts", "myzeo", "zeo.conf")
+        settings = zconfig.load(config)
+        self.assertEqual(settings.address, ("127.0.0.1", self.port))
+        self.assertEqual(list(settings.storage_factories), ["main"])
+        self.assertEqual(sorted(os.listdir(os.path.join(self.directory, "bin"))),
+                         ["myzeo", "zeo-state"])
+
     def test_no_new_database_beside_plone_recipe_zeoserver_data(self):
         # A part that was plone.recipe.zeoserver's with its default layout.
         os.makedirs(os.path.join(self.directory, "var", "filestorage"))
