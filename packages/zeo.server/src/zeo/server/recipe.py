@@ -29,13 +29,17 @@ address), ``bin/NAME-repozo`` (ZODB's backup script) and
 directory. zc.buildout is needed only while buildout runs the recipe, so
 the server does not depend on it.
 
-The option names of plone.recipe.zeoserver work too (`PLONE_OPTIONS`), so a
-part written for that recipe runs by changing its ``recipe`` line. A part
-that names its address, Data.fs, blob directory or log file that recipe's
-way (``zeo-address``, ``file-storage``, ``blob-storage``, ``zeo-log``) also
-gets its layout (`PLONE_LAYOUT`: ``var/filestorage/Data.fs`` …, scripts
-``bin/zeopack`` and ``bin/repozo``). An option the recipe does not know is
-an error naming it, never ignored.
+The option names of plone.recipe.zeoserver work too (`ALIASES`,
+`PLONE_OPTIONS`), with that recipe's meanings, so a part written for it runs
+by changing its ``recipe`` line. A part that names its address, Data.fs,
+blob directory or log file that recipe's way (``zeo-address``,
+``file-storage``, ``blob-storage``, ``zeo-log``) also gets its layout
+(`PLONE_LAYOUT`: ``var/filestorage/Data.fs`` …, scripts ``bin/zeopack`` and
+``bin/repozo``), and its ``zeo-address = PORT`` means 127.0.0.1:PORT. A part
+that names none of them gets ours; it refuses to start a new database when
+that recipe's default Data.fs exists. Its options we cannot honour
+(`UNSUPPORTED`: authentication, ZRS, the monitor server) and options the
+recipe does not know are errors naming them, never ignored.
 """
 
 from __future__ import annotations
@@ -215,10 +219,11 @@ class Recipe:
         top = buildout["buildout"]["directory"]
         var = options.setdefault("var", os.path.join(top, layout["var"]))
         var = options["var"] = os.path.join(top, var)
+        if "path" not in options:
+            self.check_not_leaving_plone_data(top, os.path.join(var, layout["path"]))
         for key in ("path", "blob-dir", "log-file", "socket-name"):
             options.setdefault(key, layout[key])
         options.setdefault("pid-file", f"{name}.pid")
-        self.check_not_leaving_plone_data(top)
         for key in ("path", "blob-dir", "log-file", "socket-name", "pid-file"):
             if options[key]:
                 options[key] = os.path.join(var, options[key])
@@ -259,13 +264,11 @@ class Recipe:
                 f"[{name}]: relative-paths must be true or false, not {relative!r:.100}")
         self.relative_paths = top if relative == "true" else ""
 
-    def check_not_leaving_plone_data(self, top: str) -> None:
+    def check_not_leaving_plone_data(self, top: str, ours: str) -> None:
         """A part that names nothing plone.recipe.zeoserver's way gets our
         layout, so a part that was that recipe's with its defaults would
-        serve a new, empty database: refuse that."""
-        options = self.options
+        serve a new, empty database (*ours*): refuse that."""
         plone_data = os.path.join(top, "var", PLONE_LAYOUT["path"])
-        ours = os.path.join(options["var"], options["path"])
         if not self.plone and os.path.exists(plone_data) and not os.path.exists(ours):
             raise zc.buildout.UserError(
                 f"[{self.name}]: {plone_data} exists (plone.recipe.zeoserver's"
