@@ -132,6 +132,7 @@ class RecipeTests(unittest.TestCase):
             status-script-name = zeo-state
             zeopack-script-name =
             repozo =
+            relative-paths = true
             """)
         config = os.path.join(self.directory, "parts", "myzeo", "zeo.conf")
         settings = zconfig.load(config)
@@ -139,6 +140,11 @@ class RecipeTests(unittest.TestCase):
         self.assertEqual(list(settings.storage_factories), ["main"])
         self.assertEqual(sorted(os.listdir(os.path.join(self.directory, "bin"))),
                          ["myzeo", "zeo-state"])
+        with open(os.path.join(self.directory, "bin", "zeo-state")) as f:
+            self.assertIn("base = os.path.dirname", f.read())
+        state = self.script("zeo-state", "--timeout", "2")   # no server: CRITICAL
+        self.assertEqual(state.returncode, 2, state.stdout + state.stderr)
+        self.assertIn(f"CRITICAL: no status from 127.0.0.1:{self.port}", state.stdout)
 
     def test_no_new_database_beside_plone_recipe_zeoserver_data(self):
         # A part that was plone.recipe.zeoserver's with its default layout.
