@@ -168,6 +168,7 @@ class RecipeTests(unittest.TestCase):
             effective-user = {user}
             pack-days = 3
             pack-gc = false
+            max-connections = 50
             zeo-conf-additional =
                 <filestorage other>
                   path ${{buildout:directory}}/var/filestorage/Other.fs
@@ -180,6 +181,7 @@ class RecipeTests(unittest.TestCase):
         self.assertEqual(sorted(settings.storage_factories), ["1", "other"])
         self.assertEqual(settings.pid_filename, os.path.join(var, "myzeo.pid"))
         self.assertEqual(settings.runner.user, user)
+        self.assertEqual(settings.config.max_connections, 50)   # any <zeo> key
         self.assertEqual(settings.runner.socket_name,
                          os.path.join(self.directory, "run", "zeo.zdsock"))
         with open(config) as f:
