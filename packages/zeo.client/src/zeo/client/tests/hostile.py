@@ -17,6 +17,8 @@ fragment into a whole message.
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib.util
 import os
 import shlex
 import socket
@@ -33,7 +35,7 @@ from zeo.protocol.safe_unpickle import CONTAINER_GLOBALS
 from zeo.client.protocol import ClientProtocol
 from zeo.client.tests.test_protocol import Handler, Transport, Waiter
 
-__all__ = ['DrivenClient', 'FakeServer', 'binbytes', 'error', 'gadget_values', 'global_', 'marker_in',
+__all__ = ['DrivenClient', 'FakeServer', 'binbytes', 'genuine_get_pickle_metadata', 'error', 'gadget_values', 'global_', 'marker_in',
            'one_way', 'record_gadget', 'reply', 'text', 'wait_until']
 
 #: ``respond(msgid, method, args)`` -> message payloads to send, or None.
@@ -86,10 +88,22 @@ def error(class_name: bytes, payload: bytes) -> bytes:
 def record_gadget(marker: str) -> bytes:
     """A pickle that runs ``posix.system('touch <marker>')`` when fully
     unpickled, and that ``ZODB.utils.get_pickle_metadata`` unpickles
-    (it does not start with a plain ``GLOBAL``)."""
+    (it does not start with a plain ``GLOBAL``: a ``None`` is pushed and
+    popped first)."""
     command = ('touch ' + shlex.quote(marker)).encode()
-    return (b'\x80\x04' + text(b'posix') + text(b'system') + b'\x93'
+    return (b'\x80\x02N0' + global_(b'posix', b'system')
             + text(command) + b'\x85R.')
+
+
+@functools.lru_cache(maxsize=None)
+def genuine_get_pickle_metadata() -> Callable[[bytes], tuple[str, str]]:
+    """ZODB's own ``get_pickle_metadata``, from a private copy of
+    ``ZODB.utils`` (the one in ``sys.modules`` may be neutralised)."""
+    spec = importlib.util.find_spec('ZODB.utils')
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_pickle_metadata  # type: ignore[no-any-return]
 
 
 def gadget_values(marker: str) -> dict[str, bytes]:
