@@ -61,7 +61,7 @@ from zeo.protocol import (
     NEED_DATA, Call, ClientConnection, ConnectionClosed, ErrorReply,
     Heartbeat, OneWayCall, ProtocolAgreed, ProtocolError, ProtocolLimits,
     Reply, zodb_error_table)
-from zeo.protocol.record_class import neutralise_get_pickle_metadata
+from zeo.protocol.zodb_errors import neutralise_get_pickle_metadata
 
 from zeo.client import direct
 from zeo.client.errors import ClientDisconnected, PickleServerRefused

@@ -9,10 +9,9 @@ server.  So whoever builds a ``ConflictError`` from a peer's record runs
 the peer's code.
 
 `pickle_metadata` answers the same question from the opcodes alone,
-running nothing.  `neutralise_get_pickle_metadata` installs it over
-ZODB's function, for the whole process (``ConflictError.__init__`` looks
-the function up in ``ZODB.utils`` each time); both the server and the
-client call it.  ZODB is imported only then, by that fixed name.
+running nothing.  ``zeo.protocol.zodb_errors.neutralise_get_pickle_metadata``
+installs it over ZODB's function, for the whole process; both the server
+and the client call that.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typing import List
 from typing import Tuple
 
 
-__all__ = ["neutralise_get_pickle_metadata", "pickle_metadata"]
+__all__ = ["pickle_metadata"]
 
 _STRING_OPS = frozenset({
     "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
@@ -53,12 +52,3 @@ def pickle_metadata(data: Any) -> Tuple[str, str]:
     except Exception:
         pass
     return "", ""
-
-
-def neutralise_get_pickle_metadata() -> None:
-    """Replace ``ZODB.utils.get_pickle_metadata`` with `pickle_metadata`
-    in this process (idempotent)."""
-    import ZODB.utils  # fixed module name, never peer-chosen
-
-    if ZODB.utils.get_pickle_metadata is not pickle_metadata:
-        ZODB.utils.get_pickle_metadata = pickle_metadata

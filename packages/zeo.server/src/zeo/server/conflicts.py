@@ -45,7 +45,8 @@ from typing import Any, Callable, Iterable
 import persistent
 from ZODB.POSException import ConflictError
 
-from zeo.protocol.record_class import neutralise_get_pickle_metadata, pickle_metadata
+from zeo.protocol.record_class import pickle_metadata
+from zeo.protocol.zodb_errors import neutralise_get_pickle_metadata
 
 __all__ = ["ConflictResolutionGuard", "STATE_GLOBALS", "Unsafe", "guard_conflict_resolution",
            "pickle_globals", "pickle_metadata"]
