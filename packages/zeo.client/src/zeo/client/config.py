@@ -54,7 +54,7 @@ IGNORED_OPTIONS = frozenset({
 _NONE_IS_DEFAULT = frozenset({
     'wait_timeout', 'disconnect_poll', 'max_disconnect_poll', 'cache_size',
     'blob_cache_size_check', 'name', 'storage', 'heartbeat_interval',
-    'limits', 'event_loop', 'direct_calls'})
+    'limits', 'event_loop', 'direct_calls', 'accept_pickle_servers'})
 
 # Options with another name in older configurations.
 _ALIASES = {'min_disconnect_poll': 'disconnect_poll'}
@@ -121,9 +121,10 @@ class ClientConfig:
     The option names (and defaults) are the reference ``ClientStorage``'s;
     ``disconnect_poll``/``max_disconnect_poll`` bound the reconnect
     backoff and ``heartbeat_interval`` is the keep-alive period;
-    ``event_loop`` and ``direct_calls`` are ours: which loop runs the
-    connections, and whether application threads read and write the
-    socket for their own calls.
+    ``event_loop``, ``direct_calls`` and ``accept_pickle_servers`` are
+    ours: which loop runs the connections, whether application threads
+    read and write the socket for their own calls, and whether a server
+    that speaks pickle (``Z5``) is acceptable.
     """
 
     addresses: tuple[Address, ...]
@@ -158,11 +159,18 @@ class ClientConfig:
     #: Let application threads do the socket I/O of their own calls
     #: (plain TCP and Unix sockets on Linux; see zeo.client.direct).
     direct_calls: bool = True
+    #: Connect to servers that speak pickle (``Z5``, the reference
+    #: server's default).  False refuses them: a pickle server can offer
+    #: the client more to decode than a msgpack one (see
+    #: zeo.client.server_pickles), and a man in the middle of a
+    #: connection without TLS can pose as one.
+    accept_pickle_servers: bool = True
 
     def __post_init__(self) -> None:
         check_event_loop(self.event_loop)
-        if not isinstance(self.direct_calls, bool):
-            raise ValueError(f'direct_calls must be true or false, not {self.direct_calls!r}')
+        for key in ('direct_calls', 'accept_pickle_servers'):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f'{key} must be true or false, not {getattr(self, key)!r}')
         if not self.addresses:
             raise ValueError('no server address given')
         if not isinstance(self.storage, str) or not self.storage:
@@ -215,8 +223,9 @@ class ClientConfig:
                     'server_sync', 'wait'):
             if key in values:
                 values[key] = bool(values[key])
-        if type(values.get('direct_calls')) is int:  # 0 or 1, not 'no'
-            values['direct_calls'] = bool(values['direct_calls'])
+        for key in ('direct_calls', 'accept_pickle_servers'):
+            if type(values.get(key)) is int:  # 0 or 1, not 'no'
+                values[key] = bool(values[key])
         for key in ('storage',):
             if key in values and isinstance(values[key], int):
                 values[key] = str(values[key])

@@ -70,7 +70,7 @@ from zeo.protocol import exception_text, peer_repr
 
 from zeo.client.cache import CacheConsistencyError
 from zeo.client.config import ClientConfig
-from zeo.client.errors import ClientDisconnected
+from zeo.client.errors import ClientDisconnected, PickleServerRefused
 from zeo.client.interfaces import IConnectionManager
 from zeo.client.protocol import ClientProtocol, describe
 
@@ -128,6 +128,8 @@ class ConnectionManager:
         self._activation = asyncio.Lock()
         self._waiting: list[list[Any]] = []
         self._failures = 0
+        # Addresses of pickle servers we refused (see _attempt).
+        self._refused: set[Any] = set()
 
     def __repr__(self) -> str:
         return f'<ConnectionManager {self.config.display_name}>'
@@ -228,6 +230,10 @@ class ConnectionManager:
                     self._failures += 1
                     log = logger.info if self._failures <= len(self.addresses) \
                         else logger.debug
+                    if isinstance(error, PickleServerRefused) \
+                            and address not in self._refused:
+                        self._refused.add(address)  # said once per address
+                        log = logger.error
                     log('%s: no connection to %s: %s: %s', self.config.display_name,
                         describe(address), type(error).__name__, error)
                 await asyncio.sleep(_jitter(delay))
@@ -245,7 +251,8 @@ class ConnectionManager:
             protocol = ClientProtocol(
                 loop, address, self, limits=config.limits,
                 heartbeat_interval=config.heartbeat_interval,
-                direct_calls=config.direct_calls)
+                direct_calls=config.direct_calls,
+                accept_pickle=config.accept_pickle_servers)
             self._protocols.add(protocol)
             return protocol
 

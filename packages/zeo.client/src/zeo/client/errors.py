@@ -16,6 +16,7 @@ from zeo.protocol import RemoteError
 __all__ = [
     'ClientDisconnected',
     'ClientStorageError',
+    'PickleServerRefused',
     'ProtocolError',
     'ServerException',
 ]
@@ -39,6 +40,11 @@ class ClientDisconnected(ClientStorageError,
 
 class ProtocolError(ClientStorageError):
     """The server broke the protocol or can't speak ours."""
+
+
+class PickleServerRefused(ProtocolError):
+    """The server speaks pickle (``Z5``), which the client was configured
+    to refuse (``accept_pickle_servers=False``)."""
 
 
 #: An exception the server raised that we don't rebuild: its class name

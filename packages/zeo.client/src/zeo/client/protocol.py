@@ -53,17 +53,19 @@ import asyncio
 import collections
 import logging
 import threading
-import types
 from typing import Any, Callable, Iterator
 
 from ZODB.POSException import ConflictError, POSKeyError
 
-from zeo.client import direct
-from zeo.client.errors import ClientDisconnected
 from zeo.protocol import (
     NEED_DATA, Call, ClientConnection, ConnectionClosed, ErrorReply,
     Heartbeat, OneWayCall, ProtocolAgreed, ProtocolError, ProtocolLimits,
-    Reply, client_pickle_globals, exception_text, peer_repr, zodb_error_table)
+    Reply, exception_text, peer_repr, zodb_error_table)
+from zeo.protocol.zodb_errors import neutralise_get_pickle_metadata
+
+from zeo.client import direct
+from zeo.client.errors import ClientDisconnected, PickleServerRefused
+from zeo.client.server_pickles import allowed_server_globals
 
 __all__ = ['ClientProtocol', 'QUIET_ERRORS']
 
@@ -79,23 +81,8 @@ _InvalidStateError = asyncio.InvalidStateError
 RECEIVE_BUFFER_SIZE = 256 * 1024
 
 
-def _pickle_globals() -> Any:
-    # What a pickle (Z5) server may reference besides plain containers:
-    # the reference server pickles some ZODB errors whole (e.g. the
-    # UndoError instances inside MultipleUndoErrors), as
-    # ``POSException._recon(class, state)``.  Only ZODB's exception
-    # classes are allowed as the class.
-    from ZODB import POSException
-    allowed = dict(client_pickle_globals())
-    allowed[('ZODB.POSException', '_recon')] = POSException._recon
-    for name, value in vars(POSException).items():
-        if isinstance(value, type) and issubclass(value, Exception):
-            allowed[('ZODB.POSException', name)] = value
-    return types.MappingProxyType(allowed)
-
-
-_PICKLE_GLOBALS = _pickle_globals()
-
+#: What a pickle (Z5) server's messages may name; see server_pickles.
+_PICKLE_GLOBALS = allowed_server_globals()
 
 
 def _settle(waiter: Any, value: Any) -> None:
@@ -118,8 +105,13 @@ class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
     def __init__(self, loop: asyncio.AbstractEventLoop, address: Any,
                  handler: Any, *, limits: ProtocolLimits,
                  heartbeat_interval: float = 60.0,
-                 direct_calls: bool = False) -> None:
+                 direct_calls: bool = False,
+                 accept_pickle: bool = True) -> None:
+        # No ConflictError built from server data may unpickle it.
+        neutralise_get_pickle_metadata()
         self.loop = loop
+        #: Whether a server that speaks pickle (Z5) is acceptable.
+        self.accept_pickle = accept_pickle
         #: Held by whichever thread touches the connection's state.
         self.lock = threading.RLock()
         #: Set (under the lock, by the connection manager) while this is
@@ -333,6 +325,9 @@ class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
         elif kind is ErrorReply:
             self._error_replied(event)
         elif kind is ProtocolAgreed:
+            if event.encoding == 'Z' and not self.accept_pickle:
+                self._refuse_pickle()
+                return
             self.agreed = event
             answer = self._connection.data_to_send()
             if answer:
@@ -342,6 +337,19 @@ class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
             self.handler.protocol_agreed(self)
         elif kind is ConnectionClosed:
             self.close()
+
+    def _refuse_pickle(self) -> None:
+        # Closed before we answer the greeting; the connection manager
+        # logs the error and retries with its usual backoff.
+        if not self.handshake_done.done():
+            self.handshake_done.set_exception(PickleServerRefused(
+                f'{describe(self.address)} speaks pickle (Z5), and this client '
+                'refuses pickle servers (accept_pickle_servers is false, '
+                '<clientstorage> key accept-pickle-servers): configure that '
+                'server for msgpack (<zeo> key msgpack true), or set '
+                'accept_pickle_servers to true to use it anyway'))
+            self.handshake_done.exception()  # retrieved: no warning if unawaited
+        self.close()
 
     def _load_replied(self, msgid: tuple[Any, ...], result: Any,
                       waiters: Any) -> None:

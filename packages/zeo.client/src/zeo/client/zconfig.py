@@ -247,6 +247,8 @@ def storage_arguments(section: Any) -> tuple[list[Address], dict[str, Any]]:
         kwargs['event_loop'] = section.event_loop
     if section.direct_calls is not None:
         kwargs['direct_calls'] = section.direct_calls
+    if section.accept_pickle_servers is not None:
+        kwargs['accept_pickle_servers'] = section.accept_pickle_servers
     return addresses, kwargs
 
 

@@ -20,13 +20,14 @@ from typing import Any
 from typing import Callable
 from typing import Dict
 
+from .record_class import pickle_metadata
 from .remote_errors import Builder
 from .remote_errors import ErrorTable
 from .remote_errors import args_builder
 from .remote_errors import builtin_error_table
 
 
-__all__ = ["zodb_error_builders", "zodb_error_table"]
+__all__ = ["neutralise_get_pickle_metadata", "zodb_error_builders", "zodb_error_table"]
 
 _PREFIX = "ZODB.POSException."
 
@@ -106,3 +107,18 @@ def zodb_error_table() -> ErrorTable:
     table = builtin_error_table()
     table.update(zodb_error_builders())
     return table
+
+
+def neutralise_get_pickle_metadata() -> None:
+    """Replace ``ZODB.utils.get_pickle_metadata`` with
+    ``record_class.pickle_metadata`` in this process (idempotent).
+
+    ``ConflictError(data=...)`` looks the function up in ``ZODB.utils``
+    each time and, as ZODB has it, unpickles *data* with a full unpickler
+    (see ``record_class``): whoever builds a ``ConflictError`` from a
+    peer's record would run the peer's code.
+    """
+    import ZODB.utils  # fixed module name, never peer-chosen
+
+    if ZODB.utils.get_pickle_metadata is not pickle_metadata:
+        ZODB.utils.get_pickle_metadata = pickle_metadata

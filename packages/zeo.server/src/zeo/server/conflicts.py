@@ -29,8 +29,9 @@ the record's class with ``ZODB.utils.get_pickle_metadata``, which
 unpickles the client's data with a full unpickler when it doesn't start
 with a plain ``GLOBAL`` (MappingStorage raises such errors straight from
 ``store``). `guard_conflict_resolution` therefore also replaces that
-function, for the whole server process, with `pickle_metadata`, which
-reads the names without running anything.
+function, for the whole server process, with `pickle_metadata` (from
+``zeo.protocol.record_class``; the client installs it too), which reads
+the names without running anything.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ import persistent
 from ZODB.POSException import ConflictError
 from zeo.protocol import exception_text, peer_repr
 
+from zeo.protocol.record_class import pickle_metadata
+from zeo.protocol.zodb_errors import neutralise_get_pickle_metadata
+
+__all__ = ["ConflictResolutionGuard", "STATE_GLOBALS", "Unsafe", "guard_conflict_resolution",
+           "pickle_globals", "pickle_metadata"]
+
 logger = logging.getLogger("zeo.server")
 
 #: Value types a state being resolved may contain besides containers.
@@ -58,8 +65,6 @@ STATE_GLOBALS = frozenset({
 
 #: Opcodes that fetch a global or call the extension registry.
 _EXTENSION_OPS = frozenset({"EXT1", "EXT2", "EXT4"})
-_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
-                         "SHORT_BINSTRING", "BINSTRING", "STRING"})
 
 
 class Unsafe(Exception):
@@ -91,29 +96,8 @@ def pickle_globals(data: bytes) -> list[tuple[str, str]]:
     return found
 
 
-def pickle_metadata(data: bytes) -> tuple[str, str]:
-    """``ZODB.utils.get_pickle_metadata`` without unpickling: the module
-    and class name of a record's first pickle, or ``('', '')``."""
-    strings: list[str] = []
-    try:
-        for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
-            name = opcode.name
-            if name == "GLOBAL" or name == "INST":
-                module, _, attribute = str(arg).partition(" ")
-                return module, attribute
-            if name in _STRING_OPS:
-                strings.append(str(arg))
-                if len(strings) == 2:
-                    return strings[0], strings[1]
-    except Exception:
-        pass
-    return "", ""
-
-
 def _make_conflict_errors_safe() -> None:
-    # ConflictError.__init__ imports the function from ZODB.utils each time.
-    import ZODB.utils
-    ZODB.utils.get_pickle_metadata = pickle_metadata
+    neutralise_get_pickle_metadata()
 
 
 class ConflictResolutionGuard:
