@@ -64,6 +64,7 @@ import random
 import threading
 from typing import Any, Callable
 
+from ZODB.event import notify
 from ZODB.POSException import ReadOnlyError, StorageTransactionError
 from ZODB.utils import tid_repr
 from zope.interface import implementer
@@ -71,7 +72,7 @@ from zope.interface import implementer
 from zeo.client.cache import CacheConsistencyError
 from zeo.client.config import ClientConfig
 from zeo.client.errors import ClientDisconnected
-from zeo.client.interfaces import IConnectionManager
+from zeo.client.interfaces import IConnectionManager, StaleCache
 from zeo.client.protocol import ClientProtocol, describe
 
 __all__ = ['ConnectionManager', 'CONNECT_TIMEOUT']
@@ -382,6 +383,10 @@ class ConnectionManager:
                 cache.invalidate(oid, None)
             changed = oids
         if drop:
+            try:
+                notify(StaleCache(self.client, self.verify_result))
+            except Exception:
+                logger.exception('%s: a StaleCache subscriber failed', name)
             cache.clear()
         with self.visibility:
             db = self.db
