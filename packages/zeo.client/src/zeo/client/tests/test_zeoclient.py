@@ -168,6 +168,21 @@ class ZopeConfTests(unittest.TestCase):
         self.assertTrue(
             os.path.exists(os.path.join(self.base, 'var', 'plone1-1.zec')))
 
+    def test_the_line_in_an_included_file_at_the_end(self):
+        # cookiecutter-zope-instance's zope_conf_include_file_location
+        # appends "%include FILE" to its zope.conf: the %import may come
+        # after the <zeoclient> section, as storages are opened later.
+        included = os.path.join(self.base, 'zeo-client.conf')
+        with open(included, 'w') as f:
+            f.write(f'%import {MODULE}\n')
+        path = self.zope_conf('')
+        with open(path, 'a') as f:
+            f.write(f'\n%include {included}\n')
+        config, _ = ZConfig.loadConfig(self.schema, path)
+        db = config.databases[0].open()
+        self.addCleanup(close, db)
+        self.assertIs(type(db.storage), ClientStorage)
+
     def test_without_the_reference_installed(self):
         # What a site with only zeo installed sees: ZEO cannot be imported.
         path = self.zope_conf(f'%import {MODULE}\n')
@@ -245,3 +260,14 @@ class SwitchTests(unittest.TestCase):
             'storage': '1', 'cache_size': 20 * 1024 ** 2, 'name': '',
             'shared_blob_dir': False, 'read_only': False,
             'read_only_fallback': False, 'wait': True})
+
+    def test_read_only_fallback_wins(self):
+        import zeo.client.zeoclient as zeoclient
+        schema = ZODB.config.getStorageSchema()
+        config, _ = ZConfig.loadConfigFile(schema, io.StringIO(
+            f'%import {MODULE}\n<zeoclient>\n server 8100\n read-only true\n'
+            f' read-only-fallback true\n</zeoclient>\n'))
+        with self.assertLogs('zeo.client', 'WARNING'):
+            _, options = zeoclient.client_arguments(config.storage.config)
+        self.assertEqual((options['read_only'], options['read_only_fallback']),
+                         (False, True))

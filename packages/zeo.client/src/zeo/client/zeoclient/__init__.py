@@ -58,7 +58,8 @@ def client_arguments(section: Any) -> tuple[list[Any], dict[str, Any]]:
     ``<zeoclient>`` section (its ``ZODB.config.ZEOClient.config``).
 
     Keys left unset (None) are left out, so that ClientStorage's defaults
-    apply; the keys in `IGNORED_KEYS` are dropped.
+    apply; the keys in `IGNORED_KEYS` are dropped; ``read-only-fallback``
+    wins over ``read-only``, as in the reference.
     """
     addresses = [_address(server) for server in section.server]
     options = {}
@@ -66,6 +67,12 @@ def client_arguments(section: Any) -> tuple[list[Any], dict[str, Any]]:
         value = getattr(section, key, None)
         if value is not None:
             options[key] = value
+    if options.get('read_only') and options.get('read_only_fallback'):
+        # The reference lets read-only-fallback win; zeo.client's options
+        # exclude each other.
+        logger.warning('<zeoclient>: read-only and read-only-fallback are '
+                       'both on; using read-only-fallback, as ZEO does')
+        options['read_only'] = False
     ignored = [key for key in IGNORED_KEYS
                if key in ('username', 'password', 'realm')
                and getattr(section, key, None) is not None]
