@@ -148,10 +148,13 @@ class ClientConfig:
     client_label: str | None = None
     ssl: _ssl.SSLContext | None = None
     ssl_server_hostname: str | None = None
-    #: First delay before reconnecting; it doubles after each failure up
-    #: to `max_disconnect_poll`, with +-50% jitter.
-    disconnect_poll: float = 1.0
-    max_disconnect_poll: float = 30.0
+    #: Delay after the first failed connection attempt; it doubles after
+    #: each further failure up to `max_disconnect_poll`.  Each wait is
+    #: drawn at random between half the delay and the delay (see
+    #: zeo.client.connector), so a client retries about every 1.5 s during
+    #: an outage and reconnects within 2 s of the server's return.
+    disconnect_poll: float = 0.5
+    max_disconnect_poll: float = 2.0
     heartbeat_interval: float = 60.0
     limits: ProtocolLimits = DEFAULT_LIMITS
     #: ``'uvloop'`` or ``'asyncio'`` (see zeo.client.loops).

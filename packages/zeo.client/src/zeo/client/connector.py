@@ -39,10 +39,11 @@ Each address gets an *attempt* task: connect, agree the protocol,
 ``register`` (with the read-only fallback), then -- holding the
 activation lock -- verify the cache and become the connection.  A failed
 attempt is retried after ``disconnect_poll`` seconds, doubling up to
-``max_disconnect_poll``, with jitter.  Attempts stop once there is a
-connection, except that a client in read-only fallback mode connected to
-a read-only server keeps trying the other addresses, and switches
-("upgrades") to the first writable server it finds.
+``max_disconnect_poll`` (2 s by default; the reference retries every 1 to
+2 s), each wait drawn between half that and that.  Attempts stop once
+there is a connection, except that a client in read-only fallback mode
+connected to a read-only server keeps trying the other addresses, and
+switches ("upgrades") to the first writable server it finds.
 
 Verification, given the server's last tid at registration and the cache's:
 
@@ -63,6 +64,7 @@ import random
 import threading
 from typing import Any, Callable
 
+from ZODB.event import notify
 from ZODB.POSException import ReadOnlyError, StorageTransactionError
 from ZODB.utils import tid_repr
 from zope.interface import implementer
@@ -71,7 +73,7 @@ from zeo.protocol import exception_text, peer_repr
 from zeo.client.cache import CacheConsistencyError
 from zeo.client.config import ClientConfig
 from zeo.client.errors import ClientDisconnected, PickleServerRefused
-from zeo.client.interfaces import IConnectionManager
+from zeo.client.interfaces import IConnectionManager, StaleCache
 from zeo.client.protocol import ClientProtocol, describe
 
 __all__ = ['ConnectionManager', 'CONNECT_TIMEOUT']
@@ -85,7 +87,10 @@ _rng = random.Random()
 
 
 def _jitter(delay: float) -> float:
-    return delay * (0.5 + _rng.random())
+    """The wait before the next attempt: at random between half *delay*
+    and *delay*, so that clients cut off together do not come back in step,
+    and ``max_disconnect_poll`` is the longest wait."""
+    return delay * (0.5 + 0.5 * _rng.random())
 
 
 @implementer(IConnectionManager)
@@ -386,6 +391,10 @@ class ConnectionManager:
                 cache.invalidate(oid, None)
             changed = oids
         if drop:
+            try:
+                notify(StaleCache(self.client, self.verify_result))
+            except Exception:
+                logger.exception('%s: a StaleCache subscriber failed', name)
             cache.clear()
         with self.visibility:
             db = self.db

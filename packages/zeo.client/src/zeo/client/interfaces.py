@@ -1,6 +1,15 @@
-"""Contracts of the client package (zope.interface)."""
+"""Contracts of the client package (zope.interface), and the one event
+the client sends (`StaleCache`)."""
+from typing import Any
+
 from zope.interface import Attribute
 from zope.interface import Interface
+from zope.interface import implementer
+
+__all__ = [
+    'IClientCache', 'IClientStorage', 'IConnectionHandler',
+    'IConnectionManager', 'IStaleCache', 'StaleCache',
+]
 
 
 class IClientCache(Interface):
@@ -205,3 +214,36 @@ class IConnectionManager(IConnectionHandler):
     def transaction_finished(protocol, tid, updates, callback):
         """``tpc_finish`` answered *tid*: update the cache, then move the
         last tid and call *callback(tid)* under ``visibility``."""
+
+
+class IStaleCache(Interface):
+    """Event: a client storage found its cache could not be brought up to
+    date with the server on connecting, and dropped it (and the database's
+    object caches).  Applications may react, e.g. by warming caches again.
+
+    Sent with ``zope.event.notify`` (through ``ZODB.event``, so only where
+    zope.event is installed), on the client's I/O thread, just before the
+    cache is emptied; a subscriber's exception is logged and ignored.  The
+    reference ZEO sends its ``ZEO.interfaces.StaleCache`` in the first
+    case below; zeo.client sends this one in both.
+    """
+
+    storage = Attribute("The ClientStorage whose cache is dropped.")
+    reason = Attribute(
+        "Why: 'cache too old' (the server can no longer list the changes "
+        "since the cache's last transaction) or 'server behind cache' (the "
+        "server's last transaction is older than the cache's: it was "
+        "restored from a backup).")
+
+
+@implementer(IStaleCache)
+class StaleCache:
+    """The `IStaleCache` event."""
+
+    def __init__(self, storage: Any, reason: str = 'cache too old') -> None:
+        self.storage = storage
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        name = getattr(self.storage, '__name__', self.storage)
+        return f'<StaleCache {name!r:.200}: {self.reason}>'

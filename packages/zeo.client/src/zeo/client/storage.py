@@ -34,6 +34,7 @@ from ZODB.POSException import (
     Unsupported)
 from ZODB.utils import maxtid, z64
 
+from zeo.client.arguments import options_from_positional
 from zeo.client.cache import open_cache
 from zeo.client.config import ClientConfig
 from zeo.client.errors import ClientDisconnected
@@ -76,11 +77,15 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
     those of the reference ``ClientStorage`` (see `ClientConfig`), e.g.
     ``cache_size``, ``client``/``var`` or ``cache``, ``blob_dir``,
     ``read_only``, ``read_only_fallback``, ``wait``, ``wait_timeout``,
-    ``server_sync``, ``ssl``.  Or pass a ready ``config=ClientConfig(...)``.
+    ``server_sync``, ``ssl``; by keyword, or by position in the
+    reference's order (`zeo.client.arguments`).  Or pass a ready
+    ``config=ClientConfig(...)``.
     """
 
-    def __init__(self, addr: Any = None, storage: str = '1', *,
+    def __init__(self, addr: Any = None, storage: str = '1', *args: Any,
                  config: ClientConfig | None = None, **options: Any) -> None:
+        if args:
+            options = options_from_positional(args, options)
         if config is None:
             config = ClientConfig.from_options(addr, storage=storage, **options)
         elif addr is not None or options:
