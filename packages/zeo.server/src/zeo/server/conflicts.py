@@ -100,6 +100,10 @@ def _make_conflict_errors_safe() -> None:
     neutralise_get_pickle_metadata()
 
 
+#: Class names whose verdict a guard remembers before it starts afresh.
+MAX_REMEMBERED_NAMES = 4096
+
+
 class ConflictResolutionGuard:
     """Decides which classes and values conflict resolution may load."""
 
@@ -120,7 +124,12 @@ class ConflictResolutionGuard:
     def check_class(self, name: tuple[str, str]) -> None:
         allowed = self._resolvable.get(name)
         if allowed is None:
-            allowed = self._resolvable[name] = self._is_resolvable(*name)
+            allowed = self._is_resolvable(*name)
+            # The names come from clients: remembering every one they
+            # make up would grow without bound. Real classes are few.
+            if len(self._resolvable) >= MAX_REMEMBERED_NAMES:
+                self._resolvable.clear()
+            self._resolvable[name] = allowed
         if not allowed:
             raise Unsafe(f"{peer_repr(name[0] + '.' + name[1])} may not take part"
                          " in conflict resolution")

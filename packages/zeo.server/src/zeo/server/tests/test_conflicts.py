@@ -51,6 +51,17 @@ class GuardTests(unittest.TestCase):
         with self.assertRaisesRegex(Unsafe, "BTrees.OOBTree.OOBTree"):
             guard.check([record(OOBTree())])
 
+    def test_made_up_names_do_not_grow_the_guard(self):
+        # Each name a client makes up used to be remembered for ever.
+        import zeo.server.conflicts
+        limit = getattr(zeo.server.conflicts, "MAX_REMEMBERED_NAMES", 4096)
+        for number in range(limit + 100):
+            with self.assertRaises(Unsafe):
+                self.guard.check_class(("made_up", f"Class{number}"))
+        self.assertLessEqual(len(self.guard._resolvable), limit)
+        tree = OOBTree()
+        self.guard.check([record(tree)])   # real classes still pass
+
     def test_names_are_read_not_loaded(self):
         self.assertEqual(pickle_globals(b"\x80\x03cos\nsystem\nX\x01\x00\x00\x00xR."),
                          [("os", "system")])
