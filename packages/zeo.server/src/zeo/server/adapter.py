@@ -290,8 +290,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self._pending.append(messages)
         self._drain()
 
-    def run_in_thread(self, function: Any) -> Delayed:
-        return self.server.run_in_thread(function)
+    def run_in_thread(self, function: Any, *, pack: bool = False) -> Delayed:
+        return self.server.run_in_thread(function, pack=pack)
 
     def close(self, reason: str | None) -> None:
         if self.closed:

@@ -33,6 +33,20 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_BLOB_CHUNK_SIZE = 1 << 20
 #: Server-side iterators one connection may hold open at once.
 DEFAULT_MAX_ITERATORS = 100
+#: Transaction iterators the whole server may hold open at once, over all
+#: connections and storages: each holds an open file (see
+#: zeo.server.iterators). runzeo makes room for them in the descriptor limit.
+DEFAULT_MAX_SERVER_ITERATORS = 256
+#: Worker threads, process-wide, that run the storage calls whose cost
+#: grows with the database (see zeo.server.slow_calls); packs have their
+#: own thread per storage.
+DEFAULT_WORKER_THREADS = 4
+#: Slow storage calls one connection may have waiting behind its running
+#: one; more are refused with an error reply.
+DEFAULT_MAX_WAITING_CALLS = 100
+#: Most entries one ``undoLog`` / ``undoInfo`` call returns, and the largest
+#: ``history`` size: larger requests are cut to this.
+DEFAULT_MAX_HISTORY_ENTRIES = 1000
 #: The packages whose persistent classes may resolve write conflicts on the
 #: server (see zeo.server.conflicts).
 DEFAULT_CONFLICT_RESOLUTION_PACKAGES = ("BTrees", "persistent", "ZODB")
@@ -79,6 +93,10 @@ class ServerConfig:
     msgpack: bool = True
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_iterators: int = DEFAULT_MAX_ITERATORS
+    max_server_iterators: int = DEFAULT_MAX_SERVER_ITERATORS
+    worker_threads: int = DEFAULT_WORKER_THREADS
+    max_waiting_calls: int = DEFAULT_MAX_WAITING_CALLS
+    max_history_entries: int = DEFAULT_MAX_HISTORY_ENTRIES
     max_spool_size: int | None = DEFAULT_MAX_SPOOL_SIZE
     blob_chunk_size: int = DEFAULT_BLOB_CHUNK_SIZE
     max_output_buffer: int | None = None
@@ -102,6 +120,10 @@ class ServerConfig:
         _check_seconds("handshake_timeout", self.handshake_timeout, allow_none=False)
         _check_count("max_connections", self.max_connections)
         _check_count("max_iterators", self.max_iterators)
+        _check_count("max_server_iterators", self.max_server_iterators)
+        _check_count("worker_threads", self.worker_threads)
+        _check_count("max_waiting_calls", self.max_waiting_calls, 0)
+        _check_count("max_history_entries", self.max_history_entries)
         if self.max_spool_size is not None:
             _check_count("max_spool_size", self.max_spool_size)
         _check_count("blob_chunk_size", self.blob_chunk_size)

@@ -280,9 +280,12 @@ class ISessionPeer(Interface):
         the next one only when the transport can take more (blob
         downloads). Whatever is sent after it waits until it is done."""
 
-    def run_in_thread(function):
+    def run_in_thread(function, pack=False):
         """Run the blocking *function* off the event loop; return a
-        `zeo.server.results.Delayed` settled with its outcome."""
+        `zeo.server.results.Delayed` settled on the loop with its outcome.
+        *pack*: on the pack threads (one per storage), else on the worker
+        threads shared by every connection (see zeo.server.slow_calls).
+        Raises if the server is closing."""
 
     def close(reason):
         """Close the connection, logging *reason* (a str) if given."""

@@ -120,8 +120,8 @@ class _Peer:
         except OSError as error:
             self.harness.close_connection(self.connection, f"blob read failed: {error}")
 
-    def run_in_thread(self, function: Any) -> Delayed:
-        done = self.harness.server.run_in_thread(function)
+    def run_in_thread(self, function: Any, *, pack: bool = False) -> Delayed:
+        done = self.harness.server.run_in_thread(function, pack=pack)
         self.harness.threads.append(done)
         return done
 
@@ -151,7 +151,7 @@ class Harness:
         self.codecs = (MsgpackCodec(), PickleCodec())
         self.connections: list[Connection] = []
         self.delayed: list[tuple[Connection, Delayed]] = []
-        self.threads: list[Delayed] = []   # work handed to threads (pack)
+        self.threads: list[Delayed] = []   # work handed to threads
         self.numbered = 0
         #: How many calls went through `dispatch`, and what came of them.
         self.calls = 0
