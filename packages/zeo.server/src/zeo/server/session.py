@@ -273,10 +273,16 @@ class StorageSession:
     def pack(self, t: float, wait: Any = 1) -> Any:
         """See `ServedStorage.pack`: one at a time per storage. While one
         runs, a waiting caller gets an error; ``wait=False`` is ignored
-        (with a log line): nothing ever queues."""
-        # Unlike the reference, a read-only connection cannot pack away history.
-        self._check_writable()
+        (with a log line): nothing ever queues.
+
+        A read-only *connection* may pack, as with the reference: its
+        ``zeopack`` connects read-only, and read-only is a promise of the
+        client not to write, no security boundary. A read-only server or
+        storage refuses (ReadOnlyError).
+        """
         served = self.served
+        if served.read_only:  # type: ignore[union-attr]
+            raise ReadOnlyError()
         if not isinstance(t, (int, float)) or isinstance(t, bool):
             raise TypeError(f"a pack time is a number, not {t!r:.40}")
         if served.packing is not None and not wait:  # type: ignore[union-attr]
