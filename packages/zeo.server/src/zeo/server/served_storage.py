@@ -22,8 +22,7 @@ from ZODB.POSException import StorageError
 from zeo.server.commit_lock import CommitLock
 from zeo.server.config import ServerConfig
 from zeo.server.conflicts import guard_conflict_resolution
-from zeo.server.invalidation_queue import (
-    InvalidationQueue, find_invalidations, invalidations_by_iteration)
+from zeo.server.invalidation_queue import InvalidationQueue, invalidations_by_iteration
 from zeo.server.iterators import IteratorBudget
 from zeo.server.results import Delayed
 from zeo.server.stats import StorageStats
@@ -115,11 +114,6 @@ class ServedStorage:
 
     def size_info(self) -> dict[str, int]:
         return {"length": len(self.storage), "size": self.storage.getSize()}
-
-    def invalidations_since(self, tid: bytes) -> tuple[bytes, tuple[bytes, ...]] | None:
-        return find_invalidations(
-            self.queue, self.storage, tid,
-            invalidation_age=self.config.invalidation_age, now=self.hooks.clock())
 
     def invalidations_from_queue(self, tid: bytes) -> tuple[bool, Any]:
         """``(True, answer)`` if the queue answers ``getInvalidations(tid)``

@@ -31,7 +31,7 @@ from zope.interface import implementer, providedBy
 from zeo.server.interfaces import IStorageSession
 from zeo.server.iterators import IteratorRegistry
 from zeo.server.pending import PendingTransaction, Phase
-from zeo.server.results import Delayed
+from zeo.server.results import Delayed, chain
 from zeo.server.served_storage import ServedStorage
 from zeo.server.slow_calls import SlowCalls
 
@@ -132,13 +132,9 @@ class StorageSession:
         if known:
             return answer
         now = served.hooks.clock()  # type: ignore[union-attr]
-        iterated = self._slow.submit(  # type: ignore[union-attr]
-            lambda: served.iterate_invalidations(tid, now))  # type: ignore[union-attr]
-        reply = Delayed()
+        iterated = self._off_loop(served.iterate_invalidations, tid, now)  # type: ignore[union-attr]
         # Back on the loop: add what was committed while the thread iterated.
-        iterated.add_callback(lambda error, value: _settle(
-            reply, error, value, served.merge_invalidations))  # type: ignore[union-attr]
-        return reply
+        return chain(iterated, served.merge_invalidations)  # type: ignore[union-attr]
 
     def ping(self) -> None:
         return None
@@ -238,14 +234,8 @@ class StorageSession:
             iterators.adopt(iid, iterator)  # type: ignore[union-attr]
             return iid
 
-        def made_or_failed(error: BaseException | None, value: Any) -> None:
-            if error is not None:
-                iterators.release(iid)  # type: ignore[union-attr]
-            _settle(reply, error, value, adopt)
-
-        reply = Delayed()
-        made.add_callback(made_or_failed)
-        return reply
+        made.add_callback(lambda error, _: None if error is None else iterators.release(iid))  # type: ignore[union-attr]
+        return chain(made, adopt)
 
     def iterator_next(self, iid: int) -> Any:
         return self._iterators.next_transaction(iid)  # type: ignore[union-attr]
@@ -527,20 +517,6 @@ def _count(value: Any, limit: int | None, what: str, minimum: int = 1) -> int:
         raise TypeError(f"{what} is an int, not {value!r:.40}")
     value = max(value, minimum)
     return value if limit is None else min(value, limit)
-
-
-def _settle(reply: Delayed, error: BaseException | None, value: Any,
-            then: Any) -> None:
-    """Settle *reply* with *error*, or with ``then(value)`` (on the loop)."""
-    if error is not None:
-        reply.fail(error)
-        return
-    try:
-        result = then(value)
-    except Exception as failure:
-        reply.fail(failure)
-    else:
-        reply.resolve(result)
 
 
 def _count_conflict(stats: Any) -> None:

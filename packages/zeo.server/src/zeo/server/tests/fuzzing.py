@@ -186,6 +186,10 @@ class Harness:
         outcome = self._dispatch(connection, method, args, one_way)
         self.outcomes[outcome] += 1
         self.run_loop()
+        # Work handed to threads (slow reads, packs) ends before the next
+        # call: what hypothesis draws next must not depend on thread timing.
+        if not self.run_loop(lambda: all(d.settled for d in self.threads), timeout=60):
+            raise InternalError("work handed to a thread never finished")
         self.check_invariants()
         return outcome
 
