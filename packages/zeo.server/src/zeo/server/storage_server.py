@@ -153,7 +153,7 @@ class StorageServer:
         """Run *function* in a worker thread; its outcome settles the
         returned `Delayed` on the loop. *pack*: on the pack threads (one
         per storage), else on the ``worker_threads`` shared by all."""
-        if self.closed and not pack:
+        if self.closed:
             raise RuntimeError("the server is closing")
         if pack:
             if self._pack_workers is None:
