@@ -125,10 +125,9 @@ class SlowCallTestBase(unittest.TestCase):
 class OffTheLoopTests(SlowCallTestBase):
 
     def test_other_clients_are_answered_while_an_undo_search_runs(self):
-        reader = self.client(read_only=True)
+        reader, other = self.client(read_only=True), self.client(read_only=True)
         slow = reader.send_call("undoInfo", 0, -10 ** 9, GATED)
         self.wait_entered()
-        other = self.client(read_only=True)
         self.assertIsNone(self.answered_within(other, other.send_call("ping")))
         data, tid, end = self.answered_within(other, other.send_call("loadBefore", Z64, MAXTID))
         self.assertEqual((tid, end), (self.last_tid, None))
@@ -139,13 +138,12 @@ class OffTheLoopTests(SlowCallTestBase):
         self.assertEqual(self.answered_within(reader, slow), ())   # nothing matched
 
     def test_one_connection_cannot_occupy_every_worker(self):
-        greedy = self.client(read_only=True)
+        greedy, other = self.client(read_only=True), self.client(read_only=True)
         workers = ServerConfig().worker_threads
         held = [greedy.send_call("undoInfo", 0, -20, GATED) for _ in range(workers + 1)]
         self.wait_entered()
         # More calls than workers, but the greedy connection's other calls
         # wait in its own lane: the other workers are free for somebody else.
-        other = self.client(read_only=True)
         log = self.answered_within(other, other.send_call("undoLog", 0, -3))
         self.assertEqual(len(log), 3)
         history = self.answered_within(other, other.send_call("history", Z64, 2))
