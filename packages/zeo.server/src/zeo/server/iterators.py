@@ -24,6 +24,10 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+from zope.interface import implementer
+
+from zeo.server.interfaces import IIteratorRegistry
+
 __all__ = ["TooManyIterators", "IteratorBudget", "IteratorRegistry"]
 
 
@@ -49,7 +53,10 @@ class IteratorBudget:
         self.used -= 1
 
 
+@implementer(IIteratorRegistry)
 class IteratorRegistry:
+    """See `IIteratorRegistry`."""
+
     def __init__(self, limit: int, budget: IteratorBudget | None = None) -> None:
         self.limit = limit
         self.budget = budget if budget is not None else IteratorBudget(limit)

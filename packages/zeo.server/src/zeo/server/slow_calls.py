@@ -42,6 +42,9 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable
 
+from zope.interface import implementer
+
+from zeo.server.interfaces import ISlowCalls
 from zeo.server.results import Delayed
 
 __all__ = ["SlowCalls", "TooManyWaitingCalls", "ConnectionClosedError"]
@@ -58,6 +61,7 @@ class ConnectionClosedError(Exception):
     """The connection closed before its slow call could start."""
 
 
+@implementer(ISlowCalls)
 class SlowCalls:
     """One connection's lane of slow storage calls. See the module docstring."""
 

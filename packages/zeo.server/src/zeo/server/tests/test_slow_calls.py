@@ -24,7 +24,10 @@ from ZODB.tests.StorageTestBase import zodb_pickle
 
 import zeo.server
 from zeo.server.config import ServerConfig
+from zeo.server.iterators import IteratorBudget, IteratorRegistry, TooManyIterators
+from zeo.server.results import Delayed
 from zeo.server.served_storage import LoopHooks, ServedStorage
+from zeo.server.slow_calls import ConnectionClosedError, SlowCalls, TooManyWaitingCalls
 from zeo.server.tests.rawclient import RawClient, ServerError
 
 Z64 = b"\0" * 8
@@ -270,6 +273,85 @@ class StopDuringPacksTests(unittest.TestCase):
         self.assertFalse(stopping.is_alive())
         self.assertEqual(len(packs), 1)
         self.assertEqual(storage.events, ["packed", "closed"])
+
+
+class LaneTests(unittest.TestCase):
+    """`SlowCalls` without threads: the "thread" is settled by the test."""
+
+    def setUp(self):
+        self.started = []   # (function, Delayed) handed to the "thread"
+
+        def run_in_thread(function):
+            self.started.append((function, Delayed()))
+            return self.started[-1][1]
+
+        self.lane = SlowCalls(run_in_thread, max_waiting=2)
+
+    def finish(self, index):
+        function, delayed = self.started[index]
+        delayed.resolve(function())
+
+    def test_one_call_at_a_time_in_order(self):
+        answers = []
+        for n in range(3):
+            self.lane.submit(lambda n=n: n).add_callback(lambda e, v: answers.append(v))
+        self.assertEqual(len(self.started), 1)
+        self.assertEqual(len(self.lane), 3)
+        with self.assertRaises(TooManyWaitingCalls):
+            self.lane.submit(lambda: 3)
+        for index in range(3):
+            self.finish(index)
+        self.assertEqual(answers, [0, 1, 2])
+        self.assertEqual(len(self.lane), 0)
+
+    def test_closing_drops_the_waiting_calls(self):
+        running = self.lane.submit(lambda: "ran")
+        waiting = self.lane.submit(lambda: "never")
+        outcomes = []
+        waiting.add_callback(lambda e, v: outcomes.append(type(e)))
+        self.lane.close()
+        self.assertEqual(outcomes, [ConnectionClosedError])
+        self.finish(0)   # the running one still settles (nobody reads it)
+        running.add_callback(lambda e, v: outcomes.append(v))
+        self.assertEqual(outcomes, [ConnectionClosedError, "ran"])
+        self.assertEqual(len(self.started), 1)
+        with self.assertRaises(ConnectionClosedError):
+            self.lane.submit(lambda: None)
+
+    def test_a_refused_thread_fails_the_call_and_the_lane_goes_on(self):
+        def refuse(function):
+            raise RuntimeError("the server is closing")
+
+        lane = SlowCalls(refuse, max_waiting=2)
+        errors = []
+        lane.submit(lambda: None).add_callback(lambda e, v: errors.append(str(e)))
+        self.assertEqual(errors, ["the server is closing"])
+        self.assertFalse(lane.running)
+
+
+class IteratorBudgetTests(unittest.TestCase):
+
+    def test_the_budget_is_shared_and_given_back(self):
+        budget = IteratorBudget(2)
+        first, second = IteratorRegistry(5, budget), IteratorRegistry(5, budget)
+        storage = MappingStorage()
+        first.start(storage, None, None)
+        iid = second.reserve()
+        with self.assertRaises(TooManyIterators) as caught:
+            first.start(storage, None, None)
+        self.assertIn("max-server-iterators", str(caught.exception))
+        second.close()
+        closed = []
+
+        class Iterator:
+            def close(self):
+                closed.append(True)
+
+        second.adopt(iid, Iterator())   # made after its connection closed
+        self.assertEqual(closed, [True])
+        self.assertEqual(budget.used, 1)
+        first.close()
+        self.assertEqual(budget.used, 0)
 
 
 class MergeInvalidationsTests(unittest.TestCase):
