@@ -178,6 +178,27 @@ class OffTheLoopTests(SlowCallTestBase):
         self.assertEqual(len(other.call("iterator_next", iid)), 5)
 
 
+class InvalidationsByIterationTests(SlowCallTestBase):
+    server_options = {"invalidation_queue_size": 1, "invalidation_age": 3600.0}
+    transactions = 20
+
+    def test_iterating_runs_off_the_loop_and_counts_commits_made_meanwhile(self):
+        verifier, writer = self.client(read_only=True), self.client()
+        old = verifier.call("history", Z64, 20)[-1]["tid"]
+        self.storage.gate_iterators = True
+        pending = verifier.send_call("getInvalidations", old)
+        self.wait_entered()
+        # Meanwhile the server serves others, and a commit happens.
+        new_oid = self.answered_within(writer, writer.send_call("new_oids", 1))[0]
+        tid = writer.commit(1, [(new_oid, Z64, zodb_pickle(MinPO("new")))])
+        self.storage.gate_iterators = False
+        self.storage.gate.set()
+        self.assertEqual(self.answered_within(verifier, pending),
+                         (tid, tuple(sorted([Z64, new_oid]))))
+        self.assertEqual(verifier.wait_one_way("invalidateTransaction").args,
+                         (tid, (new_oid,)))
+
+
 class RangeCapTests(SlowCallTestBase):
     server_options = {"max_history_entries": 50}
     transactions = 120
