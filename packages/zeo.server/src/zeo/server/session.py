@@ -276,7 +276,7 @@ class StorageSession:
         if not isinstance(t, (int, float)) or isinstance(t, bool):
             raise TypeError(f"a pack time is a number, not {t!r:.40}")
         if served.packing is not None and not wait:  # type: ignore[union-attr]
-            logger.info("%s: pack of storage %r ignored: a pack is already running",
+            logger.info("%.200s: pack of storage %r ignored: a pack is already running",
                         self.label, served.name)  # type: ignore[union-attr]
             return None
         done = served.pack(self.peer.run_in_thread, t, referencesf)  # type: ignore[union-attr]
