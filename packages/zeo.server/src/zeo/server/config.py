@@ -34,6 +34,20 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_BLOB_CHUNK_SIZE = 1 << 20
 #: Server-side iterators one connection may hold open at once.
 DEFAULT_MAX_ITERATORS = 100
+#: Transaction iterators the whole server may hold open at once, over all
+#: connections and storages: each holds an open file (see
+#: zeo.server.iterators). runzeo makes room for them in the descriptor limit.
+DEFAULT_MAX_SERVER_ITERATORS = 256
+#: Worker threads, process-wide, that run the storage calls whose cost
+#: grows with the database (see zeo.server.slow_calls); packs have their
+#: own thread per storage.
+DEFAULT_WORKER_THREADS = 4
+#: Slow storage calls one connection may have waiting behind its running
+#: one; more are refused with an error reply.
+DEFAULT_MAX_WAITING_CALLS = 100
+#: Most entries one ``undoLog`` / ``undoInfo`` call returns, and the largest
+#: ``history`` size: larger requests are cut to this.
+DEFAULT_MAX_HISTORY_ENTRIES = 1000
 #: The packages whose persistent classes may resolve write conflicts on the
 #: server (see zeo.server.conflicts).
 DEFAULT_CONFLICT_RESOLUTION_PACKAGES = ("BTrees", "persistent", "ZODB")
@@ -116,6 +130,10 @@ class ServerConfig:
     msgpack: bool = True
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_iterators: int = DEFAULT_MAX_ITERATORS
+    max_server_iterators: int = DEFAULT_MAX_SERVER_ITERATORS
+    worker_threads: int = DEFAULT_WORKER_THREADS
+    max_waiting_calls: int = DEFAULT_MAX_WAITING_CALLS
+    max_history_entries: int = DEFAULT_MAX_HISTORY_ENTRIES
     max_spool_size: int | None = DEFAULT_MAX_SPOOL_SIZE
     #: Process-wide: see DEFAULT_MAX_SPOOL_TOTAL (None: no limit).
     max_spool_total: int | None = DEFAULT_MAX_SPOOL_TOTAL
@@ -154,6 +172,10 @@ class ServerConfig:
         _check_seconds("reader_stall_timeout", self.reader_stall_timeout)
         _check_count("max_connections", self.max_connections)
         _check_count("max_iterators", self.max_iterators)
+        _check_count("max_server_iterators", self.max_server_iterators)
+        _check_count("worker_threads", self.worker_threads)
+        _check_count("max_waiting_calls", self.max_waiting_calls, 0)
+        _check_count("max_history_entries", self.max_history_entries)
         if self.max_spool_size is not None:
             _check_count("max_spool_size", self.max_spool_size)
         if self.max_spool_total is not None:

@@ -312,9 +312,12 @@ class ISessionPeer(Interface):
         "Seconds the connection's output has been backed up without a break"
         " (the client not reading what it is sent), 0.0 when it is not.")
 
-    def run_in_thread(function):
+    def run_in_thread(function, pack=False):
         """Run the blocking *function* off the event loop; return a
-        `zeo.server.results.Delayed` settled with its outcome."""
+        `zeo.server.results.Delayed` settled on the loop with its outcome.
+        *pack*: on the pack threads (one per storage), else on the worker
+        threads shared by every connection (see zeo.server.slow_calls).
+        Raises if the server is closing."""
 
     def close(reason):
         """Close the connection, logging *reason* (a str) if given."""
@@ -426,3 +429,57 @@ class IClosed(Interface):
     """Event: a storage server stopped and closed its storages."""
 
     server = Attribute("The StorageServer.")
+
+
+class ISlowCalls(Interface):
+    """One connection's lane of storage calls whose cost grows with the
+    database (see zeo.server.slow_calls for the thread rules)."""
+
+    running = Attribute("True while one of the lane's calls runs in a thread.")
+    closed = Attribute("True once close() was called.")
+    max_waiting = Attribute("How many calls may wait behind the running one.")
+
+    def submit(function):
+        """Run *function* in a worker thread after the lane's earlier
+        calls; return a `Delayed` settled on the loop. Raises
+        TooManyWaitingCalls beyond ``max_waiting``, or if closed."""
+
+    def close():
+        """Drop the waiting calls; a running one finishes unobserved."""
+
+
+class IIteratorRegistry(Interface):
+    """One connection's server-side iterators, within its own limit and
+    the server-wide `IteratorBudget` (see zeo.server.iterators)."""
+
+    limit = Attribute("Iterators of both kinds this connection may hold.")
+    budget = Attribute("The server-wide count of open transaction iterators.")
+
+    def reserve():
+        """An id and both slots for a transaction iterator still to be
+        made (in a thread); raises TooManyIterators."""
+
+    def adopt(iid, iterator):
+        """Put *iterator* in place for *iid*, or close it if the registry
+        is closed."""
+
+    def release(iid):
+        """Making *iid*'s iterator failed: give its slots back."""
+
+    def start(storage, start, stop):
+        """Reserve, make and adopt at once; the new id."""
+
+    def next_transaction(iid):
+        """The next transaction's header tuple, or None at the end."""
+
+    def start_records(iid, tid):
+        """A record iterator over the transaction *iid* last returned."""
+
+    def next_record(rid):
+        """The next record tuple, or None at the end."""
+
+    def forget(ids):
+        """Close and drop these iterators (``iterator_gc``)."""
+
+    def close():
+        """Close every iterator; those still being made close on adoption."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+__all__ = ["Callback", "Delayed", "chain"]
+
 #: ``callback(error, value)``: *error* is None on success.
 Callback = Callable[[BaseException | None, Any], None]
 
@@ -46,3 +48,24 @@ class Delayed:
             self._callbacks.append(callback)
         else:
             callback(*self._outcome)
+
+
+def chain(source: Delayed, then: Callable[[Any], Any]) -> Delayed:
+    """A `Delayed` settled with ``then(value)`` when *source* resolves
+    (*then*'s exception if it raises), or with *source*'s error. *then*
+    runs where *source* is settled: on the loop, for a thread's outcome."""
+    result = Delayed()
+
+    def settled(error: BaseException | None, value: Any) -> None:
+        if error is not None:
+            result.fail(error)
+            return
+        try:
+            value = then(value)
+        except Exception as failure:
+            result.fail(failure)
+        else:
+            result.resolve(value)
+
+    source.add_callback(settled)
+    return result

@@ -7,6 +7,10 @@
 Each ``-f`` FileStorage is served under the names ``'1'``, ``'2'``, …
     runzeo -C zeo.conf        (a ZConfig file, as for the reference ZEO)
 
+At start runzeo raises the soft limit on open files toward the hard one
+as far as ``max-connections`` plus ``max-server-iterators`` need, and
+warns in the log when the hard limit is too low (see `make_room_for_descriptors`).
+
 Signals: SIGTERM and SIGINT stop the server cleanly (exit 0: open
 transactions are aborted, nothing half-written); SIGHUP stops it with exit
 status 1 so a supervisor restarts it; SIGUSR2 reopens the log files.
@@ -18,6 +22,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -30,6 +35,10 @@ logger = logging.getLogger("zeo.server")
 
 #: Exit status asking a supervisor to restart us (SIGHUP), as the reference.
 RESTART_STATUS = 1
+#: Descriptors the server needs besides connections and iterators: the
+#: storages' files and indexes, blobs being sent, spools, logs, listening
+#: sockets, a pack's files.
+DESCRIPTOR_RESERVE = 64
 
 
 class UsageError(Exception):
@@ -192,6 +201,42 @@ def reopen_logs() -> None:
     logger.info("log files reopened")
 
 
+def descriptors_needed(config: ServerConfig) -> int:
+    """Open files the server may need at once under *config*."""
+    return config.max_connections + config.max_server_iterators + DESCRIPTOR_RESERVE
+
+
+def make_room_for_descriptors(config: ServerConfig) -> int:
+    """Raise the soft RLIMIT_NOFILE toward the hard limit as far as
+    `descriptors_needed`; warn in the log if that does not fit. Return the
+    soft limit now in force."""
+    needed = descriptors_needed(config)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as error:
+            logger.warning("could not raise the open-file limit from %d to %d: %s",
+                           soft, target, error)
+        else:
+            logger.info("raised the soft open-file limit from %d to %d", soft, target)
+            soft = target
+    if soft < needed:
+        logger.warning(
+            "the open-file limit is %d (hard limit %s), below the %d that"
+            " max-connections (%d) plus max-server-iterators (%d) plus %d may"
+            " need: clients beyond it will be refused. Raise the hard limit"
+            " (ulimit -Hn, LimitNOFILE= for systemd) to at least %d, or lower"
+            " max-connections", soft,
+            "unlimited" if hard == resource.RLIM_INFINITY else hard, needed,
+            config.max_connections, config.max_server_iterators,
+            DESCRIPTOR_RESERVE, needed)
+    return soft
+
+
 def setup_logging(eventlog: Any) -> None:
     if eventlog is not None:
         eventlog()   # ZConfig's factory configures the root logger
@@ -208,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"runzeo: {error}", file=sys.stderr)
         return 2
     setup_logging(plan.eventlog)
+    make_room_for_descriptors(plan.config)
     if plan.pid_file:
         with open(plan.pid_file, "w") as pid_file:
             pid_file.write(f"{os.getpid()}\n")

@@ -17,12 +17,15 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ZODB.interfaces import IBlobStorage
+from ZODB.POSException import StorageError
 
 from zeo.server.blob_uploads import SpoolBudget, UploadDirectory, remove_stale_uploads
 from zeo.server.commit_lock import CommitLock
 from zeo.server.config import ServerConfig
 from zeo.server.conflicts import guard_conflict_resolution
-from zeo.server.invalidation_queue import InvalidationQueue, find_invalidations
+from zeo.server.invalidation_queue import InvalidationQueue, invalidations_by_iteration
+from zeo.server.iterators import IteratorBudget
+from zeo.server.results import Delayed
 from zeo.server.stats import StorageStats
 
 if TYPE_CHECKING:
@@ -58,7 +61,8 @@ class ServedStorage:
     """
 
     def __init__(self, name: str, storage: Any, config: ServerConfig,
-                 hooks: LoopHooks, spool_budget: SpoolBudget | None = None) -> None:
+                 hooks: LoopHooks, spool_budget: SpoolBudget | None = None,
+                 iterator_budget: IteratorBudget | None = None) -> None:
         self.name = name
         self.storage = storage
         self.config = config
@@ -86,6 +90,10 @@ class ServedStorage:
             remove_stale_uploads(self.spool_dir)
             self.uploads = UploadDirectory(self.spool_dir)
         guard_conflict_resolution(storage, config.conflict_resolution_packages)
+        #: Open transaction iterators, shared by every storage of a server.
+        self.iterator_budget = iterator_budget or IteratorBudget(config.max_server_iterators)
+        #: The outcome of the pack running now, if any (see `pack`).
+        self.packing: Delayed | None = None
 
     def __repr__(self) -> str:
         return f"<ServedStorage {self.name!r} {self.storage!r}>"
@@ -120,10 +128,60 @@ class ServedStorage:
     def size_info(self) -> dict[str, int]:
         return {"length": len(self.storage), "size": self.storage.getSize()}
 
-    def invalidations_since(self, tid: bytes) -> tuple[bytes, tuple[bytes, ...]] | None:
-        return find_invalidations(
-            self.queue, self.storage, tid,
-            invalidation_age=self.config.invalidation_age, now=self.hooks.clock())
+    def invalidations_from_queue(self, tid: bytes) -> tuple[bool, Any]:
+        """``(True, answer)`` if the queue answers ``getInvalidations(tid)``
+        by itself; ``(False, None)`` if iterating the storage might (the
+        ``invalidation-age`` fallback, done in a thread: see
+        `invalidations_by_iteration` and `merge_invalidations`)."""
+        answer = self.queue.since(tid)
+        if answer is not None or self.config.invalidation_age is None:
+            return True, answer
+        return False, None
+
+    def iterate_invalidations(self, tid: bytes, now: float) -> Any:
+        """The fallback of `invalidations_from_queue` (any thread)."""
+        return invalidations_by_iteration(
+            self.storage, tid, self.config.invalidation_age, now)
+
+    def merge_invalidations(self, answer: Any) -> Any:
+        """An iterated *answer*, brought up to the commits queued while it
+        was computed (on the loop), so that it is what the loop would have
+        answered now; None (drop the cache) if the queue cannot tell."""
+        if answer is None:
+            return None
+        last_tid, oids = answer
+        newer = self.queue.since(last_tid)
+        if newer is None:
+            return None
+        newest, more = newer
+        if not more:
+            return answer
+        return newest, tuple(sorted(set(oids).union(more)))
+
+    def pack(self, run_in_thread: Callable[..., Delayed], t: float, referencesf: Any) -> Delayed:
+        """Pack in a pack thread; one pack at a time per storage.
+
+        A pack asked for while one runs is refused at once with
+        ``StorageError("Already packing ...")``, as FileStorage refuses a
+        second one: nothing queues, so closing the server waits for at most
+        the running pack. When a pack ends every client learns the new size.
+        """
+        if self.packing is not None:
+            raise StorageError(
+                f"Already packing storage {self.name!r}; this pack request is"
+                " refused (try again when the running pack has finished)")
+        done = self.packing = run_in_thread(
+            lambda: self.storage.pack(t, referencesf), pack=True)
+
+        def packed(error: BaseException | None, _: Any) -> None:
+            self.packing = None
+            if error is None:
+                self.broadcast_info()   # every client learns the new size
+            else:
+                logger.error("pack of storage %r failed: %s", self.name, error)
+
+        done.add_callback(packed)
+        return done
 
     def _transaction_timed_out(self, session: StorageSession) -> None:
         # The watchdog fires for the current lock holder only; the session

@@ -11,6 +11,12 @@ one-way message closes the connection, since it cannot be reported.
 The session talks back through its *peer* (see `ISessionPeer`): one-way
 messages to the client (``info``, ``invalidateTransaction``, blob chunks),
 closing the connection, and running slow storage calls off the loop.
+
+Calls whose cost grows with the database or an object's history
+(``undoLog``, ``undoInfo``, ``history``, ``loadSerial``, ``iterator_start``,
+``getInvalidations`` beyond the queue) go through the session's
+`SlowCalls` lane and reply with a `Delayed`; the thread rules are in
+zeo.server.slow_calls. The others run on the loop.
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ from zeo.server.config import DEFAULT_MAX_LABEL_LENGTH
 from zeo.server.interfaces import IStorageSession
 from zeo.server.iterators import IteratorRegistry
 from zeo.server.pending import PendingTransaction, Phase
-from zeo.server.results import Delayed
+from zeo.server.results import Delayed, chain
 from zeo.server.served_storage import ServedStorage
 from zeo.server.shared_blobs import BlobMessages, claim_shared_blob, open_blob
+from zeo.server.slow_calls import SlowCalls
 
 logger = logging.getLogger("zeo.server")
 
@@ -75,6 +82,7 @@ class StorageSession:
         #: The reply to a vote that waits for the commit lock.
         self._waiting_vote: Delayed | None = None
         self._iterators: IteratorRegistry | None = None
+        self._slow: SlowCalls | None = None
 
     def __repr__(self) -> str:
         return f"<StorageSession {self.label}>"
@@ -102,7 +110,9 @@ class StorageSession:
             raise ReadOnlyError()
         self.served = served
         self.read_only = bool(read_only) or served.read_only
-        self._iterators = IteratorRegistry(served.config.max_iterators)
+        self._iterators = IteratorRegistry(served.config.max_iterators,
+                                           served.iterator_budget)
+        self._slow = SlowCalls(self.peer.run_in_thread, served.config.max_waiting_calls)
         served.add(self)
         return served.storage.lastTransaction()
 
@@ -127,7 +137,14 @@ class StorageSession:
         return self._storage().lastTransaction()
 
     def getInvalidations(self, tid: bytes) -> Any:
-        return self.served.invalidations_since(tid)  # type: ignore[union-attr]
+        served = self.served
+        known, answer = served.invalidations_from_queue(tid)  # type: ignore[union-attr]
+        if known:
+            return answer
+        now = served.hooks.clock()  # type: ignore[union-attr]
+        iterated = self._off_loop(served.iterate_invalidations, tid, now)  # type: ignore[union-attr]
+        # Back on the loop: add what was committed while the thread iterated.
+        return chain(iterated, served.merge_invalidations)  # type: ignore[union-attr]
 
     def ping(self) -> None:
         return None
@@ -163,27 +180,53 @@ class StorageSession:
         self.served.stats.loads += 1  # type: ignore[union-attr]
         return self._storage().loadBefore(oid, tid)
 
-    def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
-        return self._storage().loadSerial(_id8(oid, "an oid"), _id8(serial, "a serial"))
+    def _off_loop(self, function: Any, *args: Any) -> Delayed:
+        """``function(*args)`` in this connection's slow-call lane."""
+        return self._slow.submit(lambda: function(*args))  # type: ignore[union-attr]
+
+    def loadSerial(self, oid: bytes, serial: bytes) -> Any:
+        # Walks back the object's revisions, holding the storage's lock.
+        return self._off_loop(self._storage().loadSerial,
+                              _id8(oid, "an oid"), _id8(serial, "a serial"))
 
     def getTid(self, oid: bytes) -> bytes:
         return self._storage().getTid(_id8(oid, "an oid"))
 
     def history(self, oid: bytes, size: int = 1) -> Any:
-        return self._storage().history(_id8(oid, "an oid"), size)
+        """At most ``max_history_entries`` revisions, read in a thread."""
+        limit = self.served.config.max_history_entries  # type: ignore[union-attr]
+        return self._off_loop(self._storage().history, _id8(oid, "an oid"),
+                              _count(size, limit, "a history size", minimum=0))
 
     def record_iternext(self, next: Any = None) -> Any:
         return self._storage().record_iternext(next)
 
     def undoLog(self, first: int = 0, last: int = -20) -> Any:
+        """See `_undo_range`; read in a thread."""
         if not self.served.supports_undo:  # type: ignore[union-attr]
             return ()
-        return self._storage().undoLog(first, last)
+        return self._off_loop(self._storage().undoLog, *self._undo_range(first, last))
 
     def undoInfo(self, first: int = 0, last: int = -20, specification: Any = None) -> Any:
+        """See `_undo_range`; read in a thread."""
         if not self.served.supports_undo:  # type: ignore[union-attr]
             return ()
-        return self._storage().undoInfo(first, last, specification)
+        if specification is not None and not isinstance(specification, dict):
+            raise TypeError(f"an undoInfo specification is a dict or None,"
+                            f" not {specification!r:.40}")
+        return self._off_loop(self._storage().undoInfo,
+                              *self._undo_range(first, last), specification)
+
+    def _undo_range(self, first: Any, last: Any) -> tuple[int, int]:
+        """``(first, last)`` asking for at most ``max_history_entries``
+        transactions: ``last`` is the end index, or minus a count."""
+        limit = self.served.config.max_history_entries  # type: ignore[union-attr]
+        first = _count(first, None, "undo's first", minimum=0)
+        if not isinstance(last, int) or isinstance(last, bool):
+            raise TypeError(f"undo's last is an int, not {last!r:.40}")
+        if last < 0:
+            return first, -min(-last, limit)
+        return first, min(last, first + limit)
 
     def sendBlob(self, oid: bytes, serial: bytes) -> None:
         path = self._storage().loadBlob(_id8(oid, "an oid"), _id8(serial, "a serial"))
@@ -194,13 +237,29 @@ class StorageSession:
 
     # -- iterators ------------------------------------------------------------
 
-    def iterator_start(self, start: bytes | None = None, stop: bytes | None = None) -> int:
+    def iterator_start(self, start: bytes | None = None, stop: bytes | None = None) -> Any:
+        """Reserve the iterator's slots here, create it in a thread
+        (FileStorage searches for *start*), adopt it back on the loop."""
         # Checked here: FileStorage's iterator asserts on a wrong type and
         # leaves its file open until garbage collection.
         for bound in (start, stop):
             if bound is not None:
                 _id8(bound, "an iterator bound (a tid)")
-        return self._iterators.start(self._storage(), start, stop)  # type: ignore[union-attr]
+        iterators = self._iterators
+        storage = self._storage()
+        iid = iterators.reserve()  # type: ignore[union-attr]
+        try:
+            made = self._off_loop(lambda: iter(storage.iterator(start, stop)))
+        except BaseException:
+            iterators.release(iid)  # type: ignore[union-attr]
+            raise
+
+        def adopt(iterator: Any) -> int:
+            iterators.adopt(iid, iterator)  # type: ignore[union-attr]
+            return iid
+
+        made.add_callback(lambda error, _: None if error is None else iterators.release(iid))  # type: ignore[union-attr]
+        return chain(made, adopt)
 
     def iterator_next(self, iid: int) -> Any:
         return self._iterators.next_transaction(iid)  # type: ignore[union-attr]
@@ -226,18 +285,25 @@ class StorageSession:
         return [storage.new_oid() for _ in range(min(max(int(n), 1), MAX_NEW_OIDS))]
 
     def pack(self, t: float, wait: Any = 1) -> Any:
-        # Unlike the reference, a read-only connection cannot pack away history.
-        self._check_writable()
+        """See `ServedStorage.pack`: one at a time per storage. While one
+        runs, a waiting caller gets an error; ``wait=False`` is ignored
+        (with a log line): nothing ever queues.
+
+        A read-only *connection* may pack, as with the reference: its
+        ``zeopack`` connects read-only, and read-only is a promise of the
+        client not to write, no security boundary. A read-only server or
+        storage refuses (ReadOnlyError).
+        """
         served = self.served
-        done = self.peer.run_in_thread(lambda: served.storage.pack(t, referencesf))
-
-        def packed(error: BaseException | None, _: Any) -> None:
-            if error is None:
-                served.broadcast_info()   # every client learns the new size
-            else:
-                logger.error("pack of storage %r failed: %s", served.name, error)
-
-        done.add_callback(packed)
+        if served.read_only:  # type: ignore[union-attr]
+            raise ReadOnlyError()
+        if not isinstance(t, (int, float)) or isinstance(t, bool):
+            raise TypeError(f"a pack time is a number, not {t!r:.40}")
+        if served.packing is not None and not wait:  # type: ignore[union-attr]
+            logger.info("%.200s: pack of storage %r ignored: a pack is already running",
+                        self.label, served.name)  # type: ignore[union-attr]
+            return None
+        done = served.pack(self.peer.run_in_thread, t, referencesf)  # type: ignore[union-attr]
         return done if wait else None
 
     # -- the transaction ------------------------------------------------------
@@ -488,6 +554,8 @@ class StorageSession:
         try:
             self._forget_transaction(aborted=True)
         finally:
+            if self._slow is not None:
+                self._slow.close()
             if self._iterators is not None:
                 self._iterators.close()
             if self.served is not None:
@@ -515,6 +583,14 @@ def _serial(value: Any) -> Any:
     if type(value) is str and len(value) == 8:
         return value.encode("latin-1")
     return value
+
+
+def _count(value: Any, limit: int | None, what: str, minimum: int = 1) -> int:
+    """*value* as an int of at least *minimum*, cut to *limit*."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{what} is an int, not {value!r:.40}")
+    value = max(value, minimum)
+    return value if limit is None else min(value, limit)
 
 
 def _count_conflict(stats: Any) -> None:

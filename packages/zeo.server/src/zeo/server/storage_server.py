@@ -1,9 +1,13 @@
 """The storage server: named storages, listening sockets, connections.
 
 `StorageServer` runs on one asyncio event loop. Storage calls run on the
-loop, in order, except the slow ones (``pack``) which go to a worker thread
-of the server's own and come back as a `Delayed`; closing the server waits
-for them before it closes the storages, and ends the workers. `Serving`
+loop, in order, except the slow ones, which go to worker threads of the
+server's own and come back as a `Delayed`: packs to one thread per storage
+(a storage packs once at a time, see `ServedStorage.pack`), the calls whose
+cost grows with the database to ``worker_threads`` threads shared by all
+connections (see zeo.server.slow_calls). Closing the server drops the slow
+calls not yet started, waits for the running ones (at most one pack per
+storage) before it closes the storages, and ends the workers. `Serving`
 and `Closed` events (zope.event) carry the bound addresses, so a server
 started on port 0 can be found.
 """
@@ -26,6 +30,7 @@ from zeo.server.blob_uploads import SpoolBudget
 from zeo.server.budgets import Budgets
 from zeo.server.config import Address, ServerConfig
 from zeo.server.interfaces import IClosed, IServing
+from zeo.server.iterators import IteratorBudget
 from zeo.server.results import Delayed
 from zeo.server.served_storage import LoopHooks, ServedStorage
 
@@ -65,7 +70,10 @@ class StorageServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unix_paths: list[str] = []
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pack_workers: concurrent.futures.ThreadPoolExecutor | None = None
         self._working: set[asyncio.Future[Any]] = set()
+        #: Open transaction iterators over all connections and storages.
+        self.iterator_budget = IteratorBudget(self.config.max_server_iterators)
         #: Where every connection's reads land (see zeo.server.adapter).
         self.receive_buffer = receive_buffer()
         #: What all connections hold together (see zeo.server.budgets).
@@ -83,7 +91,8 @@ class StorageServer:
         hooks = LoopHooks(loop.call_soon, loop.call_later)
         for name, storage in self._raw_storages.items():
             self.storages[name] = ServedStorage(name, storage, self.config, hooks,
-                                                spool_budget=self.spool_budget)
+                                                spool_budget=self.spool_budget,
+                                                iterator_budget=self.iterator_budget)
         for address in addresses:
             await self._listen(loop, address)
         self.budgets.start(loop, self.connections)
@@ -156,16 +165,33 @@ class StorageServer:
     def status(self) -> dict[str, Any]:
         return {name: served.status() for name, served in self.storages.items()}
 
-    def run_in_thread(self, function: Callable[[], Any]) -> Delayed:
-        if self._workers is None:
-            self._workers = concurrent.futures.ThreadPoolExecutor(
-                max_workers=len(self.storages), thread_name_prefix="zeo.server worker")
+    def run_in_thread(self, function: Callable[[], Any], *, pack: bool = False) -> Delayed:
+        """Run *function* in a worker thread; its outcome settles the
+        returned `Delayed` on the loop. *pack*: on the pack threads (one
+        per storage), else on the ``worker_threads`` shared by all."""
+        if self.closed:
+            raise RuntimeError("the server is closing")
+        if pack:
+            if self._pack_workers is None:
+                self._pack_workers = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=len(self.storages),
+                    thread_name_prefix="zeo.server worker pack")
+            executor = self._pack_workers
+        else:
+            if self._workers is None:
+                self._workers = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self.config.worker_threads,
+                    thread_name_prefix="zeo.server worker")
+            executor = self._workers
         delayed = Delayed()
-        future = self._loop.run_in_executor(self._workers, function)  # type: ignore[union-attr]
+        future = self._loop.run_in_executor(executor, function)  # type: ignore[union-attr]
         self._working.add(future)
         future.add_done_callback(self._working.discard)
 
         def done(future: asyncio.Future[Any]) -> None:
+            if future.cancelled():
+                delayed.fail(RuntimeError("the server closed before the call could run"))
+                return
             error = future.exception()
             if error is None:
                 delayed.resolve(future.result())
@@ -176,14 +202,19 @@ class StorageServer:
         return delayed
 
     async def _stop_workers(self) -> None:
-        # A pack still running must not find its storage closed under it.
+        # Calls not started yet never will be; a running pack must not find
+        # its storage closed under it.
+        for executor in (self._workers, self._pack_workers):
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
         if self._working:
-            logger.info("waiting for %d pack(s) to finish before closing the storages",
-                        len(self._working))
+            logger.info("waiting for %d storage call(s) (packs, history reads) to"
+                        " finish before closing the storages", len(self._working))
             await asyncio.wait(set(self._working))
-        if self._workers is not None:
-            self._workers.shutdown(wait=True)  # idle by now: ends the threads
-            self._workers = None
+        for executor in (self._workers, self._pack_workers):
+            if executor is not None:
+                executor.shutdown(wait=True)  # idle by now: ends the threads
+        self._workers = self._pack_workers = None
 
 
 def _format_address(address: Address) -> str:

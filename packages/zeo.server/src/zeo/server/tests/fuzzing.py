@@ -125,8 +125,8 @@ class _Peer:
         except OSError as error:
             self.harness.close_connection(self.connection, f"blob read failed: {error}")
 
-    def run_in_thread(self, function: Any) -> Delayed:
-        done = self.harness.server.run_in_thread(function)
+    def run_in_thread(self, function: Any, *, pack: bool = False) -> Delayed:
+        done = self.harness.server.run_in_thread(function, pack=pack)
         self.harness.threads.append(done)
         return done
 
@@ -156,7 +156,7 @@ class Harness:
         self.codecs = (MsgpackCodec(), PickleCodec())
         self.connections: list[Connection] = []
         self.delayed: list[tuple[Connection, Delayed]] = []
-        self.threads: list[Delayed] = []   # work handed to threads (pack)
+        self.threads: list[Delayed] = []   # work handed to threads
         self.numbered = 0
         #: How many calls went through `dispatch`, and what came of them.
         self.calls = 0
@@ -191,6 +191,10 @@ class Harness:
         outcome = self._dispatch(connection, method, args, one_way)
         self.outcomes[outcome] += 1
         self.run_loop()
+        # Work handed to threads (slow reads, packs) ends before the next
+        # call: what hypothesis draws next must not depend on thread timing.
+        if not self.run_loop(lambda: all(d.settled for d in self.threads), timeout=60):
+            raise InternalError("work handed to a thread never finished")
         self.check_invariants()
         return outcome
 

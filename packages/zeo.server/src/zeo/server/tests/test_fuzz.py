@@ -244,6 +244,13 @@ class Fuzzer:
         outcome = self.harness.dispatch(connection, method, args)
         if outcome == "reply":
             self.state.learn(self.harness.last_reply)
+        elif outcome == "pending":
+            # Answered by a thread (iterator_start, history...): learn
+            # from it once it is settled (a settled Delayed calls back at once).
+            delayed = self.harness.delayed[-1][1]
+            if delayed.settled:
+                delayed.add_callback(
+                    lambda error, value: None if error else self.state.learn(value))
         return outcome
 
     def random_call(self):

@@ -14,9 +14,13 @@ from zeo.server.interfaces import IBudgetedConnection
 from zeo.server.interfaces import ICommitLock
 from zeo.server.interfaces import IInvalidationQueue
 from zeo.server.interfaces import IServerBudgets
+from zeo.server.interfaces import IIteratorRegistry
+from zeo.server.interfaces import ISlowCalls
 from zeo.server.interfaces import IStorageStats
 from zeo.server.interfaces import ITransactionSpool
 from zeo.server.invalidation_queue import InvalidationQueue
+from zeo.server.iterators import IteratorRegistry
+from zeo.server.slow_calls import SlowCalls
 from zeo.server.spool import TransactionSpool
 from zeo.server.stats import StorageStats
 
@@ -46,6 +50,14 @@ class InterfaceTests(unittest.TestCase):
         verifyClass(IServerBudgets, Budgets)
         verifyObject(IServerBudgets, Budgets(ServerConfig()))
         verifyClass(IBudgetedConnection, ServerProtocol)
+
+    def test_slow_calls(self):
+        verifyClass(ISlowCalls, SlowCalls)
+        verifyObject(ISlowCalls, SlowCalls(lambda function: None, 1))
+
+    def test_iterator_registry(self):
+        verifyClass(IIteratorRegistry, IteratorRegistry)
+        verifyObject(IIteratorRegistry, IteratorRegistry(1))
 
     def test_storage_stats(self):
         verifyClass(IStorageStats, StorageStats)

@@ -1,4 +1,5 @@
-"""Resource bounds: connections, spooled transaction size, unread output."""
+"""Resource bounds: connections, spooled transaction size, unread output,
+open iterators."""
 
 import logging
 import os
@@ -15,9 +16,10 @@ import zeo.server
 from zeo.protocol import ProtocolError, ProtocolLimits
 from zeo.protocol.framing import frame_header
 from zeo.server.admin import status
-from zeo.server.config import ServerConfig
+from zeo.server.config import (
+    DEFAULT_MAX_ITERATORS, DEFAULT_MAX_SERVER_ITERATORS, ServerConfig)
 from zeo.server.interfaces import IServing
-from zeo.server.tests.rawclient import RawClient
+from zeo.server.tests.rawclient import RawClient, ServerError
 from zeo.server.tests.serverprocess import ServerProcess
 
 Z64 = b"\0" * 8
@@ -418,6 +420,52 @@ class ProcessWideLimitConfigTests(unittest.TestCase):
                            ("max_connections_per_address", True)]:
             with self.assertRaises(ValueError, msg=(field, bad)):
                 ServerConfig(**{field: bad})
+
+
+class IteratorLimitTests(unittest.TestCase):
+    """Each server-side transaction iterator holds an open file: the whole
+    server holds at most max-server-iterators of them, however many
+    read-only connections ask (a real runzeo with its defaults)."""
+
+    def test_read_only_connections_cannot_exhaust_the_descriptors(self):
+        directory = tempfile.mkdtemp(prefix="zeo-limits-")
+        self.addCleanup(shutil.rmtree, directory)
+        server = ServerProcess(directory)
+        self.addCleanup(server.stop)
+        before = server.descriptors()
+        clients = [server.client(read_only=True) for _ in range(4)]
+        opened = refused = 0
+        for client in clients:
+            for _ in range(DEFAULT_MAX_ITERATORS):
+                try:
+                    client.call("iterator_start", None, None)
+                    opened += 1
+                except ServerError as error:
+                    self.assertIn("TooManyIterators", error.class_name)
+                    refused += 1
+        self.assertEqual(opened, DEFAULT_MAX_SERVER_ITERATORS)
+        self.assertEqual(refused, 4 * DEFAULT_MAX_ITERATORS - DEFAULT_MAX_SERVER_ITERATORS)
+        self.assertLessEqual(server.descriptors(),
+                             before + len(clients) + DEFAULT_MAX_SERVER_ITERATORS)
+        # The server still accepts and serves new clients, refusing them
+        # iterators until some are given back.
+        newcomer = server.client(read_only=True)
+        self.addCleanup(newcomer.close)
+        self.assertIsNone(newcomer.call("ping"))
+        with self.assertRaises(ServerError):
+            newcomer.call("iterator_start", None, None)
+        for client in clients:
+            client.close()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                newcomer.call("iterator_start", None, None)
+                break
+            except ServerError:
+                self.assertLess(time.monotonic(), deadline, "iterators never given back")
+                time.sleep(0.05)
+        self.assertEqual(server.stop(), 0)
+        self.assertNotIn("Traceback", server.log_text())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """runzeo as a real subprocess: start, serve, signals, configuration files."""
 
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -50,12 +51,12 @@ class RunzeoTests(unittest.TestCase):
             process.stderr.close()
         shutil.rmtree(self.directory)
 
-    def start(self, *args):
+    def start(self, *args, preexec_fn=None):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         process = subprocess.Popen(
             [sys.executable, "-m", "zeo.server.runzeo", *args],
             env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            cwd=self.directory)
+            cwd=self.directory, preexec_fn=preexec_fn)
         self.processes.append(process)
         return process
 
@@ -156,6 +157,11 @@ class RunzeoTests(unittest.TestCase):
                   conflict-resolution-packages BTrees persistent ZODB myapp
                   max-output-buffer 200MB
                   max-frame-size 80MB
+                  max-iterators 20
+                  max-server-iterators 50
+                  worker-threads 2
+                  max-waiting-calls 10
+                  max-history-entries 500
                 </zeo>
                 <filestorage 1>
                   path {self.directory}/Data.fs
@@ -172,6 +178,10 @@ class RunzeoTests(unittest.TestCase):
                          ("BTrees", "persistent", "ZODB", "myapp"))
         self.assertEqual(settings.config.output_buffer_limit, 200 * 1024 * 1024)
         self.assertEqual(settings.config.limits.max_frame_size, 80 * 1024 * 1024)
+        self.assertEqual(
+            (settings.config.max_iterators, settings.config.max_server_iterators,
+             settings.config.worker_threads, settings.config.max_waiting_calls,
+             settings.config.max_history_entries), (20, 50, 2, 10, 500))
         process = self.start("-C", config)
         client = self.wait_serving(("127.0.0.1", port), process)
         oid = client.call("new_oids", 1)[0]
@@ -236,6 +246,57 @@ class RunzeoTests(unittest.TestCase):
         process = self.start("-C", config)
         self.assertEqual(process.wait(30), 2)
         self.assertIn(b"event_loop must be one of uvloop, asyncio", process.stderr.read())
+
+    def start_with_file_limit(self, soft, hard, max_connections):
+        """runzeo -C with *max_connections*, started with RLIMIT_NOFILE
+        (*soft*, *hard*); its address and process, once it serves."""
+        port = free_port()
+        config = os.path.join(self.directory, "zeo.conf")
+        with open(config, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                <zeo>
+                  address 127.0.0.1:{port}
+                  max-connections {max_connections}
+                  max-server-iterators 100
+                </zeo>
+                <filestorage 1>
+                  path {self.directory}/Data.fs
+                </filestorage>
+                """))
+
+        def low_limit():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+        process = self.start("-C", config, preexec_fn=low_limit)
+        self.wait_serving(("127.0.0.1", port), process).close()
+        return process
+
+    def open_file_limits(self, pid):
+        with open(f"/proc/{pid}/limits") as f:
+            for line in f:
+                if line.startswith("Max open files"):
+                    soft, hard = line.split()[3:5]
+                    return int(soft), int(hard)
+        raise AssertionError("no open-file limit in /proc")
+
+    def test_the_soft_open_file_limit_is_raised_as_far_as_needed(self):
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # 1000 connections + 100 iterators + the reserve fit under the hard limit.
+        process = self.start_with_file_limit(256, min(hard, 4096), 1000)
+        self.assertEqual(self.open_file_limits(process.pid), (1164, min(hard, 4096)))
+        self.assertEqual(self.stop(process), 0)
+        log = process.stderr.read().decode()
+        self.assertIn("raised the soft open-file limit from 256 to 1164", log)
+        self.assertNotIn("below the", log)
+
+    def test_a_hard_limit_too_low_for_max_connections_is_a_warning(self):
+        process = self.start_with_file_limit(256, 600, 10000)
+        self.assertEqual(self.open_file_limits(process.pid), (600, 600))
+        self.assertEqual(self.stop(process), 0)
+        log = process.stderr.read().decode()
+        self.assertIn("the open-file limit is 600 (hard limit 600), below the 10164"
+                      " that max-connections (10000) plus max-server-iterators (100)", log)
+        self.assertIn("to at least 10164, or lower max-connections", log)
 
     def test_usage_errors(self):
         process = self.start()

@@ -119,7 +119,51 @@ class ReadOnlyServerTests(unittest.TestCase):
         self.assertEqual(caught.exception.class_name, "ZODB.POSException.ReadOnlyError")
         client = RawClient(address, read_only=True)
         self.assertEqual(client.call("lastTransaction"), Z64)
+        # A read-only connection may pack a writable server, not this one.
+        with self.assertRaises(ServerError) as caught:
+            client.call("pack", time.time(), 1)
+        self.assertEqual(caught.exception.class_name, "ZODB.POSException.ReadOnlyError")
         client.close()
+
+
+#: The reference ZEO's zeopack script, built by buildout.
+REFERENCE_ZEOPACK = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), *[os.pardir] * 6, "bin", "reference-zeopack")
+
+
+@unittest.skipUnless(os.path.exists(REFERENCE_ZEOPACK), "no buildout scripts")
+class ReferenceZeopackTests(unittest.TestCase):
+    """The reference's zeopack connects read-only and packs."""
+
+    def serve(self, **options):
+        from ZODB.FileStorage import FileStorage
+
+        from zeo.server.tests.test_slow_calls import commit_directly
+        directory = tempfile.mkdtemp(prefix="zeo-zeopack-")
+        self.addCleanup(shutil.rmtree, directory)
+        storage = FileStorage(os.path.join(directory, "Data.fs"))
+        commit_directly(storage, 5)   # five revisions of the root
+        address, stop = zeo.server.server(storages={"1": storage}, **options)
+        self.addCleanup(stop)
+        return address
+
+    def zeopack(self, address):
+        return subprocess.run([REFERENCE_ZEOPACK, "%s:%d" % address],
+                              capture_output=True, text=True, timeout=120)
+
+    def test_the_reference_zeopack_packs_our_server(self):
+        address = self.serve()
+        client = RawClient(address, read_only=True)
+        self.addCleanup(client.close)
+        self.assertEqual(len(client.call("history", Z64, 10)), 5)
+        result = self.zeopack(address)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(len(client.call("history", Z64, 10)), 1)
+
+    def test_a_read_only_server_refuses_it(self):
+        result = self.zeopack(self.serve(read_only=True))
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("ReadOnlyError", result.stderr)
 
 
 def rss_kb(pid: int, key: str = "VmRSS") -> int:
