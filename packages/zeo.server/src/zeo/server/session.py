@@ -28,8 +28,10 @@ from typing import Any
 from ZODB.POSException import ConflictError, ReadOnlyError, StorageTransactionError
 from ZODB.serialize import referencesf
 from zope.interface import implementer, providedBy
+
 from zeo.protocol import peer_repr
 
+from zeo.server.arguments import checked_count, checked_id8, checked_record, checked_serial
 from zeo.server.config import DEFAULT_MAX_LABEL_LENGTH
 from zeo.server.interfaces import IStorageSession
 from zeo.server.iterators import IteratorRegistry
@@ -176,7 +178,7 @@ class StorageSession:
     def loadBefore(self, oid: bytes, tid: bytes) -> Any:
         if oid.__class__ is not bytes or len(oid) != 8 \
                 or tid.__class__ is not bytes or len(tid) != 8:
-            _id8(oid, "an oid"), _id8(tid, "a tid")
+            checked_id8(oid, "an oid"), checked_id8(tid, "a tid")
         self.served.stats.loads += 1  # type: ignore[union-attr]
         return self._storage().loadBefore(oid, tid)
 
@@ -187,16 +189,16 @@ class StorageSession:
     def loadSerial(self, oid: bytes, serial: bytes) -> Any:
         # Walks back the object's revisions, holding the storage's lock.
         return self._off_loop(self._storage().loadSerial,
-                              _id8(oid, "an oid"), _id8(serial, "a serial"))
+                              checked_id8(oid, "an oid"), checked_id8(serial, "a serial"))
 
     def getTid(self, oid: bytes) -> bytes:
-        return self._storage().getTid(_id8(oid, "an oid"))
+        return self._storage().getTid(checked_id8(oid, "an oid"))
 
     def history(self, oid: bytes, size: int = 1) -> Any:
         """At most ``max_history_entries`` revisions, read in a thread."""
         limit = self.served.config.max_history_entries  # type: ignore[union-attr]
-        return self._off_loop(self._storage().history, _id8(oid, "an oid"),
-                              _count(size, limit, "a history size", minimum=0))
+        return self._off_loop(self._storage().history, checked_id8(oid, "an oid"),
+                              checked_count(size, limit, "a history size", minimum=0))
 
     def record_iternext(self, next: Any = None) -> Any:
         return self._storage().record_iternext(next)
@@ -221,7 +223,7 @@ class StorageSession:
         """``(first, last)`` asking for at most ``max_history_entries``
         transactions: ``last`` is the end index, or minus a count."""
         limit = self.served.config.max_history_entries  # type: ignore[union-attr]
-        first = _count(first, None, "undo's first", minimum=0)
+        first = checked_count(first, None, "undo's first", minimum=0)
         if not isinstance(last, int) or isinstance(last, bool):
             raise TypeError(f"undo's last is an int, not {last!r:.40}")
         if last < 0:
@@ -229,7 +231,8 @@ class StorageSession:
         return first, min(last, first + limit)
 
     def sendBlob(self, oid: bytes, serial: bytes) -> None:
-        path = self._storage().loadBlob(_id8(oid, "an oid"), _id8(serial, "a serial"))
+        path = self._storage().loadBlob(
+            checked_id8(oid, "an oid"), checked_id8(serial, "a serial"))
         blob = open_blob(self.served.blob_dir, path)  # type: ignore[union-attr]
         chunk_size = self.served.config.blob_chunk_size  # type: ignore[union-attr]
         self.peer.stream(BlobMessages(oid, serial, blob, chunk_size))
@@ -244,7 +247,7 @@ class StorageSession:
         # leaves its file open until garbage collection.
         for bound in (start, stop):
             if bound is not None:
-                _id8(bound, "an iterator bound (a tid)")
+                checked_id8(bound, "an iterator bound (a tid)")
         iterators = self._iterators
         storage = self._storage()
         iid = iterators.reserve()  # type: ignore[union-attr]
@@ -336,20 +339,22 @@ class StorageSession:
         served.stats.active_txns += 1  # type: ignore[union-attr]
 
     def storea(self, oid: bytes, serial: bytes, data: bytes, txn_id: Any) -> None:
-        self._spooling(txn_id).spool.store(_id8(oid, "an oid"), _serial(serial), _record(data))
+        self._spooling(txn_id).spool.store(
+            checked_id8(oid, "an oid"), checked_serial(serial), checked_record(data))
         self.served.stats.stores += 1  # type: ignore[union-attr]
 
     def deleteObject(self, oid: bytes, serial: bytes, txn_id: Any) -> None:
-        self._spooling(txn_id).spool.delete(_id8(oid, "an oid"), _serial(serial))
+        self._spooling(txn_id).spool.delete(checked_id8(oid, "an oid"), checked_serial(serial))
         self.served.stats.stores += 1  # type: ignore[union-attr]
 
     def checkCurrentSerialInTransaction(self, oid: bytes, serial: bytes, txn_id: Any) -> None:
-        self._spooling(txn_id).spool.check_current(_id8(oid, "an oid"), _serial(serial))
+        self._spooling(txn_id).spool.check_current(
+            checked_id8(oid, "an oid"), checked_serial(serial))
 
     def restorea(self, oid: bytes, serial: bytes, data: bytes | None,
                  prev_txn: bytes | None, txn_id: Any) -> None:
         txn = self._spooling(txn_id)
-        oid, serial = _id8(oid, "an oid"), _serial(serial)
+        oid, serial = checked_id8(oid, "an oid"), checked_serial(serial)
         # FileStorage writes *serial* into the record as its tid without
         # looking at the transaction's: a record whose tid is not its
         # transaction's would be seen by snapshots it is not part of.
@@ -364,7 +369,7 @@ class StorageSession:
                 f" transaction {txn.tid.hex()}: a restored record's serial"
                 " must be its transaction's tid")
         txn.spool.restore(
-            oid, serial, None if data is None else _record(data), prev_txn)
+            oid, serial, None if data is None else checked_record(data), prev_txn)
         self.served.stats.stores += 1  # type: ignore[union-attr]
 
     def undoa(self, undo_id: bytes, txn_id: Any) -> None:
@@ -382,13 +387,14 @@ class StorageSession:
         self._spooling(None, check_id=False).blob_chunk(chunk)
 
     def storeBlobEnd(self, oid: bytes, serial: bytes, data: bytes, txn_id: Any) -> None:
-        self._spooling(txn_id).end_blob(oid, _serial(serial), _record(data))
+        self._spooling(txn_id).end_blob(oid, checked_serial(serial), checked_record(data))
         self.served.stats.stores += 1  # type: ignore[union-attr]
 
     def storeBlobShared(self, oid: bytes, serial: bytes, data: bytes, filename: str,
                         txn_id: Any) -> None:
         txn = self._spooling(txn_id)
-        oid, serial, data = _id8(oid, "an oid"), _serial(serial), _record(data)
+        oid, serial = checked_id8(oid, "an oid"), checked_serial(serial)
+        data = checked_record(data)
         path = _shared_blob_path(self.served, oid, filename)  # type: ignore[arg-type]
         txn.uploads = self.served.uploads  # type: ignore[union-attr]
         try:
@@ -560,37 +566,6 @@ class StorageSession:
                 self._iterators.close()
             if self.served is not None:
                 self.served.remove(self)
-
-
-def _record(data: Any) -> bytes:
-    # An empty record is written without a back pointer and leaves a
-    # FileStorage that no longer opens without its index.
-    if type(data) is not bytes or not data:
-        raise ValueError(f"a record is a non-empty pickle (bytes), not {peer_repr(data, 40)}")
-    return data
-
-
-def _id8(value: Any, what: str) -> bytes:
-    """*value* if it is 8 bytes (an oid or a tid), else a TypeError."""
-    if type(value) is not bytes or len(value) != 8:
-        raise TypeError(f"{what} is 8 bytes, not {peer_repr(value, 40)}")
-    return value
-
-
-def _serial(value: Any) -> Any:
-    """A serial as sent: 8 bytes, None (new object), or, from clients that
-    pass ZODB's text z64 through (its own tests do), 8 characters."""
-    if type(value) is str and len(value) == 8:
-        return value.encode("latin-1")
-    return value
-
-
-def _count(value: Any, limit: int | None, what: str, minimum: int = 1) -> int:
-    """*value* as an int of at least *minimum*, cut to *limit*."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{what} is an int, not {value!r:.40}")
-    value = max(value, minimum)
-    return value if limit is None else min(value, limit)
 
 
 def _count_conflict(stats: Any) -> None:

@@ -1,0 +1,45 @@
+"""Checks of the arguments clients send, before they reach a storage.
+
+Each returns the value to use, or raises the error the client gets
+(``TypeError``/``ValueError``, answered as an error reply). Values are
+shown with `zeo.protocol.peer_repr`, cut short.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zeo.protocol import peer_repr
+
+__all__ = ["checked_count", "checked_id8", "checked_record", "checked_serial"]
+
+
+def checked_record(data: Any) -> bytes:
+    # An empty record is written without a back pointer and leaves a
+    # FileStorage that no longer opens without its index.
+    if type(data) is not bytes or not data:
+        raise ValueError(f"a record is a non-empty pickle (bytes), not {peer_repr(data, 40)}")
+    return data
+
+
+def checked_id8(value: Any, what: str) -> bytes:
+    """*value* if it is 8 bytes (an oid or a tid), else a TypeError."""
+    if type(value) is not bytes or len(value) != 8:
+        raise TypeError(f"{what} is 8 bytes, not {peer_repr(value, 40)}")
+    return value
+
+
+def checked_serial(value: Any) -> Any:
+    """A serial as sent: 8 bytes, None (new object), or, from clients that
+    pass ZODB's text z64 through (its own tests do), 8 characters."""
+    if type(value) is str and len(value) == 8:
+        return value.encode("latin-1")
+    return value
+
+
+def checked_count(value: Any, limit: int | None, what: str, minimum: int = 1) -> int:
+    """*value* as an int of at least *minimum*, cut to *limit*."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{what} is an int, not {peer_repr(value, 40)}")
+    value = max(value, minimum)
+    return value if limit is None else min(value, limit)

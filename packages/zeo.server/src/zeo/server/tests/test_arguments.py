@@ -1,0 +1,44 @@
+"""The checks of client arguments (zeo.server.arguments)."""
+
+import unittest
+
+from zeo.server.arguments import checked_count, checked_id8, checked_record, checked_serial
+
+
+class ArgumentTests(unittest.TestCase):
+
+    def test_id8(self):
+        self.assertEqual(checked_id8(b"\0" * 8, "an oid"), b"\0" * 8)
+        for bad in (b"\0" * 7, "\0" * 8, None, 8):
+            with self.assertRaisesRegex(TypeError, "an oid is 8 bytes"):
+                checked_id8(bad, "an oid")
+
+    def test_record_is_non_empty_bytes(self):
+        self.assertEqual(checked_record(b"data"), b"data")
+        for bad in (b"", "data", None):
+            with self.assertRaises(ValueError):
+                checked_record(bad)
+
+    def test_serial_as_text_from_zodbs_tests(self):
+        self.assertEqual(checked_serial("\0" * 8), b"\0" * 8)
+        self.assertEqual(checked_serial(b"\1" * 8), b"\1" * 8)
+        self.assertIsNone(checked_serial(None))
+
+    def test_count_is_cut_and_bounded_below(self):
+        self.assertEqual(checked_count(5, 3, "a size"), 3)
+        self.assertEqual(checked_count(-5, None, "a size"), 1)
+        self.assertEqual(checked_count(10**5000, 100, "a size"), 100)
+        with self.assertRaises(TypeError):
+            checked_count(True, None, "a size")
+
+    def test_errors_show_peer_values_cut_short(self):
+        with self.assertRaises(TypeError) as raised:
+            checked_count("x" * 10_000_000, None, "a size")
+        self.assertLess(len(str(raised.exception)), 200)
+        with self.assertRaises(TypeError) as raised:
+            checked_id8(b"x" * 10_000_000, "an oid")
+        self.assertLess(len(str(raised.exception)), 200)
+
+
+if __name__ == "__main__":
+    unittest.main()
