@@ -26,6 +26,9 @@ from typing import Any, Sequence
 from zeo.server.config import Address, ServerConfig
 from zeo.server.loops import new_event_loop
 
+__all__ = ["Plan", "RESTART_STATUS", "UsageError", "build", "main", "parse_address",
+           "parser", "serve", "version"]
+
 logger = logging.getLogger("zeo.server")
 
 #: Exit status asking a supervisor to restart us (SIGHUP), as the reference.
@@ -37,18 +40,48 @@ class UsageError(Exception):
 
 
 def parse_address(text: str) -> Address:
-    """``PORT``, ``HOST:PORT``, ``[IPv6]:PORT``, or a path containing ``/``."""
+    """``PORT``, ``HOST:PORT``, ``[IPv6]:PORT``, ``HOST`` or a path with a ``/``.
+
+    As for the reference ZEO, a ``HOST`` without a port (``localhost``,
+    ``[::1]``, a bare IPv6 address, ``host:``) binds a free port the system
+    chooses (port 0); the server logs the address it bound. An empty HOST
+    (``8100`` or ``:8100``) means every interface.
+    """
     if "/" in text:
         return text
-    host, _, port = text.rpartition(":")
-    host = host.strip("[]")
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise UsageError(f"bad address {text!r:.200}: expected [IPv6]:PORT")
+        port = rest[1:]
+    elif text.isdigit():
+        host, port = "", text
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""   # a host name, or a bare IPv6 address
+    if not host and not port:
+        raise UsageError("empty address: expected PORT, HOST:PORT, HOST or a socket path")
+    if not port:
+        return (host, 0)
     try:
         number = int(port)
     except ValueError:
-        raise UsageError(f"bad address {text!r}: expected PORT, HOST:PORT or a socket path")
+        raise UsageError(f"bad address {text!r:.200}: expected PORT, HOST:PORT, HOST"
+                         " or a socket path")
     if not 0 <= number <= 65535:
-        raise UsageError(f"bad port in {text!r}")
+        raise UsageError(f"bad port in {text!r:.200}")
     return (host, number)
+
+
+def version() -> str:
+    """The installed zeo.server's version (``unknown`` without metadata)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+    try:
+        return installed_version("zeo.server")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -64,6 +97,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pickle", action="store_true",
                    help="announce the pickle encoding (Z5) instead of msgpack (M5)")
     p.add_argument("-C", "--configure", help="a ZConfig configuration file")
+    p.add_argument("--version", action="version", version=f"zeo.server {version()}",
+                   help="print zeo.server's version and exit")
     return p
 
 
