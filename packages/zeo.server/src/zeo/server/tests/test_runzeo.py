@@ -295,6 +295,20 @@ class RunzeoTests(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(result.stdout.strip(), f"zeo.server {version('zeo.server')}")
 
+    def test_help_gives_every_option_its_default(self):
+        from zeo.server.runzeo import parser
+        for action in parser()._actions:
+            if action.dest not in ("help", "version", "configure", "filename"):
+                self.assertIn("default", action.help, action.dest)
+        self.assertIn("SECONDS", parser().format_help())
+        result = subprocess.run(
+            [sys.executable, "-m", "zeo.server.runzeo", "--help"],
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("(default: 30 seconds)", result.stdout)
+        self.assertIn("SIGHUP stops it with status 1", result.stdout)
+
     def test_usage_errors(self):
         process = self.start()
         self.assertEqual(process.wait(30), 2)
