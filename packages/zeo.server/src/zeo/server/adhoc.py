@@ -129,7 +129,7 @@ def server(path: str | None = None, blob_dir: str | None = None,
            storage_conf: str | None = None, zeo_conf: ZeoConf = None,
            port: int | Address = 0, threaded: bool = True,
            storages: dict[str, Any] | None = None,
-           **kw: Any) -> tuple[Address, Callable[[], None]]:
+           **kw: Any) -> tuple[Address, Callable[..., None]]:
     """Start a server; return ``(address, stop)`` once it listens.
 
     The storage is a FileStorage at *path* (with *blob_dir*), one a ZConfig
@@ -146,8 +146,9 @@ def server(path: str | None = None, blob_dir: str | None = None,
     (*path*, *storage_conf*), not passed as objects.
 
     ``stop()`` closes every connection (aborting open transactions), closes
-    the storages and waits for the thread or process to end; calling it
-    again does nothing. Errors starting (a taken address, a bad setting)
+    the storages and waits for the thread or process to end (at most
+    ``stop(timeout)`` seconds, default `START_TIMEOUT`; a child process
+    still running then is killed); calling it again does nothing. Errors starting (a taken address, a bad setting)
     are raised here.
     """
     if not threaded:
@@ -166,7 +167,7 @@ def server(path: str | None = None, blob_dir: str | None = None,
 
 
 def _start_thread(storages: dict[str, Any], config: ServerConfig,
-                  address: Address) -> tuple[Address, Callable[[], None]]:
+                  address: Address) -> tuple[Address, Callable[..., None]]:
     from zeo.server.storage_server import StorageServer
 
     started = threading.Event()
@@ -197,11 +198,11 @@ def _start_thread(storages: dict[str, Any], config: ServerConfig,
         loop.close()
         raise state["error"]
 
-    def stop() -> None:
+    def stop(timeout: float = START_TIMEOUT) -> None:
         if not thread.is_alive():
             return
         loop.call_soon_threadsafe(state["stop"].set)
-        thread.join(START_TIMEOUT)
+        thread.join(timeout)
         if not thread.is_alive():
             loop.close()
 

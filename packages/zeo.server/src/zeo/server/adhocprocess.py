@@ -28,7 +28,7 @@ __all__ = ["main", "start_process"]
 
 
 def start_process(arguments: dict[str, Any],
-                  timeout: float) -> tuple[Address, Callable[[], None]]:
+                  timeout: float) -> tuple[Address, Callable[..., None]]:
     """Run a server with ``server(**arguments)`` in a child process."""
     try:
         spec = pickle.dumps(arguments)
@@ -41,11 +41,11 @@ def start_process(arguments: dict[str, Any],
     assert process.stdin is not None and process.stdout is not None
     stdin, stdout = process.stdin, process.stdout
 
-    def stop() -> None:
+    def stop(stop_timeout: float = timeout) -> None:
         if not stdin.closed:
             stdin.close()   # the child's cue to stop
         try:
-            process.wait(timeout)
+            process.wait(stop_timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

@@ -113,7 +113,7 @@ class ServerTests(unittest.TestCase):
             self.assertEqual(self.commit_and_read(address, "threaded"), "threaded")
         finally:
             stop()
-        stop()   # a second call does nothing
+        stop(5)   # a second call does nothing (ZEO.server's stop takes a timeout too)
         self.assertTrue(refuses_connections(address))
 
     def test_keyword_fields_win_over_the_zeo_conf(self):
