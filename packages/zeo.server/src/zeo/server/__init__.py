@@ -1,8 +1,10 @@
 """A ZEO 5/6 compatible storage server for ZODB.
 
-``server(...)`` starts an ad-hoc server in a background thread and returns
-``(address, stop)``; `StorageServer` is the server itself, for use on an
-asyncio event loop; `ServerConfig` is its configuration.
+``server(...)`` starts a server in a background thread (or, with
+``threaded=False``, a child process) and returns ``(address, stop)``; it
+takes the reference ``ZEO.server``'s arguments. `StorageServer` is the
+server itself, for use on an asyncio event loop; `ServerConfig` is its
+configuration.
 """
 
 from zeo.server.adhoc import server

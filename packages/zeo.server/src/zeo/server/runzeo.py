@@ -31,6 +31,9 @@ from typing import Any, Sequence
 from zeo.server.config import Address, ServerConfig
 from zeo.server.loops import new_event_loop
 
+__all__ = ["EPILOG", "Plan", "RESTART_STATUS", "UsageError", "build", "main", "parse_address",
+           "parser", "serve", "version"]
+
 logger = logging.getLogger("zeo.server")
 
 #: Exit status asking a supervisor to restart us (SIGHUP), as the reference.
@@ -46,33 +49,92 @@ class UsageError(Exception):
 
 
 def parse_address(text: str) -> Address:
-    """``PORT``, ``HOST:PORT``, ``[IPv6]:PORT``, or a path containing ``/``."""
+    """``PORT``, ``HOST:PORT``, ``[IPv6]:PORT``, ``HOST`` or a path with a ``/``.
+
+    As for the reference ZEO, a ``HOST`` without a port (``localhost``,
+    ``[::1]``, a bare IPv6 address, ``host:``) binds a free port the system
+    chooses (port 0); the server logs the address it bound. An empty HOST
+    (``8100`` or ``:8100``) means every interface.
+    """
     if "/" in text:
         return text
-    host, _, port = text.rpartition(":")
-    host = host.strip("[]")
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise UsageError(f"bad address {text!r:.200}: expected [IPv6]:PORT")
+        port = rest[1:]
+    elif text.isdigit():
+        host, port = "", text
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""   # a host name, or a bare IPv6 address
+    if not host and not port:
+        raise UsageError("empty address: expected PORT, HOST:PORT, HOST or a socket path")
+    if not port:
+        return (host, 0)
     try:
         number = int(port)
     except ValueError:
-        raise UsageError(f"bad address {text!r}: expected PORT, HOST:PORT or a socket path")
+        raise UsageError(f"bad address {text!r:.200}: expected PORT, HOST:PORT, HOST"
+                         " or a socket path")
     if not 0 <= number <= 65535:
-        raise UsageError(f"bad port in {text!r}")
+        raise UsageError(f"bad port in {text!r:.200}")
     return (host, number)
 
 
+def version() -> str:
+    """The installed zeo.server's version (``unknown`` without metadata)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+    try:
+        return installed_version("zeo.server")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+#: The end of ``runzeo --help``.
+EPILOG = """\
+Either -C, or -a with at least one -f. With -C, -a, -t, --read-only and
+--pid-file override the file.
+
+Signals: SIGTERM and SIGINT stop the server cleanly (open transactions are
+aborted) with exit status 0; SIGHUP stops it with status 1, so that a
+supervisor restarts it; SIGUSR2 reopens the log files. Exit status 2: a
+bad command line or configuration, or the address is taken.
+"""
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="runzeo", description="Run a zeo storage server.")
-    p.add_argument("-a", "--address", help="PORT, HOST:PORT, or a Unix socket path")
-    p.add_argument("-f", "--filename", action="append", default=[],
-                   help="a FileStorage file to serve (repeatable: '1', '2', ...)")
-    p.add_argument("--blob-dir", help="blob directory of the first FileStorage")
-    p.add_argument("-t", "--timeout", type=float, default=None,
-                   help="transaction timeout in seconds (default 30)")
-    p.add_argument("--pid-file", help="write the process id to this file")
-    p.add_argument("--read-only", action="store_true", help="serve read-only")
+    p = argparse.ArgumentParser(
+        prog="runzeo", description="Run a zeo storage server in the foreground.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-C", "--configure", metavar="FILE",
+                   help="a configuration file: <zeo>, storage sections, <eventlog>"
+                        " (one written for the reference ZEO works)")
+    p.add_argument("-a", "--address", metavar="ADDRESS",
+                   help="PORT (every interface), HOST:PORT, [IPv6]:PORT, HOST (a free"
+                        " port, logged) or a Unix socket path (containing a /);"
+                        " no default without -C")
+    p.add_argument("-f", "--filename", metavar="FILE", action="append", default=[],
+                   help="a FileStorage file to serve, created if missing; repeat for"
+                        " more (served as '1', '2', ...)")
+    p.add_argument("--blob-dir", metavar="DIR",
+                   help="the blob directory of the first FileStorage (default: none,"
+                        " no blobs)")
+    p.add_argument("-t", "--timeout", metavar="SECONDS", type=float, default=None,
+                   help="transaction timeout: a transaction that holds the commit lock"
+                        " longer is aborted (default: 30 seconds)")
+    p.add_argument("--pid-file", metavar="FILE",
+                   help="write the process id to FILE, removed at exit (default: the"
+                        " file's pid-filename, else none)")
+    p.add_argument("--read-only", action="store_true",
+                   help="serve read-only (default: read-write)")
     p.add_argument("--pickle", action="store_true",
-                   help="announce the pickle encoding (Z5) instead of msgpack (M5)")
-    p.add_argument("-C", "--configure", help="a ZConfig configuration file")
+                   help="announce the pickle encoding (Z5) instead of msgpack (M5,"
+                        " the default); without -C only")
+    p.add_argument("--version", action="version", version=f"zeo.server {version()}",
+                   help="print zeo.server's version and exit")
     return p
 
 

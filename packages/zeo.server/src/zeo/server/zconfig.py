@@ -104,8 +104,8 @@ def zeo_section(section: Any) -> ZeoSection:
     fields["idle_timeout"] = section.idle_timeout
     fields["max_connections_per_address"] = section.max_connections_per_address
     address = getattr(section.address, "address", section.address)
-    if isinstance(address, tuple):
-        address = (address[0] or "", address[1])
+    if isinstance(address, tuple):   # no port (``address HOST``): a free one
+        address = (address[0] or "", address[1] or 0)
     return ZeoSection(address=address, config=ServerConfig(**fields),
                       pid_filename=section.pid_filename)
 

@@ -1,6 +1,7 @@
 """runzeo as a real subprocess: start, serve, signals, configuration files."""
 
 import os
+import re
 import resource
 import shutil
 import signal
@@ -32,9 +33,18 @@ class ParseAddressTests(unittest.TestCase):
         self.assertEqual(parse_address("127.0.0.1:8100"), ("127.0.0.1", 8100))
         self.assertEqual(parse_address("[::1]:8100"), ("::1", 8100))
         self.assertEqual(parse_address("var/zeo.sock"), "var/zeo.sock")
-        for bad in ("host:port", "127.0.0.1:70000"):
+        for bad in ("host:port", "127.0.0.1:70000", "", ":", "[::1]8100"):
             with self.assertRaises(UsageError):
                 parse_address(bad)
+
+    def test_a_host_without_a_port_binds_a_free_port(self):
+        # As the reference's runzeo does (ZConfig's socket-binding-address
+        # leaves the port out and the server binds port 0).
+        self.assertEqual(parse_address("127.0.0.1"), ("127.0.0.1", 0))
+        self.assertEqual(parse_address("localhost"), ("localhost", 0))
+        self.assertEqual(parse_address("localhost:"), ("localhost", 0))
+        self.assertEqual(parse_address("[::1]"), ("::1", 0))
+        self.assertEqual(parse_address("::1"), ("::1", 0))
 
 
 class RunzeoTests(unittest.TestCase):
@@ -297,6 +307,68 @@ class RunzeoTests(unittest.TestCase):
         self.assertIn("the open-file limit is 600 (hard limit 600), below the 10164"
                       " that max-connections (10000) plus max-server-iterators (100)", log)
         self.assertIn("to at least 10164, or lower max-connections", log)
+
+    def bound_address(self, process):
+        """The address runzeo says it serves on (its log line), as a pair."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = process.stderr.readline().decode()
+            if not line and process.poll() is not None:
+                self.fail("runzeo exited before serving")
+            match = re.search(r"serving storage '1' .* on ([0-9.]+):([0-9]+)", line)
+            if match:
+                return match.group(1), int(match.group(2))
+        self.fail("runzeo did not say where it serves")
+
+    def test_a_host_without_a_port_serves_on_a_free_port(self):
+        path = os.path.join(self.directory, "Data.fs")
+        process = self.start("-a", "127.0.0.1", "-f", path)
+        address = self.bound_address(process)
+        self.assertNotEqual(address[1], 0)
+        client = self.wait_serving(address, process)
+        self.assertEqual(len(client.call("new_oids", 1)), 1)
+        client.close()
+        self.assertEqual(self.stop(process), 0)
+
+    def test_a_configured_host_without_a_port_serves_on_a_free_port(self):
+        config = os.path.join(self.directory, "zeo.conf")
+        with open(config, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                <zeo>
+                  address 127.0.0.1
+                </zeo>
+                <filestorage 1>
+                  path {self.directory}/Data.fs
+                </filestorage>
+                """))
+        self.assertEqual(load(config).address, ("127.0.0.1", 0))
+        process = self.start("-C", config)
+        address = self.bound_address(process)
+        self.wait_serving(address, process).close()
+        self.assertEqual(self.stop(process), 0)
+
+    def test_version(self):
+        from importlib.metadata import version
+        result = subprocess.run(
+            [sys.executable, "-m", "zeo.server.runzeo", "--version"],
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.strip(), f"zeo.server {version('zeo.server')}")
+
+    def test_help_gives_every_option_its_default(self):
+        from zeo.server.runzeo import parser
+        for action in parser()._actions:
+            if action.dest not in ("help", "version", "configure", "filename"):
+                self.assertIn("default", action.help, action.dest)
+        self.assertIn("SECONDS", parser().format_help())
+        result = subprocess.run(
+            [sys.executable, "-m", "zeo.server.runzeo", "--help"],
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("(default: 30 seconds)", result.stdout)
+        self.assertIn("SIGHUP stops it with status 1", result.stdout)
 
     def test_usage_errors(self):
         process = self.start()
