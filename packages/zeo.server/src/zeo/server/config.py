@@ -115,9 +115,10 @@ def _check_count(name: str, value: Any, minimum: int = 1) -> int:
 class ServerConfig:
     """How a storage server behaves. Every field has a safe default.
 
-    ``msgpack`` chooses the announced encoding: msgpack (``M5``, the
-    default) or pickle (``Z5``, decoded with a restricted unpickler). A
-    client must answer with the encoding announced.
+    ``msgpack`` chooses the announced encoding: pickle (``Z5``, the
+    default, as in ZEO; decoded with a restricted unpickler) or msgpack
+    (``M5``). A client must answer with the encoding announced, and a ZEO
+    client without the optional msgpack package cannot answer ``M5``.
     """
 
     read_only: bool = False
@@ -127,7 +128,7 @@ class ServerConfig:
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     reader_stall_timeout: float | None = DEFAULT_READER_STALL_TIMEOUT
     client_conflict_resolution: bool = False
-    msgpack: bool = True
+    msgpack: bool = False
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_iterators: int = DEFAULT_MAX_ITERATORS
     max_server_iterators: int = DEFAULT_MAX_SERVER_ITERATORS

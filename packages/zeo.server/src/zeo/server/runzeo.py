@@ -2,7 +2,7 @@
 
     runzeo -a 127.0.0.1:8100 -f var/Data.fs [-f other.fs] [-t 30]
            [--blob-dir var/blobs] [--pid-file var/zeo.pid] [--read-only]
-           [--pickle]
+           [--msgpack]
 
 Each ``-f`` FileStorage is served under the names ``'1'``, ``'2'``, …
     runzeo -C zeo.conf        (a ZConfig file, as for the reference ZEO)
@@ -10,6 +10,10 @@ Each ``-f`` FileStorage is served under the names ``'1'``, ``'2'``, …
 At start runzeo raises the soft limit on open files toward the hard one
 as far as ``max-connections`` plus ``max-server-iterators`` need, and
 warns in the log when the hard limit is too low (see `make_room_for_descriptors`).
+
+The server announces pickle (``Z5``), as ZEO's does, unless ``--msgpack``
+(or ``msgpack true`` in ``<zeo>``) asks for msgpack (``M5``); ``--pickle``
+is still accepted.
 
 Signals: SIGTERM and SIGINT stop the server cleanly (exit 0: open
 transactions are aborted, nothing half-written); SIGHUP stops it with exit
@@ -95,8 +99,8 @@ def version() -> str:
 
 #: The end of ``runzeo --help``.
 EPILOG = """\
-Either -C, or -a with at least one -f. With -C, -a, -t, --read-only and
---pid-file override the file.
+Either -C, or -a with at least one -f. With -C, -a, -t, --read-only,
+--msgpack, --pickle and --pid-file override the file.
 
 Signals: SIGTERM and SIGINT stop the server cleanly (open transactions are
 aborted) with exit status 0; SIGHUP stops it with status 1, so that a
@@ -130,9 +134,13 @@ def parser() -> argparse.ArgumentParser:
                         " file's pid-filename, else none)")
     p.add_argument("--read-only", action="store_true",
                    help="serve read-only (default: read-write)")
-    p.add_argument("--pickle", action="store_true",
-                   help="announce the pickle encoding (Z5) instead of msgpack (M5,"
-                        " the default); without -C only")
+    encoding = p.add_mutually_exclusive_group()
+    encoding.add_argument("--msgpack", action="store_true", default=None,
+                          help="announce msgpack (M5) instead of pickle (Z5, the"
+                               " default, as in ZEO: every ZEO client speaks it);"
+                               " overrides the file's msgpack key")
+    encoding.add_argument("--pickle", action="store_false", dest="msgpack",
+                          help="announce pickle (Z5): the default")
     p.add_argument("--version", action="version", version=f"zeo.server {version()}",
                    help="print zeo.server's version and exit")
     return p
@@ -182,7 +190,9 @@ def build(options: argparse.Namespace) -> Plan:
         blob_dir = options.blob_dir if number == 1 else None
         storages[str(number)] = FileStorage(path, read_only=options.read_only,
                                             blob_dir=blob_dir)
-    fields: dict[str, Any] = {"read_only": options.read_only, "msgpack": not options.pickle}
+    fields: dict[str, Any] = {"read_only": options.read_only}
+    if options.msgpack is not None:
+        fields["msgpack"] = options.msgpack
     if options.timeout is not None:
         fields["transaction_timeout"] = options.timeout
     return Plan(storages, ServerConfig(**fields), address, options.pid_file)
@@ -207,6 +217,8 @@ def _build_from_file(options: argparse.Namespace) -> Plan:
         changes["transaction_timeout"] = options.timeout
     if options.read_only:
         changes["read_only"] = True
+    if options.msgpack is not None:
+        changes["msgpack"] = options.msgpack
     if changes:
         config = dataclasses.replace(config, **changes)
     refuse_taken_address(address)

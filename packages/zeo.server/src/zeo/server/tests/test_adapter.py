@@ -255,7 +255,8 @@ class BlobStreamTests(unittest.TestCase):
         try:
             self.address, stop = zeo.server.server(
                 os.path.join(directory, "Data.fs"),
-                blob_dir=os.path.join(directory, "blobs"), blob_chunk_size=1 << 20)
+                blob_dir=os.path.join(directory, "blobs"), blob_chunk_size=1 << 20,
+                msgpack=True)   # msgpack writes each chunk as a piece of its own
         finally:
             zope.event.subscribers.remove(served.append)
         self.addCleanup(stop)

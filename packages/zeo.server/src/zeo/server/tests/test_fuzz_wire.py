@@ -311,7 +311,7 @@ class WireFuzzTests(unittest.TestCase):
               f" calls: {fuzzer.replies}")
 
     def test_msgpack(self):
-        address, bystander = self.start()
+        address, bystander = self.start(msgpack=True)
         fuzzer = self.fuzz(address, "M", msgpack_payload)
         self.check_server_afterwards(address, bystander, fuzzer)
 

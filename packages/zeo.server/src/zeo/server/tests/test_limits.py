@@ -217,12 +217,12 @@ class ProcessWideLimitTests(unittest.TestCase):
         return address
 
     def open_socket(self, address, source=None):
-        """A connection that completed the handshake (msgpack), unregistered."""
+        """A connection that completed the handshake (pickle, the default), unregistered."""
         sock = socket.create_connection(address, timeout=10, source_address=source)
         self.addCleanup(sock.close)
         greeting = sock.recv(64)
-        self.assertEqual(greeting[4:6], b"M5")
-        sock.sendall(struct.pack(">I", 2) + b"M5")
+        self.assertEqual(greeting[4:6], b"Z5")
+        sock.sendall(struct.pack(">I", 2) + b"Z5")
         return sock
 
     def assert_serving(self, address):

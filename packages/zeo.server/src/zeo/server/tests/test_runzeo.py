@@ -90,6 +90,7 @@ class RunzeoTests(unittest.TestCase):
         path = os.path.join(self.directory, "var", "Data.fs")
         process = self.start("-a", f"127.0.0.1:{port}", "-f", path)
         client = self.wait_serving(("127.0.0.1", port), process)
+        self.assertEqual(client.agreed.encoding, "Z")   # pickle by default, as ZEO
         oid = client.call("new_oids", 1)[0]
         tid = client.commit(1, [(oid, Z64, b"kept")])
         # An open transaction when the server is told to stop is aborted,
@@ -100,8 +101,9 @@ class RunzeoTests(unittest.TestCase):
         self.assertEqual(self.stop(process), 0)
         client.close()
 
-        process = self.start("-a", f"127.0.0.1:{port}", "-f", path)
+        process = self.start("-a", f"127.0.0.1:{port}", "-f", path, "--msgpack")
         client = self.wait_serving(("127.0.0.1", port), process)
+        self.assertEqual(client.agreed.encoding, "M")
         self.assertEqual(client.call("loadBefore", oid, MAXTID), (b"kept", tid, None))
         client.close()
         self.assertEqual(self.stop(process, signal.SIGHUP), 1)   # "restart me"
