@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import socket
 import statistics
 import sys
 import time
@@ -72,6 +73,19 @@ def open_db(args, **options):
                    large_record_size=1 << 30)
 
 
+def greeting(args):
+    """The protocol the server announces (its first frame, e.g. ``Z5``),
+    read over a connection of its own that answers nothing."""
+    with socket.create_connection(parse_addr(args.addr), timeout=60) as sock:
+        data = b''
+        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], 'big'):
+            chunk = sock.recv(256)
+            if not chunk:
+                break
+            data += chunk
+    return data[4:4 + int.from_bytes(data[:4], 'big')].decode('ascii', 'replace')
+
+
 def proc_cpu_seconds(pid):
     """utime + stime of a process, from /proc/<pid>/stat."""
     with open(f'/proc/{pid}/stat') as f:
@@ -121,7 +135,9 @@ def populate(args):
 # -- workloads ---------------------------------------------------------------
 
 def ping(args):
-    """Round trips of ``ping``; the server's CPU time per call."""
+    """Round trips of ``ping``; the server's CPU time per call; the
+    protocol the server announced."""
+    announced = greeting(args)
     storage = client_storage(args)
     for _ in range(200):
         storage.ping()
@@ -139,7 +155,7 @@ def ping(args):
     storage.close()
     emit(ping_us=statistics.median(latencies) * 1e6,
          server_cpu_us=(cpu_after - cpu_before) / (batches * batch) * 1e6,
-         calls=batches * batch)
+         calls=batches * batch, greeting=announced)
 
 
 def commit(args):

@@ -4,7 +4,7 @@
 For each workload the runner starts a server as a separate process --
 ours (``bin/runzeo``) or the reference (``bin/reference-runzeo``), both on
 a FileStorage copied from the same template in the same temporary
-directory, both speaking msgpack (M5) -- drives it with client processes
+directory, both announcing the same encoding -- drives it with client processes
 (``scripts/bench_client.py``: ``bin/py`` with ``zeo.client`` for ours,
 ``bin/reference-py`` with ``ZEO.ClientStorage`` for the reference), stops
 it, and does the same for the other kind; the order alternates from one
@@ -13,9 +13,15 @@ the medians, the ratio ours/ZEO and whether the goal is met, plus the
 floor (``scripts/bench_floor.py``: a length-prefixed echo over loopback),
 and can write everything as JSON and draw a PNG of the ratios.
 
+Every workload runs with both servers announcing pickle (Z5, the default
+of both, what a ZEO client gets out of the box); ping, commit and cold read
+run again with both announcing msgpack (M5).  ``--encoding Z5`` or
+``--encoding M5`` runs every selected workload in that one encoding only.
+
 Usage::
 
     bin/py scripts/benchmark.py [--quick] [--only NAME ...] [--repeat N]
+                                [--encoding Z5|M5|both]
                                 [--json out.json] [--plot out.png]
 
 Only the standard library is used here.  The client side of each
@@ -43,7 +49,7 @@ from bench_runner.processes import BIN, Bench, BenchError, raise_nofile_limit
 from bench_runner.png import plot
 from bench_runner.report import table
 from bench_runner.scenarios import (
-    BY_NAME, FULL, KINDS, QUICK, SCENARIOS, run_floor, titles)
+    ALSO_M5, BY_NAME, FULL, KINDS, QUICK, SCENARIOS, plan, run_floor, titles)
 
 
 def median_or_none(values):
@@ -54,37 +60,39 @@ def run(args):
     sizes = dict(QUICK if args.quick else FULL)
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
     selected = [s for s in SCENARIOS if not args.only or s.name in args.only]
+    planned = plan(selected, args.encoding)
     workdir = Path(tempfile.mkdtemp(prefix='zeo-benchmark-', dir=args.tmpdir))
     started = time.time()
     load_before = os.getloadavg()
     bench = Bench(sizes, workdir, verbose=not args.silent)
-    runs = {m.name: {k: [] for k in KINDS} for s in selected for m in s.metrics}
-    errors = {m.name: {k: [] for k in KINDS} for s in selected for m in s.metrics}
-    details = {s.name: {k: [] for k in KINDS} for s in selected}
+    runs = {(m.name, e): {k: [] for k in KINDS} for s, e in planned for m in s.metrics}
+    errors = {(m.name, e): {k: [] for k in KINDS} for s, e in planned for m in s.metrics}
+    details = {f'{s.name} {e}': {k: [] for k in KINDS} for s, e in planned}
     floors = []
     raise_nofile_limit(sizes['idle'] + 200)
     try:
         if any(s.needs_server for s in selected):
             bench.say(f'populating a FileStorage with {sizes["objects"]:,} objects')
             bench.make_template()
-        for scenario in selected:
+        for scenario, encoding in planned:
+            label = f'{scenario.name} {encoding}'
             for number in range(repeat):
                 order = KINDS if number % 2 == 0 else KINDS[::-1]
                 for kind in order:
                     began = time.perf_counter()
                     try:
-                        values, raw = scenario.run(bench, kind)
+                        values, raw = scenario.run(bench, kind, encoding)
                     except BenchError as error:
-                        bench.say(f'[{scenario.name}] {kind} run {number + 1}: '
+                        bench.say(f'[{label}] {kind} run {number + 1}: '
                                   f'FAILED: {error}')
                         for metric in scenario.metrics:
-                            errors[metric.name][kind].append(str(error))
+                            errors[metric.name, encoding][kind].append(str(error))
                         continue
                     for name, value in values.items():
-                        runs[name][kind].append(value)
-                    details[scenario.name][kind].append(raw)
+                        runs[name, encoding][kind].append(value)
+                    details[label][kind].append(raw)
                     shown = ', '.join(f'{k}={v:.4g}' for k, v in values.items())
-                    bench.say(f'[{scenario.name}] {kind} run {number + 1}/'
+                    bench.say(f'[{label}] {kind} run {number + 1}/'
                               f'{repeat}: {shown} '
                               f'({time.perf_counter() - began:.1f} s)')
         if not args.no_floor:
@@ -98,25 +106,29 @@ def run(args):
 
     names = titles(sizes)
     results = []
-    for scenario in selected:
+    for scenario, encoding in planned:
         for metric in scenario.metrics:
-            ours = median_or_none(runs[metric.name]['ours'])
-            zeo = median_or_none(runs[metric.name]['zeo'])
+            key = metric.name, encoding
+            ours = median_or_none(runs[key]['ours'])
+            zeo = median_or_none(runs[key]['zeo'])
             ratio = ours / zeo if ours is not None and zeo else None
             results.append({
                 'name': metric.name, 'scenario': scenario.name,
+                'encoding': encoding,
                 'title': names.get(metric.name, metric.title),
                 'unit': metric.unit, 'higher_is_better': metric.higher_is_better,
                 'ours': ours, 'zeo': zeo, 'ratio': ratio,
                 'goal': list(metric.goal), 'goal_text': metric.goal_text(),
                 'met': metric.met(ours, zeo),
-                'runs': runs[metric.name],
-                'errors': {k: v for k, v in errors[metric.name].items() if v},
+                'runs': runs[key],
+                'errors': {k: v for k, v in errors[key].items() if v},
             })
     floor = {key: statistics.median(f[key] for f in floors)
              for key in (floors[0] if floors else {})}
     return {
-        'benchmark': 'zeo vs ZEO 6.2 (both msgpack M5, FileStorage)',
+        'benchmark': 'zeo vs ZEO 6.2 (FileStorage; both servers announce'
+                     ' the encoding of each row)',
+        'encoding': args.encoding,
         'quick': args.quick, 'repeat': repeat, 'sizes': sizes,
         'started': time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(started)),
         'seconds': round(time.time() - started, 1),
@@ -138,6 +150,10 @@ def main(argv=None):
                         help='smaller sizes, fewer processes, 1 repeat')
     parser.add_argument('--only', nargs='+', metavar='NAME',
                         choices=list(BY_NAME), help='run only these workloads')
+    parser.add_argument('--encoding', choices=('Z5', 'M5', 'both'), default='both',
+                        help='what both servers announce: pickle (Z5), msgpack (M5),'
+                        ' or both (the default: every workload under Z5, and '
+                        + ', '.join(ALSO_M5) + ' under M5 too)')
     parser.add_argument('--repeat', type=int, default=None,
                         help='runs per server kind (default 3, --quick 1)')
     parser.add_argument('--json', metavar='PATH', help='write the report here')

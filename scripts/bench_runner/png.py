@@ -109,7 +109,8 @@ def plot(report, path):
                 '<- WORSE      x BETTER ->', color=(80, 80, 80))
     for n, r in enumerate(results):
         y = top + n * row
-        canvas.text(10, y + 10, r['title'][:33])
+        encoding = r.get('encoding')
+        canvas.text(10, y + 10, (f"{encoding} {r['title']}" if encoding else r['title'])[:33])
         metric = metrics[r['name']]
         if r['ours'] is None or not r['zeo']:
             canvas.text(left + 10, y + 10, 'NO DATA', color=grey)
@@ -138,7 +139,7 @@ def plot(report, path):
                     color=(80, 80, 80))
         ping = next((r for r in results if r['name'] == 'ping'), None)
         if ping and ping['ours'] and ping['zeo']:
-            canvas.text(10, y + 22, f"PING: OURS {ping['ours']:.1f} US, "
+            canvas.text(10, y + 22, f"PING {ping.get('encoding', '')}: OURS {ping['ours']:.1f} US, "
                                     f"ZEO 6.2 {ping['zeo']:.1f} US",
                         color=(80, 80, 80))
     Path(path).write_bytes(canvas.png())

@@ -153,12 +153,17 @@ class Worker:
 
 
 class Server:
-    """One server process on a copy of the template FileStorage."""
+    """One server process on a copy of the template FileStorage, announcing
+    *encoding*: ``'Z5'`` (pickle) or ``'M5'`` (msgpack), said explicitly to
+    both kinds of server so that neither's default decides."""
 
-    def __init__(self, bench, kind, directory):
+    def __init__(self, bench, kind, directory, encoding='Z5'):
+        if encoding not in ('Z5', 'M5'):
+            raise ValueError(f'encoding must be Z5 or M5, not {encoding!r}')
         self.bench = bench
         self.kind = kind
         self.directory = directory
+        self.encoding = encoding
         self.port = free_port()
         self.addr = f'127.0.0.1:{self.port}'
         self.log = directory / 'server.log'
@@ -173,14 +178,15 @@ class Server:
             shutil.copyfile(f'{template}.index', f'{data}.index')
         if self.kind == 'ours':
             command = [str(BIN / 'runzeo'), '-a', self.addr, '-f', str(data),
-                       '--blob-dir', str(blobs)]
+                       '--blob-dir', str(blobs),
+                       '--msgpack' if self.encoding == 'M5' else '--pickle']
             env = None
         else:
             conf = self.directory / 'zeo.conf'
             conf.write_text(textwrap.dedent(f"""\
                 <zeo>
                   address {self.addr}
-                  msgpack true
+                  msgpack {'true' if self.encoding == 'M5' else 'false'}
                 </zeo>
                 <filestorage 1>
                   path {data}
@@ -253,11 +259,11 @@ class Bench:
                     directory=self.template.parent)
 
     @contextlib.contextmanager
-    def server(self, kind):
+    def server(self, kind, encoding='Z5'):
         self.runs += 1
-        directory = self.workdir / f'run{self.runs:03d}-{kind}'
+        directory = self.workdir / f'run{self.runs:03d}-{kind}-{encoding}'
         directory.mkdir()
-        server = Server(self, kind, directory)
+        server = Server(self, kind, directory, encoding)
         try:
             yield server.start()
         finally:

@@ -1,6 +1,6 @@
 """The workloads as the runner drives them, each with its metrics and
-their goals (ours against ZEO 6.2), and the sizes of a full and a quick
-run."""
+their goals (ours against ZEO 6.2), the sizes of a full and a quick run,
+and the encodings each workload runs under (`plan`)."""
 import shutil
 import statistics
 import subprocess
@@ -10,6 +10,26 @@ from dataclasses import dataclass
 from .processes import BENCH_FLOOR, BenchError, last_json
 
 KINDS = ('ours', 'zeo')
+
+#: The encodings a server can announce: pickle (the default of both
+#: servers, what a ZEO client gets out of the box) and msgpack.
+ENCODINGS = ('Z5', 'M5')
+#: With ``--encoding both`` (the default) every workload runs under Z5 and
+#: these, where the codec's cost shows most, under M5 too: the run grows by
+#: a few workloads, not twice.
+ALSO_M5 = ('ping', 'commit1', 'commit100', 'cold')
+
+
+def plan(selected, encoding='both'):
+    """``(scenario, encoding)`` pairs in the order they run: *encoding* is
+    ``'Z5'``, ``'M5'`` (every selected workload in that one), or ``'both'``
+    (all under Z5, then those of `ALSO_M5` under M5)."""
+    if encoding in ENCODINGS:
+        return [(s, encoding) for s in selected]
+    if encoding != 'both':
+        raise ValueError(f'encoding must be Z5, M5 or both, not {encoding!r}')
+    return ([(s, 'Z5') for s in selected]
+            + [(s, 'M5') for s in selected if s.name in ALSO_M5])
 
 
 # -- what is measured ----------------------------------------------------------
@@ -84,18 +104,21 @@ QUICK = dict(
 
 # -- the workloads, as the runner drives them ----------------------------------
 
-def run_ping(bench, kind):
-    with bench.server(kind) as server:
+def run_ping(bench, kind, encoding):
+    with bench.server(kind, encoding) as server:
         out = bench.client(kind, 'ping', '--addr', server.addr,
                            '--server-pid', server.pid,
                            '--count', bench.sizes['pings'],
                            directory=server.directory)
+    if not out.get('greeting', '').startswith(encoding):
+        raise BenchError(f"the {kind} server announced {out.get('greeting')!r:.50},"
+                         f" not {encoding}")
     return {'ping': out['ping_us'], 'server_cpu': out['server_cpu_us']}, out
 
 
 def run_commit(per_txn, size_key, metric, result_key):
-    def run(bench, kind):
-        with bench.server(kind) as server:
+    def run(bench, kind, encoding):
+        with bench.server(kind, encoding) as server:
             out = bench.client(kind, 'commit', '--addr', server.addr,
                                '--per-txn', per_txn,
                                '--count', bench.sizes[size_key],
@@ -105,8 +128,8 @@ def run_commit(per_txn, size_key, metric, result_key):
 
 
 def run_cold(prefetch, metric):
-    def run(bench, kind):
-        with bench.server(kind) as server:
+    def run(bench, kind, encoding):
+        with bench.server(kind, encoding) as server:
             extra = ['--prefetch'] if prefetch else []
             out = bench.client(kind, 'cold', '--addr', server.addr, *extra,
                                directory=server.directory)
@@ -114,17 +137,17 @@ def run_cold(prefetch, metric):
     return run
 
 
-def run_warm(bench, kind):
-    with bench.server(kind) as server:
+def run_warm(bench, kind, encoding):
+    with bench.server(kind, encoding) as server:
         out = bench.client(kind, 'warm', '--addr', server.addr,
                            '--passes', bench.sizes['warm_passes'],
                            directory=server.directory)
     return {'warm_read': out['objects_per_s']}, out
 
 
-def run_mixed(bench, kind):
+def run_mixed(bench, kind, encoding):
     sizes = bench.sizes
-    with bench.server(kind) as server:
+    with bench.server(kind, encoding) as server:
         workers = bench.workers(kind, 'mixed', sizes['clients'],
                                 '--addr', server.addr,
                                 '--duration', sizes['mixed_seconds'],
@@ -142,9 +165,9 @@ def run_mixed(bench, kind):
     return {'clients': sum(r['txns'] / r['seconds'] for r in results)}, results
 
 
-def run_fanout(bench, kind):
+def run_fanout(bench, kind, encoding):
     sizes = bench.sizes
-    with bench.server(kind) as server:
+    with bench.server(kind, encoding) as server:
         watchers = bench.workers(kind, 'watch', sizes['watchers'],
                                  '--addr', server.addr,
                                  directory=server.directory)
@@ -179,7 +202,8 @@ def run_fanout(bench, kind):
              'first_arrival_ms': [t * 1e3 for t in firsts]})
 
 
-def run_cache_reopen(bench, kind):
+def run_cache_reopen(bench, kind, encoding):
+    """No server: *encoding* does not matter."""
     sizes = bench.sizes
     directory = bench.workdir / f'cache-{kind}'
     directory.mkdir(exist_ok=True)
@@ -194,9 +218,9 @@ def run_cache_reopen(bench, kind):
     return {'cache_reopen': out['reopen_ms']}, out
 
 
-def run_blobs(bench, kind):
+def run_blobs(bench, kind, encoding):
     sizes = bench.sizes
-    with bench.server(kind) as server:
+    with bench.server(kind, encoding) as server:
         common = ['--addr', server.addr, '--size', sizes['blob_size'],
                   '--count', sizes['blobs']]
         up = bench.client(kind, 'blob_upload', *common,
@@ -209,8 +233,8 @@ def run_blobs(bench, kind):
             {'upload': up, 'download': down})
 
 
-def run_idle(bench, kind):
-    with bench.server(kind) as server:
+def run_idle(bench, kind, encoding):
+    with bench.server(kind, encoding) as server:
         # The same raw protocol client (bin/py, zeo.server.admin) for both.
         out = bench.client(kind, 'idle', '--addr', server.addr,
                            '--server-pid', server.pid,

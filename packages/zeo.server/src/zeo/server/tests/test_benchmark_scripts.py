@@ -2,14 +2,16 @@
 
 Runs ``bin/py scripts/benchmark.py --quick --only ping --repeat 1`` as a
 subprocess and checks that the JSON report has a measurement for ours and
-for the reference and their ratio, the loopback floor, and that the PNG
-is a PNG.  Speed goals
+for the reference and their ratio in each encoding (both servers
+announcing pickle ``Z5``, then msgpack ``M5``), the loopback floor, and
+that the PNG is a PNG.  Speed goals
 are never asserted: this only proves the benchmark runs.  Skipped outside
 a buildout checkout (no scripts/ next to packages/, or no bin/ with both
 servers and interpreters).
 
 `RunnerPartsTests` checks the runner's own logic (``scripts/bench_runner``:
-goals, the table, the PNG) on made-up reports, in process.
+goals, the encodings planned, the table, the PNG) on made-up reports, in
+process.
 """
 
 import json
@@ -60,17 +62,24 @@ class BenchmarkScriptTests(unittest.TestCase):
             report = json.load(f)
         self.assertTrue(report["quick"])
         self.assertEqual(report["repeat"], 1)
-        results = {r["name"]: r for r in report["results"]}
-        self.assertEqual(sorted(results), ["ping", "server_cpu"])
-        ping = results["ping"]
-        self.assertEqual(ping["errors"], {})
-        self.assertGreater(ping["ours"], 0)
-        self.assertGreater(ping["zeo"], 0)
-        self.assertAlmostEqual(ping["ratio"], ping["ours"] / ping["zeo"])
-        self.assertIn(ping["met"], (True, False))
-        self.assertEqual(len(ping["runs"]["ours"]), 1)
-        self.assertEqual(len(ping["runs"]["zeo"]), 1)
-        self.assertGreaterEqual(results["server_cpu"]["ours"], 0)
+        self.assertEqual(report["encoding"], "both")
+        results = {(r["name"], r["encoding"]): r for r in report["results"]}
+        self.assertEqual(sorted(results), [("ping", "M5"), ("ping", "Z5"),
+                                           ("server_cpu", "M5"), ("server_cpu", "Z5")])
+        for encoding in ("Z5", "M5"):
+            ping = results["ping", encoding]
+            self.assertEqual(ping["errors"], {})
+            self.assertGreater(ping["ours"], 0)
+            self.assertGreater(ping["zeo"], 0)
+            self.assertAlmostEqual(ping["ratio"], ping["ours"] / ping["zeo"])
+            self.assertIn(ping["met"], (True, False))
+            self.assertEqual(len(ping["runs"]["ours"]), 1)
+            self.assertEqual(len(ping["runs"]["zeo"]), 1)
+            self.assertGreaterEqual(results["server_cpu", encoding]["ours"], 0)
+            # Both servers announced what was asked of them.
+            for kind in ("ours", "zeo"):
+                raw, = report["details"][f"ping {encoding}"][kind]
+                self.assertTrue(raw["greeting"].startswith(encoding), raw["greeting"])
         # The floor: a loopback echo, blocking and asyncio.
         for key in ("blocking", "blocking_server_cpu", "asyncio",
                     "asyncio_server_blocking_client",
@@ -131,6 +140,7 @@ class RunnerPartsTests(unittest.TestCase):
     def result(self, name, ours, zeo):
         metric = self.metrics[name]
         return {"name": name, "title": metric.title, "unit": metric.unit,
+                "encoding": "Z5",
                 "ours": ours, "zeo": zeo,
                 "ratio": ours / zeo if ours is not None and zeo else None,
                 "goal_text": metric.goal_text(), "met": metric.met(ours, zeo),
@@ -156,6 +166,22 @@ class RunnerPartsTests(unittest.TestCase):
         self.assertAlmostEqual(m["commit1"].better(300, 100), 3)
         self.assertAlmostEqual(m["ping"].goal_better(100), 1 / 0.33)
 
+    def test_plan_runs_everything_under_z5_and_the_key_workloads_under_m5(self):
+        scenarios = self.scenarios
+        every = scenarios.SCENARIOS
+        both = scenarios.plan(every)
+        self.assertEqual([s.name for s, e in both if e == "Z5"], [s.name for s in every])
+        self.assertEqual([s.name for s, e in both if e == "M5"],
+                         ["ping", "commit1", "commit100", "cold"])
+        self.assertLessEqual(len(both), 1.5 * len(every))   # not twice as long
+        for encoding in ("Z5", "M5"):
+            self.assertEqual(scenarios.plan(every, encoding),
+                             [(s, encoding) for s in every])
+        blobs = [scenarios.BY_NAME["blobs"]]
+        self.assertEqual(scenarios.plan(blobs), [(blobs[0], "Z5")])
+        with self.assertRaises(ValueError):
+            scenarios.plan(every, "pickle")
+
     def test_table(self):
         results = [self.result("ping", 30.0, 150.0),
                    self.result("commit1", 1500.0, 1000.0),
@@ -168,7 +194,7 @@ class RunnerPartsTests(unittest.TestCase):
         lines = text.splitlines()
         self.assertTrue(lines[0].startswith("workload"))
         ping = next(line for line in lines if line.startswith("ping latency"))
-        self.assertRegex(ping, r"30\.0 +150 +0\.20x +<= 0\.33x +yes$")
+        self.assertRegex(ping, r"^ping latency +Z5 +µs +30\.0 +150 +0\.20x +<= 0\.33x +yes$")
         commit = next(line for line in lines if line.startswith("commit 1"))
         self.assertRegex(commit, r"1,500 +1,000 +1\.50x +>= 2x +NO$")
         cold = next(line for line in lines if line.startswith("cold read"))

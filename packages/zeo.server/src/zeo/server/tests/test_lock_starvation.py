@@ -83,7 +83,7 @@ class StarvationTestBase(unittest.TestCase):
             voter = self.client()
             self.begin(voter, 1, oid)
             if index == 0:
-                self.assertEqual(voter.call("vote", 1), ())   # holds the lock
+                self.assertEqual(voter.call("vote", 1), [])   # holds the lock
                 voters.append((voter, None))
             else:
                 voters.append((voter, voter.send_call("vote", 1)))
@@ -218,7 +218,7 @@ class WaiterTests(StarvationTestBase):
         leaving.close()
         self.wait_until_waiting(1)
         first = holder.call("tpc_finish", 1)
-        self.assertEqual(staying.wait_reply(vote), ())
+        self.assertEqual(staying.wait_reply(vote), [])
         self.assertGreater(staying.call("tpc_finish", 3), first)
         with self.assertRaises(ServerError):     # aborted with its connection
             holder.call("loadBefore", oids[1], MAXTID)
@@ -236,7 +236,7 @@ class DeafVoterTests(StarvationTestBase):
             holder, (deaf, deaf_vote), (honest, honest_vote) = self.deaf_voter_queued()
             holder.call("tpc_finish", 2)
             honest.sock.settimeout(10)
-            self.assertEqual(honest.wait_reply(honest_vote), ())
+            self.assertEqual(honest.wait_reply(honest_vote), [])
             honest.call("tpc_finish", 4)
         deaf.sock.settimeout(30)
         with self.assertRaises(ServerError) as caught:
@@ -258,7 +258,7 @@ class SlowReaderTests(StarvationTestBase):
         holder, (slow, slow_vote), (honest, honest_vote) = self.deaf_voter_queued()
         holder.call("tpc_finish", 2)
         slow.sock.settimeout(30)
-        self.assertEqual(slow.wait_reply(slow_vote), ())   # reads at last
+        self.assertEqual(slow.wait_reply(slow_vote), [])   # reads at last
         honest.sock.settimeout(0.3)
         with self.assertRaises(socket.timeout):
             honest.wait_reply(honest_vote)      # still waiting its turn
@@ -266,7 +266,7 @@ class SlowReaderTests(StarvationTestBase):
         # The slow client's stream ends in the middle of a padding frame,
         # so it cannot send tpc_finish: it leaves, and its vote is aborted.
         slow.close()
-        self.assertEqual(honest.wait_reply(honest_vote), ())
+        self.assertEqual(honest.wait_reply(honest_vote), [])
         honest.call("tpc_finish", 4)
 
 

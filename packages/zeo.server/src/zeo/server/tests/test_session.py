@@ -79,7 +79,7 @@ class CommitTests(SessionTestBase):
         oid1, oid2 = self.new_oid(first), self.new_oid(first)
         first.send("tpc_begin", 1, b"", b"", {}, None, " ")
         first.send("storea", oid1, Z64, b"a", 1)
-        self.assertEqual(first.call("vote", 1), ())
+        self.assertEqual(first.call("vote", 1), [])
         second.send("tpc_begin", 7, b"", b"", {}, None, " ")
         second.send("storea", oid2, Z64, b"b", 7)
         vote = second.send_call("vote", 7)
@@ -88,7 +88,7 @@ class CommitTests(SessionTestBase):
             second.wait_reply(vote)      # held back: the lock is taken
         second.sock.settimeout(10)
         tid1 = first.call("tpc_finish", 1)
-        self.assertEqual(second.wait_reply(vote), ())
+        self.assertEqual(second.wait_reply(vote), [])
         # The holder's invalidation arrived before the delayed vote reply.
         self.assertEqual(second.wait_one_way("invalidateTransaction").args[0], tid1)
         self.assertGreater(second.call("tpc_finish", 7), tid1)
