@@ -138,7 +138,7 @@ class OffTheLoopTests(SlowCallTestBase):
         self.assertIsNone(self.answered_within(reader, reader.send_call("ping")))
         self.assertNotIn(slow, reader.replies)
         self.storage.gate.set()
-        self.assertEqual(self.answered_within(reader, slow), ())   # nothing matched
+        self.assertEqual(self.answered_within(reader, slow), [])   # nothing matched
 
     def test_one_connection_cannot_occupy_every_worker(self):
         greedy, other = self.client(read_only=True), self.client(read_only=True)
@@ -153,7 +153,7 @@ class OffTheLoopTests(SlowCallTestBase):
         self.assertEqual([entry["tid"] for entry in history][:1], [self.last_tid])
         self.storage.gate.set()
         for msgid in held:
-            self.assertEqual(self.answered_within(greedy, msgid), ())
+            self.assertEqual(self.answered_within(greedy, msgid), [])
 
     def test_an_iterator_made_after_its_connection_closed_is_closed(self):
         gc.collect()
@@ -217,7 +217,7 @@ class RangeCapTests(SlowCallTestBase):
         history = client.call("history", Z64, 10 ** 9)
         self.assertEqual(len(history), 50)
         self.assertEqual(history[0]["tid"], self.last_tid)
-        self.assertEqual(client.call("history", Z64, 0), ())
+        self.assertEqual(client.call("history", Z64, 0), [])
         with self.assertRaises(ServerError) as caught:
             client.call("history", Z64, "all")
         self.assertEqual(caught.exception.class_name, "builtins.TypeError")
@@ -242,7 +242,7 @@ class WaitingCallLimitTests(SlowCallTestBase):
         self.assertIn("max-waiting-calls", str(caught.exception.payload))
         self.storage.gate.set()
         for msgid in held:
-            self.assertEqual(client.wait_reply(msgid), ())
+            self.assertEqual(client.wait_reply(msgid), [])
         self.assertEqual(len(client.call("undoLog", 0, -20)), 5)
 
 
