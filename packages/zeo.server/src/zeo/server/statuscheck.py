@@ -85,7 +85,7 @@ def assess(answer: dict[str, Any], thresholds: Thresholds, now: float
         level = OK
         empty = data.get("last-transaction") == NO_TRANSACTION
         if empty:
-            found.append((WARNING, f"Empty storage {storage_id!r}"))
+            found.append((WARNING, f"Empty storage {storage_id!r:.200}"))
             level = WARNING
         lock_time = data.get("lock_time")
         held = max(0.0, now - lock_time) if isinstance(lock_time, (int, float)) else None
@@ -100,7 +100,7 @@ def assess(answer: dict[str, Any], thresholds: Thresholds, now: float
                                        (WARNING, getattr(thresholds, f"{prefix}_warning"))):
                 if limit is not None and value > limit:
                     found.append((limit_level,
-                                  f"{NAMES[limit_level]}: storage {storage_id!r}: "
+                                  f"{NAMES[limit_level]}: storage {storage_id!r:.200}: "
                                   f"{what.format(value)}"
                                   f" (more than {_text(limit)})"))
                     level = max(level, limit_level)
@@ -110,9 +110,9 @@ def assess(answer: dict[str, Any], thresholds: Thresholds, now: float
                 f"commit lock held for {held:.2f} seconds"
                 f"{f' by {holder!s:.200}' if holder else ''}")
         details.append(
-            f"{NAMES[level]}: storage {storage_id!s:.200}: {data.get('connections')} connections,"
-            f" {data.get('active_txns')} active transactions,"
-            f" {data.get('waiting')} waiting for the lock, {lock},"
+            f"{NAMES[level]}: storage {storage_id!s:.200}: {data.get('connections')!s:.20}"
+            f" connections, {data.get('active_txns')!s:.20} active transactions,"
+            f" {data.get('waiting')!s:.20} waiting for the lock, {lock},"
             f" last transaction {data.get('last-transaction')!s:.20}"
             f"{' (empty storage)' if empty else ''}")
     found.sort(key=lambda item: -item[0])
@@ -132,7 +132,7 @@ def metric(storage_id: str, name: str, value: Any, limits: tuple[Any, Any] = (No
     warning, critical = limits
     suffix = "" if warning is None and critical is None else \
         f";{'' if warning is None else _text(warning)};{'' if critical is None else _text(critical)}"
-    return f"{label}={value}{suffix}"
+    return f"{label}={value!s:.40}{suffix}"
 
 
 def level_metrics(answer: dict[str, Any], thresholds: Thresholds) -> list[str]:
