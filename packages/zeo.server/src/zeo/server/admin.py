@@ -29,7 +29,7 @@ __all__ = ["DEFAULT_TIMEOUT", "GREETING_TIMEOUT", "MAX_STATUS_SIZE", "KINDS", "S
 
 #: Seconds to wait for the server before giving up.
 DEFAULT_TIMEOUT = 30.0
-#: Seconds to wait for the greeting that ZEO servers send at once (a
+#: Seconds zeopack waits for the greeting that ZEO servers send at once (a
 #: TLS server waits for our TLS handshake instead, in silence).
 GREETING_TIMEOUT = 10.0
 #: The largest status answer accepted from a server.
@@ -82,7 +82,7 @@ def describe_address(address: Any) -> str:
 def _translate(error: BaseException, where: str, timeout: float, tls: bool,
                during: str) -> ServerUnreachable:
     """The `ServerUnreachable` saying what *error*, raised *during*
-    ``connect``, ``handshake`` or ``answer``, means."""
+    ``connect``, (TLS) ``handshake``, ``greeting`` or ``answer``, means."""
     if isinstance(error, ServerUnreachable):
         return error
     if isinstance(error, _ssl.SSLCertVerificationError):
@@ -123,7 +123,9 @@ def _translate(error: BaseException, where: str, timeout: float, tls: bool,
         hint = "" if tls else " (a TLS server resets plain connections)"
         return ServerUnreachable("closed", where, f"connection reset{hint}")
     if isinstance(error, ProtocolError):
-        return ServerUnreachable("not-zeo", where, f"not a ZEO server: {error!s:.200}")
+        if during == "greeting":
+            return ServerUnreachable("not-zeo", where, f"not a ZEO server: {error!s:.200}")
+        return ServerUnreachable("not-zeo", where, f"protocol error: {error!s:.200}")
     if isinstance(error, OSError):
         return ServerUnreachable("network", where, f"{error.strerror or error}")
     raise error
@@ -162,13 +164,13 @@ def connect_socket(address: Any, timeout: float, ssl_context: _ssl.SSLContext | 
 class AdminClient:
     """Connect, agree on the protocol and (unless *register* is None)
     register for a storage. *timeout* bounds each wait for the server,
-    *greeting_timeout* the wait for its greeting."""
+    *greeting_timeout* (if smaller) the wait for its greeting."""
 
     def __init__(self, address: Any, *, register: str | None = "1",
                  read_only: bool = False, native: bool = False,
                  timeout: float = DEFAULT_TIMEOUT, ssl_context: Any = None,
                  server_hostname: str | None = None,
-                 greeting_timeout: float = GREETING_TIMEOUT) -> None:
+                 greeting_timeout: float | None = None) -> None:
         self.where = describe_address(address)
         self.timeout = timeout
         self.tls = ssl_context is not None
@@ -178,8 +180,9 @@ class AdminClient:
         self.replies: dict[Any, Any] = {}
         self.one_way: collections.deque[OneWayCall] = collections.deque()
         self.agreed: ProtocolAgreed | None = None
+        greeting_timeout = min(timeout, greeting_timeout or timeout)
         try:
-            self.sock.settimeout(min(timeout, greeting_timeout))
+            self.sock.settimeout(greeting_timeout)
             while self.agreed is None:
                 try:
                     self._read()
@@ -189,7 +192,7 @@ class AdminClient:
                     hint = "" if self.tls else " (it may expect TLS)"
                     raise _unreachable(
                         "timeout", self.where, f"no ZEO greeting within"
-                        f" {min(timeout, greeting_timeout):g} seconds{hint}") from None
+                        f" {greeting_timeout:g} seconds{hint}") from None
             self.sock.settimeout(timeout)
             self.last_tid = self.call("register", register, read_only) \
                 if register is not None else None
@@ -203,7 +206,8 @@ class AdminClient:
             self.connection.receive_data(data)
             self._events()
         except (OSError, ProtocolError) as error:
-            raise _translate(error, self.where, self.timeout, self.tls, "answer") from None
+            during = "greeting" if self.agreed is None else "answer"
+            raise _translate(error, self.where, self.timeout, self.tls, during) from None
         if not data:
             raise self._closed()
 

@@ -27,7 +27,7 @@ import time
 from typing import Any, Sequence
 
 from zeo.server.admin import (
-    AdminClient, ServerError, ServerUnreachable, describe_address, status)
+    GREETING_TIMEOUT, AdminClient, ServerError, ServerUnreachable, describe_address, status)
 from zeo.server.runzeo import UsageError, parse_address
 from zeo.server.statuscheck import (
     CRITICAL, OK, TIME_UNITS, UNKNOWN, WARNING, Thresholds, assess, level_metrics,
@@ -228,7 +228,8 @@ def _pack_one(address: Any, storage: str, when: float, options: argparse.Namespa
     hostname = _hostname(address, settings) if context is not None else None
     try:
         client = AdminClient(address, register=storage, timeout=options.connect_timeout,
-                             ssl_context=context, server_hostname=hostname)
+                             ssl_context=context, server_hostname=hostname,
+                             greeting_timeout=GREETING_TIMEOUT)
     except ServerError as error:
         print(f"zeopack: cannot use storage {storage!r:.200} at {describe_address(address)}:"
               f" {error.class_name}: {error.payload!s:.200}", file=sys.stderr)
