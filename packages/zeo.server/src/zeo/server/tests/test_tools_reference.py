@@ -90,6 +90,34 @@ class SameAsZEONagios(unittest.TestCase):
         self.addCleanup(stop)
         self.check_server(address, path)
 
+    def test_tls_against_a_reference_server(self):
+        import trustme
+        ca = trustme.CA()
+        files = {name: os.path.join(self.directory, name)
+                 for name in ("server.pem", "ca.pem", "client.pem")}
+        ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(
+            files["server.pem"])
+        ca.cert_pem.write_to_path(files["ca.pem"])
+        ca.issue_cert("ops@example.com").private_key_and_cert_chain_pem.write_to_path(
+            files["client.pem"])
+        server = ReferenceServer(
+            os.path.join(self.directory, "Data.fs"),
+            options=f"  <ssl>\n    certificate {files['server.pem']}\n"
+                    f"    authenticate {files['ca.pem']}\n  </ssl>\n")
+        self.addCleanup(server.stop)
+        target = f"127.0.0.1:{server.port}"
+        tls = ["--ssl-certificate", files["client.pem"], "--ssl-ca", files["ca.pem"],
+               "--ssl-server-hostname", "localhost"]
+        code, out, _ = run(status_main, target, "-m", *tls)
+        self.assertEqual(code, WARNING, out)
+        self.assertTrue(out.startswith("Empty storage '1'|active_txns=0\n"), out)
+        code, _, err = run(pack_main, target, *tls)
+        self.assertEqual(code, 0, err)
+        code, out, _ = run(status_main, target)
+        self.assertEqual(code, 2)
+        self.assertNotIn("sent no status", out)
+        self.assertIn("TLS", out, out)
+
     def test_several_storages(self):
         from ZODB.MappingStorage import MappingStorage
         address, stop = zeo.server.server(storages={
