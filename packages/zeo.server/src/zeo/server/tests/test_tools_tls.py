@@ -20,6 +20,11 @@ from zeo.server.zconfig import server_ssl_context
 Z64 = b"\0" * 8
 
 
+def key_password():
+    """The password-function of `ConfigurationTests.test_encrypted_key`."""
+    return b"secret"
+
+
 class TLSServer(unittest.TestCase):
     """A server that wants TLS with a client certificate signed by ``self.ca``."""
 
@@ -180,6 +185,27 @@ class ConfigurationTests(TLSServer):
         code, out, _ = run(status_main, "-C", self.config(ssl=False))
         self.assertEqual(code, CRITICAL)
         self.assertIn("may expect TLS", out)
+
+    def test_encrypted_key(self):
+        from cryptography.hazmat.primitives import serialization
+        with open(self.client_key, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), None)
+        with open(self.client_key, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.BestAvailableEncryption(b"secret")))
+        code, out, _ = run(status_main, self.target, *self.tls())
+        self.assertEqual(code, UNKNOWN, out)
+        self.assertIn("the client key is encrypted: give password-function", out)
+        config = self.config()
+        with open(self.file("ssl.conf")) as f:
+            text = f.read().replace(
+                "server-hostname localhost",
+                "server-hostname localhost\n password-function"
+                " zeo.server.tests.test_tools_tls.key_password")
+        self.write("ssl.conf", text)
+        code, out, _ = run(status_main, "-C", config)
+        self.assertEqual(code, WARNING, out)
 
     def test_bad_configurations(self):
         code, out, _ = run(status_main, "-C", self.write("empty.conf", "<zodb>\n</zodb>\n"))
