@@ -39,6 +39,14 @@ class PartScriptTests(unittest.TestCase):
         self.assertEqual(code, 1)     # an empty storage
         self.assertIn('"connections"', out)
 
+    def test_other_options_pass_through(self):
+        code, out, _ = run(lambda argv: status(self.target, argv), "-m", "--ssl")
+        self.assertEqual(code, 2)
+        self.assertIn("TLS handshake failed", out)
+        code, _, err = run(lambda argv: zeopack(self.target, "1", "1", argv),
+                           "-D", "0", "-t", "00:00")
+        self.assertEqual(code, 0, err)
+
 
 if __name__ == "__main__":
     unittest.main()
