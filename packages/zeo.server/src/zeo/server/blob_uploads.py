@@ -80,12 +80,15 @@ class SpoolBudget:
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
         self.used = 0
+        #: Charges refused for the limit (for the monitor).
+        self.refused = 0
 
     def __repr__(self) -> str:
         return f"<SpoolBudget {self.used} of {self.limit} bytes>"
 
     def charge(self, nbytes: int) -> None:
         if self.limit is not None and self.used + nbytes > self.limit:
+            self.refused += 1
             raise TransactionTooLargeError(
                 f"the server's spool space is full: its open transactions hold"
                 f" {self.used} bytes, and {nbytes} more would pass its limit of"

@@ -43,9 +43,12 @@ class IteratorBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        #: Iterators refused for the limit (for the monitor).
+        self.refused = 0
 
     def acquire(self) -> None:
         if self.used >= self.limit:
+            self.refused += 1
             raise TooManyIterators(
                 f"the server already has {self.used} open iterators (limit"
                 f" {self.limit}, max-server-iterators); try again later")
