@@ -8,7 +8,9 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 import unittest
 import urllib.error
@@ -23,8 +25,14 @@ from ZODB.tests.MinPO import MinPO
 from ZODB.tests.StorageTestBase import zodb_pickle
 
 import zeo.server
+from zeo.server.commit_lock import CommitLock
+from zeo.server.config import ServerConfig
 from zeo.server.interfaces import IServing
+from zeo.server.monitor import monitor_address
 from zeo.server.tests.rawclient import RawClient, ServerError
+from zeo.server.tests.serverprocess import ServerProcess, free_port
+from zeo.server.stats import LATENCY_BOUNDS, StorageStats, Timing
+from zeo.server.zconfig import load
 
 Z64 = b"\0" * 8
 #: A label a hostile client might choose: it must reach the page escaped.
@@ -293,3 +301,130 @@ class BrowserTests(unittest.TestCase):
         self.assertIn("state-committing", dom)
         # The browser parsed the hostile label as text, not as a script.
         self.assertNotIn("<script>", dom)
+
+
+class ConfigurationTests(unittest.TestCase):
+
+    def write(self, keys):
+        directory = tempfile.mkdtemp(prefix="zeo-monitor-conf-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "zeo.conf")
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                <zeo>
+                  address 127.0.0.1:{free_port()}
+                  {keys}
+                </zeo>
+                <filestorage 1>
+                  path {directory}/Data.fs
+                </filestorage>
+                """))
+        return path
+
+    def test_off_by_default(self):
+        config = load(self.write("")).config
+        self.assertIsNone(config.monitor_address)
+        self.assertEqual(config.monitor_slow_transaction, 1.0)
+        self.assertIsNone(ServerConfig().monitor_address)
+
+    def test_keys(self):
+        config = load(self.write("monitor-address 9102\n  monitor-slow-transaction 2.5")).config
+        self.assertEqual(config.monitor_address, ("127.0.0.1", 9102))
+        self.assertEqual(config.monitor_slow_transaction, 2.5)
+
+    def test_address_forms(self):
+        self.assertEqual(monitor_address("9100"), ("127.0.0.1", 9100))
+        self.assertEqual(monitor_address(":9100"), ("127.0.0.1", 9100))
+        self.assertEqual(monitor_address("0.0.0.0:9100"), ("0.0.0.0", 9100))
+        self.assertEqual(monitor_address("[::1]:9100"), ("::1", 9100))
+        for bad in ("", "host", "host:port", "70000", "-1"):
+            with self.assertRaises(ValueError, msg=bad):
+                monitor_address(bad)
+        with self.assertRaises(ValueError):
+            ServerConfig(monitor_address="127.0.0.1:9100")
+        with self.assertRaises(ValueError):
+            ServerConfig(monitor_slow_transaction=0)
+
+    def test_without_the_library_the_key_is_refused_clearly(self):
+        # A Python where prometheus_client cannot be imported.
+        code = textwrap.dedent("""\
+            import sys
+            sys.modules["prometheus_client"] = None
+            from zeo.server.zconfig import load
+            try:
+                load(sys.argv[1])
+            except Exception as error:
+                print(type(error).__name__, error)
+            else:
+                print("loaded")
+            load(sys.argv[2])   # without the key, nothing needs the library
+            print("plain config loaded")
+            """)
+        result = subprocess.run(
+            [sys.executable, "-c", code, self.write("monitor-address 9102"), self.write("")],
+            capture_output=True, text=True, timeout=60,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+        self.assertIn("install zeo.server[monitor]", result.stdout, result.stderr)
+        self.assertIn("plain config loaded", result.stdout, result.stderr)
+
+    def test_runzeo_serves_the_endpoint_on_localhost(self):
+        directory = tempfile.mkdtemp(prefix="zeo-monitor-runzeo-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        port = free_port()
+        process = ServerProcess(directory, zeo_options={"monitor-address": str(port)})
+        self.addCleanup(process.stop)
+        client = process.client()
+        self.addCleanup(client.close)
+        client.commit(b"t", [(Z64, Z64, zodb_pickle(MinPO(0)))])
+        found = samples(fetch(("127.0.0.1", port), "/metrics")[1])
+        self.assertEqual(value(found, "zeo_commits_total", storage="1"), 1)
+        self.assertEqual(value(found, "zeo_connections", storage="1", state="idle"), 1)
+        self.assertIn("monitor endpoint on http://127.0.0.1:%d/" % port, process.log_text())
+        self.assertEqual(process.stop(), 0)
+
+
+class CounterTests(unittest.TestCase):
+    """What the server counts for the monitor, without a server."""
+
+    def test_timing_buckets(self):
+        timing = Timing()
+        for seconds in (0.0, 0.001, 0.0011, 0.3, 61.0, -1.0):
+            timing.observe(seconds)
+        self.assertEqual(timing.count, 6)
+        self.assertEqual(len(timing.counts), len(LATENCY_BOUNDS) + 1)
+        self.assertEqual(timing.counts[0], 3)    # <= 0.001 (a negative one as 0)
+        self.assertEqual(timing.counts[1], 1)    # <= 0.0025
+        self.assertEqual(timing.counts[LATENCY_BOUNDS.index(0.5)], 1)
+        self.assertEqual(timing.counts[-1], 1)   # above the last bound
+        self.assertAlmostEqual(timing.total, 61.3021)
+
+    def test_the_commit_lock_reports_waits_and_holds(self):
+        now = [100.0]
+        waits, holds, soon = [], [], []
+        lock = CommitLock(call_soon=soon.append, clock=lambda: now[0],
+                          on_wait=waits.append,
+                          on_hold=lambda owner, seconds: holds.append((owner, seconds)))
+        self.assertTrue(lock.request("a", lambda: None))
+        self.assertFalse(lock.request("b", lambda: None))
+        self.assertEqual(lock.waiting_since_of("b"), 100.0)
+        self.assertIsNone(lock.waiting_since_of("a"))
+        now[0] = 102.5
+        lock.release("a")
+        now[0] = 103.0
+        lock.release("b")
+        lock.release("c")   # not the holder: nothing to report
+        self.assertEqual(waits, [0.0, 2.5])
+        self.assertEqual(holds, [("a", 2.5), ("b", 0.5)])
+
+    def test_slow_transactions_are_kept_from_the_threshold(self):
+        stats = StorageStats(start_time=0.0, slow_threshold=1.0)
+        stats.lock_held("quick", 0.5, now=10.0)
+        stats.lock_held("slow", 1.0, now=11.0)
+        for i in range(30):
+            stats.lock_held(f"slower {i}", 2.0, now=12.0 + i)
+        self.assertEqual(stats.lock_hold.count, 32)
+        self.assertEqual(len(stats.slow_transactions), 20)   # the most recent
+        self.assertEqual(stats.slow_transactions[-1].label, "slower 29")
+        self.assertNotIn("quick", [s.label for s in stats.slow_transactions])
+        # ruok's dict is unchanged by what the monitor counts.
+        self.assertNotIn("timeouts", stats.as_dict(1.0, Z64))
