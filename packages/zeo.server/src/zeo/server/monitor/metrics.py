@@ -60,7 +60,8 @@ __all__ = ["PROCESS_LIMITS", "STORAGE_LIMITS", "ServerCollector", "exposition", 
 PROCESS_LIMITS = (
     "max-connections", "max-connections-per-address", "max-total-input-buffer",
     "max-total-output-buffer", "max-output-buffer", "idle-timeout",
-    "handshake-timeout", "max-spool-total", "max-server-iterators",
+    "handshake-timeout", "max-spool-size", "max-spool-total", "max-iterators",
+    "max-server-iterators",
 )
 #: Per-storage limits whose refusals are counted.
 STORAGE_LIMITS = ("reader-stall-timeout", "transaction-timeout")
@@ -153,8 +154,8 @@ class ServerCollector(Collector):
             "zeo_refusals", "Connections and requests refused or cut off, by the"
             " <zeo> key of the limit.", labels=["limit", "storage"])
         process = collections.Counter(server.budgets.refusals)
-        process["max-spool-total"] += server.spool_budget.refused
-        process["max-server-iterators"] += server.iterator_budget.refused
+        process.update(server.spool_budget.refusals)
+        process.update(server.iterator_budget.refusals)
         for limit in PROCESS_LIMITS:
             family.add_metric([limit, ""], process.pop(limit, 0))
         for limit, count in sorted(process.items()):

@@ -156,11 +156,8 @@ def snapshot(server: StorageServer, *, stacks: bool = True) -> dict[str, Any]:
     connections = [_connection(c, now, monotonic_now) for c in list(server.connections)]
     connections.sort(key=lambda c: (order[c["state"]], c["connected_since"]))
     budgets = server.budgets
-    refusals = dict(budgets.refusals)
-    if server.spool_budget.refused:
-        refusals["max-spool-total"] = server.spool_budget.refused
-    if server.iterator_budget.refused:
-        refusals["max-server-iterators"] = server.iterator_budget.refused
+    refusals = dict(budgets.refusals + server.spool_budget.refusals
+                    + server.iterator_budget.refusals)
     data: dict[str, Any] = {
         "server": {
             "pid": os.getpid(),

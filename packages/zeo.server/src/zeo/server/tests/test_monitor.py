@@ -184,14 +184,26 @@ class MetricsTests(unittest.TestCase):
         self.assertEqual(value(found, "zeo_commits_total", storage="1"), 1)
 
     def test_refusals_by_limit(self):
-        server = MonitorServer(self, max_connections=1)
-        server.client(self)
+        server = MonitorServer(self, max_connections=1, max_iterators=1,
+                               max_spool_size=1000)
+        client = server.client(self)
         refused = socket.create_connection(server.address, timeout=10)
         self.assertEqual(refused.recv(100), b"")   # closed on accept
         refused.close()
+        client.call("iterator_start", None, None)
+        with self.assertRaises(ServerError):
+            client.call("iterator_start", None, None)
+        client.send("tpc_begin", b"t", b"", b"", {}, None, " ")
+        client.send("storea", Z64, Z64, b"x" * 2000, b"t")
+        self.assertTrue(client.wait_closed())   # a one-way store that fails
         found = samples(server.metrics()[1])
-        self.assertEqual(value(found, "zeo_refusals_total", limit="max-connections",
-                               storage=""), 1)
+        for limit in ("max-connections", "max-iterators", "max-spool-size"):
+            self.assertEqual(value(found, "zeo_refusals_total", limit=limit, storage=""), 1,
+                             limit)
+        self.assertEqual(value(found, "zeo_refusals_total", limit="max-spool-total",
+                               storage=""), 0)
+        self.assertEqual(server.json()["server"]["refusals"],
+                         {"max-connections": 1, "max-iterators": 1, "max-spool-size": 1})
 
     def test_a_transaction_timeout_is_counted(self):
         scenario = Scenario(self, transaction_timeout=0.5)
