@@ -193,8 +193,8 @@ class ServerCollector(Collector):
                     lambda s: sum(x.txn.spool.blob_bytes for x in s.sessions
                                   if x.txn is not None))
         yield gauge("zeo_open_iterators", "Open transaction and record iterators.",
-                    lambda s: sum(len(x._iterators) for x in s.sessions
-                                  if x._iterators is not None))
+                    lambda s: sum(len(getattr(x, "_iterators", None) or ())
+                                  for x in s.sessions))
         yield gauge("zeo_storage_size_bytes", "The storage's size (getSize).",
                     lambda s: s.storage.getSize())
         yield gauge("zeo_storage_objects", "Objects in the storage (len).",
