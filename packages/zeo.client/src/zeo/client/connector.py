@@ -62,6 +62,7 @@ import asyncio
 import logging
 import random
 import threading
+import time
 from typing import Any, Callable
 
 from ZODB.event import notify
@@ -127,6 +128,8 @@ class ConnectionManager:
         self.ever_connected = False
         #: How the last verification went (for tests and status).
         self.verify_result: str | None = None
+        #: (tid, time.time()) of the last invalidation applied (metrics).
+        self.last_invalidation: tuple[bytes, float] | None = None
         self._protocols: set[ClientProtocol] = set()
         self._closed_protocols: list[ClientProtocol] = []
         self._attempts: dict[Any, asyncio.Task[None]] = {}
@@ -485,6 +488,7 @@ class ConnectionManager:
                     logger.exception('%s: the database failed to take '
                                      'invalidations', self.config.display_name)
             cache.setLastTid(tid)
+        self.last_invalidation = (tid, time.time())
 
     def transaction_finished(self, protocol: ClientProtocol, tid: Any,
                              updates: Any, callback: Callable[[bytes], Any]) -> bytes:

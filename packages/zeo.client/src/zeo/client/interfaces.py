@@ -138,6 +138,11 @@ class IClientStorage(Interface):
     def ping():
         """Make one round trip to the server."""
 
+    def metrics():
+        """This client's figures as plain data, without asking the server:
+        cache hits, misses and size, connections and reconnects, load
+        latency, how far behind the server (see zeo.client.metrics)."""
+
     def sync():
         """With ``server_sync``, a round trip (so that every invalidation
         committed before now has been seen); otherwise nothing."""

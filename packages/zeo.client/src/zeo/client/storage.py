@@ -40,6 +40,7 @@ from zeo.client.config import ClientConfig
 from zeo.client.errors import ClientDisconnected
 from zeo.client.interfaces import IClientStorage
 from zeo.client.iterators import TransactionIterator
+from zeo.client.metrics import LoadTiming, client_metrics
 from zeo.client.runner import Runner
 from zeo.client.storage_blobs import BLOB_CHUNK_SIZE, ClientBlobs, _as_bytes
 from zeo.client.transaction_buffer import TransactionBuffer
@@ -106,6 +107,8 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
         self._transaction: Any = None
         self._tbuf: TransactionBuffer | None = None
         self._dropped_iterators: list[tuple[Any, int]] = []
+        #: Loads the server answered (see zeo.client.metrics).
+        self._load_timing = LoadTiming()
         self._cache = self._open_cache(config)
         try:
             self._open_blobs(config)
@@ -171,6 +174,11 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
     def connection_generation(self) -> int:
         """Bumped each time a connection becomes the one in use."""
         return self._manager.generation
+
+    def metrics(self) -> dict[str, Any]:
+        """This client's figures: cache, connection, load latency, how far
+        behind the server (see `zeo.client.metrics`)."""
+        return client_metrics(self)
 
     def ping(self) -> None:
         """One round trip to the server."""
@@ -243,7 +251,10 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
         result = self._cache.loadBefore(oid, tid)
         if result is not None:
             return result
-        return self._runner.load(oid, tid)
+        started = time.monotonic()
+        result = self._runner.load(oid, tid)
+        self._load_timing.observe(time.monotonic() - started)
+        return result
 
     def load(self, oid: bytes, version: str = '') -> tuple[bytes, bytes]:
         result = self.loadBefore(oid, maxtid)

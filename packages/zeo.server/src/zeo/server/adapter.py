@@ -77,6 +77,10 @@ WRITE_BUFFER_LOW = 256 * 1024
 #: Characters of a reason for closing a connection put in the log.
 MAX_REASON = 1000
 
+#: Calls whose latency (received to answered) the monitor shows, and the
+#: `zeo.server.stats.StorageStats` histogram each goes to.
+TIMED_CALLS = {"vote": "vote_latency", "tpc_finish": "finish_latency"}
+
 
 def receive_buffer() -> memoryview:
     """A buffer for all the connections served by one event loop."""
@@ -124,6 +128,11 @@ class ServerProtocol(asyncio.BufferedProtocol):
         # The served storage's counters, once the client has registered
         # (looked up once: bytes are counted on every read and write).
         self._stats: StorageStats | None = None
+        # For the monitor's status page: since when (epoch), the protocol
+        # agreed, and when the last bytes came (time.monotonic()).
+        self.connected_at = time.time()
+        self.protocol = ""
+        self.last_read = time.monotonic()
 
     # -- asyncio.Protocol -----------------------------------------------------
 
@@ -152,6 +161,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._heard = True
+        self.last_read = _monotonic()
         stats = self._stats or self._registered_stats()
         if stats is not None:
             stats.bytes_in += nbytes
@@ -243,12 +253,14 @@ class ServerProtocol(asyncio.BufferedProtocol):
             self.close(f"unexpected {kind.__name__} from a client")
 
     def _handshake_done(self, event: Any) -> None:
+        self.protocol = event.encoding + bytes(event.version).decode("ascii", "replace")
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
 
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
+        self._budgets.refusals["handshake-timeout"] += 1
         self.close(f"no handshake within {self.config.handshake_timeout:g} seconds")
 
     def _status(self) -> None:
@@ -272,22 +284,27 @@ class ServerProtocol(asyncio.BufferedProtocol):
         _, _, method, args = call  # an event is its wire tuple
         if not self._allowed(method):
             return
+        started = _monotonic() if method in TIMED_CALLS else None
         try:
             result = getattr(self.session, method)(*args)
         except Exception as error:
             self._reply_error(call.msgid, method, error)
+            if started is not None:
+                self._timed(method, started)
             return
         if method == "set_client_label":
             self._relabel()
         if type(result) is Delayed:
             self._delayed += 1
             result.add_callback(
-                lambda error, value: self._settled(call, error, value))
+                lambda error, value: self._settled(call, error, value, started))
         else:
             self._reply(call, result)
+            if started is not None:
+                self._timed(method, started)
 
     def _settled(self, call: Call, error: BaseException | None,
-                 value: Any) -> None:
+                 value: Any, started: float | None = None) -> None:
         self._delayed -= 1
         if self.closed:
             return
@@ -295,6 +312,13 @@ class ServerProtocol(asyncio.BufferedProtocol):
             self._reply(call, value)
         else:
             self._reply_error(call.msgid, call.method, error)
+        if started is not None:
+            self._timed(call.method, started)
+
+    def _timed(self, method: str, started: float) -> None:
+        stats = self._stats or self._registered_stats()
+        if stats is not None:
+            getattr(stats, TIMED_CALLS[method]).observe(_monotonic() - started)
 
     def _reply(self, call: Call, result: Any) -> None:
         try:
@@ -467,6 +491,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
             stats.bytes_out += count
 
     def _overflowed(self, waiting: int) -> None:
+        self._budgets.refusals["max-output-buffer"] += 1
         self.abort(f"the client left {waiting} bytes unread, over the limit"
                    f" of {self._output_limit} bytes (max-output-buffer)")
 
@@ -496,6 +521,9 @@ class ServerProtocol(asyncio.BufferedProtocol):
             transport.writelines(pieces)  # type: ignore[union-attr]
         if not self.closed:
             self._budgets.output_held(self, self.unsent_output())
+
+
+_monotonic = time.monotonic
 
 
 def peer_host(transport: Any) -> str | None:

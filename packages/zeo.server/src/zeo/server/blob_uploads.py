@@ -35,6 +35,7 @@ everything back when it is closed.
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import itertools
 import logging
@@ -80,12 +81,16 @@ class SpoolBudget:
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
         self.used = 0
+        #: Charges refused, by limit (this one, and each transaction's
+        #: max-spool-size, counted by its spool), for the monitor.
+        self.refusals: collections.Counter[str] = collections.Counter()
 
     def __repr__(self) -> str:
         return f"<SpoolBudget {self.used} of {self.limit} bytes>"
 
     def charge(self, nbytes: int) -> None:
         if self.limit is not None and self.used + nbytes > self.limit:
+            self.refusals["max-spool-total"] += 1
             raise TransactionTooLargeError(
                 f"the server's spool space is full: its open transactions hold"
                 f" {self.used} bytes, and {nbytes} more would pass its limit of"

@@ -45,6 +45,7 @@ budget is exceeded, or once per idle sweep.
 from __future__ import annotations
 
 import asyncio
+import collections
 import operator
 from typing import Any, Iterable
 
@@ -83,6 +84,9 @@ class Budgets:
         #: Loop time since which each connection was seen idle.
         self._quiet_since: dict[Any, float] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        #: Connections refused or cut off, by the limit's key (for the
+        #: monitor); the adapter and the server count theirs here too.
+        self.refusals: collections.Counter[str] = collections.Counter()
 
     # -- connections -----------------------------------------------------------
 
@@ -92,6 +96,7 @@ class Budgets:
             return None
         count = self._per_host.get(host, 0)
         if count >= self.per_address:
+            self.refusals["max-connections-per-address"] += 1
             return (f"{count} connections from {host:.100} already"
                     " (max-connections-per-address)")
         self._per_host[host] = count + 1
@@ -137,6 +142,7 @@ class Budgets:
         for connection, held in sorted(self.input_tallies.items(), key=_by_amount, reverse=True):
             if self.input_total <= self.input_limit:
                 break
+            self.refusals["max-total-input-buffer"] += 1
             self._evict(connection, (
                 f"it holds {held} bytes of unfinished requests; all connections"
                 f" together held {total}, over the limit of {self.input_limit}"
@@ -170,6 +176,7 @@ class Budgets:
         for connection, unsent in sorted(tallies.items(), key=_by_amount, reverse=True):
             if self.output_total <= self.output_limit:
                 break
+            self.refusals["max-total-output-buffer"] += 1
             self._evict(connection, (
                 f"it has {unsent} bytes of output unsent; all connections"
                 f" together had {total}, over the limit of {self.output_limit}"
@@ -208,5 +215,6 @@ class Budgets:
             since = quiet.setdefault(connection, now)
             if now - since >= timeout:  # type: ignore[operator]
                 quiet.pop(connection)
+                self.refusals["idle-timeout"] += 1
                 connection.close(f"idle for {now - since:.3g} seconds, at least"
                                  f" {timeout:g} (idle-timeout)")

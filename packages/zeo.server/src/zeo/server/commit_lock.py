@@ -101,13 +101,18 @@ class CommitLock:
     ``locked_since`` and ``waiting_since``; pass ``time.time`` so they can
     be shown as the reference's epoch ``lock_time``.  If *timeout*
     (seconds) is set, *call_later* (``loop.call_later``) and
-    *on_timeout* are required.
+    *on_timeout* are required.  For the monitor, *on_wait(seconds)* is
+    called at every grant with how long the owner waited (0 when the lock
+    was free), and *on_hold(owner, seconds)* at every release by the
+    holder with how long it held the lock.
     """
 
     def __init__(self, *, call_soon: CallSoon, clock: Callable[[], float],
                  timeout: Optional[float] = None,
                  call_later: Optional[CallLater] = None,
                  on_timeout: Optional[Callable[[Hashable], None]] = None,
+                 on_wait: Optional[Callable[[float], None]] = None,
+                 on_hold: Optional[Callable[[Hashable, float], None]] = None,
                  ) -> None:
         self.timeout: Optional[float] = _check_timeout(timeout)
         if self.timeout is not None and (call_later is None
@@ -119,6 +124,8 @@ class CommitLock:
         self._call_later = call_later
         self._clock = clock
         self._on_timeout = on_timeout
+        self._on_wait = on_wait
+        self._on_hold = on_hold
         self._holder: Optional[Hashable] = None
         self._locked_since: Optional[float] = None
         # dicts keep insertion order: this is the FIFO queue, with O(1)
@@ -159,6 +166,11 @@ class CommitLock:
             return waiter.since
         return None
 
+    def waiting_since_of(self, owner: Hashable) -> Optional[float]:
+        """When *owner* started waiting, or None if it is not waiting."""
+        waiter = self._waiters.get(owner)
+        return None if waiter is None else waiter.since
+
     @property
     def holder_timed_out(self) -> bool:
         """See `ICommitLock`."""
@@ -181,6 +193,8 @@ class CommitLock:
                 f" at a time")
         if self._holder is None:
             self._take(owner)
+            if self._on_wait is not None:
+                self._on_wait(0.0)
             return True
         self._waiters[owner] = _Waiter(on_granted, on_dropped, self._clock())
         return False
@@ -189,6 +203,8 @@ class CommitLock:
         """See `ICommitLock`."""
         if owner is not None and owner == self._holder:
             self._stop_timer()
+            if self._on_hold is not None:
+                self._on_hold(owner, max(0.0, self._clock() - self._locked_since))  # type: ignore[operator]
             self._holder = None
             self._locked_since = None
             self._timed_out = False
@@ -203,6 +219,8 @@ class CommitLock:
         first = next(iter(self._waiters))
         waiter = self._waiters.pop(first)
         grant = self._take(first)
+        if self._on_wait is not None:
+            self._on_wait(max(0.0, self._locked_since - waiter.since))  # type: ignore[operator]
         self._call_soon(functools.partial(
             self._notify, first, grant, waiter.on_granted))
 

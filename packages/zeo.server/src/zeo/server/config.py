@@ -95,6 +95,11 @@ DEFAULT_MAX_TOTAL_OUTPUT_BUFFER = 1 << 30
 #: per storage. Unix socket connections count only toward max_connections.
 DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 1000
 
+# -- the monitor endpoint (see zeo.server.monitor) -----------------------------
+#: Seconds of holding the commit lock from which a transaction is listed
+#: among a storage's recent slow transactions on the status page.
+DEFAULT_MONITOR_SLOW_TRANSACTION = 1.0
+
 
 def _check_seconds(name: str, value: Any, *, allow_none: bool = True) -> float | None:
     if value is None and allow_none:
@@ -158,6 +163,10 @@ class ServerConfig:
     #: closed; None (the default): never.
     idle_timeout: float | None = None
     max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+    #: ``(host, port)`` of the monitor endpoint (metrics, status page;
+    #: needs ``zeo.server[monitor]``); None (the default): no endpoint.
+    monitor_address: tuple[str, int] | None = None
+    monitor_slow_transaction: float = DEFAULT_MONITOR_SLOW_TRANSACTION
 
     def __post_init__(self) -> None:
         check_event_loop(self.event_loop)
@@ -199,6 +208,14 @@ class ServerConfig:
     def _check_process_wide_limits(self) -> None:
         _check_seconds("idle_timeout", self.idle_timeout)
         _check_count("max_connections_per_address", self.max_connections_per_address)
+        _check_seconds("monitor_slow_transaction", self.monitor_slow_transaction,
+                       allow_none=False)
+        address = self.monitor_address
+        if address is not None and not (
+                isinstance(address, tuple) and len(address) == 2
+                and isinstance(address[0], str) and type(address[1]) is int
+                and 0 <= address[1] < 65536):
+            raise ValueError(f"monitor_address must be (host, port), not {address!r}")
         for name in ("max_total_input_buffer", "max_total_output_buffer"):
             value = getattr(self, name)
             if value is not None:

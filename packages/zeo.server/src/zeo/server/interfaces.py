@@ -111,6 +111,9 @@ class ICommitLock(Interface):
     waiting_since = Attribute(
         "Clock value when the longest-waiting owner asked, or None.")
 
+    def waiting_since_of(owner):
+        """Clock value when *owner* asked, or None if it is not waiting."""
+
     timeout = Attribute("Seconds an owner may hold the lock, or None.")
 
     holder_timed_out = Attribute(
@@ -252,6 +255,16 @@ class IStorageStats(Interface):
     conflicts_resolved = Attribute("Number of conflicts resolved.")
     bytes_in = Attribute("Bytes received from this storage's clients.")
     bytes_out = Attribute("Bytes sent to this storage's clients.")
+    timeouts = Attribute("Number of transactions aborted by the transaction timeout.")
+    refusals = Attribute("collections.Counter of requests refused by a per-storage"
+                         " limit, by the limit's <zeo> key (for the monitor).")
+    lock_wait = Attribute("Timing of commit-lock waits (for the monitor).")
+    lock_hold = Attribute("Timing of commit-lock holds (for the monitor).")
+    vote_latency = Attribute("Timing of vote calls, received to answered.")
+    finish_latency = Attribute("Timing of tpc_finish calls, received to answered.")
+    slow_transactions = Attribute(
+        "The most recent SlowTransaction records: transactions that held"
+        " the commit lock at least slow_threshold seconds.")
 
     connections = Attribute("Number of registered connections.")
 

@@ -22,6 +22,7 @@ has gone meanwhile; `release` gives the slots back if creation failed.
 
 from __future__ import annotations
 
+import collections
 from typing import Any, Iterator
 
 from zope.interface import implementer
@@ -43,9 +44,13 @@ class IteratorBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        #: Iterators refused, by limit (this one and each connection's
+        #: max-iterators), for the monitor.
+        self.refusals: collections.Counter[str] = collections.Counter()
 
     def acquire(self) -> None:
         if self.used >= self.limit:
+            self.refusals["max-server-iterators"] += 1
             raise TooManyIterators(
                 f"the server already has {self.used} open iterators (limit"
                 f" {self.limit}, max-server-iterators); try again later")
@@ -74,6 +79,7 @@ class IteratorRegistry:
 
     def _new_id(self) -> int:
         if len(self) >= self.limit:
+            self.budget.refusals["max-iterators"] += 1
             raise TooManyIterators(
                 f"this connection already has {len(self)} open iterators (limit"
                 f" {self.limit}, max-iterators); finish or drop some (iterator_gc) first")

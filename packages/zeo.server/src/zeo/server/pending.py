@@ -68,6 +68,8 @@ class PendingTransaction:
         self.tid = _checked_tid(tid, status)
         self.status = status
         self.phase = Phase.SPOOLING
+        #: When tpc_begin came (epoch seconds; shown by the monitor).
+        self.began = time.time()
         self.spool = TransactionSpool(spool_dir, max_size=max_spool_size,
                                       budget=spool_budget)
         self.client_conflict_resolution = client_conflict_resolution

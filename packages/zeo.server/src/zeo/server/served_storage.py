@@ -69,7 +69,8 @@ class ServedStorage:
         self.hooks = hooks
         self.read_only = bool(config.read_only or storage.isReadOnly())
         self.sessions: set[StorageSession] = set()
-        self.stats = StorageStats(start_time=hooks.clock())
+        self.stats = StorageStats(start_time=hooks.clock(),
+                                  slow_threshold=config.monitor_slow_transaction)
         self.queue = InvalidationQueue(config.invalidation_queue_size)
         self.queue.seed_from(storage)
         self.lock = CommitLock(
@@ -78,6 +79,8 @@ class ServedStorage:
             timeout=config.transaction_timeout,
             call_later=hooks.call_later if config.transaction_timeout else None,
             on_timeout=self._transaction_timed_out if config.transaction_timeout else None,
+            on_wait=self.stats.lock_waited,
+            on_hold=self._lock_held,
         )
         self.supports_undo = bool(getattr(storage, "supportsUndo", lambda: False)())
         self.blob_dir = _blob_dir(storage)
@@ -186,7 +189,11 @@ class ServedStorage:
     def _transaction_timed_out(self, session: StorageSession) -> None:
         # The watchdog fires for the current lock holder only; the session
         # aborts its storage transaction, which releases the lock, and closes.
+        self.stats.timeouts += 1
         session.transaction_timed_out(self.config.transaction_timeout)
+
+    def _lock_held(self, session: StorageSession, seconds: float) -> None:
+        self.stats.lock_held(session.label, seconds, self.hooks.clock())
 
     # -- status -------------------------------------------------------------
 

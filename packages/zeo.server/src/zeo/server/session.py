@@ -444,6 +444,7 @@ class StorageSession:
             # A client that does not read would hold the lock, unanswerable,
             # until the transaction timeout: pass it over (the lock goes on
             # to the next waiter) with a reply it can retry on.
+            self.served.stats.refusals["reader-stall-timeout"] += 1  # type: ignore[union-attr]
             self._refuse_vote(
                 delayed, f"its turn for the commit lock came while its replies had"
                 f" been left unread for {stalled:.1f} s (reader-stall-timeout"
@@ -465,6 +466,7 @@ class StorageSession:
         if self.txn is not txn or delayed.settled:
             return   # aborted or disconnected meanwhile: already answered
         timeout = self.served.config.transaction_timeout  # type: ignore[union-attr]
+        self.served.stats.refusals["transaction-timeout"] += 1  # type: ignore[union-attr]
         self._refuse_vote(
             delayed, f"its vote waited {waited:.1f} s for the commit lock, whose"
             f" holder timed out; dropped from the queue",

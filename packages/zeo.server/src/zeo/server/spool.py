@@ -381,6 +381,8 @@ class TransactionSpool:
         """Check *total* (this transaction's bytes with *nbytes* more)
         against max_size, then charge *nbytes* to the budget."""
         if self.max_size is not None and total > self.max_size:
+            if self._budget is not None:
+                self._budget.refusals["max-spool-size"] += 1
             raise TransactionTooLargeError(
                 f"transaction too large: spooling {what} would bring it to"
                 f" {total} bytes (blob uploads included), over the server's"

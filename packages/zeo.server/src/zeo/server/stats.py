@@ -9,15 +9,24 @@ that look keys up by name ignore them.
 No clock is read here: the caller passes the start time and ``now``
 (epoch seconds, i.e. ``time.time()``, because the reference reports
 ``lock_time`` as an epoch float and ``start`` as ``time.ctime`` text).
+
+The monitor endpoint (`zeo.server.monitor`) reads more than ``as_dict``
+reports: the `Timing` histograms (commit-lock wait and hold, vote and
+finish latency), ``timeouts``, ``refusals`` and the recent slow
+transactions. They are plain ints and floats, updated on the event loop
+and read there: nothing here locks or imports the metrics library.
 """
 from __future__ import annotations
 
+import bisect
+import collections
 import heapq
 import time
 from collections.abc import Callable
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 from typing import Any
+from typing import NamedTuple
 from typing import Optional
 from typing import Union
 
@@ -30,7 +39,7 @@ if TYPE_CHECKING:
     from zeo.server.commit_lock import CommitLock
 
 
-__all__ = ['StorageStats']
+__all__ = ['LATENCY_BOUNDS', 'SlowTransaction', 'StorageStats', 'Timing']
 
 #: The reference's value for ``timeout-thread-is-alive`` when no
 #: transaction timeout is configured.
@@ -44,15 +53,69 @@ REFERENCE_KEYS = (
 )
 
 
+#: Upper bounds (seconds) of the latency histograms' buckets; a last,
+#: unbounded bucket follows. From a millisecond (an uncontended commit)
+#: to a minute (twice the default transaction timeout).
+LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                  1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+#: Slow transactions remembered per storage (the most recent ones).
+SLOW_TRANSACTIONS_KEPT = 20
+
+
+class Timing:
+    """A histogram of durations as plain counts: ``counts[i]`` durations
+    at most ``LATENCY_BOUNDS[i]`` (and above the bound before), the last
+    count for the rest; ``total`` their sum in seconds."""
+
+    __slots__ = ('counts', 'total')
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BOUNDS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.counts[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1
+        self.total += seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+class SlowTransaction(NamedTuple):
+    """A transaction that held the commit lock at least the threshold."""
+
+    ended: float     # epoch seconds when it released the lock
+    label: str       # its connection's label
+    held: float      # seconds it held the lock
+
+
 @implementer(IStorageStats)
 class StorageStats:
     """See `IStorageStats`.
 
-    *start_time* is the epoch time at which the storage started serving.
+    *start_time* is the epoch time at which the storage started serving;
+    a transaction holding the commit lock for *slow_threshold* seconds or
+    more is remembered in ``slow_transactions``.
     """
 
-    def __init__(self, start_time: float) -> None:
+    def __init__(self, start_time: float, slow_threshold: float = 1.0) -> None:
         self.start_time = start_time
+        self.slow_threshold = slow_threshold
+        #: Transactions aborted by the transaction timeout.
+        self.timeouts = 0
+        #: Requests refused by a per-storage limit, by the limit's key.
+        self.refusals: collections.Counter[str] = collections.Counter()
+        #: Commit-lock wait (vote to grant) and hold (grant to release)
+        #: times; vote and finish latency (the call to its reply).
+        self.lock_wait = Timing()
+        self.lock_hold = Timing()
+        self.vote_latency = Timing()
+        self.finish_latency = Timing()
+        self.slow_transactions: collections.deque[SlowTransaction] = \
+            collections.deque(maxlen=SLOW_TRANSACTIONS_KEPT)
         self.loads = 0
         self.stores = 0
         self.commits = 0
@@ -70,6 +133,17 @@ class StorageStats:
     def __repr__(self) -> str:
         return (f'<{type(self).__name__} connections={self._connections}'
                 f' commits={self.commits}>')
+
+    def lock_waited(self, seconds: float) -> None:
+        """The commit lock was granted after *seconds* of waiting."""
+        self.lock_wait.observe(seconds)
+
+    def lock_held(self, label: str, seconds: float, now: float) -> None:
+        """The connection *label* released the commit lock after holding
+        it *seconds*; *now* is the epoch time."""
+        self.lock_hold.observe(seconds)
+        if seconds >= self.slow_threshold:
+            self.slow_transactions.append(SlowTransaction(now, label, seconds))
 
     @property
     def connections(self) -> int:

@@ -80,6 +80,8 @@ class StorageServer:
         self.budgets = Budgets(self.config)
         #: Spooled and uploaded bytes of every open transaction, all storages.
         self.spool_budget = SpoolBudget(self.config.max_spool_total)
+        #: The monitor endpoint (zeo.server.monitor), if monitor_address is set.
+        self.monitor: Any = None
         self.closed = False
 
     # -- starting and stopping -------------------------------------------------
@@ -96,6 +98,9 @@ class StorageServer:
         for address in addresses:
             await self._listen(loop, address)
         self.budgets.start(loop, self.connections)
+        if self.config.monitor_address is not None:
+            from zeo.server.monitor import start_monitor
+            self.monitor = await start_monitor(self, self.config.monitor_address)
         zope.event.notify(Serving(self, list(self.addresses)))
         for name, served in self.storages.items():
             logger.info("serving storage %r (%s) on %s%s", name, served.storage.getName(),
@@ -125,6 +130,8 @@ class StorageServer:
             return
         self.closed = True
         self.budgets.stop()
+        if self.monitor is not None:
+            await self.monitor.close()
         for listener in self._listeners:
             listener.close()
         for connection in list(self.connections):
@@ -145,6 +152,7 @@ class StorageServer:
 
     def connection_opened(self, connection: ServerProtocol) -> bool:
         if self.closed or len(self.connections) >= self.config.max_connections:
+            self.budgets.refusals["max-connections"] += 1
             logger.warning("%s: refused: the server already has %d connections"
                            " (max-connections)", connection.label, len(self.connections))
             connection.close(None)

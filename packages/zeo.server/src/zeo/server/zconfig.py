@@ -103,6 +103,8 @@ def zeo_section(section: Any) -> ZeoSection:
     fields["max_total_output_buffer"] = section.max_total_output_buffer
     fields["idle_timeout"] = section.idle_timeout
     fields["max_connections_per_address"] = section.max_connections_per_address
+    fields["monitor_address"] = section.monitor_address
+    fields["monitor_slow_transaction"] = section.monitor_slow_transaction
     address = getattr(section.address, "address", section.address)
     if isinstance(address, tuple):   # no port (``address HOST``): a free one
         address = (address[0] or "", address[1] or 0)
