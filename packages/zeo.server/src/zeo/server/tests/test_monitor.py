@@ -233,7 +233,7 @@ class StatusPageTests(unittest.TestCase):
         self.assertEqual(states, {EVIL_LABEL: "idle", "conflicting": "idle",
                                   HOLDER_LABEL: "committing", "waiter": "waiting"})
         holder = [c for c in data["connections"] if c["label"] == HOLDER_LABEL][0]
-        self.assertEqual(holder["protocol"], "M5")
+        self.assertEqual(holder["protocol"], "Z5")  # the default encoding
         self.assertEqual(holder["storage"], "1")
         self.assertTrue(holder["address"].startswith("127.0.0.1:"))
         self.assertGreaterEqual(holder["state_for"], 0)
