@@ -105,10 +105,12 @@ def pip_sources(python: Path) -> list[str]:
     listed = subprocess.run(
         [str(python), "-m", "pip", "config", "list"],
         capture_output=True, text=True, check=False)
-    return [
-        line for line in listed.stdout.splitlines()
-        if line.partition("=")[0].rpartition(".")[2] in PIP_SOURCE_KEYS
-    ]
+    sources = []
+    for line in listed.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.rpartition(".")[2] in PIP_SOURCE_KEYS and value.strip("'\""):
+            sources.append(line)
+    return sources
 
 
 def make_toolchain() -> Path:
