@@ -246,6 +246,15 @@ class BootstrapOfflineTests(unittest.TestCase):
         self.assertNotIn(f"127.0.0.1:{self.refuser.getsockname()[1]}", result.stdout)
         return result
 
+    def write_default_cfg(self, *, index: str, eggs_directory: str) -> None:
+        """``~/.buildout/default.cfg`` in the temporary HOME. The eggs
+        directory is given whole (``eggs-directory-version`` empty)."""
+        home = self.tmp / "home" / ".buildout"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "default.cfg").write_text(
+            f"[buildout]\nindex = {index}\neggs-directory = {eggs_directory}\n"
+            "eggs-directory-version =\n")
+
     def test_empty_index_fails_at_once_and_names_it(self):
         result = self.bootstrap(f"buildout:index={self.empty_index}",
                                 index_url=self.empty_index)
@@ -267,21 +276,42 @@ class BootstrapOfflineTests(unittest.TestCase):
             stem = f"{re.sub(r'[-_.]+', '_', name)}-{version}"
             wheels.append(repack_wheel(site_packages / f"{stem}.dist-info", wheels_dir))
         toolchain_index = write_index(self.tmp / "toolchain", wheels)
-        # The buildout's index is empty: every egg must come from the eggs
-        # directory. It stays the same for both runs (it is a part option).
-        args = (f"buildout:index={self.empty_index}",
-                f"buildout:eggs-directory={checkout_eggs_directory()}",
-                "buildout:eggs-directory-version=")
+        # As docs/development.rst has it: the buildout's settings in
+        # ~/.buildout/default.cfg, the same for every run. Its index is
+        # empty: every egg must come from the shared eggs directory.
+        self.write_default_cfg(index=self.empty_index,
+                               eggs_directory=checkout_eggs_directory())
 
-        first = self.bootstrap(*args, index_url=toolchain_index)
+        first = self.bootstrap(index_url=toolchain_index)
         self.assertEqual(first.returncode, 0, first.stdout)
         self.assertIn(f":env:.index-url='{toolchain_index}'", first.stdout)
         self.assertTrue((self.clone / "bin" / "test").exists(), first.stdout)
 
         # pip's index is empty now too: nothing may be fetched at all.
-        second = self.bootstrap(*args, index_url=self.empty_index)
+        second = self.bootstrap(index_url=self.empty_index)
         self.assertEqual(second.returncode, 0, second.stdout)
         for word in ("creating the toolchain", "Installing", "Uninstalling",
                      "Getting distribution", "Generated", "arning", "rror"):
             self.assertNotIn(word, second.stdout)
         self.assertIn("Updating test.", second.stdout)
+
+    def test_buildout_looks_for_a_missing_egg_in_its_index_only(self):
+        # The checkout's own bin/buildout on a buildout of one part in the
+        # temporary directory, with ~/.buildout/default.cfg as above but an
+        # empty eggs directory: the recipe's egg is looked up in the index
+        # configured there, and nowhere else.
+        self.write_default_cfg(index=self.empty_index,
+                               eggs_directory=str(self.tmp / "eggs"))
+        cfg = self.tmp / "one-part.cfg"
+        cfg.write_text("[buildout]\nparts = one\n\n"
+                       "[one]\nrecipe = zc.recipe.egg\neggs = zc.lockfile\n")
+        env = offline_env(self.tmp / "home", self.refuser.getsockname()[1])
+        result = subprocess.run(
+            [str(CHECKOUT / "bin" / "buildout"), "-N", "-c", str(cfg)],
+            cwd=self.tmp, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, timeout=RUN_TIMEOUT)
+        self.assertNotEqual(result.returncode, 0, result.stdout)
+        empty = self.empty_index.removeprefix("file://")
+        self.assertIn(f"Not found: {empty}/zc-recipe-egg/", result.stdout)
+        self.assertIn("Couldn't find a distribution for 'zc.recipe.egg", result.stdout)
+        self.assertNotIn(f"127.0.0.1:{self.refuser.getsockname()[1]}", result.stdout)
