@@ -6,13 +6,22 @@ Run ``python3 bootstrap.py``. It
 1. makes a toolchain virtual environment in ``.venv`` (only the build tools
    live there: pip, setuptools, wheel and zc.buildout, each pinned below);
 2. turns off pip's build isolation inside that environment, so develop eggs
-   rebuild in seconds instead of fetching setuptools again on every run;
+   rebuild in seconds, and without the network, instead of fetching
+   setuptools from the index again on every run;
 3. runs ``buildout bootstrap`` once to write ``bin/buildout``;
 4. runs ``bin/buildout -N``, which installs every part of ``buildout.cfg``.
 
 A re-run finds everything in place and only runs step 4, which changes
-nothing when ``buildout.cfg`` did not change. Extra arguments are passed on
-to ``bin/buildout`` (for example ``python3 bootstrap.py -c other.cfg``).
+nothing when ``buildout.cfg`` did not change, and asks no index for
+anything. Extra arguments are passed on to ``bin/buildout`` (for example
+``python3 bootstrap.py -c other.cfg``); ``python3 bootstrap.py --toolchain``
+only prints the toolchain's pins (to fetch them ahead of an offline build).
+
+Where things come from is left to the tools' own settings, untouched: pip
+(the toolchain) reads ``PIP_INDEX_URL``, ``PIP_FIND_LINKS``, ``PIP_NO_INDEX``
+and its pip.conf files; buildout (the eggs) reads ``index``, ``find-links``,
+``download-cache`` and ``eggs-directory`` from ``~/.buildout/default.cfg``,
+``buildout.cfg`` or the command line. docs/development.rst shows how.
 
 Standard library only: this script runs before anything is installed.
 """

@@ -6,8 +6,9 @@ that refuses connections, pip's settings come only from the environment the
 test gives, and ``HOME`` is a temporary directory (no ``~/.buildout``, no
 user pip configuration, no pip cache). The indexes are local directories
 (``file://`` URLs in the PEP 503 layout). The toolchain wheels come from the
-checkout's own ``.venv``, zipped back up from the files its RECORDs list, and
-the eggs from the checkout's eggs directory, which the copy only reads.
+checkout's own ``.venv``, zipped back up from the files its RECORDs list
+(``pip download`` would need the network), and the eggs from the
+checkout's eggs directory, which the copy only reads.
 
 These tests need a checkout made by ``bootstrap.py``; under tox there is
 none and they are skipped, as test_layout's are.
@@ -232,7 +233,7 @@ class BootstrapOfflineTests(unittest.TestCase):
         self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
         self.refuser = closed_port()
         self.addCleanup(self.refuser.close)
-        self.clone = copy_checkout(self.tmp / "checkout")
+        self.clone = self.tmp / "checkout"
         self.empty_index = write_index(self.tmp / "empty", [])
 
     def bootstrap(self, *args: str, **pip: str) -> subprocess.CompletedProcess:
@@ -256,6 +257,7 @@ class BootstrapOfflineTests(unittest.TestCase):
             "eggs-directory-version =\n")
 
     def test_empty_index_fails_at_once_and_names_it(self):
+        copy_checkout(self.clone)
         result = self.bootstrap(f"buildout:index={self.empty_index}",
                                 index_url=self.empty_index)
         self.assertNotEqual(result.returncode, 0, result.stdout)
@@ -267,24 +269,24 @@ class BootstrapOfflineTests(unittest.TestCase):
         self.assertFalse((self.clone / "bin" / "buildout").exists())
 
     def test_second_build_needs_no_network_and_changes_nothing(self):
+        copy_checkout(self.clone)
         site_packages = next((CHECKOUT / ".venv" / "lib").glob("python*/site-packages"))
         wheels_dir = self.tmp / "wheels"
         wheels_dir.mkdir()
-        bootstrap = load_bootstrap()
-        wheels = []
-        for name, version in bootstrap.TOOLCHAIN.items():
+        for name, version in load_bootstrap().TOOLCHAIN.items():
             stem = f"{re.sub(r'[-_.]+', '_', name)}-{version}"
-            wheels.append(repack_wheel(site_packages / f"{stem}.dist-info", wheels_dir))
-        toolchain_index = write_index(self.tmp / "toolchain", wheels)
+            repack_wheel(site_packages / f"{stem}.dist-info", wheels_dir)
         # As docs/development.rst has it: the buildout's settings in
         # ~/.buildout/default.cfg, the same for every run. Its index is
         # empty: every egg must come from the shared eggs directory.
         self.write_default_cfg(index=self.empty_index,
                                eggs_directory=checkout_eggs_directory())
 
-        first = self.bootstrap(index_url=toolchain_index)
+        # The toolchain from a directory of wheels, pip asking no index, as
+        # the docs have it for a fresh checkout offline.
+        first = self.bootstrap(no_index="1", find_links=str(wheels_dir))
         self.assertEqual(first.returncode, 0, first.stdout)
-        self.assertIn(f":env:.index-url='{toolchain_index}'", first.stdout)
+        self.assertIn(f":env:.find-links='{wheels_dir}'", first.stdout)
         self.assertTrue((self.clone / "bin" / "test").exists(), first.stdout)
 
         # pip's index is empty now too: nothing may be fetched at all.
