@@ -41,6 +41,8 @@ __all__ = [
     "PostgresLayer",
     "STANDBY_LAYER",
     "StandbyLayer",
+    "create_root",
+    "open_relstorage",
     "relstorage_section",
 ]
 
@@ -333,5 +335,27 @@ def relstorage_section(dsn: str, *, keep_history: bool = True, **options: str) -
             f"</relstorage>\n")
 
 
-POSTGRES_LAYER = PostgresLayer()
-STANDBY_LAYER = StandbyLayer(POSTGRES_LAYER)
+def open_relstorage(dsn: str, *, keep_history: bool = True) -> Any:
+    """A RelStorage on PostgreSQL at *dsn* (its schema made if missing)."""
+    from relstorage.adapters.postgresql import PostgreSQLAdapter
+    from relstorage.options import Options
+    from relstorage.storage import RelStorage
+
+    options = Options(keep_history=keep_history)
+    return RelStorage(PostgreSQLAdapter(dsn=dsn, options=options), options=options)
+
+
+def create_root(dsn: str, *, keep_history: bool = True) -> None:
+    """Make the schema and the root object of a new RelStorage database.
+
+    A zeo.client cannot do it through our server yet: the storage's
+    ``relstorage.interfaces.POSKeyError`` for the missing root reaches the
+    client as a ``RemoteError``, not as a ``POSKeyError``.
+    """
+    import ZODB
+
+    ZODB.DB(open_relstorage(dsn, keep_history=keep_history)).close()
+
+
+POSTGRES_LAYER = PostgresLayer("PostgreSQL")
+STANDBY_LAYER = StandbyLayer(POSTGRES_LAYER, "PostgreSQLStandby")

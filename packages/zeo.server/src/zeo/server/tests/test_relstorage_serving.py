@@ -1,0 +1,81 @@
+"""RelStorage on a real PostgreSQL, directly and served by our runzeo.
+
+The database comes from `zeo.server.tests.postgres.POSTGRES_LAYER`; every
+test has a database of its own.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import unittest
+
+import transaction
+import ZODB
+from ZODB.utils import z64
+
+import zeo.client
+from zeo.server.tests.postgres import (
+    POSTGRES_LAYER, create_root, open_relstorage, relstorage_section)
+from zeo.server.tests.serverprocess import ServerProcess
+
+__all__ = ["RelStorageTests", "ServedRelStorageTests"]
+
+
+class RelStorageTests(unittest.TestCase):
+    layer = POSTGRES_LAYER
+
+    def test_history_preserving_relstorage_commits_and_reads_back(self):
+        dsn = POSTGRES_LAYER.new_database()
+        db = ZODB.DB(open_relstorage(dsn, keep_history=True))
+        try:
+            with db.transaction() as connection:
+                connection.root.answer = 42
+        finally:
+            db.close()
+        storage = open_relstorage(dsn, keep_history=True)
+        db = ZODB.DB(storage)
+        try:
+            with db.transaction() as connection:
+                self.assertEqual(connection.root.answer, 42)
+            self.assertTrue(storage.supportsUndo())
+            # The root's creation and the change to it.
+            self.assertEqual(len(storage.history(z64, size=10)), 2)
+        finally:
+            db.close()
+
+
+class ServedRelStorageTests(unittest.TestCase):
+    layer = POSTGRES_LAYER
+
+    def setUp(self):
+        self.directory = tempfile.mkdtemp(prefix="zeo-relstorage-")
+        self.dsn = POSTGRES_LAYER.new_database()
+        create_root(self.dsn)
+        self.server = ServerProcess(self.directory, storage=relstorage_section(self.dsn))
+
+    def tearDown(self):
+        transaction.abort()
+        self.server.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def test_runzeo_serves_relstorage_to_a_zeo_client(self):
+        db = zeo.client.DB(self.server.address)
+        try:
+            with db.transaction() as connection:
+                connection.root.answer = 42
+        finally:
+            db.close()
+        db = zeo.client.DB(self.server.address)
+        try:
+            with db.transaction() as connection:
+                self.assertEqual(connection.root.answer, 42)
+        finally:
+            db.close()
+        # It is in PostgreSQL: RelStorage opened directly reads it.
+        db = ZODB.DB(open_relstorage(self.dsn))
+        try:
+            with db.transaction() as connection:
+                self.assertEqual(connection.root.answer, 42)
+        finally:
+            db.close()
