@@ -6,7 +6,10 @@ test has a database of its own.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
 import tempfile
 import unittest
 
@@ -17,9 +20,11 @@ from ZODB.utils import z64
 import zeo.client
 from zeo.server.tests.postgres import (
     POSTGRES_LAYER, create_root, open_relstorage, relstorage_section)
-from zeo.server.tests.serverprocess import ServerProcess
+from zeo.server.tests.rawclient import connect_when_ready
+from zeo.server.tests.serverprocess import ServerProcess, free_port
+from zeo.server.tests.test_layout import CHECKOUT
 
-__all__ = ["RelStorageTests", "ServedRelStorageTests"]
+__all__ = ["RelStorageTests", "ServedRelStorageTests", "BuildoutRunzeoTests"]
 
 
 class RelStorageTests(unittest.TestCase):
@@ -79,3 +84,43 @@ class ServedRelStorageTests(unittest.TestCase):
                 self.assertEqual(connection.root.answer, 42)
         finally:
             db.close()
+
+
+@unittest.skipIf(CHECKOUT is None or not (CHECKOUT / "bin" / "runzeo").exists(),
+                 "no buildout scripts")
+class BuildoutRunzeoTests(unittest.TestCase):
+    """The buildout's ``bin/runzeo`` has RelStorage on its path."""
+
+    layer = POSTGRES_LAYER
+
+    def test_bin_runzeo_serves_relstorage(self):
+        directory = tempfile.mkdtemp(prefix="zeo-relstorage-")
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        dsn = POSTGRES_LAYER.new_database()
+        create_root(dsn)
+        address = ("127.0.0.1", free_port())
+        path = os.path.join(directory, "zeo.conf")
+        with open(path, "w") as f:
+            f.write("<zeo>\n  address %s:%d\n</zeo>\n" % address)
+            f.write(relstorage_section(dsn))
+        with open(os.path.join(directory, "runzeo.log"), "wb") as log:
+            process = subprocess.Popen([str(CHECKOUT / "bin" / "runzeo"), "-C", path],
+                                       stdout=subprocess.DEVNULL, stderr=log, cwd=directory)
+        try:
+            connect_when_ready(address, timeout=60).close()
+            db = zeo.client.DB(address)
+            try:
+                with db.transaction() as connection:
+                    connection.root.answer = 42
+                with db.transaction() as connection:
+                    self.assertEqual(connection.root.answer, 42)
+            finally:
+                db.close()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(30)
+        self.assertEqual(process.returncode, 0)
