@@ -25,12 +25,14 @@ on another port.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -42,6 +44,7 @@ __all__ = [
     "STANDBY_LAYER",
     "StandbyLayer",
     "create_root",
+    "increment_concurrently",
     "open_relstorage",
     "relstorage_section",
 ]
@@ -220,6 +223,8 @@ class PostgresLayer:
             _chown_tree(self.root, run_as)
             bindir = _usable_bindir(self.root, run_as)
             self.cluster = Cluster(self.root, "primary", bindir, run_as)
+            # Stopped when the test run ends without tearing the layer down.
+            atexit.register(self.tearDown)
             self.cluster.run("initdb", "-D", self.cluster.data, "--auth=trust",
                              "-U", "postgres", "-E", "UTF8", "--locale=C",
                              "--no-sync", "--no-instructions")
@@ -231,6 +236,7 @@ class PostgresLayer:
         self.setup_seconds = time.monotonic() - began
 
     def tearDown(self) -> None:
+        atexit.unregister(self.tearDown)
         if self.cluster is not None:
             try:
                 self.cluster.stop()
@@ -291,6 +297,7 @@ class StandbyLayer:
         try:
             _chown_tree(self.root, primary.run_as)
             self.cluster = Cluster(self.root, "standby", primary.bindir, primary.run_as)
+            atexit.register(self.tearDown)
             self.cluster.run("pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port),
                              "-U", "postgres", "-D", self.cluster.data, "-R",
                              "-X", "stream", "--no-sync", "-c", "fast")
@@ -303,6 +310,7 @@ class StandbyLayer:
         self.setup_seconds = time.monotonic() - began
 
     def tearDown(self) -> None:
+        atexit.unregister(self.tearDown)
         if self.cluster is not None:
             try:
                 self.cluster.stop()
@@ -355,6 +363,73 @@ def create_root(dsn: str, *, keep_history: bool = True) -> None:
     import ZODB
 
     ZODB.DB(open_relstorage(dsn, keep_history=keep_history)).close()
+
+
+def increment_concurrently(address: Any, *, clients: int = 4, increments: int = 25,
+                           attempts: int = 50) -> dict[str, Any]:
+    """*clients* zeo.client DBs on *address*, in threads, each adding 1 to
+    ``root.counter['n']`` *increments* times, retrying on ConflictError.
+
+    Returns ``landed`` (commits that succeeded), ``retries`` (ConflictErrors
+    retried), ``errors`` (other exceptions' reprs, each giving up on that
+    increment) and ``final`` (the counter read afterwards). With a correct
+    server ``landed == final == clients * increments`` and no errors.
+    """
+    import transaction
+    from persistent.mapping import PersistentMapping
+    from ZODB.POSException import ConflictError
+
+    import zeo.client
+
+    db = zeo.client.DB(address)
+    try:
+        with db.transaction() as connection:
+            connection.root.counter = PersistentMapping(n=0)
+    finally:
+        db.close()
+    result: dict[str, Any] = {"landed": 0, "retries": 0, "errors": []}
+    lock = threading.Lock()
+
+    def client() -> None:
+        manager = transaction.TransactionManager()
+        db = zeo.client.DB(address)
+        try:
+            connection = db.open(manager)
+            for _ in range(increments):
+                for _ in range(attempts):
+                    manager.begin()
+                    try:
+                        connection.root.counter["n"] += 1
+                        manager.commit()
+                    except ConflictError:
+                        manager.abort()
+                        with lock:
+                            result["retries"] += 1
+                        continue
+                    except Exception as error:
+                        manager.abort()
+                        with lock:
+                            result["errors"].append(f"{error!r:.300}")
+                        break
+                    with lock:
+                        result["landed"] += 1
+                    break
+            connection.close()
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    db = zeo.client.DB(address)
+    try:
+        with db.transaction() as connection:
+            result["final"] = connection.root.counter["n"]
+    finally:
+        db.close()
+    return result
 
 
 POSTGRES_LAYER = PostgresLayer("PostgreSQL")

@@ -19,12 +19,14 @@ from ZODB.utils import z64
 
 import zeo.client
 from zeo.server.tests.postgres import (
-    POSTGRES_LAYER, create_root, open_relstorage, relstorage_section)
+    POSTGRES_LAYER, create_root, increment_concurrently, open_relstorage,
+    relstorage_section)
 from zeo.server.tests.rawclient import connect_when_ready
 from zeo.server.tests.serverprocess import ServerProcess, free_port
 from zeo.server.tests.test_layout import CHECKOUT
 
-__all__ = ["RelStorageTests", "ServedRelStorageTests", "BuildoutRunzeoTests"]
+__all__ = ["BuildoutRunzeoTests", "IncrementConcurrentlyTests", "RelStorageTests",
+           "ServedRelStorageTests"]
 
 
 class RelStorageTests(unittest.TestCase):
@@ -84,6 +86,21 @@ class ServedRelStorageTests(unittest.TestCase):
                 self.assertEqual(connection.root.answer, 42)
         finally:
             db.close()
+
+
+class IncrementConcurrentlyTests(unittest.TestCase):
+    """The contention helper, on a FileStorage server: every commit lands."""
+
+    def test_every_increment_lands_on_a_file_storage(self):
+        directory = tempfile.mkdtemp(prefix="zeo-increments-")
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        server = ServerProcess(directory)
+        try:
+            result = increment_concurrently(server.address, clients=4, increments=25)
+        finally:
+            server.stop()
+        self.assertEqual(result["errors"], [])
+        self.assertEqual((result["landed"], result["final"]), (100, 100))
 
 
 @unittest.skipIf(CHECKOUT is None or not (CHECKOUT / "bin" / "runzeo").exists(),
