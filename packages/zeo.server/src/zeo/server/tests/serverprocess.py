@@ -42,17 +42,19 @@ class ServerProcess:
     """``python -m zeo.server.runzeo`` on a FileStorage in *directory*."""
 
     def __init__(self, directory: str, *args: str,
-                 zeo_options: dict[str, str] | None = None) -> None:
+                 zeo_options: dict[str, str] | None = None,
+                 storage: str | None = None) -> None:
         """*zeo_options*: ``<zeo>`` keys and values, given to runzeo in a
-        configuration file."""
+        configuration file; *storage*: the storage's section(s) for that
+        file instead of a FileStorage (e.g. `postgres.relstorage_section`)."""
         self.directory = directory
         self.path = os.path.join(directory, "Data.fs")
         self.address = ("127.0.0.1", free_port())
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         self.log = open(os.path.join(directory, "runzeo.log"), "wb")
         where = ["-a", "%s:%d" % self.address, "-f", self.path]
-        if zeo_options:
-            where = ["-C", self._write_configuration(zeo_options)]
+        if zeo_options or storage:
+            where = ["-C", self._write_configuration(zeo_options or {}, storage)]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "zeo.server.runzeo", *where, *args],
             env=env, stdout=subprocess.DEVNULL, stderr=self.log, cwd=directory)
@@ -63,12 +65,13 @@ class ServerProcess:
             self.stop()
             raise
 
-    def _write_configuration(self, zeo_options: dict[str, str]) -> str:
+    def _write_configuration(self, zeo_options: dict[str, str],
+                             storage: str | None = None) -> str:
         path = os.path.join(self.directory, "zeo.conf")
         keys = "".join(f"  {key} {value}\n" for key, value in zeo_options.items())
         with open(path, "w") as f:
             f.write(f"<zeo>\n  address %s:%d\n{keys}</zeo>\n" % self.address)
-            f.write(f"<filestorage 1>\n  path {self.path}\n</filestorage>\n")
+            f.write(storage or f"<filestorage 1>\n  path {self.path}\n</filestorage>\n")
         return path
 
     def client(self, **options) -> RawClient:

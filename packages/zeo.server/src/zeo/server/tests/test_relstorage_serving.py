@@ -1,0 +1,143 @@
+"""RelStorage on a real PostgreSQL, directly and served by our runzeo.
+
+The database comes from `zeo.server.tests.postgres.POSTGRES_LAYER`; every
+test has a database of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import unittest
+
+import transaction
+import ZODB
+from ZODB.utils import z64
+
+import zeo.client
+from zeo.server.tests.postgres import (
+    POSTGRES_LAYER, create_root, increment_concurrently, open_relstorage,
+    relstorage_section)
+from zeo.server.tests.rawclient import connect_when_ready
+from zeo.server.tests.serverprocess import ServerProcess, free_port
+from zeo.server.tests.test_layout import CHECKOUT
+
+__all__ = ["BuildoutRunzeoTests", "IncrementConcurrentlyTests", "RelStorageTests",
+           "ServedRelStorageTests"]
+
+
+class RelStorageTests(unittest.TestCase):
+    layer = POSTGRES_LAYER
+
+    def test_history_preserving_relstorage_commits_and_reads_back(self):
+        dsn = POSTGRES_LAYER.new_database()
+        db = ZODB.DB(open_relstorage(dsn, keep_history=True))
+        try:
+            with db.transaction() as connection:
+                connection.root.answer = 42
+        finally:
+            db.close()
+        storage = open_relstorage(dsn, keep_history=True)
+        db = ZODB.DB(storage)
+        try:
+            with db.transaction() as connection:
+                self.assertEqual(connection.root.answer, 42)
+            self.assertTrue(storage.supportsUndo())
+            # The root's creation and the change to it.
+            self.assertEqual(len(storage.history(z64, size=10)), 2)
+        finally:
+            db.close()
+
+
+class ServedRelStorageTests(unittest.TestCase):
+    layer = POSTGRES_LAYER
+
+    def setUp(self):
+        self.directory = tempfile.mkdtemp(prefix="zeo-relstorage-")
+        self.dsn = POSTGRES_LAYER.new_database()
+        create_root(self.dsn)
+        self.server = ServerProcess(self.directory, storage=relstorage_section(self.dsn))
+
+    def tearDown(self):
+        transaction.abort()
+        self.server.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def test_runzeo_serves_relstorage_to_a_zeo_client(self):
+        db = zeo.client.DB(self.server.address)
+        try:
+            with db.transaction() as connection:
+                connection.root.answer = 42
+        finally:
+            db.close()
+        db = zeo.client.DB(self.server.address)
+        try:
+            with db.transaction() as connection:
+                self.assertEqual(connection.root.answer, 42)
+        finally:
+            db.close()
+        # It is in PostgreSQL: RelStorage opened directly reads it.
+        db = ZODB.DB(open_relstorage(self.dsn))
+        try:
+            with db.transaction() as connection:
+                self.assertEqual(connection.root.answer, 42)
+        finally:
+            db.close()
+
+
+class IncrementConcurrentlyTests(unittest.TestCase):
+    """The contention helper, on a FileStorage server: every commit lands."""
+
+    def test_every_increment_lands_on_a_file_storage(self):
+        directory = tempfile.mkdtemp(prefix="zeo-increments-")
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        server = ServerProcess(directory)
+        try:
+            result = increment_concurrently(server.address, clients=4, increments=25)
+        finally:
+            server.stop()
+        self.assertEqual(result["errors"], [])
+        self.assertEqual((result["landed"], result["final"]), (100, 100))
+
+
+@unittest.skipIf(CHECKOUT is None or not (CHECKOUT / "bin" / "runzeo").exists(),
+                 "no buildout scripts")
+class BuildoutRunzeoTests(unittest.TestCase):
+    """The buildout's ``bin/runzeo`` has RelStorage on its path."""
+
+    layer = POSTGRES_LAYER
+
+    def test_bin_runzeo_serves_relstorage(self):
+        directory = tempfile.mkdtemp(prefix="zeo-relstorage-")
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        dsn = POSTGRES_LAYER.new_database()
+        create_root(dsn)
+        address = ("127.0.0.1", free_port())
+        path = os.path.join(directory, "zeo.conf")
+        with open(path, "w") as f:
+            f.write("<zeo>\n  address %s:%d\n</zeo>\n" % address)
+            f.write(relstorage_section(dsn))
+        with open(os.path.join(directory, "runzeo.log"), "wb") as log:
+            process = subprocess.Popen([str(CHECKOUT / "bin" / "runzeo"), "-C", path],
+                                       stdout=subprocess.DEVNULL, stderr=log, cwd=directory)
+        try:
+            connect_when_ready(address, timeout=60).close()
+            db = zeo.client.DB(address)
+            try:
+                with db.transaction() as connection:
+                    connection.root.answer = 42
+                with db.transaction() as connection:
+                    self.assertEqual(connection.root.answer, 42)
+            finally:
+                db.close()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(30)
+        self.assertEqual(process.returncode, 0)
