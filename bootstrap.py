@@ -29,6 +29,7 @@ Standard library only: this script runs before anything is installed.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -148,6 +149,15 @@ def write_pip_conf() -> None:
         conf.write_text(PIP_CONF)
 
 
+def remove_stale_metadata() -> None:
+    """Remove ``packages/*/src/*.egg-info`` that builds with pip's build
+    isolation on left behind: the develop eggs' metadata now lives in
+    ``develop-eggs``, and a stale copy beside the code hides new extras."""
+    for stale in sorted(HERE.glob("packages/*/src/*.egg-info")):
+        say(f"removing stale metadata {stale.relative_to(HERE)}")
+        shutil.rmtree(stale)
+
+
 def main(argv: list[str]) -> int:
     if argv == ["--toolchain"]:
         # For fetching the toolchain ahead: pip download -d DIR $(... --toolchain)
@@ -158,6 +168,7 @@ def main(argv: list[str]) -> int:
         say(f"Python {wanted} or newer is needed; this is {sys.version.split()[0]}")
         return 2
     make_toolchain()
+    remove_stale_metadata()
     buildout = HERE / "bin" / "buildout"
     if not buildout.exists():
         run(VENV / "bin" / "buildout", "bootstrap")
