@@ -47,6 +47,7 @@ from zeo.protocol import (
     ProtocolAgreed, ProtocolError, ServerConnection, Status, StatusRequest,
     exception_text, exception_to_wire, peer_repr)
 
+from zeo.server.client_errors import exception_for_clients
 from zeo.server.interfaces import IBudgetedConnection
 from zeo.server.results import Delayed
 from zeo.server.session import EXPOSED_METHODS, StorageSession
@@ -337,7 +338,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
                      log: bool = True) -> None:
         if log and not isinstance(error, QUIET_ERRORS):
             logger.warning("%s: %s raised %s", self.label, method, exception_text(error))
-        class_name, payload = exception_to_wire(error)
+        class_name, payload = exception_to_wire(exception_for_clients(error))
         try:
             data = self._connection.send(ErrorReply(msgid, class_name, payload))
         except EncodeError:

@@ -88,6 +88,41 @@ class ServedRelStorageTests(unittest.TestCase):
             db.close()
 
 
+class FreshRelStorageTests(unittest.TestCase):
+    layer = POSTGRES_LAYER
+
+    def test_a_client_creates_the_root_of_a_new_database(self):
+        # RelStorage raises its own POSKeyError subclass for the missing
+        # root; the client used to get a RemoteError and ZODB never made
+        # the root (zeo.server.client_errors).
+        directory = tempfile.mkdtemp(prefix="zeo-relstorage-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        server = ServerProcess(directory, storage=relstorage_section(POSTGRES_LAYER.new_database()))
+        self.addCleanup(server.stop)
+        db = zeo.client.DB(server.address)
+        self.addCleanup(db.close)
+        with db.transaction() as connection:
+            connection.root.answer = 42
+        with db.transaction() as connection:
+            self.assertEqual(connection.root.answer, 42)
+
+
+class ContendedRelStorageTests(unittest.TestCase):
+    layer = POSTGRES_LAYER
+
+    def test_every_increment_lands(self):
+        # RelStorage's CacheConsistencyError (a TransientError) reached the
+        # clients as a RemoteError they did not retry: about a third of the
+        # commits failed. As a ConflictError it is retried.
+        directory = tempfile.mkdtemp(prefix="zeo-relstorage-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        server = ServerProcess(directory, storage=relstorage_section(POSTGRES_LAYER.new_database()))
+        self.addCleanup(server.stop)
+        result = increment_concurrently(server.address)
+        self.assertEqual(result["errors"], [])
+        self.assertEqual((result["landed"], result["final"]), (100, 100))
+
+
 class IncrementConcurrentlyTests(unittest.TestCase):
     """The contention helper, on a FileStorage server: every commit lands."""
 
