@@ -74,30 +74,52 @@ class PickleBlobChunkTests(unittest.TestCase):
 
     def test_the_reference_client_stores_and_loads_large_blobs(self):
         from ZEO.ClientStorage import ClientStorage
+        self.round_trip(ClientStorage, uploads_in_views=0)  # it sends 59,000-byte chunks
+
+    def test_our_client_stores_and_loads_large_blobs(self):
+        from zeo.client import ClientStorage
+        self.round_trip(ClientStorage, uploads_in_views=3)
+
+    def round_trip(self, client_storage, uploads_in_views):
+        """A client commits a blob of 3 MiB and a bit; a second one, with an
+        empty blob cache, downloads it."""
         from ZODB import DB
         blob_data = os.urandom(3 * CHUNK + 12345)
+        decoded = []
 
         def database(name):
-            storage = ClientStorage(
+            storage = client_storage(
                 self.address, wait_timeout=30,
                 blob_dir=os.path.join(self.directory, name))
             db = DB(storage)
             self.addCleanup(db.close)
             return db
 
+        def watch_decoding():
+            for protocol in self.server.connections:
+                connection = protocol._connection
+                decode_chunk = connection._decode_chunk
+
+                def spy(payload, decode_chunk=decode_chunk):
+                    event = decode_chunk(payload)
+                    decoded.append(event)
+                    return event
+                connection._decode_chunk = spy
+
         writer = database("writer-blobs")
+        watch_decoding()
         connection = writer.open(transaction.TransactionManager())
         connection.root()["blob"] = blob = Blob()
         with blob.open("w") as f:
             f.write(blob_data)
         connection.transaction_manager.commit()
         connection.close()
+        self.assertEqual(len([event for event in decoded if event is not None]),
+                         uploads_in_views)
         # A second client with an empty blob cache downloads it.
         reader = database("reader-blobs")
-        protocols = [p for p in self.server.connections
-                     if p.transport is not None and not p.closed]
         recorders = []
-        for protocol in protocols:
+        for protocol in self.server.connections:
             recorders.append(WriteRecorder(protocol.transport))
             protocol.transport = recorders[-1]
         connection = reader.open(transaction.TransactionManager())
