@@ -10,6 +10,13 @@ from __future__ import annotations
 import asyncio
 import sys
 
+__all__ = [
+    "EVENT_LOOPS",
+    "DEFAULT_EVENT_LOOP",
+    "check_event_loop",
+    "new_event_loop",
+]
+
 #: The loops a client can run on.
 EVENT_LOOPS = ("uvloop", "asyncio")
 #: uvloop is a dependency everywhere but Windows, where it does not exist.

@@ -41,6 +41,13 @@ from zeo.server.blob_uploads import SpoolBudget, UploadDirectory
 from zeo.server.spool import (
     CheckCurrent, Delete, Restore, Store, StoreBlob, TransactionSpool, Undo)
 
+__all__ = [
+    "Phase",
+    "PendingTransaction",
+    "STATUSES",
+    "MAX_TID_AHEAD",
+]
+
 
 class Phase(enum.Enum):
     SPOOLING = "spooling"    # before vote: one-way calls are spooled
