@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # type: ignore[no-untyped-def]
+def __getattr__(name: str):
     # ClientStorage pulls in asyncio and ZODB's storage machinery; import
     # it when first asked for, so that ``import zeo.client.cache`` stays light.
     if name == 'ClientStorage':

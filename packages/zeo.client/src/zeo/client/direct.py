@@ -280,7 +280,7 @@ class DirectCalls:
             self._corked.append(data)
             return
         if not (self._pending or self._paused
-                or self.transport.get_write_buffer_size()):  # type: ignore[union-attr]
+                or self.transport.get_write_buffer_size()):
             try:
                 sent = self._baton.socket.send(data)  # type: ignore[union-attr]
             except (BlockingIOError, InterruptedError):

@@ -57,7 +57,7 @@ class ErrorClass:
     def __init__(self, cls: type) -> None:
         object.__setattr__(self, '_cls', cls)
 
-    __setattr__ = __delattr__ = __setstate__ = _refuse  # type: ignore[assignment]
+    __setattr__ = __delattr__ = __setstate__ = _refuse
 
     def __repr__(self) -> str:
         return f'<ErrorClass {_MODULE}.{self._cls.__name__}>'
@@ -68,7 +68,7 @@ class _Rebuild:
 
     __slots__ = ()
 
-    __setattr__ = __delattr__ = __setstate__ = _refuse  # type: ignore[assignment]
+    __setattr__ = __delattr__ = __setstate__ = _refuse
 
     def __call__(self, token: Any, state: Any) -> BaseException:
         if type(token) is not ErrorClass:
@@ -91,7 +91,7 @@ class _Rebuild:
         error = cls.__new__(cls)  # a builtin __new__: runs nothing of ours
         error.args = tuple(args)
         error.__dict__.update(attributes)
-        return error  # type: ignore[no-any-return]
+        return error
 
     def __repr__(self) -> str:
         return '<rebuild_error>'

@@ -112,7 +112,7 @@ def _resolve(dotted: str) -> Callable[..., Any]:
     if not callable(function):
         raise ValueError(
             f'<ssl> password-function {dotted!r} is not callable')
-    return function  # type: ignore[no-any-return]
+    return function
 
 
 class _EncryptedKey(Exception):

@@ -237,7 +237,7 @@ class _Connection:
             except Exception as exc:
                 raise self._undecodable(exc) from None
             if event.__class__ in self._can_receive:
-                return event  # type: ignore[no-any-return]
+                return event
             return self._next_event_other(event)
         return self._next_event_slow()
 
@@ -276,7 +276,7 @@ class _Connection:
         # buffer can change again.
         with memoryview(chunk) as view:
             with view[start:end] as payload:
-                event = self._decode_chunk(payload)  # type: ignore[union-attr]
+                event = self._decode_chunk(payload)
                 if event is not None:
                     # It carries a view of the buffer: no resizing it.
                     self._reader.pin()
@@ -387,7 +387,7 @@ class _Connection:
             event = next_event()
             if event is NEED_DATA:
                 return
-            yield event  # type: ignore[misc]
+            yield event
             if type(event) is ConnectionClosed:
                 return
 

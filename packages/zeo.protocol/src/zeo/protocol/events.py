@@ -138,7 +138,7 @@ def _check_args(args: object) -> None:
         )
 
 
-class Event(tuple):  # type: ignore[type-arg]
+class Event(tuple):
     """Base class of all events.  Immutable; compared by class and fields."""
 
     __slots__ = ()
@@ -152,7 +152,7 @@ class Event(tuple):  # type: ignore[type-arg]
         return tuple(getattr(self, name) for name in self._fields)
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[arg-type]
+        return type(self) is type(other) and tuple.__eq__(self, other)
 
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
@@ -191,15 +191,15 @@ class Call(Message):
 
     @property
     def msgid(self) -> MsgId:
-        return self[0]  # type: ignore[no-any-return]
+        return self[0]
 
     @property
     def method(self) -> str:
-        return self[2]  # type: ignore[no-any-return]
+        return self[2]
 
     @property
     def args(self) -> Tuple[Any, ...]:
-        return self[3]  # type: ignore[no-any-return]
+        return self[3]
 
     def reply(self, result: Any = None) -> "Reply":
         """The `Reply` to this call: ``Reply(self.msgid, result)``.
@@ -207,7 +207,7 @@ class Call(Message):
         Cheaper than that spelling: the msgid was checked when this call
         was made (or decoded), so it isn't checked again.
         """
-        return _tuple_new(Reply, (self[0], 0, REPLY_NAME, result))  # type: ignore[no-any-return]
+        return _tuple_new(Reply, (self[0], 0, REPLY_NAME, result))
 
 
 class OneWayCall(Message):
@@ -227,11 +227,11 @@ class OneWayCall(Message):
 
     @property
     def method(self) -> str:
-        return self[2]  # type: ignore[no-any-return]
+        return self[2]
 
     @property
     def args(self) -> Tuple[Any, ...]:
-        return self[3]  # type: ignore[no-any-return]
+        return self[3]
 
 
 class Reply(Message):
@@ -246,7 +246,7 @@ class Reply(Message):
 
     @property
     def msgid(self) -> MsgId:
-        return self[0]  # type: ignore[no-any-return]
+        return self[0]
 
     @property
     def result(self) -> Any:
@@ -274,11 +274,11 @@ class ErrorReply(Message):
 
     @property
     def msgid(self) -> MsgId:
-        return self[0]  # type: ignore[no-any-return]
+        return self[0]
 
     @property
     def class_name(self) -> str:
-        return self[3][0]  # type: ignore[no-any-return]
+        return self[3][0]
 
     @property
     def payload(self) -> Any:
@@ -343,20 +343,20 @@ class ProtocolAgreed(Event):
 
     @property
     def encoding(self) -> str:
-        return self[0]  # type: ignore[no-any-return]
+        return self[0]
 
     @property
     def version(self) -> bytes:
-        return self[1]  # type: ignore[no-any-return]
+        return self[1]
 
     @property
     def capabilities(self) -> FrozenSet[str]:
-        return self[2]  # type: ignore[no-any-return]
+        return self[2]
 
     @property
     def protocol(self) -> bytes:
         """The full protocol id, as on the wire (``b'M5'``, ``b'Z5+zeo1'``)."""
-        return self[0].encode("ascii") + self[1]  # type: ignore[no-any-return]
+        return self[0].encode("ascii") + self[1]
 
     @property
     def native_version(self) -> Optional[int]:
@@ -391,7 +391,7 @@ class Status(Event):
 
     @property
     def data(self) -> bytes:
-        return self[0]  # type: ignore[no-any-return]
+        return self[0]
 
 
 class ConnectionClosed(Event):
@@ -422,7 +422,7 @@ def _message_from_wire_py(msg: object) -> Message:
     # function is most of the per-message validation cost.)
     if msg.__class__ is tuple:
         try:
-            msgid, flag, name, args = msg  # type: ignore[misc]
+            msgid, flag, name, args = msg
         except ValueError:
             return _from_wire_checked(msg)
         if flag is False:
@@ -439,9 +439,9 @@ def _message_from_wire_py(msg: object) -> Message:
                         and msgid[0].__class__ is bytes
                         and msgid[1].__class__ is bytes
                     ):
-                        return _tuple_new(Call, msg)  # type: ignore[no-any-return]
+                        return _tuple_new(Call, msg)
                 elif kind is int and msgid > 0:
-                    return _tuple_new(Call, msg)  # type: ignore[no-any-return]
+                    return _tuple_new(Call, msg)
         elif (
             flag.__class__ is int
             and flag == 0
@@ -455,23 +455,23 @@ def _message_from_wire_py(msg: object) -> Message:
                     and msgid[0].__class__ is bytes
                     and msgid[1].__class__ is bytes
                 ):
-                    return _tuple_new(Reply, msg)  # type: ignore[no-any-return]
+                    return _tuple_new(Reply, msg)
             elif kind is int and msgid > 0:
-                return _tuple_new(Reply, msg)  # type: ignore[no-any-return]
+                return _tuple_new(Reply, msg)
     return _from_wire_checked(msg)
 
 
 def _from_wire_checked(msg: object) -> Message:
-    if type(msg) is not tuple or len(msg) != 4:  # type: ignore[arg-type]
+    if type(msg) is not tuple or len(msg) != 4:
         raise _bad("not a 4-tuple", msg)
-    msgid, flag, name, args = msg  # type: ignore[misc]
+    msgid, flag, name, args = msg
     if type(name) is not str:
         raise _bad("name is not a str", msg)
     flag_type = type(flag)
     if flag_type is not bool and flag_type is not int:
         raise _bad("flag is not a bool or int", msg)
     if type(msgid) is int and msgid == HEARTBEAT_ID:
-        return _tuple_new(Heartbeat, _HEARTBEAT_WIRE)  # type: ignore[no-any-return]
+        return _tuple_new(Heartbeat, _HEARTBEAT_WIRE)
 
     if name == REPLY_NAME:
         if not _valid_msgid(msgid):
@@ -480,11 +480,11 @@ def _from_wire_checked(msg: object) -> Message:
             if type(args) is not tuple or len(args) != 2 or type(args[0]) is not str:
                 raise _bad("error payload is not (class_name, payload)", msg)
             if flag_type is int and flag == 2:
-                return _tuple_new(ErrorReply, msg)  # type: ignore[no-any-return]
-            return _tuple_new(ErrorReply, (msgid, 2, REPLY_NAME, args))  # type: ignore[no-any-return]
+                return _tuple_new(ErrorReply, msg)
+            return _tuple_new(ErrorReply, (msgid, 2, REPLY_NAME, args))
         if flag_type is int:
-            return _tuple_new(Reply, msg)  # type: ignore[no-any-return]
-        return _tuple_new(Reply, (msgid, 0, REPLY_NAME, args))  # type: ignore[no-any-return]
+            return _tuple_new(Reply, msg)
+        return _tuple_new(Reply, (msgid, 0, REPLY_NAME, args))
 
     if type(args) is not tuple:
         raise _bad("args is not a tuple", msg)
@@ -494,13 +494,13 @@ def _from_wire_checked(msg: object) -> Message:
         if type(msgid) is not int or msgid != 0:
             raise _bad("one-way call with a message id other than 0", msg)
         if flag is True:
-            return _tuple_new(OneWayCall, msg)  # type: ignore[no-any-return]
-        return _tuple_new(OneWayCall, (0, True, name, args))  # type: ignore[no-any-return]
+            return _tuple_new(OneWayCall, msg)
+        return _tuple_new(OneWayCall, (0, True, name, args))
     if not _valid_msgid(msgid):
         raise _bad("bad message id", msg)
     if flag is False:
-        return _tuple_new(Call, msg)  # type: ignore[no-any-return]
-    return _tuple_new(Call, (msgid, False, name, args))  # type: ignore[no-any-return]
+        return _tuple_new(Call, msg)
+    return _tuple_new(Call, (msgid, False, name, args))
 
 
 #: The pure-Python implementation, also used where the compiled helper
@@ -510,7 +510,7 @@ message_from_wire = _message_from_wire_py
 try:
     from . import _speedups
 except ImportError:  # pragma: no cover - built by every install we test
-    _speedups = None  # type: ignore[assignment]
+    _speedups = None
 else:
     # The compiled fast path handles the canonical Call and Reply shapes
     # and hands everything else to _from_wire_checked.

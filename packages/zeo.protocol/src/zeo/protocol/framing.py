@@ -195,7 +195,7 @@ class FrameReader:
             if kind is bytes:
                 self.chunk = data  # immutable: no copy needed
             elif kind is memoryview:
-                self.chunk = data.tobytes()  # type: ignore[attr-defined]
+                self.chunk = data.tobytes()
             else:
                 self.chunk = bytes(data)
             self.pos = 0
@@ -211,7 +211,7 @@ class FrameReader:
             if pos:
                 del chunk[:pos]  # type: ignore[union-attr]
                 self.pos = 0
-            chunk += data  # type: ignore[operator]
+            chunk += data
 
     def receive_buffer(self) -> Optional[memoryview]:
         """See `IFrameReader`."""

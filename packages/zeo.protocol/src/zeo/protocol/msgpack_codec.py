@@ -158,7 +158,7 @@ class MsgpackCodec:
             raise EncodeError(f"can't encode {type(event).__name__}: {exc}") from exc
         if len(payload) > PACKER_BUFFER_SIZE:
             self.shed_buffer()
-        return payload  # type: ignore[no-any-return]
+        return payload
 
     def encode_pieces(self, event: Message) -> tuple[bytes, ...]:
         """See `ICodec`.  (The caller sheds the buffer: see

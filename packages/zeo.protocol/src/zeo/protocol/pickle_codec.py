@@ -173,7 +173,7 @@ class PickleCodec:
                 event = self._chunk_message(head[:at] + _EMPTY_BYTES + closing)
                 if event is not None:
                     args = event[3]
-                    return _tuple_new(OneWayCall, (  # type: ignore[no-any-return]
+                    return _tuple_new(OneWayCall, (
                         0, True, event[2],
                         args[:-1] + (payload[end:size - _CLOSING_SIZE],)))
             at = head.find(b"B", at + 1)

@@ -98,7 +98,7 @@ class RemoteError(Exception):
 
     @property
     def class_name(self) -> str:
-        return self.args[0]  # type: ignore[no-any-return]
+        return self.args[0]
 
     @property
     def payload(self) -> Any:

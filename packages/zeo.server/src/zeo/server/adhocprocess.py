@@ -63,7 +63,7 @@ def start_process(arguments: dict[str, Any],
         stop()
         raise RuntimeError(f"the server process did not start: {answer.get('error')}")
     address = answer["address"]
-    return (address if isinstance(address, str) else tuple(address)), stop  # type: ignore
+    return (address if isinstance(address, str) else tuple(address)), stop
 
 
 def _read_line(stream: Any, timeout: float) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def _read_line(stream: Any, timeout: float) -> dict[str, Any]:
         if not chunk:
             return {"error": "it exited (its standard error says why)"}
         data += chunk
-    return json.loads(data)  # type: ignore[no-any-return]
+    return json.loads(data)
 
 
 def main() -> int:

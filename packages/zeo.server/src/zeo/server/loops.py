@@ -27,7 +27,7 @@ def check_event_loop(name: object) -> str:
     """Return *name* if it names a loop we know, else raise ValueError."""
     if name not in EVENT_LOOPS:
         raise ValueError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, not {name!r}")
-    return name  # type: ignore[return-value]
+    return name
 
 
 def new_event_loop(name: str) -> asyncio.AbstractEventLoop:

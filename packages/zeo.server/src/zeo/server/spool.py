@@ -534,7 +534,7 @@ class TransactionSpool:
         if pos != stop:
             raise SpoolCorruptedError(
                 f"trailing bytes in record at spool offset {offset}")
-        return cls(*values)  # type: ignore[no-any-return]
+        return cls(*values)
 
     # -- cleanup --------------------------------------------------------
 

@@ -63,7 +63,7 @@ class ClientSettings:
 
 # -- the configuration file ------------------------------------------------------
 
-class _Section(dict):  # type: ignore[type-arg]
+class _Section(dict):
     def __init__(self, type_: str = "") -> None:
         super().__init__()
         self.type = type_
@@ -199,7 +199,7 @@ def _password(dotted: str | None) -> Callable[[], Any]:
         return refuse
     module, _, name = dotted.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+        return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         raise ToolConfigError(f"<ssl> password-function {dotted!r:.200} cannot be"
                               f" imported") from None

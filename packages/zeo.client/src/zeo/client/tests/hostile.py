@@ -103,7 +103,7 @@ def genuine_get_pickle_metadata() -> Callable[[bytes], tuple[str, str]]:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_pickle_metadata  # type: ignore[no-any-return]
+    return module.get_pickle_metadata
 
 
 def gadget_values(marker: str) -> dict[str, bytes]:

@@ -107,7 +107,7 @@ def install() -> None:
     from ZODB.config import ZEOClient
     if _ORIGINAL not in vars(ZEOClient):
         setattr(ZEOClient, _ORIGINAL, vars(ZEOClient)['open'])
-    ZEOClient.open = _open  # type: ignore[method-assign]
+    ZEOClient.open = _open
 
 
 def uninstall() -> None:
@@ -115,7 +115,7 @@ def uninstall() -> None:
     from ZODB.config import ZEOClient
     original = vars(ZEOClient).get(_ORIGINAL)
     if original is not None:
-        ZEOClient.open = original  # type: ignore[method-assign]
+        ZEOClient.open = original
         delattr(ZEOClient, _ORIGINAL)
 
 

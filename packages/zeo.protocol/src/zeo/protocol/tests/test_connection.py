@@ -344,7 +344,7 @@ class MisuseTests(unittest.TestCase):
         with self.assertRaises(LocalProtocolError):
             client.send(ConnectionClosed())
         with self.assertRaises(LocalProtocolError):
-            client.send((1, False, "x", ()))  # type: ignore[arg-type]
+            client.send((1, False, "x", ()))
         with self.assertRaises(LocalProtocolError):
             client.send(StatusRequest())  # only as the very first frame
 

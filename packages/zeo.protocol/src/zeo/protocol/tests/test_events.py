@@ -58,9 +58,9 @@ class ConstructionTests(unittest.TestCase):
         for msgid in (0, -1, -5, True, 1.0, "1", None, (), ((1,),), ([],), ({},), (True,)):
             with self.subTest(msgid=msgid):
                 with self.assertRaises(LocalProtocolError):
-                    Call(msgid, "x", ())  # type: ignore[arg-type]
+                    Call(msgid, "x", ())
                 with self.assertRaises(LocalProtocolError):
-                    Reply(msgid, None)  # type: ignore[arg-type]
+                    Reply(msgid, None)
 
     def test_valid_tuple_msgids(self):
         for msgid in ((OID, TID1), (1,), ("a", None, b"b")):
@@ -71,18 +71,18 @@ class ConstructionTests(unittest.TestCase):
         for method in ("", ".reply", b"x", None, 3):
             with self.subTest(method=method):
                 with self.assertRaises(LocalProtocolError):
-                    Call(1, method, ())  # type: ignore[arg-type]
+                    Call(1, method, ())
                 with self.assertRaises(LocalProtocolError):
-                    OneWayCall(method, ())  # type: ignore[arg-type]
+                    OneWayCall(method, ())
         for args in ([], None, "ab", {}):
             with self.subTest(args=args):
                 with self.assertRaises(LocalProtocolError):
-                    Call(1, "x", args)  # type: ignore[arg-type]
+                    Call(1, "x", args)
 
     def test_invalid_error_replies(self):
         for name in ("", None, b"a.B"):
             with self.assertRaises(LocalProtocolError):
-                ErrorReply(1, name, ())  # type: ignore[arg-type]
+                ErrorReply(1, name, ())
 
     def test_abstract_bases(self):
         with self.assertRaises(TypeError):
@@ -99,11 +99,11 @@ class ConstructionTests(unittest.TestCase):
         self.assertEqual(ProtocolAgreed("Z").protocol, b"Z5")
         for args in (("X",), ("M", "5"), ("M", b""), ("M", b"5", [1])):
             with self.assertRaises(LocalProtocolError):
-                ProtocolAgreed(*args)  # type: ignore[arg-type]
+                ProtocolAgreed(*args)
 
     def test_status_needs_bytes(self):
         with self.assertRaises(LocalProtocolError):
-            Status("{}")  # type: ignore[arg-type]
+            Status("{}")
 
 
 class ReplyToACallTests(unittest.TestCase):
@@ -135,9 +135,9 @@ class ValueSemanticsTests(unittest.TestCase):
     def test_immutable(self):
         call = Call(1, "x")
         with self.assertRaises(AttributeError):
-            call.method = "y"  # type: ignore[misc]
+            call.method = "y"
         with self.assertRaises(AttributeError):
-            call.extra = 1  # type: ignore[attr-defined]
+            call.extra = 1
 
     def test_repr(self):
         self.assertEqual(repr(Call(1, "x", (b"a",))), "Call(msgid=1, method='x', args=(b'a',))")

@@ -105,7 +105,7 @@ class ServerAnswerTests(unittest.TestCase):
             server.send_status(b"{}")
         server.receive(b"ruok")
         with self.assertRaises(LocalProtocolError):
-            server.send_status("text")  # type: ignore[arg-type]
+            server.send_status("text")
 
     def test_refusals(self):
         cases = [

@@ -18,7 +18,7 @@ class ProtocolLimitsTests(unittest.TestCase):
 
     def test_frozen(self):
         with self.assertRaises(dataclasses.FrozenInstanceError):
-            DEFAULT_LIMITS.max_frame_size = 1  # type: ignore[misc]
+            DEFAULT_LIMITS.max_frame_size = 1
 
     def test_validation(self):
         for kwargs in (
@@ -32,9 +32,9 @@ class ProtocolLimitsTests(unittest.TestCase):
                 with self.assertRaises(ValueError):
                     ProtocolLimits(**kwargs)
         with self.assertRaises(TypeError):
-            ProtocolLimits(max_frame_size=1.5)  # type: ignore[arg-type]
+            ProtocolLimits(max_frame_size=1.5)
         with self.assertRaises(TypeError):
-            ProtocolLimits(max_frame_size=True)  # type: ignore[arg-type]
+            ProtocolLimits(max_frame_size=True)
 
     def test_custom(self):
         limits = ProtocolLimits(max_frame_size=1000, max_handshake_size=100)

@@ -68,9 +68,9 @@ class MsgpackCodecTests(unittest.TestCase):
 
     def test_only_messages_encode(self):
         with self.assertRaises(LocalProtocolError):
-            self.codec.encode(ProtocolAgreed("M"))  # type: ignore[arg-type]
+            self.codec.encode(ProtocolAgreed("M"))
         with self.assertRaises(LocalProtocolError):
-            self.codec.encode((1, False, "x", ()))  # type: ignore[arg-type]
+            self.codec.encode((1, False, "x", ()))
 
     def test_decode_refuses_garbage(self):
         for payload in (
@@ -143,7 +143,7 @@ class MsgpackCodecTests(unittest.TestCase):
         with self.assertRaises(EncodeError):
             self.codec.encode_pieces(OneWayCall("x", ({1}, b"x" * SEPARATE_ARGUMENT_SIZE)))
         with self.assertRaises(LocalProtocolError):
-            self.codec.encode_pieces(ProtocolAgreed("M"))  # type: ignore[arg-type]
+            self.codec.encode_pieces(ProtocolAgreed("M"))
 
     def test_chunk_messages_decode_without_a_copy(self):
         chunk = bytes(range(256)) * 400

@@ -107,7 +107,7 @@ class PickleCodecTests(unittest.TestCase):
 
     def test_only_messages_encode(self):
         with self.assertRaises(LocalProtocolError):
-            self.codec.encode(Status(b"{}"))  # type: ignore[arg-type]
+            self.codec.encode(Status(b"{}"))
 
     def test_decode_refuses_garbage(self):
         for payload in (
@@ -212,7 +212,7 @@ class ChunkPiecesTests(unittest.TestCase):
             self.codec.encode_pieces(
                 OneWayCall("x", (lambda: None, b"x" * SEPARATE_ARGUMENT_SIZE)))
         with self.assertRaises(LocalProtocolError):
-            self.codec.encode_pieces(ProtocolAgreed("Z"))  # type: ignore[arg-type]
+            self.codec.encode_pieces(ProtocolAgreed("Z"))
         event = OneWayCall("storeBlobChunk", (b"x" * SEPARATE_ARGUMENT_SIZE,))
         self.assertEqual(b"".join(self.codec.encode_pieces(event)), zeo_pickle(event))
 

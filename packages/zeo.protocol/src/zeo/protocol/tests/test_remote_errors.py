@@ -200,7 +200,7 @@ class ErrorTableTests(unittest.TestCase):
         table.register("a.C", lambda name, payload: "not an exception")
         self.assertIs(type(table.build("a.B", {})), RemoteError)
         self.assertIs(type(table.build("a.C", ())), RemoteError)
-        self.assertIs(type(table.build(3, ())), RemoteError)  # type: ignore[arg-type]
+        self.assertIs(type(table.build(3, ())), RemoteError)
 
     def test_from_reply(self):
         exc = self.table.from_reply(ErrorReply(1, "builtins.ValueError", ("v",)))
@@ -221,7 +221,7 @@ class ErrorTableTests(unittest.TestCase):
         self.assertEqual(len(copied), 2)
         self.assertEqual(repr(copied), "<ErrorTable with 2 classes>")
         with self.assertRaises(TypeError):
-            table.register("x", "not callable")  # type: ignore[arg-type]
+            table.register("x", "not callable")
 
     def test_remote_error(self):
         exc = RemoteError("a.B", {"k": b"v"})
