@@ -54,6 +54,7 @@ belongs to the one loop that does its I/O.
 from __future__ import annotations
 
 import struct
+from typing import Any
 from typing import FrozenSet
 from typing import Iterable
 from typing import Iterator
@@ -146,9 +147,11 @@ class _Connection:
         self._feed = self._reader.feed
         self._set_max_frame_size(limits.max_handshake_size)
         self._codec: Optional[Union[MsgpackCodec, PickleCodec]] = None
-        self._encode = None
-        self._decode = None
-        self._decode_chunk = None
+        # The codec's bound methods once agreed (the hot path calls them
+        # without a lookup); None before.
+        self._encode: Any = None
+        self._decode: Any = None
+        self._decode_chunk: Any = None
         self._kept_buffer_size = 0
         self._outbox: List[bytes] = []
         self._eof = False
@@ -237,7 +240,7 @@ class _Connection:
             except Exception as exc:
                 raise self._undecodable(exc) from None
             if event.__class__ in self._can_receive:
-                return event
+                return event  # type: ignore[return-value]  # checked by its class
             return self._next_event_other(event)
         return self._next_event_slow()
 
@@ -282,11 +285,11 @@ class _Connection:
                     self._reader.pin()
                 else:
                     try:
-                        event = self._decode(payload)  # type: ignore[misc]
+                        event = self._decode(payload)
                     except Exception as exc:
                         raise self._undecodable(exc) from None
         if event.__class__ in self._can_receive:
-            return event
+            return event  # type: ignore[return-value]  # checked by its class
         raise self._unexpected(event)
 
     def _undecodable(self, exc: Exception) -> RemoteProtocolError:
@@ -372,9 +375,9 @@ class _Connection:
             )
         codec = make_codec(agreed.encoding, pickle_globals=globals_, limits=self.limits)
         self._codec = codec
-        self._encode = codec.encode_unchecked  # type: ignore[assignment]
+        self._encode = codec.encode_unchecked
         self._kept_buffer_size = codec.kept_buffer_size
-        self._decode = codec.decode_message  # type: ignore[assignment]
+        self._decode = codec.decode_message
         self._decode_chunk = codec.decode_chunk_message
         self._reader.max_frame_size = self.limits.max_frame_size
         self._set_max_frame_size(self.limits.max_frame_size)
@@ -398,7 +401,7 @@ class _Connection:
         if event.__class__ in self._fast_send:
             # A message in the OPEN state: the hot path.
             try:
-                payload = self._encode(event)  # type: ignore[misc]
+                payload = self._encode(event)
             except EncodeError:
                 raise
             except Exception as exc:
@@ -423,7 +426,7 @@ class _Connection:
         """See `IProtocolConnection`."""
         if event.__class__ not in self._fast_send:
             return [self.send(event)]  # refused, or not a message
-        pieces = self._codec.encode_pieces(event)  # type: ignore[union-attr]
+        pieces = self._codec.encode_pieces(event)  # type: ignore[union-attr, arg-type]
         head = pieces[0]
         if len(head) > self._kept_buffer_size:
             self._after_large_message(len(head))

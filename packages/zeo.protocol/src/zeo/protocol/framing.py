@@ -123,7 +123,7 @@ def _piece_size(filled: int, rest: int) -> int:
 
 
 def _next_message_py(
-    reader: "FrameReader", unusual_size: int, decode: Callable[[bytes], Any]
+    reader: "FrameReader", unusual_size: int, decode: Callable[[Any], Any]
 ) -> Any:
     """Cut the next frame out of *reader* and return ``decode(payload)``.
 
@@ -150,8 +150,8 @@ def _next_message_py(
 next_message = _next_message_py
 
 try:
-    from ._speedups import frame as frame_bytes  # noqa: F811
-    from ._speedups import next_message  # noqa: F811
+    from ._speedups import frame as frame_bytes  # type: ignore[no-redef]  # noqa: F401, F811
+    from ._speedups import next_message  # type: ignore[no-redef]  # noqa: F401, F811
 except ImportError:  # pragma: no cover - built by every install we test
     pass
 

@@ -66,6 +66,7 @@ from typing import FrozenSet
 from typing import Iterable
 from typing import Optional
 from typing import Tuple
+from typing import Union
 
 from zope.interface import implementer
 
@@ -240,7 +241,7 @@ class _Handshake:
         self._state = _S.ERROR
         raise RemoteProtocolError(message)
 
-    def _check_size(self, payload: bytes) -> None:
+    def _check_size(self, payload: Union[bytes, bytearray]) -> None:
         if len(payload) > self.limits.max_handshake_size:
             self._fail(
                 f"handshake frame of {len(payload)} bytes; the limit is"
@@ -300,7 +301,9 @@ class ServerHandshake(_Handshake):
         self._step(_Step.SEND_GREETING)
         return self._greeting
 
-    def receive(self, payload: bytes) -> Tuple[Optional[Event], Optional[bytes]]:
+    def receive(
+        self, payload: Union[bytes, bytearray]
+    ) -> Tuple[Optional[Event], Optional[bytes]]:
         """See `IHandshake`."""
         if self._state is _S.IDLE:
             raise LocalProtocolError("call greeting() before receiving the answer")
@@ -385,7 +388,9 @@ class ClientHandshake(_Handshake):
         self._step(_Step.SEND_STATUS_REQUEST)
         return STATUS_REQUEST
 
-    def receive(self, payload: bytes) -> Tuple[Optional[Event], Optional[bytes]]:
+    def receive(
+        self, payload: Union[bytes, bytearray]
+    ) -> Tuple[Optional[Event], Optional[bytes]]:
         """See `IHandshake`."""
         state = self._state
         if state is _S.AWAITING_GREETING:

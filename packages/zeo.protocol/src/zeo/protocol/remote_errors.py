@@ -180,7 +180,7 @@ def _plain(value: Any, depth: int, budget: _Budget) -> Any:
         return tuple(items) if kind is tuple else items
     if kind is dict:
         keep = budget.take(len(value))
-        plain = {}
+        plain: dict[Any, Any] = {}
         for key, item in value.items():
             if len(plain) >= keep:
                 break
