@@ -191,9 +191,6 @@ class ConnectionManager:
 
     # -- connecting -----------------------------------------------------------
 
-    def _fallback(self) -> bool:
-        return self.config.read_only_fallback
-
     def _wanted(self, address: Any, protocol: ClientProtocol | None = None) -> bool:
         """Is a (new) connection to *address* still of use?"""
         if self.closed or address not in self.addresses:
@@ -202,7 +199,7 @@ class ConnectionManager:
         if current is None:
             return True
         # Only an upgrade from a read-only fallback connection is wanted.
-        return (self._fallback() and current.read_only
+        return (self.config.read_only_fallback and current.read_only
                 and current.address != address
                 and (protocol is None or not protocol.read_only))
 
@@ -312,7 +309,7 @@ class ConnectionManager:
             self._deactivate(old)
             old.close()
         cache = self.cache
-        server_tid: bytes = protocol.server_tid
+        server_tid: bytes = protocol.server_tid  # type: ignore[assignment]  # registered
         cache_tid = cache.getLastTid()
         info_reply = protocol.request('get_info')
         invalidations = None
@@ -348,7 +345,7 @@ class ConnectionManager:
         self.client.notify_connected(protocol, dict(info))
         self.connected.set()
         self._flush_waiting(protocol)
-        if not (self._fallback() and protocol.read_only):
+        if not (self.config.read_only_fallback and protocol.read_only):
             current = asyncio.current_task()
             for task in list(self._attempts.values()):
                 if task is not current:
@@ -438,7 +435,7 @@ class ConnectionManager:
             if not self.closed:
                 self._start_attempts()
         elif self.protocol is not None and self.protocol.read_only \
-                and self._fallback() and not self.closed:
+                and self.config.read_only_fallback and not self.closed:
             self._start_attempts()
 
     def load_reply(self, protocol: ClientProtocol, oid: bytes, tid: bytes,

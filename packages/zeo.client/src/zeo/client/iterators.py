@@ -78,7 +78,7 @@ class TransactionRecord(ZODB.BaseStorage.TransactionRecord):
         super().__init__(tid, status, user, description, extension)
         self._iterator = iterator
 
-    def __iter__(self) -> Iterator[ZODB.BaseStorage.DataRecord]:
+    def __iter__(self) -> "RecordIterator":
         iterator = self._iterator
         storage = iterator._storage
         protocol = iterator._protocol

@@ -88,7 +88,8 @@ def client_collector(*storages: Any, name: str | None = None) -> Any:
 
 
 def _buckets(loads: dict[str, Any], go: Any) -> list[tuple[str, float]]:
-    buckets, total = [], 0
+    buckets: list[tuple[str, float]] = []
+    total = 0
     counts: Iterable[int] = loads["counts"]
     for bound, count in zip(loads["bounds"], counts):
         total += count

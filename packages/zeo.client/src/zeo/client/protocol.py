@@ -187,7 +187,7 @@ class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
             self._direct = None
             self._receive(self._connection.received_into, nbytes)
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         """Handle *data* read from the connection, in arrival order."""
         self._receive(self._connection.receive_data, data)
 

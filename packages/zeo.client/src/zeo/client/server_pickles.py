@@ -53,8 +53,9 @@ class ErrorClass:
     """An inert stand-in for a ZODB error class in a server pickle."""
 
     __slots__ = ('_cls',)
+    _cls: type[BaseException]
 
-    def __init__(self, cls: type) -> None:
+    def __init__(self, cls: type[BaseException]) -> None:
         object.__setattr__(self, '_cls', cls)
 
     __setattr__ = __delattr__ = __setstate__ = _refuse

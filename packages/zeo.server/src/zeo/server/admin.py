@@ -221,7 +221,7 @@ class AdminClient:
 
     def _events(self) -> None:
         while True:
-            event = self.connection.next_event()
+            event: Any = self.connection.next_event()
             if event is NEED_DATA:
                 break
             kind = type(event)

@@ -23,6 +23,8 @@ client knows, keeping its state:
 
 from __future__ import annotations
 
+from typing import Any
+
 from transaction.interfaces import TransientError
 from ZODB.POSException import ConflictError, POSError
 
@@ -44,6 +46,7 @@ def exception_for_clients(error: BaseException) -> BaseException:
         return ConflictError(
             f"{qualified_name(cls)}: {peer_repr(str(error), 500)}; retry the transaction")
     if isinstance(error, POSError):
+        base: Any  # a POSError class: its __new__ takes the class
         for base in cls.__mro__[1:]:
             if issubclass(base, POSError) and qualified_name(base) in KNOWN_ERRORS:
                 known = base.__new__(base)

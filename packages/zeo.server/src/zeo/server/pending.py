@@ -113,11 +113,12 @@ class PendingTransaction:
         self.blob_upload.write(chunk)
 
     def end_blob(self, oid: bytes, serial: bytes, data: bytes) -> None:
-        if self.blob_upload is None:
+        path = self.blob_upload_path
+        if self.blob_upload is None or path is None:
             raise StorageTransactionError("storeBlobEnd without storeBlobStart")
         self.blob_upload.close()
         try:
-            self.spool.store_blob(oid, serial, data, self.blob_upload_path)
+            self.spool.store_blob(oid, serial, data, path)
         except BaseException:
             self.discard_blob_upload()
             raise

@@ -66,7 +66,7 @@ def zeo_section_keys() -> tuple[str, ...]:
     tree = ElementTree.parse(os.path.join(HERE, "server.xml"))
     for sectiontype in tree.getroot().iter("sectiontype"):
         if sectiontype.get("name") == "zeo":
-            return tuple(key.get("name") for key in sectiontype.iter("key"))
+            return tuple(key.get("name", "") for key in sectiontype.iter("key"))
     raise AssertionError("server.xml has no <zeo> section type")
 
 

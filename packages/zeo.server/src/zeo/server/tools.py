@@ -167,7 +167,7 @@ def pack_time(now: float, days: float, time_of_day: str | None) -> float:
             raise UsageError(f"invalid time {time_of_day!r:.60}: expected HH[:MM[:SS]]")
         fields += [0] * (3 - len(fields))
         today = time.localtime(now)
-        when = time.mktime(today[:3] + tuple(fields) + today[6:8] + (-1,))
+        when = time.mktime(time.struct_time(today[:3] + tuple(fields) + today[6:8] + (-1,)))
     return when - days * 86400
 
 

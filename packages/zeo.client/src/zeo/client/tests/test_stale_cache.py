@@ -1,7 +1,6 @@
 """The ``StaleCache`` event: sent when the client drops a cache it cannot
 bring up to date, so that applications can react."""
 import os
-import unittest
 
 import zope.event
 from ZODB.utils import z64

@@ -17,7 +17,6 @@ import sys
 import tempfile
 import unittest
 
-import transaction
 import ZConfig
 import ZODB.config
 

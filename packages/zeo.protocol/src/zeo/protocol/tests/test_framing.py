@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 from zeo.protocol.errors import LocalProtocolError
 from zeo.protocol.errors import RemoteProtocolError
 from zeo.protocol.framing import DIRECT_FRAME_SIZE
-from zeo.protocol.framing import HEADER_SIZE
 from zeo.protocol.framing import MIN_PIECE_SIZE
 from zeo.protocol.framing import FrameReader
 from zeo.protocol.framing import frame

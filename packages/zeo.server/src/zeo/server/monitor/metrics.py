@@ -94,7 +94,8 @@ _HISTOGRAMS = (
 
 
 def _buckets(timing: Timing) -> list[tuple[str, float]]:
-    buckets, total = [], 0
+    buckets: list[tuple[str, float]] = []
+    total = 0
     for bound, count in zip(LATENCY_BOUNDS, timing.counts):
         total += count
         buckets.append((floatToGoString(bound), total))
@@ -119,11 +120,11 @@ class ServerCollector(Collector):
                 family.add_metric([served.name], getattr(served.stats, attribute))
             yield family
         for metric, attribute, help_text in _HISTOGRAMS:
-            family = HistogramMetricFamily(metric, help_text, labels=["storage"])
+            histogram = HistogramMetricFamily(metric, help_text, labels=["storage"])
             for served in storages:
                 timing = getattr(served.stats, attribute)
-                family.add_metric([served.name], _buckets(timing), sum_value=timing.total)
-            yield family
+                histogram.add_metric([served.name], _buckets(timing), sum_value=timing.total)
+            yield histogram
         yield self._refusals(storages)
         yield from self._storage_gauges(storages)
         yield from self._process_gauges()

@@ -143,7 +143,7 @@ class ConfigurationTests(TLSServer):
         return self.file(name)
 
     def config(self, server=None, ssl=True, storage="1"):
-        self.write("ssl.conf", f"""
+        self.write("ssl.conf", """
             <ssl>
               certificate $DIR/client.pem
               key $DIR/client.key
