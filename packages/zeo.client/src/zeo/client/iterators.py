@@ -11,7 +11,7 @@ so it only appends to a list); the storage sends ``iterator_gc`` later.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import ZODB.BaseStorage
 

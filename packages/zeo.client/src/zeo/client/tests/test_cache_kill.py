@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 import unittest
+from typing import Any
 
 from zeo.client.file_cache import FileCache
 from zeo.client.tests.test_cache_torn import indexed_offsets
@@ -87,7 +88,7 @@ while True:
         cache.store(p64(oid), p64(s), end and p64(end), data(oid, s))
 '''
 
-namespace = {}
+namespace: dict[str, Any] = {}
 exec(HISTORY, namespace)
 p64 = namespace['p64']
 data = namespace['data']

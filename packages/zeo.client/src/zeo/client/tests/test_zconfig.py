@@ -8,17 +8,13 @@ import unittest
 from unittest import mock
 
 import transaction
+import trustme
 import ZConfig
 import ZODB.blob
 import ZODB.config
 
 from zeo.client import zconfig
 from zeo.client.zconfig import ClientStorageConfig
-
-try:
-    import trustme
-except ImportError:  # pragma: no cover
-    trustme = None
 
 try:
     from ZEO.ClientStorage import ClientStorage as ReferenceClientStorage
@@ -270,7 +266,6 @@ class EmptySSLTests(unittest.TestCase):
             parse(section('server 1', ssl_lines=[]), header='%import ZEO\n')
 
 
-@unittest.skipIf(trustme is None, 'trustme is not installed')
 class CertificateTests(TempDirTestCase):
 
     def setUp(self):
@@ -456,7 +451,6 @@ class EndToEndTests(EndToEndTestBase):
             f'blob-dir {self.tmp}/blobs', 'blob-cache-size 10MB'), blob=True)
 
 
-@unittest.skipIf(trustme is None, 'trustme missing')
 class TLSEndToEndTests(TLSServer, EndToEndTests):
 
     def test_database_from_string(self):
@@ -480,7 +474,6 @@ class ReferenceEndToEndTests(EndToEndTestBase):
             f'cache-path {self.tmp}/cache.zec', 'client-label e2e'))
 
 
-@unittest.skipIf(trustme is None, 'trustme missing')
 class ReferenceTLSEndToEndTests(TLSServer, ReferenceEndToEndTests):
 
     def test_database_from_string(self):

@@ -8,6 +8,7 @@ build that silently lost it would be slower without anyone noticing.
 import gc
 import sys
 import unittest
+from typing import Any
 
 import msgpack
 
@@ -56,7 +57,7 @@ def outcome(function, wire):
 
 
 # Inputs chosen to sit on each edge of the fast paths.
-EDGE_CASES = [
+EDGE_CASES: list[Any] = [
     (1, False, "x", ()),
     (2**70, False, "x", ()),
     (2**63, 0, ".reply", None),

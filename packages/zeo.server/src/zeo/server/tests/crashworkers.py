@@ -239,8 +239,9 @@ class Worker:
         self.tm = transaction.TransactionManager()
         self.connection = self.db.open(self.tm)
         self.journal.write(k="ready")
-        self.counts = {"commits": 0, "conflicts": 0, "disconnects": 0,
-                       "transient": 0, "errors": 0, "violations": 0}
+        self.counts: dict[str, Any] = {
+            "commits": 0, "conflicts": 0, "disconnects": 0,
+            "transient": 0, "errors": 0, "violations": 0}
         self.longest = 0.0
 
     def open_db(self) -> Any:

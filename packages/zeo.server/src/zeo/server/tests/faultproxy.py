@@ -115,7 +115,7 @@ class FaultProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="fault proxy")
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._delay = 0.0
         self._stalled = False
         self._stalled_chunks: list[tuple[_Pipe, str, bytes]] = []

@@ -223,8 +223,11 @@ class Harness:
             return "error"
         if not sync:
             if type(result) is Delayed:
-                result.add_callback(lambda error, value: error is None or self.close_connection(
-                    connection, f"{method} failed: {exception_text(error)}"))
+                def close_on_error(error: BaseException | None, value: Any) -> None:
+                    if error is not None:
+                        self.close_connection(
+                            connection, f"{method} failed: {exception_text(error)}")
+                result.add_callback(close_on_error)
             return "sent"
         if type(result) is Delayed:
             self.delayed.append((connection, result))
@@ -447,7 +450,7 @@ def _raised_in_zeo(error: BaseException) -> bool:
 def seed_streams(oid: bytes = (1 << 48).to_bytes(8, "big")) -> list[tuple[str, bytes]]:
     """What real clients send after the handshake, per encoding: starting
     points for mutation (``scripts/fuzz_server.py``)."""
-    sessions = [
+    sessions: list[list[tuple[str, tuple[Any, ...]]]] = [
         [("register", ("1", False)), ("get_info", ()), ("lastTransaction", ())],
         [("register", ("1", False)), ("new_oids", (3,)),
          ("tpc_begin", (1, b"user", b"desc", {}, None, " ")),

@@ -61,6 +61,7 @@ BUILD_LITTER = shutil.ignore_patterns(
 def load_bootstrap() -> ModuleType:
     """The checkout's bootstrap.py as a module (importing it runs nothing)."""
     spec = importlib.util.spec_from_file_location("bootstrap", CHECKOUT / "bootstrap.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

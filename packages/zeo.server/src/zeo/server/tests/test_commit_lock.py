@@ -27,7 +27,7 @@ class Owner:
 
 class LoopTestCase(unittest.TestCase):
 
-    timeout = None
+    timeout: float | None = None
 
     def setUp(self):
         self.loop = asyncio.new_event_loop()

@@ -270,7 +270,7 @@ class FuzzTestBase(unittest.TestCase):
     def run_examples(self, body, examples: int) -> None:
         """Run *body(fuzzer)* for *examples* examples, each on a fresh
         server and file: an example's outcome never depends on another's."""
-        totals = collections.Counter()
+        totals: collections.Counter[str] = collections.Counter()
         gc.collect()
         descriptors = len(os.listdir("/proc/self/fd"))
 

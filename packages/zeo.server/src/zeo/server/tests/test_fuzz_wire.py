@@ -176,12 +176,12 @@ class WireFuzzer:
                 break
             if answer is None:
                 sock.sendall(client.data_to_send())
+                outcome = self._send_and_wait(sock, client, frames, ending)
             else:
                 # After a broken answer only a close (or a status, for
                 # "ruok") may come back: read to the end, decode nothing.
                 sock.sendall(frame(answer))
-                client, ending = None, "eof"
-            outcome = self._send_and_wait(sock, client, frames, ending)
+                outcome = self._send_and_wait(sock, None, frames, "eof")
         finally:
             sock.close()
         self.frames += len(frames)

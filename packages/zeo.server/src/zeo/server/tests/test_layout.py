@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 import unittest
+from typing import Any
 from pathlib import Path
 
 
@@ -22,12 +23,13 @@ def find_checkout() -> Path | None:
     return None
 
 
-CHECKOUT = find_checkout()
+#: The checkout (a Path), or None outside one: the tests that need it skip.
+CHECKOUT: Any = find_checkout()
 
 
 def buildout_versions() -> dict[str, str]:
     parser = configparser.ConfigParser(interpolation=None)
-    parser.optionxform = str  # keep the case of distribution names
+    parser.optionxform = str  # type: ignore[assignment, method-assign]  # keep the case
     parser.read(CHECKOUT / "versions.cfg")
     return {name.lower(): value for name, value in parser["versions"].items()}
 

@@ -10,11 +10,13 @@ as the doctests find theirs; outside a checkout there is nothing to check.
 import importlib
 import re
 import unittest
+from typing import Any
 from pathlib import Path
 
 from zeo.protocol.tests.doctests import find_docs
 
-DOCS = find_docs()
+#: docs/ (a Path), or None outside a checkout.
+DOCS: Any = find_docs()
 
 # ``ZEO.x.y``, ``zeo.x.y`` inside an inline literal (``...``), up to a "(".
 NAME = re.compile(r"\b((?:ZEO|zeo)(?:\.[A-Za-z_]\w*)+)")

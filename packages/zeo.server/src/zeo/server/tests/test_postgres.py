@@ -26,7 +26,8 @@ REPLICATION_WAIT = 30.0
 
 
 def expected_owner() -> int:
-    return postgres._run_as()[0] if os.geteuid() == 0 else os.geteuid()
+    owner = postgres._run_as()
+    return owner[0] if owner is not None else os.geteuid()
 
 
 class PostgresLayerTests(unittest.TestCase):

@@ -71,7 +71,7 @@ SAMPLE = [
 class ModeTests:
     """Behaviour that must hold in memory and in file mode alike."""
 
-    memory_limit = None
+    memory_limit: int | None = None
 
     def make(self, **kw):
         kw.setdefault('memory_limit', self.memory_limit)
@@ -401,7 +401,7 @@ blobs = st.binary(max_size=3000)
 # Absolute paths in a directory that doesn't exist: close() tries to
 # remove them, which must find nothing.
 paths = st.text(max_size=20, alphabet=st.characters(
-    blacklist_categories=('Cs',), blacklist_characters='\0/')).map(
+    exclude_categories=['Cs'], exclude_characters='\0/')).map(
         lambda name: '/nonexistent-zeo-spool-test/b-' + name)
 operations = st.one_of(
     st.builds(Store, oids, oids, blobs),

@@ -6,6 +6,7 @@ import sys
 import tempfile
 import textwrap
 import unittest
+from typing import Any
 
 from zeo.server.testing import SERVER_LAYER
 from zeo.server.tests.rawclient import RawClient
@@ -17,7 +18,7 @@ class SampleApplicationTests(unittest.TestCase):
     """Each test sees an empty storage on the same address."""
 
     layer = SERVER_LAYER
-    addresses = set()
+    addresses: set[Any] = set()
 
     def check_fresh_storage_then_write(self):
         client = RawClient(SERVER_LAYER.address)
