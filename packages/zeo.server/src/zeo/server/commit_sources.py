@@ -160,6 +160,8 @@ class Announcer:
         self._announce([(tid, oids)], committer)
         if not self.mvcc:
             self._announce(self._take_pending(), None)
+        elif self.served.lock.holder is None and (self._pending or self._move_due):
+            self._publish()   # no release will follow (rule 3 allows it now)
 
     def flush(self) -> None:
         """Announce the external commits read so far, if rule 3 allows."""
