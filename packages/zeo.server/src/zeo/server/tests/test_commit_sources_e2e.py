@@ -72,14 +72,17 @@ class TwoSides:
 
 
 class FanOutTests(TwoSides, unittest.TestCase):
-    """Serving a ClientStorage of an upstream server (registerDB)."""
+    """Serving a zeo.client ClientStorage of an upstream server (registerDB)."""
+
+    def upstream_storage(self, address):
+        return zeo.client.ClientStorage(address, wait_timeout=30)
 
     def setUp(self):
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)
         upstream, stop_upstream = zeo.server.server(path=os.path.join(directory, "Data.fs"))
         self.addCleanup(stop_upstream)
-        self.upstream_client = zeo.client.ClientStorage(upstream, wait_timeout=30)
+        self.upstream_client = self.upstream_storage(upstream)
         middle, stop_middle = zeo.server.server(storages={"1": self.upstream_client})
         self.addCleanup(stop_middle)
         self.b = self.db(upstream)    # directly on the upstream
@@ -108,6 +111,14 @@ class FanOutTests(TwoSides, unittest.TestCase):
             tid = self.commit(self.b, b=n)
             self.sees(self.a, tid, "b", n)
         self.assertEqual(self.a.storage.lastTransaction(), self.b.storage.lastTransaction())
+
+
+class ReferenceFanOutTests(FanOutTests):
+    """Serving the reference ZEO's ClientStorage of an upstream server."""
+
+    def upstream_storage(self, address):
+        import ZEO.ClientStorage
+        return ZEO.ClientStorage.ClientStorage(address, wait_timeout=30)
 
 
 class MVCCFrontsTests(TwoSides, unittest.TestCase):
