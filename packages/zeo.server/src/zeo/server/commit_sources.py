@@ -138,11 +138,19 @@ class Announcer:
     def report_threadsafe(self, tid: bytes, oids: Iterable[bytes]) -> None:
         """An external commit, from any thread (rule 5)."""
         self._inbox.append((tid, tuple(oids)))
-        self._call_soon_threadsafe(self.flush)
+        self._wake(self.flush)
 
     def drop_caches_threadsafe(self) -> None:
         """``invalidateCache`` from any thread (rule 6)."""
-        self._call_soon_threadsafe(self.drop_caches)
+        self._wake(self.drop_caches)
+
+    def _wake(self, function: Callable[[], None]) -> None:
+        try:
+            self._call_soon_threadsafe(function)
+        except RuntimeError:
+            # The loop is closed: the server has stopped, nobody to tell.
+            logger.debug("storage %r: a notification came after the server stopped",
+                         self.served.name)
 
     # -- merging ----------------------------------------------------------------
 

@@ -257,6 +257,17 @@ class MergeTests(unittest.TestCase):
         self.assertEqual(other.heard, [p64(5), p64(6)])
         self.assertEqual(self.queued(served), [p64(5), p64(6)])
 
+    def test_a_notification_after_the_loop_closed_is_dropped(self):
+        served = self.serve()
+
+        def closed(*args):
+            raise RuntimeError("Event loop is closed")
+
+        served.announcer._call_soon_threadsafe = closed
+        DatabaseStandIn(served.announcer).invalidate(p64(4), [oid(1)])
+        DatabaseStandIn(served.announcer).invalidateCache()
+        self.assertEqual(self.sessions[0].heard, [])
+
     def test_invalidateCache_closes_the_clients_and_reseeds_the_queue(self):
         storage = MappingStorage()
         served = self.serve(storage)
