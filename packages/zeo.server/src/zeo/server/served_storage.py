@@ -36,14 +36,14 @@ __all__ = ["LoopHooks", "ServedStorage"]
 
 logger = logging.getLogger(__name__)
 
-Z64 = b"\0" * 8
-
 
 class LoopHooks:
-    """The three event-loop services the core needs, passed in explicitly.
+    """The event-loop services the core needs, passed in explicitly.
 
-    In production these are ``loop.call_soon``, ``loop.call_later`` and
-    ``time.time``; nothing in the core reads a clock or a loop by itself.
+    In production these are ``loop.call_soon``, ``loop.call_later``,
+    ``time.time`` and ``loop.call_soon_threadsafe`` (how a storage's own
+    thread hands commits made elsewhere over; it defaults to *call_soon*);
+    nothing in the core reads a clock or a loop by itself.
     """
 
     __slots__ = ("call_soon", "call_later", "clock", "call_soon_threadsafe")

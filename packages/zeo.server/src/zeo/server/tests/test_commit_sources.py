@@ -18,6 +18,7 @@ from ZODB.utils import p64
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+import zeo.server
 from zeo.server.commit_sources import DatabaseStandIn, IteratingSource
 from zeo.server.config import ServerConfig
 from zeo.server.interfaces import ICommitSource
@@ -291,6 +292,10 @@ class MergeTests(unittest.TestCase):
         served = self.serve()
         served.close()
         self.assertTrue(self.source.stopped)
+
+    def test_a_child_process_server_takes_no_source_objects(self):
+        with self.assertRaises(ValueError):
+            zeo.server.server(threaded=False, sources={"1": FakeSource()})
 
     def test_sources_must_name_served_storages(self):
         with self.assertRaises(ValueError):
