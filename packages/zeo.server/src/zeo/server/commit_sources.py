@@ -42,10 +42,14 @@ Rules:
    it appends to a thread-safe inbox and wakes the loop with
    ``call_soon_threadsafe``.  A source reports on the loop.
 6. Dropped caches.  ``invalidateCache`` (the upstream could not verify
-   its cache) re-seeds the queue from the storage and closes every client
-   connection, as the reference server does: the clients reconnect, and
-   ask ``getInvalidations`` with a tid the queue cannot answer, so they
-   drop their caches too.
+   its cache) empties the queue and closes every client connection: the
+   clients reconnect and ask ``getInvalidations``, which the empty queue
+   cannot answer, so they drop their caches too.  The reference server
+   closes the connections too but re-seeds its queue from the storage's
+   ``lastTransaction``, which its own ClientStorage may not have moved yet
+   (it calls ``invalidateCache`` before it sets the new last tid): a
+   client exactly up to date with the old tid would then keep a stale
+   cache.  Until the next commit, ``lastTransaction`` is the storage's.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from ZODB.serialize import referencesf
 from zope.interface import implementer
 
 from zeo.server.interfaces import ICommitSource
+from zeo.server.invalidation_queue import InvalidationQueue
 
 if TYPE_CHECKING:
     from zeo.server.served_storage import ServedStorage
@@ -194,7 +199,10 @@ class Announcer:
                        self.served.name, len(self.served.sessions))
         self._inbox.clear()
         self._pending.clear()
-        self.served.queue.seed_from(self.served.storage)
+        # An empty queue: it answers no tid until the next commit, so
+        # every client drops its cache (see rule 6).
+        queue = self.served.queue
+        self.served.queue = InvalidationQueue(queue.size, max_oids=queue.max_oids)
         for session in list(self.served.sessions):
             session.peer.close("the served storage dropped its cache")
 

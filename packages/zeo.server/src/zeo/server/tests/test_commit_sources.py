@@ -278,7 +278,13 @@ class MergeTests(unittest.TestCase):
         self.loop.run()
         for session in self.sessions:
             self.assertIn("dropped its cache", session.peer.closed)
-        self.assertEqual(list(served.queue), [(storage.lastTransaction(), None)])
+        # No tid a client may know can be answered: every client drops its
+        # cache; the next commit is queued as usual.
+        self.assertEqual(list(served.queue), [])
+        self.assertIsNone(served.queue.since(p64(5)))
+        self.source.commit(6, 2)
+        self.assertEqual(served.queue.since(p64(6)), (p64(6), ()))
+        self.assertIsNone(served.queue.since(p64(5)))
 
     def test_the_queue_is_seeded_from_the_source(self):
         source = FakeSource([(p64(3), (oid(1),)), (p64(4), (oid(2),))])

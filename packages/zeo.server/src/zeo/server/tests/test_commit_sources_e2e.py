@@ -87,6 +87,7 @@ class FanOutTests(TwoSides, unittest.TestCase):
         self.addCleanup(stop_middle)
         self.b = self.db(upstream)    # directly on the upstream
         self.a = self.db(middle)      # on the middle server
+        self.directory, self.upstream, self.stop_upstream = directory, upstream, stop_upstream
 
     def test_upstream_commits_reach_the_middle_servers_clients(self):
         self.commit(self.b, n=0)
@@ -111,6 +112,33 @@ class FanOutTests(TwoSides, unittest.TestCase):
             tid = self.commit(self.b, b=n)
             self.sees(self.a, tid, "b", n)
         self.assertEqual(self.a.storage.lastTransaction(), self.b.storage.lastTransaction())
+
+
+    def test_when_the_upstream_cannot_verify_our_clients_drop_their_caches(self):
+        self.commit(self.b, n=1)
+        self.sees(self.a, self.b.storage.lastTransaction(), "n", 1)
+        self.stop_upstream()
+        # Commits the upstream's next life cannot list to the middle's
+        # ClientStorage (its invalidation queue keeps one): it drops its
+        # cache and tells us with invalidateCache.
+        path = os.path.join(self.directory, "Data.fs")
+        db = ZODB.DB(path)
+        for n in (2, 3, 4):
+            self.commit(db, n=n)
+        db.close()
+        with self.assertLogs("zeo.server.commit_sources", "WARNING") as logged:
+            _, stop = zeo.server.server(path=path, port=self.upstream,
+                                        invalidation_queue_size=1)
+            self.addCleanup(stop)
+            wait_for(lambda: self.read_fresh(self.a, "n") == 4,
+                     "the middle's client to read the upstream's new state")
+        self.assertIn("invalidateCache", logged.output[0])
+
+    def read_fresh(self, db, key):
+        try:
+            return self.read(db, key)
+        except Exception:   # disconnected while the servers reconnect
+            return None
 
 
 class ReferenceFanOutTests(FanOutTests):
