@@ -229,11 +229,17 @@ class Announcer:
             self._add(tid, oids)
 
     def _add(self, tid: bytes, oids: tuple[bytes, ...]) -> None:
-        if not isinstance(tid, bytes) or len(tid) != 8:
-            logger.error("storage %r: ignored an external commit with a bad tid %r",
-                         self.served.name, f"{tid!r:.100}")
+        # Checked here, not when queued: a bad value must never make our
+        # own commit's announcement fail inside the storage's tpc_finish.
+        if not _is_id(tid):
+            logger.error("storage %r: ignored an external commit with a bad tid %.100r",
+                         self.served.name, tid)
             return
-        heapq.heappush(self._pending, (tid, oids))
+        good = tuple(oid for oid in oids if _is_id(oid))
+        if len(good) != len(oids):
+            logger.error("storage %r: external commit %s: ignored %d bad oid(s)",
+                         self.served.name, tid.hex(), len(oids) - len(good))
+        heapq.heappush(self._pending, (tid, good))
 
     def _take_pending(self) -> list[Commit]:
         pending, self._pending = self._pending, []
@@ -362,6 +368,10 @@ class IteratingSource:
             close = getattr(transactions, "close", None)
             if close is not None:
                 close()
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, bytes) and len(value) == 8
 
 
 def _p64(n: int) -> bytes:

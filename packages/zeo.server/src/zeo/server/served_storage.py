@@ -6,6 +6,9 @@ registered sessions. Sessions call `commit_finished` from inside the
 storage's ``tpc_finish`` callback, so the queue and the fan-out to the other
 sessions happen while the storage still holds its own commit lock: no
 session can observe the new tid before the invalidations are on their way.
+Commits made elsewhere (the storage's ``registerDB`` notifications, an
+`ICommitSource`) are merged with ours by an `Announcer`, whose rules are in
+zeo.server.commit_sources.
 """
 
 from __future__ import annotations

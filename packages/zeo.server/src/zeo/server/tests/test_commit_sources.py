@@ -222,6 +222,17 @@ class MergeTests(unittest.TestCase):
         self.assertEqual(other.heard, [p64(5), p64(6), p64(7)])
         self.assertEqual(self.queued(served), [p64(5), p64(6), p64(7)])
 
+    def test_bad_external_values_never_break_our_own_commit(self):
+        served = self.serve()
+        committer, other = self.sessions
+        stand_in = DatabaseStandIn(served.announcer)
+        stand_in.invalidate(b"short", [oid(1)])
+        stand_in.invalidate(p64(5), [oid(1), "not an oid", b"\0"])
+        served.commit_finished(committer, p64(6), [oid(2)])
+        self.loop.run()
+        self.assertEqual(other.heard, [p64(5), p64(6)])
+        self.assertEqual(served.queue.since(p64(4)), (p64(6), (oid(1), oid(2))))
+
     def test_an_upstream_echo_of_our_own_commit_is_dropped(self):
         served = self.serve()
         committer, other = self.sessions
