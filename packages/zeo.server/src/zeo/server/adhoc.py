@@ -129,13 +129,15 @@ def server(path: str | None = None, blob_dir: str | None = None,
            storage_conf: str | None = None, zeo_conf: ZeoConf = None,
            port: int | Address = 0, threaded: bool = True,
            storages: dict[str, Any] | None = None,
+           sources: dict[str, Any] | None = None,
            **kw: Any) -> tuple[Address, Callable[..., None]]:
     """Start a server; return ``(address, stop)`` once it listens.
 
     The storage is a FileStorage at *path* (with *blob_dir*), one a ZConfig
     *storage_conf* text describes, or a fresh MappingStorage (with blobs in
     *blob_dir* if given); it is served as ``'1'``. *storages* (name to an
-    open storage) serves several instead. *zeo_conf* and *port* are read by
+    open storage) serves several instead; *sources* maps storage names to
+    an `ICommitSource` (threaded only). *zeo_conf* and *port* are read by
     `zeo_settings`; further keyword arguments are `ServerConfig` fields and
     win over *zeo_conf*.
 
@@ -153,9 +155,10 @@ def server(path: str | None = None, blob_dir: str | None = None,
     """
     if not threaded:
         from zeo.server.adhocprocess import start_process
-        if storages is not None:
+        if storages is not None or sources is not None:
             raise ValueError("threaded=False serves storages it opens itself:"
-                             " give path, blob_dir or storage_conf, not storages")
+                             " give path, blob_dir or storage_conf, not storages"
+                             " or sources")
         return start_process(dict(path=path, blob_dir=blob_dir, storage_conf=storage_conf,
                                   zeo_conf=zeo_conf, port=port, **kw), START_TIMEOUT)
     config, address = zeo_settings(zeo_conf, port)
@@ -163,18 +166,18 @@ def server(path: str | None = None, blob_dir: str | None = None,
         config = dataclasses.replace(config, **kw)
     if storages is None:
         storages = {"1": open_storage(path, blob_dir, storage_conf)}
-    return _start_thread(storages, config, address)
+    return _start_thread(storages, config, address, sources)
 
 
-def _start_thread(storages: dict[str, Any], config: ServerConfig,
-                  address: Address) -> tuple[Address, Callable[..., None]]:
+def _start_thread(storages: dict[str, Any], config: ServerConfig, address: Address,
+                  sources: dict[str, Any] | None = None) -> tuple[Address, Callable[..., None]]:
     from zeo.server.storage_server import StorageServer
 
     started = threading.Event()
     state: dict[str, Any] = {}
 
     async def serve() -> None:
-        storage_server = StorageServer(storages, config)
+        storage_server = StorageServer(storages, config, sources)
         state["stop"] = asyncio.Event()
         try:
             state["addresses"] = await storage_server.start([address])

@@ -496,3 +496,44 @@ class IIteratorRegistry(Interface):
 
     def close():
         """Close every iterator; those still being made close on adoption."""
+
+
+class ICommitSource(Interface):
+    """Where a served storage learns of commits that did not pass through
+    this server (other fronts of a shared database, for example).
+
+    The server starts the source on its event loop when it starts serving
+    and stops it before closing the storage; see
+    `zeo.server.commit_sources` for how the reported commits are merged
+    with the server's own.  A source never blocks the loop for long: its
+    synchronous methods are quick queries (the tail of a log, an indexed
+    query), and anything slow happens in the source's own thread or
+    connection, handed over to the loop before calling *report*.
+    """
+
+    def start(report, call_later):
+        """Begin watching; called once, on the loop.
+
+        Call ``report(tid, oids)`` on the loop for every commit found, in
+        increasing tid order (a commit reported twice, or one the server
+        made itself, is ignored by the server).  *call_later* is
+        ``loop.call_later``, for a source that polls.
+        """
+
+    def stop():
+        """Stop watching; called once, on the loop.  No report follows."""
+
+    def commits_since(tid):
+        """The commits after *tid*, oldest first, as ``(tid, oids)`` pairs.
+
+        Called on the loop, synchronously: at every commit made through
+        this server (so that older commits made elsewhere are announced
+        first) and when the server starts.  It must see every commit whose
+        tid is below a tid the database has already handed out.
+        """
+
+    def recent(count):
+        """The newest *count* commits at most, oldest first, as ``(tid,
+        oids)`` pairs; seeds the invalidation queue when the server starts
+        so that a client coming from another front verifies its cache
+        quickly.  Empty if the source cannot tell."""

@@ -6,6 +6,9 @@ registered sessions. Sessions call `commit_finished` from inside the
 storage's ``tpc_finish`` callback, so the queue and the fan-out to the other
 sessions happen while the storage still holds its own commit lock: no
 session can observe the new tid before the invalidations are on their way.
+Commits made elsewhere (the storage's ``registerDB`` notifications, an
+`ICommitSource`) are merged with ours by an `Announcer`, whose rules are in
+zeo.server.commit_sources.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ZODB.POSException import StorageError
 
 from zeo.server.blob_uploads import SpoolBudget, UploadDirectory, remove_stale_uploads
 from zeo.server.commit_lock import CommitLock
+from zeo.server.commit_sources import Announcer, DatabaseStandIn
 from zeo.server.config import ServerConfig
 from zeo.server.conflicts import guard_conflict_resolution
 from zeo.server.invalidation_queue import InvalidationQueue, invalidations_by_iteration
@@ -31,25 +35,30 @@ from zeo.server.stats import StorageStats
 if TYPE_CHECKING:
     from zeo.server.session import StorageSession
 
-logger = logging.getLogger(__name__)
+__all__ = ["LoopHooks", "ServedStorage"]
 
-Z64 = b"\0" * 8
+logger = logging.getLogger(__name__)
 
 
 class LoopHooks:
-    """The three event-loop services the core needs, passed in explicitly.
+    """The event-loop services the core needs, passed in explicitly.
 
-    In production these are ``loop.call_soon``, ``loop.call_later`` and
-    ``time.time``; nothing in the core reads a clock or a loop by itself.
+    In production these are ``loop.call_soon``, ``loop.call_later``,
+    ``time.time`` and ``loop.call_soon_threadsafe`` (how a storage's own
+    thread hands commits made elsewhere over; it defaults to *call_soon*);
+    nothing in the core reads a clock or a loop by itself.
     """
 
-    __slots__ = ("call_soon", "call_later", "clock")
+    __slots__ = ("call_soon", "call_later", "clock", "call_soon_threadsafe")
 
     def __init__(self, call_soon: Callable[..., Any], call_later: Callable[..., Any],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 call_soon_threadsafe: Callable[..., Any] | None = None) -> None:
         self.call_soon = call_soon
         self.call_later = call_later
         self.clock = clock
+        #: ``loop.call_soon_threadsafe``: how other threads wake the loop.
+        self.call_soon_threadsafe = call_soon_threadsafe or call_soon
 
 
 class ServedStorage:
@@ -57,12 +66,16 @@ class ServedStorage:
 
     *spool_budget* is shared by every storage of a server (see
     `zeo.server.blob_uploads.SpoolBudget`); without it this storage has its
-    own, of ``config.max_spool_total`` bytes.
+    own, of ``config.max_spool_total`` bytes. *source* (an `ICommitSource`)
+    reports commits made elsewhere; they and the storage's own
+    ``registerDB`` notifications are merged with this server's commits by
+    an `Announcer` (see zeo.server.commit_sources), started by `start`.
     """
 
     def __init__(self, name: str, storage: Any, config: ServerConfig,
                  hooks: LoopHooks, spool_budget: SpoolBudget | None = None,
-                 iterator_budget: IteratorBudget | None = None) -> None:
+                 iterator_budget: IteratorBudget | None = None,
+                 source: Any = None) -> None:
         self.name = name
         self.storage = storage
         self.config = config
@@ -72,7 +85,6 @@ class ServedStorage:
         self.stats = StorageStats(start_time=hooks.clock(),
                                   slow_threshold=config.monitor_slow_transaction)
         self.queue = InvalidationQueue(config.invalidation_queue_size)
-        self.queue.seed_from(storage)
         self.lock = CommitLock(
             call_soon=hooks.call_soon,
             clock=hooks.clock,
@@ -97,6 +109,23 @@ class ServedStorage:
         self.iterator_budget = iterator_budget or IteratorBudget(config.max_server_iterators)
         #: The outcome of the pack running now, if any (see `pack`).
         self.packing: Delayed | None = None
+        #: Merges this server's commits with those made elsewhere.
+        self.announcer = Announcer(self, hooks.call_soon_threadsafe, source)
+        self.announcer.seed()
+        self.started = False
+
+    def start(self) -> None:
+        """Listen to commits made elsewhere (on the loop, once): the
+        storage's ``registerDB`` and the commit source, if any."""
+        if self.started:
+            return
+        self.started = True
+        register_db = getattr(self.storage, "registerDB", None)
+        if register_db is not None:
+            register_db(DatabaseStandIn(self.announcer))
+        if self.announcer.source is not None:
+            self.announcer.source.start(self.announcer.report, self.hooks.call_later)
+            self.announcer.flush()
 
     def __repr__(self) -> str:
         return f"<ServedStorage {self.name!r} {self.storage!r}>"
@@ -116,12 +145,13 @@ class ServedStorage:
 
     def commit_finished(self, committer: StorageSession, tid: bytes,
                         oids: Iterable[bytes]) -> None:
-        """Record a commit and tell every other session, in commit order."""
-        oids = tuple(oids)
-        self.queue.append(tid, oids)
-        for session in self.sessions:
-            if session is not committer:
-                session.notify("invalidateTransaction", (tid, oids))
+        """Record a commit and tell every other session, in commit order
+        (after older commits made elsewhere: see `Announcer.own`)."""
+        self.announcer.own(committer, tid, tuple(oids))
+
+    def last_transaction(self) -> bytes:
+        """The newest tid announced to the clients (``lastTransaction``)."""
+        return self.announcer.last_tid
 
     def broadcast_info(self) -> None:
         info = self.size_info()
@@ -193,7 +223,14 @@ class ServedStorage:
         session.transaction_timed_out(self.config.transaction_timeout)
 
     def _lock_held(self, session: StorageSession, seconds: float) -> None:
+        # Called at every release by the holder, its storage transaction
+        # over and the next holder not begun: the snapshot may move.
         self.stats.lock_held(session.label, seconds, self.hooks.clock())
+        try:
+            self.announcer.released()
+        except Exception:
+            logger.exception("storage %r: announcing commits made elsewhere failed;"
+                             " trying again at the next release", self.name)
 
     # -- status -------------------------------------------------------------
 
@@ -201,13 +238,16 @@ class ServedStorage:
         """The ``server_status`` dict: the reference's keys plus ours."""
         return self.stats.as_dict(
             now=self.hooks.clock(),
-            last_transaction=self.storage.lastTransaction() or Z64,
+            last_transaction=self.last_transaction(),
             lock=self.lock,
             describe_owner=lambda session: session.label,
             invalidation_queue_length=len(self.queue),
             max_labels=self.config.max_status_labels)
 
     def close(self) -> None:
+        source = self.announcer.source
+        if self.started and source is not None:
+            source.stop()
         try:
             if self.uploads is not None:
                 self.uploads.close()

@@ -116,7 +116,7 @@ class StorageSession:
                                            served.iterator_budget)
         self._slow = SlowCalls(self.peer.run_in_thread, served.config.max_waiting_calls)
         served.add(self)
-        return served.storage.lastTransaction()
+        return served.last_transaction()
 
     def _storage(self) -> Any:
         return self.served.storage  # type: ignore[union-attr]
@@ -136,7 +136,7 @@ class StorageSession:
         }
 
     def lastTransaction(self) -> bytes:
-        return self._storage().lastTransaction()
+        return self.served.last_transaction()  # type: ignore[union-attr]
 
     def getInvalidations(self, tid: bytes) -> Any:
         served = self.served

@@ -56,13 +56,19 @@ class Closed:
 
 
 class StorageServer:
-    """Serve *storages* (a mapping of name to ZODB storage)."""
+    """Serve *storages* (a mapping of name to ZODB storage); *sources* maps
+    some of those names to an `ICommitSource` (see zeo.server.commit_sources)."""
 
-    def __init__(self, storages: dict[str, Any], config: ServerConfig | None = None) -> None:
+    def __init__(self, storages: dict[str, Any], config: ServerConfig | None = None,
+                 sources: dict[str, Any] | None = None) -> None:
         if not storages:
             raise ValueError("a storage server needs at least one storage")
         self.config = config or ServerConfig()
         self._raw_storages = dict(storages)
+        self._sources = dict(sources or {})
+        unknown = set(self._sources) - set(self._raw_storages)
+        if unknown:
+            raise ValueError(f"commit sources for unknown storages: {sorted(unknown)}")
         self.storages: dict[str, ServedStorage] = {}
         self.connections: set[ServerProtocol] = set()
         self.addresses: list[Address] = []
@@ -90,11 +96,15 @@ class StorageServer:
         """Open the storages' shared state and listen; return bound addresses."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        hooks = LoopHooks(loop.call_soon, loop.call_later)
+        hooks = LoopHooks(loop.call_soon, loop.call_later,
+                          call_soon_threadsafe=loop.call_soon_threadsafe)
         for name, storage in self._raw_storages.items():
             self.storages[name] = ServedStorage(name, storage, self.config, hooks,
                                                 spool_budget=self.spool_budget,
-                                                iterator_budget=self.iterator_budget)
+                                                iterator_budget=self.iterator_budget,
+                                                source=self._sources.get(name))
+        for served in self.storages.values():
+            served.start()
         for address in addresses:
             await self._listen(loop, address)
         self.budgets.start(loop, self.connections)
