@@ -226,8 +226,14 @@ def _build_from_file(options: argparse.Namespace) -> Plan:
         config = dataclasses.replace(config, **changes)
     refuse_taken_address(address)
     storages = settings.open_storages()
+    try:
+        sources = commit_sources(storages, config)
+    except UsageError:
+        for storage in storages.values():
+            storage.close()
+        raise
     return Plan(storages, config, address, options.pid_file or settings.pid_filename,
-                settings.eventlog, commit_sources(storages, config))
+                settings.eventlog, sources)
 
 
 def commit_sources(storages: dict[str, Any], config: ServerConfig) -> dict[str, Any]:
