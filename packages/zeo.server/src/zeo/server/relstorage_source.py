@@ -144,6 +144,7 @@ class PostgresCommitSource:
         self.statement_timeout = float(statement_timeout)
         self._connection: Any = None
         self._trigger_checked = False
+        self._stopped = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading: int | None = None   # the watched descriptor
         self._report: Callable[[bytes, tuple[bytes, ...]], None] | None = None
@@ -167,9 +168,13 @@ class PostgresCommitSource:
             self._seen = self._newest_tid()
         self._watch()
         self._timer = call_later(self.poll_interval, self._tick)
+        logger.info("looking for other fronts' commits: %s every %g s",
+                    "notifications, and a safety poll" if self.notify else "a poll",
+                    self.poll_interval)
 
     def stop(self) -> None:
         """See `ICommitSource`."""
+        self._stopped = True
         self._report = None
         timer, self._timer = self._timer, None
         if timer is not None:
@@ -179,7 +184,7 @@ class PostgresCommitSource:
     def commits_since(self, tid: bytes) -> list[Commit]:
         """See `ICommitSource`; empty (and logged) if the database failed."""
         after = _u64(tid)
-        if after >= _MAX_TID:
+        if after >= _MAX_TID or self._stopped:
             return []
         try:
             commits = self._query(
@@ -195,7 +200,7 @@ class PostgresCommitSource:
 
     def recent(self, count: int) -> list[Commit]:
         """See `ICommitSource`."""
-        if count <= 0:
+        if count <= 0 or self._stopped:
             return []
         try:
             return self._query(

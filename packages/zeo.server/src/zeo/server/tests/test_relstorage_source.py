@@ -62,6 +62,9 @@ class PostgresCommitSourceTests(unittest.TestCase):
         self.assertEqual(source.recent(2), commits[1:])
         self.assertEqual(source.recent(100), commits)
         self.assertEqual(source.commits_since(b"\xff" * 8), [])
+        source.stop()   # and it does not connect again
+        self.assertEqual((source.commits_since(z64), source.recent(2)), ([], []))
+        self.assertIsNone(source._connection)
 
     def test_history_free(self):
         dsn = POSTGRES_LAYER.new_database()
