@@ -167,6 +167,26 @@ class WatchingTests(unittest.TestCase):
         finally:
             connection.close()
 
+    def test_without_the_right_to_install_the_trigger_it_polls(self):
+        dsn = POSTGRES_LAYER.new_database()
+        create_root(dsn)
+        admin = POSTGRES_LAYER.connect(dsn)
+        try:
+            with admin.cursor() as cursor:
+                cursor.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE"
+                               " rolname = 'reader') THEN CREATE ROLE reader LOGIN; END IF;"
+                               " END $$")
+                cursor.execute('GRANT SELECT ON object_state, "transaction" TO reader')
+        finally:
+            admin.close()
+        source = PostgresCommitSource(dsn.replace("user=postgres", "user=reader"),
+                                      poll_interval=0.05)
+        with self.assertLogs("zeo.server.relstorage_source", "ERROR") as logged:
+            reported, made = self.watch(source, dsn, commits=2)
+        self.assertIn("could not install the commit trigger", logged.output[0])
+        self.assertEqual(reported, made)
+        self.assertEqual(source.notifications, 0)
+
     def test_a_dropped_connection_is_made_again(self):
         dsn = POSTGRES_LAYER.new_database()
         create_root(dsn)
