@@ -42,7 +42,11 @@ How it finds them:
 6. Failures are logged, not raised: a query that fails drops the
    connection, which the next tick makes again; the commits missed
    meanwhile are found then, since the source asks for everything after
-   the newest tid it has seen.
+   the newest tid it has seen.  While connecting fails, the polls try
+   again at doubling intervals (up to ``MAX_RECONNECT_DELAY``), so an
+   unreachable database does not hold the loop in ``connect`` at every
+   tick; `commits_since` (the server's own commit just reached the
+   database) always tries.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -59,7 +64,8 @@ from zope.interface import implementer
 from zeo.server.interfaces import ICommitSource
 
 __all__ = ["CHANNEL", "DEFAULT_POLL_INTERVAL", "DEFAULT_STATEMENT_TIMEOUT",
-           "PostgresCommitSource", "install_trigger", "source_for_storage"]
+           "MAX_RECONNECT_DELAY", "PostgresCommitSource", "install_trigger",
+           "source_for_storage"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +75,9 @@ CHANNEL = "zeo_commits"
 DEFAULT_POLL_INTERVAL = 1.0
 #: Seconds one query (or connecting) may take before it is given up.
 DEFAULT_STATEMENT_TIMEOUT = 5.0
+#: Most seconds between the polls' attempts to connect again while the
+#: database cannot be reached (the delay doubles from poll_interval).
+MAX_RECONNECT_DELAY = 30.0
 #: The advisory lock serialising trigger installs of concurrent fronts
 #: (RelStorage's own advisory locks are object ids and small negatives).
 _INSTALL_LOCK = -0x5A454F5F54524947
@@ -145,6 +154,9 @@ class PostgresCommitSource:
         self._connection: Any = None
         self._trigger_checked = False
         self._stopped = False
+        #: Polls do not connect again before this (time.monotonic()).
+        self._next_connect = 0.0
+        self._failures = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading: int | None = None   # the watched descriptor
         self._report: Callable[[bytes, tuple[bytes, ...]], None] | None = None
@@ -155,6 +167,7 @@ class PostgresCommitSource:
         #: Looks (queries) made, and notifications received: for tests.
         self.looks = 0
         self.notifications = 0
+        self.connects = 0
 
     # -- ICommitSource ----------------------------------------------------------
 
@@ -217,7 +230,8 @@ class PostgresCommitSource:
         self._timer = None
         if self._report is None:
             return
-        self._look()
+        if self._connection is not None or time.monotonic() >= self._next_connect:
+            self._look()
         if self._report is not None:
             self._timer = self._call_later(self.poll_interval, self._tick)  # type: ignore[misc]
 
@@ -253,8 +267,11 @@ class PostgresCommitSource:
 
     def _watch(self) -> None:
         """Listen on the connection's socket, if notifying (rule 2)."""
-        if not self.notify or self._reading is not None or self._loop is None or self._report is None:
+        if (not self.notify or self._reading is not None or self._loop is None
+                or self._report is None):
             return
+        if self._connection is None and time.monotonic() < self._next_connect:
+            return   # the next tick
         try:
             connection = self._connect()
         except psycopg2.Error as error:
@@ -299,8 +316,16 @@ class PostgresCommitSource:
         if self._connection is not None:
             return self._connection
         timeout = max(1, round(self.statement_timeout))
-        connection = psycopg2.connect(self.dsn, connect_timeout=timeout,
-                                      application_name="zeo.server commit source")
+        self.connects += 1
+        try:
+            connection = psycopg2.connect(self.dsn, connect_timeout=timeout,
+                                          application_name="zeo.server commit source")
+        except psycopg2.Error:
+            self._failures = min(self._failures + 1, 16)
+            self._next_connect = time.monotonic() + min(
+                MAX_RECONNECT_DELAY, self.poll_interval * 2 ** self._failures)
+            raise
+        self._failures = 0
         try:
             connection.autocommit = True
             with connection.cursor() as cursor:

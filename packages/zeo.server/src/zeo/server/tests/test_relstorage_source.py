@@ -187,6 +187,27 @@ class WatchingTests(unittest.TestCase):
         self.assertEqual(reported, made)
         self.assertEqual(source.notifications, 0)
 
+    def test_an_unreachable_database_is_tried_at_doubling_intervals(self):
+        from zeo.server.tests.serverprocess import free_port
+        source = PostgresCommitSource(
+            f"host=127.0.0.1 port={free_port()} user=postgres dbname=none",
+            poll_interval=0.01)
+        source._seen = 0   # as if seeded
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            source.start(lambda tid, oids: None, loop.call_later)
+            try:
+                await asyncio.sleep(1.0)
+            finally:
+                source.stop()
+
+        with self.assertLogs("zeo.server.relstorage_source", "ERROR"):
+            asyncio.run(main())
+        # 0.02 + 0.04 + ... : about 6 attempts in a second, not 100 or 200.
+        self.assertLess(source.connects, 15)
+        self.assertGreaterEqual(source.connects, 2)
+
     def test_a_dropped_connection_is_made_again(self):
         dsn = POSTGRES_LAYER.new_database()
         create_root(dsn)
