@@ -154,6 +154,7 @@ class PostgresCommitSource:
         self._connection: Any = None
         self._trigger_checked = False
         self._stopped = False
+        self._look_due = False
         #: Polls do not connect again before this (time.monotonic()).
         self._next_connect = 0.0
         self._failures = 0
@@ -180,6 +181,7 @@ class PostgresCommitSource:
         if self._seen is None:
             self._seen = self._newest_tid()
         self._watch()
+        self._notified_meanwhile()   # commits since the server's seeding
         self._timer = call_later(self.poll_interval, self._tick)
         logger.info("looking for other fronts' commits: %s every %g s",
                     "notifications, and a safety poll" if self.notify else "a poll",
@@ -237,6 +239,7 @@ class PostgresCommitSource:
 
     def _look(self) -> None:
         """Report the commits after the newest seen (rule 4)."""
+        self._look_due = False
         if self._report is None:
             return
         seen = self._seen if self._seen is not None else 0
@@ -244,12 +247,23 @@ class PostgresCommitSource:
             if self._report is None:
                 return
             self._report(tid, oids)
-        if self._connection is not None and self._connection.notifies:
-            # Arrived during the query, perhaps for a commit it missed.
-            del self._connection.notifies[:]
-            self._loop.call_soon(self._look)  # type: ignore[union-attr]
-        elif self._reading is None:
+        if self._reading is None:
             self._watch()   # the connection broke: listen again when it is back
+
+    def _notified_meanwhile(self) -> None:
+        """Look again soon for the notifications read during a query (any
+        query: the server's `commits_since` too): the socket will not wake
+        the loop for them, and their commits may be newer than the query's
+        snapshot.  Before `start`, they wait."""
+        connection = self._connection
+        if (connection is None or not connection.notifies or self._report is None
+                or self._loop is None):
+            return
+        self.notifications += len(connection.notifies)
+        del connection.notifies[:]
+        if not self._look_due:
+            self._look_due = True
+            self._loop.call_soon(self._look)
 
     def _readable(self) -> None:
         connection = self._connection
@@ -288,6 +302,7 @@ class PostgresCommitSource:
         with connection.cursor() as cursor:
             cursor.execute(sql, parameters)
             rows = cursor.fetchall()
+        self._notified_meanwhile()
         commits: list[Commit] = []
         current: list[bytes] = []
         last = None

@@ -144,6 +144,39 @@ class WatchingTests(unittest.TestCase):
         self.assertEqual(reported, made)
         self.assertGreaterEqual(source.notifications, 3)
 
+    def test_a_notification_read_by_the_servers_query_is_not_lost(self):
+        # The server's own commit asks commits_since on the loop; the
+        # query reads the notifications already in the socket, which then
+        # never wakes the loop for them: they must still cause a look.
+        dsn = POSTGRES_LAYER.new_database()
+        create_root(dsn)
+        source = PostgresCommitSource(dsn, poll_interval=600)
+        before = source.commits_since(z64)[-1][0]
+        reported = []
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            source.start(lambda tid, oids: reported.append(tid), loop.call_later)
+            try:
+                await asyncio.sleep(0.05)
+                looks, notifications = source.looks, source.notifications
+                # Committed while the loop waits: it cannot see the
+                # notification arrive before the query reads it.
+                tid = commit(dsn, n=1)
+                time.sleep(0.2)
+                self.assertEqual(source.commits_since(before), [(tid, (z64,))])
+                deadline = time.monotonic() + 5
+                while source.notifications == notifications:
+                    self.assertLess(time.monotonic(), deadline)
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.05)
+                self.assertGreaterEqual(source.looks, looks + 2)
+            finally:
+                source.stop()
+
+        asyncio.run(main())
+        self.assertEqual(reported, [])   # the server got it from commits_since
+
     def test_history_free_notifications(self):
         dsn = POSTGRES_LAYER.new_database()
         create_root(dsn, keep_history=False)
