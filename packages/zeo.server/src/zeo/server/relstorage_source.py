@@ -242,8 +242,13 @@ class PostgresCommitSource:
         self._look_due = False
         if self._report is None:
             return
-        seen = self._seen if self._seen is not None else 0
-        for tid, oids in self.commits_since(_p64(seen)):
+        if self._seen is None:
+            # Never seen the database (it was down at start): from now on,
+            # not the whole history (the server asks for what it missed).
+            self._seen = self._newest_tid()
+            if self._seen is None:
+                return
+        for tid, oids in self.commits_since(_p64(self._seen)):
             if self._report is None:
                 return
             self._report(tid, oids)
