@@ -126,6 +126,13 @@ DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 1000
 #: among a storage's recent slow transactions on the status page.
 DEFAULT_MONITOR_SLOW_TRANSACTION = 1.0
 
+# -- several fronts over one database (see zeo.server.commit_sources) ----------
+#: The commit sources ``commit_source`` may name.
+COMMIT_SOURCES = ("postgresql",)
+#: Seconds between a commit source's polls: the safety poll behind
+#: notifications, or the only mechanism without them.
+DEFAULT_COMMIT_SOURCE_POLL_INTERVAL = 1.0
+
 
 def _check_seconds(name: str, value: Any, *, allow_none: bool = True) -> float | None:
     if value is None and allow_none:
@@ -193,6 +200,13 @@ class ServerConfig:
     #: needs ``zeo.server[monitor]``); None (the default): no endpoint.
     monitor_address: tuple[str, int] | None = None
     monitor_slow_transaction: float = DEFAULT_MONITOR_SLOW_TRANSACTION
+    #: ``"postgresql"``: every storage is a RelStorage on PostgreSQL shared
+    #: with other fronts, whose commits a `PostgresCommitSource` finds
+    #: (zeo.server.relstorage_source); None (the default): no source.
+    commit_source: str | None = None
+    #: Listen for the database's notifications (else poll alone).
+    commit_source_notify: bool = True
+    commit_source_poll_interval: float = DEFAULT_COMMIT_SOURCE_POLL_INTERVAL
 
     def __post_init__(self) -> None:
         check_event_loop(self.event_loop)
@@ -235,6 +249,11 @@ class ServerConfig:
         _check_seconds("idle_timeout", self.idle_timeout)
         _check_count("max_connections_per_address", self.max_connections_per_address)
         _check_seconds("monitor_slow_transaction", self.monitor_slow_transaction,
+                       allow_none=False)
+        if self.commit_source is not None and self.commit_source not in COMMIT_SOURCES:
+            raise ValueError(f"commit_source must be one of {COMMIT_SOURCES} or None,"
+                             f" not {self.commit_source!r:.100}")
+        _check_seconds("commit_source_poll_interval", self.commit_source_poll_interval,
                        allow_none=False)
         address = self.monitor_address
         if address is not None and not (

@@ -35,7 +35,8 @@ from typing import Any, Sequence
 from zeo.server.config import Address, ServerConfig
 from zeo.server.loops import new_event_loop
 
-__all__ = ["EPILOG", "Plan", "RESTART_STATUS", "UsageError", "build", "main", "parse_address",
+__all__ = ["EPILOG", "Plan", "RESTART_STATUS", "UsageError", "build", "commit_sources", "main",
+           "parse_address",
            "parser", "serve", "version"]
 
 logger = logging.getLogger("zeo.server")
@@ -165,8 +166,10 @@ class Plan:
     """What to run: storages, configuration, address, pid file, event log."""
 
     def __init__(self, storages: dict[str, Any], config: ServerConfig, address: Address,
-                 pid_file: str | None = None, eventlog: Any = None) -> None:
+                 pid_file: str | None = None, eventlog: Any = None,
+                 sources: dict[str, Any] | None = None) -> None:
         self.storages = storages
+        self.sources = sources or {}
         self.config = config
         self.address = address
         self.pid_file = pid_file
@@ -223,8 +226,34 @@ def _build_from_file(options: argparse.Namespace) -> Plan:
         config = dataclasses.replace(config, **changes)
     refuse_taken_address(address)
     storages = settings.open_storages()
+    try:
+        sources = commit_sources(storages, config)
+    except UsageError:
+        for storage in storages.values():
+            storage.close()
+        raise
     return Plan(storages, config, address, options.pid_file or settings.pid_filename,
-                settings.eventlog)
+                settings.eventlog, sources)
+
+
+def commit_sources(storages: dict[str, Any], config: ServerConfig) -> dict[str, Any]:
+    """The `ICommitSource` of every storage, as ``commit-source`` asks
+    (imported by name: the core never imports relstorage or psycopg2)."""
+    if config.commit_source is None:
+        return {}
+    import importlib
+    try:
+        module = importlib.import_module("zeo.server.relstorage_source")
+    except ImportError as error:
+        raise UsageError(f"commit-source {config.commit_source} needs zeo.server[relstorage]"
+                         f" (RelStorage and psycopg2): {error}")
+    try:
+        return {name: module.source_for_storage(
+                    storage, notify=config.commit_source_notify,
+                    poll_interval=config.commit_source_poll_interval)
+                for name, storage in storages.items()}
+    except ValueError as error:
+        raise UsageError(str(error))
 
 
 async def serve(plan: Plan) -> int:
@@ -245,7 +274,7 @@ async def serve(plan: Plan) -> int:
                            (signal.SIGHUP, RESTART_STATUS)):
         loop.add_signal_handler(signum, stop, status, signal.Signals(signum).name)
     loop.add_signal_handler(signal.SIGUSR2, reopen_logs)
-    server = StorageServer(plan.storages, plan.config)
+    server = StorageServer(plan.storages, plan.config, sources=plan.sources)
     try:
         await server.start([plan.address])
         await stopping.wait()

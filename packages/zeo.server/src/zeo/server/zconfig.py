@@ -105,6 +105,9 @@ def zeo_section(section: Any) -> ZeoSection:
     fields["max_connections_per_address"] = section.max_connections_per_address
     fields["monitor_address"] = section.monitor_address
     fields["monitor_slow_transaction"] = section.monitor_slow_transaction
+    fields["commit_source"] = section.commit_source
+    fields["commit_source_notify"] = section.commit_source_notify
+    fields["commit_source_poll_interval"] = section.commit_source_poll_interval
     address = getattr(section.address, "address", section.address)
     if isinstance(address, tuple):   # no port (``address HOST``): a free one
         address = (address[0] or "", address[1] or 0)
