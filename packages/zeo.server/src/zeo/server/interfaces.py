@@ -13,6 +13,22 @@ and the tests can drive them with a real event loop.
 from zope.interface import Attribute
 from zope.interface import Interface
 
+__all__ = [
+    "IBudgetedConnection",
+    "IClosed",
+    "ICommitLock",
+    "ICommitSource",
+    "IInvalidationQueue",
+    "IIteratorRegistry",
+    "IServerBudgets",
+    "IServing",
+    "ISessionPeer",
+    "ISlowCalls",
+    "IStorageSession",
+    "IStorageStats",
+    "ITransactionSpool",
+]
+
 
 class IInvalidationQueue(Interface):
     """Bounded, newest-first history of committed transactions' oids.

@@ -397,7 +397,7 @@ def source_for_storage(storage: Any, *, notify: bool = True,
                        poll_interval: float = DEFAULT_POLL_INTERVAL) -> PostgresCommitSource:
     """The source for a RelStorage *storage* on PostgreSQL, with the DSN and
     schema kind of the storage's own options (so they are written once)."""
-    adapter = getattr(storage, "_adapter", None)
+    adapter: Any = getattr(storage, "_adapter", None)
     if type(adapter).__name__ != "PostgreSQLAdapter" or not hasattr(adapter, "_dsn"):
         raise ValueError(
             f"commit-source postgresql needs a RelStorage on PostgreSQL, not"
