@@ -18,6 +18,9 @@ install ``zeo.server[testing]``)::
 
 Use ``ServerLayer(name, blobs=False, **server_options)`` for other
 settings; ``SERVER_LAYER`` and ``DB_LAYER`` are ready-made instances.
+
+`free_port` gives a free TCP port on 127.0.0.1 for a server a test starts
+itself (e.g. one it stops and restarts on the same address).
 """
 
 from __future__ import annotations
@@ -25,10 +28,21 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 import tempfile
 from typing import Any, Callable
 
-__all__ = ["DBLayer", "DB_LAYER", "SERVER_LAYER", "ServerLayer"]
+__all__ = ["DBLayer", "DB_LAYER", "SERVER_LAYER", "ServerLayer", "free_port"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on *host* just now (the OS picks it; another process
+    may take it before the caller binds it, which tests accept)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
 
 class ServerLayer:
     """A zeo server for a test layer. See the module docstring."""

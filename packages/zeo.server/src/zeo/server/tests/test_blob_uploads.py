@@ -17,7 +17,7 @@ from zeo.server.config import DEFAULT_MAX_SPOOL_SIZE, DEFAULT_MAX_SPOOL_TOTAL, S
 from zeo.server.shared_blobs import claim_shared_blob
 from zeo.server.zconfig import load
 from zeo.server.tests.rawclient import RawClient
-from zeo.server.tests.serverprocess import ServerProcess
+from zeo.server.tests.support import ServerProcess
 
 Z64 = b"\0" * 8
 

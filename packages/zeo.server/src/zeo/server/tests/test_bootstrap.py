@@ -34,7 +34,7 @@ import zipfile
 from pathlib import Path
 from types import ModuleType
 
-from zeo.server.tests.test_layout import CHECKOUT
+from zeo.server.tests.support import CHECKOUT
 
 __all__ = [
     "BootstrapOfflineTests",

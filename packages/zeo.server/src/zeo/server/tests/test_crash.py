@@ -38,7 +38,6 @@ import glob
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -47,68 +46,12 @@ import unittest
 from typing import Any, Callable
 
 from zeo.server.tests import crashworkers
-from zeo.server.tests.rawclient import connect_when_ready
-from zeo.server.tests.test_runzeo import free_port
+from zeo.server.tests.support import ServerProcess, child_env, tail
 
 #: How long the clients may take to commit again after a restart.
 PROGRESS_TIMEOUT = 60.0
 #: How long a worker may take for one transaction (then it is hung).
 HANG_TIMEOUT = 90.0
-
-
-def _child_env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-
-
-def _tail(path: str, lines: int = 30) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError:
-        return ""
-
-
-class ServerProcess:
-    """``runzeo`` serving one FileStorage, restartable on the same port."""
-
-    def __init__(self, directory: str, path: str) -> None:
-        self.directory = directory
-        self.path = path
-        self.address = ("127.0.0.1", free_port())
-        self.log_path = os.path.join(directory, "server.log")
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "zeo.server.runzeo",
-                 "-a", "%s:%d" % self.address, "-f", self.path],
-                env=_child_env(), cwd=self.directory, stdout=log, stderr=log)
-        try:
-            connect_when_ready(self.address, timeout=60).close()
-        except OSError:
-            raise AssertionError(f"the server did not start:\n{_tail(self.log_path)}")
-        self.starts += 1
-
-    def kill(self, signum: int = signal.SIGKILL) -> int:
-        assert self.process is not None
-        self.process.send_signal(signum)
-        status = self.process.wait(60)
-        self.process = None
-        return status
-
-    def stop(self) -> None:
-        """SIGTERM, which must end the server cleanly."""
-        if self.process is not None:
-            status = self.kill(signal.SIGTERM)
-            if status != 0:
-                raise AssertionError(f"the server exited with {status} on SIGTERM:\n"
-                                     f"{_tail(self.log_path)}")
-
-    def ensure_dead(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.kill()
 
 
 class Workers:
@@ -133,7 +76,7 @@ class Workers:
                  "%s:%d" % self.address, "--name", name, "--seed", str(seed),
                  "--journal", self.journal(name), "--stop-file", self.stop_file,
                  "--hang-timeout", str(HANG_TIMEOUT), *options],
-                env=_child_env(), cwd=self.directory, stdout=subprocess.DEVNULL,
+                env=child_env(), cwd=self.directory, stdout=subprocess.DEVNULL,
                 stderr=err)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -152,7 +95,7 @@ class Workers:
         for name, process in self.processes.items():
             if process.poll() is not None:
                 raise AssertionError(f"worker {name} exited early with {process.returncode}:"
-                                     f"\n{_tail(self.stderr(name))}")
+                                     f"\n{tail(self.stderr(name))}")
 
     def stop(self, timeout: float = HANG_TIMEOUT + 30) -> dict[str, dict[str, Any]]:
         """Stop every worker; return their summaries, or raise if one failed."""
@@ -170,7 +113,7 @@ class Workers:
                 continue
             if process.returncode != 0:
                 problems.append(f"worker {name} exited with {process.returncode}:\n"
-                                f"{_tail(self.stderr(name))}")
+                                f"{tail(self.stderr(name))}")
         if problems:
             raise AssertionError("\n".join(problems))
         summaries = {}
@@ -229,7 +172,7 @@ def crash_run(directory: str, *, kills: int, clients: int = 3, seed: int,
     path = os.path.join(directory, "Data.fs")
     names = [f"c{i}" for i in range(clients)]
     crashworkers.create_counters(path, names, per_client)
-    server = ServerProcess(directory, path)
+    server = ServerProcess(directory, path=path, start=False)
     workers = Workers(directory, server.address)
     result = CrashResult()
     try:
@@ -254,7 +197,7 @@ def crash_run(directory: str, *, kills: int, clients: int = 3, seed: int,
                 report(f"kill {number + 1}/{kills}")
         wait_for_growth(path, check=workers.check_alive)
         summaries = workers.stop()
-        server.stop()
+        server.stop(check=True)
     finally:
         workers.ensure_dead()
         server.ensure_dead()
@@ -325,7 +268,7 @@ class CheckTests(unittest.TestCase):
 
     def test_a_server_gone_back_in_time_loses_commits_and_serves_stale_data(self):
         crashworkers.create_counters(self.path, ["c0"], 2)
-        server = ServerProcess(self.directory, self.path)
+        server = ServerProcess(self.directory, path=self.path, start=False)
         workers = Workers(self.directory, server.address)
         try:
             server.start()
@@ -344,7 +287,7 @@ class CheckTests(unittest.TestCase):
             server.start()
             wait_for_growth(self.path, check=workers.check_alive)
             summaries = workers.stop()
-            server.stop()
+            server.stop(check=True)
         finally:
             workers.ensure_dead()
             server.ensure_dead()

@@ -25,7 +25,7 @@ import time
 import unittest
 
 from zeo.server.tests.fuzzing import MAXTID, Z64
-from zeo.server.tests.serverprocess import ServerProcess
+from zeo.server.tests.support import ServerProcess
 
 #: The bound asked for by the robustness issue; we measure about 8 KiB.
 MAX_BYTES_PER_CONNECTION = 50 * 1024

@@ -32,7 +32,8 @@ from typing import Callable
 
 from zeo.server.tests import crashworkers
 from zeo.server.tests.faultproxy import FaultProxy
-from zeo.server.tests.test_crash import ServerProcess, Workers, wait_for_growth
+from zeo.server.tests.support import ServerProcess
+from zeo.server.tests.test_crash import Workers, wait_for_growth
 
 FAULTS = ("sigkill", "sigterm", "reset", "cut")
 
@@ -56,7 +57,7 @@ def transfer_run(directory: str, *, faults: int, workers: int = 3, accounts: int
     rnd = random.Random(seed)
     path = os.path.join(directory, "Data.fs")
     total = crashworkers.create_accounts(path, accounts, 1000)
-    server = ServerProcess(directory, path)
+    server = ServerProcess(directory, path=path, start=False)
     proxy = FaultProxy(server.address)
     pool = Workers(directory, proxy.start())
     names = [f"t{i}" for i in range(workers)]
@@ -85,7 +86,7 @@ def transfer_run(directory: str, *, faults: int, workers: int = 3, accounts: int
                 report(f"fault {number + 1}/{faults}: {fault}")
         wait_for_growth(path, check=pool.check_alive)
         summaries = pool.stop()
-        server.stop()
+        server.stop(check=True)
     finally:
         pool.ensure_dead()
         server.ensure_dead()

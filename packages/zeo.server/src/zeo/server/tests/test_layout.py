@@ -12,19 +12,8 @@ import socket
 import subprocess
 import time
 import unittest
-from typing import Any
-from pathlib import Path
 
-
-def find_checkout() -> Path | None:
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "buildout.cfg").is_file() and (parent / "packages").is_dir():
-            return parent
-    return None
-
-
-#: The checkout (a Path), or None outside one: the tests that need it skip.
-CHECKOUT: Any = find_checkout()
+from zeo.server.tests.support import CHECKOUT
 
 
 def buildout_versions() -> dict[str, str]:

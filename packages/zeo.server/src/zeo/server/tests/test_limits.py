@@ -20,7 +20,7 @@ from zeo.server.config import (
     DEFAULT_MAX_ITERATORS, DEFAULT_MAX_SERVER_ITERATORS, ServerConfig)
 from zeo.server.interfaces import IServing
 from zeo.server.tests.rawclient import RawClient, ServerError
-from zeo.server.tests.serverprocess import ServerProcess
+from zeo.server.tests.support import ServerProcess
 
 Z64 = b"\0" * 8
 

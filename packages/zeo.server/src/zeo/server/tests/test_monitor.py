@@ -30,7 +30,7 @@ from zeo.server.config import ServerConfig
 from zeo.server.interfaces import IServing
 from zeo.server.monitor import monitor_address
 from zeo.server.tests.rawclient import RawClient, ServerError
-from zeo.server.tests.serverprocess import ServerProcess, free_port
+from zeo.server.tests.support import ServerProcess, free_port
 from zeo.server.stats import LATENCY_BOUNDS, StorageStats, Timing
 from zeo.server.zconfig import load
 

@@ -6,7 +6,7 @@ import unittest
 
 import zeo.server
 from zeo.server.partscripts import status, zeopack
-from zeo.server.tests.test_tools import run
+from zeo.server.tests.support import run
 
 
 class PartScriptTests(unittest.TestCase):

@@ -21,7 +21,7 @@ from ZODB.FileStorage import FileStorage
 
 import zeo.server
 from zeo.server.tests.rawclient import RawClient, ServerError
-from zeo.server.tests.test_tools import run
+from zeo.server.tests.support import run
 from zeo.server.tools import OK, status_main
 from zeo.server.zconfig import load
 

@@ -15,7 +15,7 @@ import unittest
 
 import zeo.server
 from zeo.protocol.tests.doctests import FLAGS
-from zeo.server.tests.test_layout import CHECKOUT
+from zeo.server.tests.support import CHECKOUT
 
 README_ADDRESS = "('127.0.0.1', 8100)"
 

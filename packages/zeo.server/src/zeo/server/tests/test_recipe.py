@@ -16,8 +16,8 @@ import unittest
 
 from zeo.server import zconfig
 from zeo.server.tests.rawclient import connect_when_ready
-from zeo.server.tests.test_layout import CHECKOUT
-from zeo.server.tests.test_runzeo import free_port
+from zeo.server.tests.support import CHECKOUT
+from zeo.server.tests.support import free_port
 
 Z64 = b"\0" * 8
 

@@ -16,15 +16,10 @@ import unittest
 from zeo.server.runzeo import UsageError, parse_address
 from zeo.server.zconfig import load
 from zeo.server.tests.rawclient import RawClient
+from zeo.server.tests.support import free_port
 
 Z64 = b"\0" * 8
 MAXTID = b"\x7f" + b"\xff" * 7
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ParseAddressTests(unittest.TestCase):

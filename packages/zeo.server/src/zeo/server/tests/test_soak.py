@@ -22,7 +22,7 @@ import tempfile
 import unittest
 
 from zeo.server.tests import soaking
-from zeo.server.tests.serverprocess import ServerProcess
+from zeo.server.tests.support import ServerProcess
 
 
 class SoakTests(unittest.TestCase):

@@ -19,7 +19,7 @@ import zeo.server
 from zeo.protocol import frame
 from zeo.server.interfaces import IClosed, IServing
 from zeo.server.tests.rawclient import RawClient, ServerError, connect_when_ready
-from zeo.server.tests.test_runzeo import free_port
+from zeo.server.tests.support import free_port
 
 Z64 = b"\0" * 8
 

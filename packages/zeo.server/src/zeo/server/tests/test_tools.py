@@ -1,7 +1,5 @@
 """zeo-status and zeopack against real servers."""
 
-import contextlib
-import io
 import os
 import shutil
 import tempfile
@@ -11,18 +9,11 @@ import unittest
 
 import zeo.server
 from zeo.server.tests.rawclient import RawClient
-from zeo.server.tests.test_runzeo import free_port
+from zeo.server.tests.support import free_port, run
 from zeo.server.admin import status
 from zeo.server.tools import CRITICAL, OK, WARNING, pack_main, status_main
 
 Z64 = b"\0" * 8
-
-
-def run(main, *args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return code, out.getvalue(), err.getvalue()
 
 
 class ToolTests(unittest.TestCase):

@@ -12,7 +12,7 @@ import unittest
 
 import zeo.server
 from zeo.client.tests.test_conformance import ReferenceServer
-from zeo.server.tests.test_tools import run
+from zeo.server.tests.support import run
 from zeo.server.tools import OK, WARNING, pack_main, status_main
 
 

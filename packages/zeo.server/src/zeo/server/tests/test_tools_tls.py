@@ -12,8 +12,8 @@ import trustme
 
 import zeo.server
 from zeo.server.admin import ServerUnreachable, status
-from zeo.server.tests.test_runzeo import free_port
-from zeo.server.tests.test_tools import run
+from zeo.server.tests.support import free_port
+from zeo.server.tests.support import run
 from zeo.server.tools import CRITICAL, UNKNOWN, WARNING, pack_main, status_main
 from zeo.server.zconfig import server_ssl_context
 

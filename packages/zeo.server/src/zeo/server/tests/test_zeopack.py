@@ -10,8 +10,8 @@ import unittest
 
 import zeo.server
 from zeo.server.runzeo import UsageError
-from zeo.server.tests.test_runzeo import free_port
-from zeo.server.tests.test_tools import run
+from zeo.server.tests.support import free_port
+from zeo.server.tests.support import run
 from zeo.server.tools import _pack_parser, _servers, pack_main, pack_time, parse_target
 from zeo.server.toolconfig import ClientSettings
 

@@ -1,0 +1,194 @@
+"""Test support for zeo.server's own tests (internal: scripts and other
+packages use the public ``zeo.server.testing``).
+
+- `free_port`: a free 127.0.0.1 port (``zeo.server.testing.free_port``);
+- `child_env`: the environment for a Python subprocess that must import
+  what this process imports (``PYTHONPATH`` = our ``sys.path``);
+- `CHECKOUT`: the monorepo checkout, or None outside one;
+- `run`: a command-line ``main`` run in process, its output captured;
+- `ServerProcess`: a real ``runzeo`` subprocess serving a FileStorage in a
+  directory (or the storage sections given), which tests stop, kill and
+  restart on the same address, and measure (``/proc``, ``ruok``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from zeo.server.admin import status
+from zeo.server.testing import free_port
+from zeo.server.tests.rawclient import RawClient, connect_when_ready
+
+__all__ = ["CHECKOUT", "ServerProcess", "child_env", "find_checkout", "free_port",
+           "open_descriptors", "rss_kib", "run", "tail"]
+
+
+def find_checkout() -> Path | None:
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "buildout.cfg").is_file() and (parent / "packages").is_dir():
+            return parent
+    return None
+
+
+#: The checkout (a Path), or None outside one: the tests that need it skip.
+CHECKOUT: Any = find_checkout()
+
+
+def child_env(*before: str, **variables: str) -> dict[str, str]:
+    """``os.environ`` with ``PYTHONPATH`` = *before* + our ``sys.path``, and
+    *variables* set, for a subprocess that imports what we import."""
+    path = os.pathsep.join(p for p in (*before, *sys.path) if p)
+    return dict(os.environ, PYTHONPATH=path, **variables)
+
+
+def run(main: Callable[[list[str]], int], *args: str) -> tuple[int, str, str]:
+    """``main(list(args))`` with stdout and stderr captured: (code, out, err)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def tail(path: str, lines: int = 30) -> str:
+    """The last *lines* lines of the file at *path* ('' if unreadable)."""
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process *pid*, in KiB (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class ServerProcess:
+    """``python -m zeo.server.runzeo`` on a FileStorage in *directory*.
+
+    Started at once unless *start* is false; `kill` then `start` restarts it
+    on the same address and file. Its output goes to ``runzeo.log`` in
+    *directory* (appended to by every start)."""
+
+    def __init__(self, directory: str, *args: str,
+                 zeo_options: dict[str, str] | None = None,
+                 storage: str | None = None, path: str | None = None,
+                 start: bool = True) -> None:
+        """*args*: more runzeo options; *zeo_options*: ``<zeo>`` keys and
+        values, given to runzeo in a configuration file; *storage*: the
+        storage's section(s) for that file instead of a FileStorage (e.g.
+        `postgres.relstorage_section`); *path*: the FileStorage's file
+        (default ``Data.fs`` in *directory*)."""
+        self.directory = directory
+        self.path = path or os.path.join(directory, "Data.fs")
+        self.address = ("127.0.0.1", free_port())
+        self.log_path = os.path.join(directory, "runzeo.log")
+        self.args = args
+        self.where = ["-a", "%s:%d" % self.address, "-f", self.path]
+        if zeo_options or storage:
+            self.where = ["-C", self._write_configuration(zeo_options or {}, storage)]
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pid = 0
+        #: How many times the server was started.
+        self.starts = 0
+        if start:
+            self.start()
+
+    def _write_configuration(self, zeo_options: dict[str, str],
+                             storage: str | None = None) -> str:
+        path = os.path.join(self.directory, "zeo.conf")
+        keys = "".join(f"  {key} {value}\n" for key, value in zeo_options.items())
+        with open(path, "w") as f:
+            f.write(f"<zeo>\n  address %s:%d\n{keys}</zeo>\n" % self.address)
+            f.write(storage or f"<filestorage 1>\n  path {self.path}\n</filestorage>\n")
+        return path
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "zeo.server.runzeo", *self.where, *self.args],
+                env=child_env(), stdout=log, stderr=log, cwd=self.directory)
+        self.pid = self.process.pid
+        try:
+            connect_when_ready(self.address, timeout=60).close()
+        except BaseException as error:
+            self.ensure_dead()
+            if isinstance(error, OSError):
+                raise AssertionError(
+                    f"the server did not start:\n{tail(self.log_path)}") from error
+            raise
+        self.starts += 1
+
+    def client(self, **options: Any) -> RawClient:
+        return RawClient(self.address, **options)
+
+    def rss_kib(self) -> int:
+        return rss_kib(self.pid)
+
+    def descriptors(self) -> int:
+        return open_descriptors(self.pid)
+
+    def connections(self) -> int:
+        """Registered connections, as the server counts them."""
+        count: int = status(self.address)["1"]["connections"]
+        return count
+
+    def wait_connections(self, expected: int, timeout: float = 30.0) -> int:
+        """Until the server counts *expected* connections; the last count."""
+        deadline = time.monotonic() + timeout
+        while True:
+            count = self.connections()
+            if count == expected or time.monotonic() > deadline:
+                return count
+            time.sleep(0.05)
+
+    def kill(self, signum: int = signal.SIGKILL) -> int:
+        """Send *signum* and wait (60 s at most): the exit status."""
+        assert self.process is not None
+        self.process.send_signal(signum)
+        return self.process.wait(60)
+
+    def stop(self, check: bool = False) -> int | None:
+        """SIGTERM, then the exit status (killed after 30 s); with *check*,
+        an AssertionError unless the server exited cleanly (status 0)."""
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(30)
+        if check and process.returncode != 0:
+            raise AssertionError(f"the server exited with {process.returncode} on"
+                                 f" SIGTERM:\n{tail(self.log_path)}")
+        return process.returncode
+
+    def ensure_dead(self) -> None:
+        """SIGKILL if still running (for cleanups)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(60)
+
+    def log_text(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
