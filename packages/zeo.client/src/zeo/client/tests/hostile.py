@@ -33,7 +33,7 @@ from zeo.protocol import ProtocolLimits, safe_loads
 from zeo.protocol.safe_unpickle import CONTAINER_GLOBALS
 
 from zeo.client.protocol import ClientProtocol
-from zeo.client.tests.test_protocol import Handler, Transport, Waiter
+from zeo.client.tests.support import Handler, Transport, Waiter
 
 __all__ = ['DrivenClient', 'FakeServer', 'binbytes', 'genuine_get_pickle_metadata', 'error', 'gadget_values', 'global_', 'marker_in',
            'one_way', 'record_gadget', 'reply', 'text', 'wait_until']

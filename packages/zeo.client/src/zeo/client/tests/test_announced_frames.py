@@ -17,7 +17,7 @@ import time
 import unittest
 
 from zeo.client.storage import ClientStorage
-from zeo.client.tests.test_connector import wait_until
+from zeo.client.tests.support import wait_until
 from zeo.protocol.framing import frame, frame_header
 from zeo.protocol.tests.support import TracedMemory
 

@@ -8,8 +8,8 @@ from ZODB.utils import z64
 
 from zeo.client.arguments import POSITIONAL
 from zeo.client.storage import ClientStorage
-from zeo.client.tests.test_connector import OID1, RecordingDB, ServerFixture
-from zeo.client.tests.test_connector import commit
+from zeo.client.tests.support import OID1, RecordingDB, ServerFixture
+from zeo.client.tests.support import commit
 
 NOWHERE = ('127.0.0.1', 1)
 

@@ -1,7 +1,6 @@
 """BlobCache: directory set-up, downloads, commits, loading, locking."""
 import errno
 import os
-import shutil
 import stat
 import tempfile
 import threading
@@ -16,6 +15,7 @@ from zeo.client.blob_cache import BlobCache
 from zeo.client.blob_errors import BlobCacheError
 from zeo.client.blob_errors import BlobCacheLayoutError
 from zeo.client.blob_errors import BlobCacheLockTimeout
+from zeo.client.tests.support import BlobCacheTestBase, content, p64
 
 try:
     import ZODB.blob
@@ -23,49 +23,6 @@ try:
     from ZEO.ClientStorage import BlobCacheLayout as ReferenceLayout
 except ImportError:  # pragma: no cover
     ReferenceLayout = None
-
-
-def p64(n):
-    return n.to_bytes(8, 'big')
-
-
-def content(oid, tid, size=None):
-    """Deterministic, revision-specific data."""
-    n = int.from_bytes(oid, 'big') * 7919 + int.from_bytes(tid, 'big')
-    if size is None:
-        size = 100 + n % 900
-    return (b'%d/%d;' % (int.from_bytes(oid, 'big'),
-                         int.from_bytes(tid, 'big')) * size)[:size]
-
-
-class BlobCacheTestBase(unittest.TestCase):
-
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix='zeoblobcache')
-        self.dir = os.path.join(self.tmp, 'blobs')
-        self.caches = []
-        self.fetched = []
-
-    def tearDown(self):
-        for cache in self.caches:
-            cache.close()
-        shutil.rmtree(self.tmp)
-
-    def make(self, *args, **kw):
-        kw.setdefault('fsync', False)
-        cache = BlobCache(self.dir, *args, **kw)
-        self.caches.append(cache)
-        return cache
-
-    def fetcher(self, cache, size=None):
-        def fetch(oid, tid):
-            self.fetched.append((oid, tid))
-            with cache.begin_download(oid, tid) as f:
-                f.write(content(oid, tid, size))
-        return fetch
-
-    def tmp_files(self, cache):
-        return os.listdir(cache.temporary_directory())
 
 
 class DirectoryTests(BlobCacheTestBase):

@@ -18,9 +18,9 @@ import textwrap
 import threading
 import time
 
-from zeo.client.tests.test_blob_cache import BlobCacheTestBase
-from zeo.client.tests.test_blob_cache import content
-from zeo.client.tests.test_blob_cache import p64
+from zeo.client.tests.support import BlobCacheTestBase
+from zeo.client.tests.support import content
+from zeo.client.tests.support import p64
 
 #: How long the readers run, in seconds.
 DURATION = 1.5
@@ -49,7 +49,7 @@ READER_SCRIPT = textwrap.dedent('''
     from zeo.client.blob_cache import BlobCache
     from zeo.client.tests.test_blob_concurrency import (
         read_revision, OIDS, SIZE, CHUNK)
-    from zeo.client.tests.test_blob_cache import content, p64
+    from zeo.client.tests.support import content, p64
     directory = sys.argv[1]
     cache = BlobCache(directory, SIZE, 10, recent=0, fsync=False)
     # Both processes read for the same span, which starts once this one

@@ -16,8 +16,8 @@ from zeo.client.blob_crash import UnsyncedFiles
 from zeo.client.blob_crash import system_boot_id
 from zeo.client.blob_layout import UNSYNCED_PREFIX
 from zeo.client.blob_layout import USERS_LOCK
-from zeo.client.tests.test_blob_cache import BlobCacheTestBase
-from zeo.client.tests.test_blob_cache import p64
+from zeo.client.tests.support import BlobCacheTestBase
+from zeo.client.tests.support import p64
 
 #: Opens the cache as boot argv[2], adds blob argv[3] unless "-", says
 #: "ready", and then exits without closing when stdin says "crash", or

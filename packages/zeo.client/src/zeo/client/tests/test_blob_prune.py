@@ -12,8 +12,8 @@ from unittest import mock
 from zeo.client import blob_prune
 from zeo.client.blob_lock import try_lock_file
 from zeo.client.blob_prune import prune_directory
-from zeo.client.tests.test_blob_cache import BlobCacheTestBase
-from zeo.client.tests.test_blob_cache import p64
+from zeo.client.tests.support import BlobCacheTestBase
+from zeo.client.tests.support import p64
 
 try:
     import zc.lockfile

@@ -13,8 +13,8 @@ import unittest
 from typing import Any
 
 from zeo.client.file_cache import FileCache
-from zeo.client.tests.test_cache_torn import indexed_offsets
-from zeo.client.tests.test_cache_torn import intact_records
+from zeo.client.tests.support import indexed_offsets
+from zeo.client.tests.support import intact_records
 
 N_OIDS = 60
 SIZE = 16384 + 48 * 1024       # small: the ring wraps many times a second
@@ -58,8 +58,8 @@ def before(starts, tid):
 CHILD = HISTORY + '''
 import sys
 from zeo.client.file_cache import FileCache
-from zeo.client.tests.test_cache_torn import indexed_offsets
-from zeo.client.tests.test_cache_torn import intact_records
+from zeo.client.tests.support import indexed_offsets
+from zeo.client.tests.support import intact_records
 
 cache = FileCache(sys.argv[1], int(sys.argv[2]))
 last = cache.getLastTid()

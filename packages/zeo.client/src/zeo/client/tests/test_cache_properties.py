@@ -24,8 +24,8 @@ from hypothesis.stateful import rule
 from zeo.client.cache import FileCache
 from zeo.client.cache import MemoryCache
 from zeo.client.cache_errors import CacheConsistencyError
-from zeo.client.tests.test_cache_torn import indexed_offsets
-from zeo.client.tests.test_cache_torn import intact_records
+from zeo.client.tests.support import indexed_offsets
+from zeo.client.tests.support import intact_records
 
 
 def p64(n):

@@ -15,10 +15,10 @@ import tempfile
 import unittest
 from unittest import mock
 
-from zeo.client import cache_format as fmt
 from zeo.client.cache_io import CacheFile
 from zeo.client.file_cache import MIN_SIZE
 from zeo.client.file_cache import FileCache
+from zeo.client.tests.support import indexed_offsets, intact_records
 
 BOOT = b'\x07' * 16
 
@@ -34,25 +34,6 @@ def data_for(oid, start):
 def records(cache):
     """{(oid, start, end)} of everything the cache indexes."""
     return {(oid, start, end) for oid, start, end, _o, _s in cache._index}
-
-
-def intact_records(path, ring_end):
-    """Offsets of every complete, valid record anywhere in the ring, found
-    by brute force (trying every marker), ignoring the block structure."""
-    with open(path, 'rb') as f:
-        data = f.read(ring_end)
-    view = memoryview(data)
-    found = set()
-    pos = data.find(fmt.RECORD_MARKER, fmt.RING_OFFSET)
-    while pos >= 0:
-        if fmt.check_record(view, pos) is not None:
-            found.add(pos)
-        pos = data.find(fmt.RECORD_MARKER, pos + 1)
-    return found
-
-
-def indexed_offsets(cache):
-    return {off for _oid, _s, _e, off, _size in cache._index}
 
 
 class TornWriteTests(unittest.TestCase):

@@ -22,7 +22,7 @@ from ZODB.tests import PackableStorage
 
 import zeo.server
 from zeo.client.storage import ClientStorage
-from zeo.client.tests.test_connector import free_port
+from zeo.client.tests.support import free_port
 from zeo.server.tests.conformance import (
     blob_suite, drop_examples, DummyDB, FullMixins, GenericMixins, RecoveryMixins,
     ROOT_DEFEATS, ServerTestBase, suite_of)

@@ -3,116 +3,19 @@ restarts, cache verification, read-only fallback, timeouts, disconnects."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import tempfile
 import threading
 import time
 import unittest
 
 from ZODB.Connection import TransactionMetaData
-from ZODB.FileStorage import FileStorage
 from ZODB.MappingStorage import MappingStorage
 from ZODB.POSException import POSKeyError, ReadOnlyError
 from ZODB.utils import p64, z64
 
-import zeo.server
 from zeo.client.errors import ClientDisconnected
 from zeo.client.storage import ClientStorage
-
-OID1, OID2 = p64(1), p64(2)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(condition, timeout=30.0, interval=0.01, message='condition'):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f'timed out waiting for {message}')
-        time.sleep(interval)
-
-#: Fast reconnects for tests.
-FAST = dict(disconnect_poll=0.05, max_disconnect_poll=0.2, wait_timeout=10)
-
-
-class RecordingDB:
-    """What a client storage needs of a DB, recording what it is told."""
-
-    def __init__(self):
-        self.invalidated = []
-        self.cache_invalidations = 0
-
-    def invalidate(self, tid, oids):
-        self.invalidated.append((tid, sorted(oids)))
-
-    def invalidateCache(self):
-        self.cache_invalidations += 1
-
-    def transform_record_data(self, data):
-        return data
-
-    untransform_record_data = transform_record_data
-
-
-def commit(client, *stores):
-    """Commit ``(oid, previous_tid, data)`` stores; return the tid."""
-    t = TransactionMetaData()
-    client.tpc_begin(t)
-    for oid, prev, data in stores:
-        client.store(oid, prev, data, '', t)
-    client.tpc_vote(t)
-    return client.tpc_finish(t)
-
-
-class ServerFixture(unittest.TestCase):
-    """A FileStorage server on a fixed port that tests stop and restart."""
-
-    server_options: dict = {}
-
-    def setUp(self):
-        self.directory = tempfile.mkdtemp(prefix='zeo-client-')
-        self.addCleanup(shutil.rmtree, self.directory, True)
-        self.path = os.path.join(self.directory, 'Data.fs')
-        self.port = free_port()
-        self.stop_server = None
-        self.start_server()
-        self.addCleanup(self.stop)
-
-    def start_server(self, storage=None, port=None, **options):
-        storage = storage if storage is not None else FileStorage(self.path)
-        address, stop = zeo.server.server(
-            storages={'1': storage}, port=self.port if port is None else port,
-            **{**self.server_options, **options})
-        if port is None:
-            self.address, self.stop_server = address, stop
-        return address, stop
-
-    def stop(self):
-        if self.stop_server is not None:
-            self.stop_server()
-            self.stop_server = None
-
-    def client(self, address=None, **options):
-        db = options.pop('db', None)
-        client = ClientStorage(address or self.address, **{**FAST, **options})
-        self.addCleanup(client.close)
-        client.registerDB(db or RecordingDB())
-        return client
-
-    def reopen(self, **options):
-        """A client created while the server is down, with a recording DB
-        registered before it connects; then the server is started."""
-        db = RecordingDB()
-        client = self.client(wait=False, db=db, **options)
-        self.assertFalse(client.is_connected())
-        self.start_server()
-        wait_until(client.is_connected, message='a connection')
-        return client, db
+from zeo.client.tests.support import (
+    OID1, OID2, RecordingDB, ServerFixture, commit, free_port, wait_until)
 
 
 class RestartTests(ServerFixture):

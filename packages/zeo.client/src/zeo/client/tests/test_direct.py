@@ -27,7 +27,7 @@ from zeo.client import direct
 from zeo.client import protocol as protocol_module
 from zeo.client.errors import ClientDisconnected
 from zeo.client.loops import new_event_loop
-from zeo.client.tests.test_connector import (
+from zeo.client.tests.support import (
     OID1, OID2, RecordingDB, ServerFixture, commit, wait_until)
 from zeo.client.waiter import Waiter
 

@@ -15,8 +15,8 @@ from zeo.client.cache_errors import CacheLockedError
 from zeo.client.cache_io import CacheFile
 from zeo.client.file_cache import MIN_SIZE
 from zeo.client.file_cache import FileCache
-from zeo.client.tests.test_cache_torn import indexed_offsets
-from zeo.client.tests.test_cache_torn import intact_records
+from zeo.client.tests.support import indexed_offsets
+from zeo.client.tests.support import intact_records
 
 
 def p64(n):

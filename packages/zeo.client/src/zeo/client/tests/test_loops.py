@@ -9,7 +9,7 @@ from ZODB.utils import p64, z64
 
 from zeo.client.config import ClientConfig
 from zeo.client.loops import DEFAULT_EVENT_LOOP, check_event_loop, new_event_loop
-from zeo.client.tests.test_connector import ServerFixture, commit
+from zeo.client.tests.support import ServerFixture, commit
 
 
 LOOP_CLASSES = {'uvloop': uvloop.Loop, 'asyncio': asyncio.SelectorEventLoop}

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from ZODB.utils import z64
 
-from zeo.client.tests.test_connector import OID1, OID2, ServerFixture, commit, wait_until
+from zeo.client.tests.support import OID1, OID2, ServerFixture, commit, wait_until
 
 
 def samples(text):

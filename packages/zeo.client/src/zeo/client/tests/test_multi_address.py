@@ -29,7 +29,7 @@ from ZODB.utils import p64, z64
 
 import zeo.server
 from zeo.client.storage import ClientStorage
-from zeo.client.tests.test_connector import (
+from zeo.client.tests.support import (
     OID1, OID2, RecordingDB, commit, wait_until)
 from zeo.server.tests.faultproxy import FaultProxy
 

@@ -12,56 +12,9 @@ from zeo.protocol import (
 
 from zeo.client.errors import ClientDisconnected
 from zeo.client.protocol import ClientProtocol
+from zeo.client.tests.support import Handler, Transport, Waiter
 
 
-class Transport(asyncio.Transport):
-    def __init__(self):
-        super().__init__()
-        self.written = []
-        self.closing = False
-
-        self.pieces = []
-
-    def write(self, data):
-        self.written.append(bytes(data))
-
-    def writelines(self, pieces):
-        self.pieces.extend(pieces)
-        self.written.append(b''.join(pieces))
-
-    def is_closing(self):
-        return self.closing
-
-    def close(self):
-        self.closing = True
-
-
-class Handler:
-    def __init__(self):
-        self.events = []
-
-    def protocol_agreed(self, protocol):
-        self.events.append(('agreed',))
-
-    def protocol_lost(self, protocol, exc):
-        self.events.append(('lost', exc))
-
-    def load_reply(self, protocol, oid, tid, result):
-        self.events.append(('load', oid, tid, result))
-
-    def server_message(self, protocol, method, args):
-        self.events.append(('message', method, args))
-
-
-class Waiter:
-    def __init__(self, log, name):
-        self.log, self.name = log, name
-
-    def set_result(self, value):
-        self.log.append((self.name, 'result', value))
-
-    def set_exception(self, error):
-        self.log.append((self.name, 'error', error))
 
 
 class ProtocolTests(unittest.TestCase):

@@ -17,8 +17,8 @@ from ZODB.utils import z64
 from zeo.client import connector
 from zeo.client.config import ClientConfig
 from zeo.client.storage import ClientStorage
-from zeo.client.tests.test_connector import OID1, RecordingDB, ServerFixture
-from zeo.client.tests.test_connector import commit, wait_until
+from zeo.client.tests.support import OID1, RecordingDB, ServerFixture
+from zeo.client.tests.support import commit, wait_until
 
 
 def failures_to_reach_the_cap(config):

@@ -12,7 +12,7 @@ from zeo.client.cache import MemoryCache
 from zeo.client.config import ClientConfig
 from zeo.client.errors import ClientDisconnected
 from zeo.client.runner import Runner, Waiter
-from zeo.client.tests.test_connector import free_port, wait_until
+from zeo.client.tests.support import free_port, wait_until
 
 
 class WaiterTests(unittest.TestCase):

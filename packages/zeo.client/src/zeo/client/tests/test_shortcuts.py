@@ -8,7 +8,7 @@ from ZODB.MappingStorage import MappingStorage
 
 import zeo.client
 import zeo.server
-from zeo.client.tests.test_connector import free_port
+from zeo.client.tests.support import free_port
 
 
 class ShortcutTests(unittest.TestCase):

@@ -7,8 +7,8 @@ from ZODB.utils import z64
 from zope.interface.verify import verifyObject
 
 from zeo.client.interfaces import IStaleCache, StaleCache
-from zeo.client.tests.test_connector import OID1, OID2, ServerFixture
-from zeo.client.tests.test_connector import commit
+from zeo.client.tests.support import OID1, OID2, ServerFixture
+from zeo.client.tests.support import commit
 
 
 class Subscribed(ServerFixture):

@@ -22,7 +22,7 @@ from zope.interface.verify import verifyObject
 
 from zeo.client.errors import ClientDisconnected
 from zeo.client.interfaces import IClientStorage, IConnectionManager
-from zeo.client.tests.test_connector import OID1, OID2, ServerFixture, commit, wait_until
+from zeo.client.tests.support import OID1, OID2, ServerFixture, commit, wait_until
 
 
 class InterfaceTests(ServerFixture):

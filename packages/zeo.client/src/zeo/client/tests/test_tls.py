@@ -13,14 +13,11 @@ import unittest
 import warnings
 
 import trustme
-from ZODB.FileStorage import FileStorage
 from ZODB.utils import z64
 
-import zeo.server
 from zeo.client.errors import ClientDisconnected
-from zeo.client.storage import ClientStorage
-from zeo.client.tests.test_connector import (
-    FAST, OID1, OID2, RecordingDB, commit, free_port, wait_until)
+from zeo.client.tests.support import (
+    OID1, OID2, ServerFixture, commit, wait_until)
 from zeo.server.tests.faultproxy import FaultProxy
 from zeo.server.zconfig import server_ssl_context
 
@@ -52,34 +49,21 @@ class LogRecorder(logging.Handler):
         logger.setLevel(self.level)
 
 
-class TLSTests(unittest.TestCase):
+class TLSTests(ServerFixture):
+    """A server requiring client certificates signed by our authority."""
 
     def setUp(self):
-        self.directory = tempfile.mkdtemp(prefix='zeo-client-tls-')
-        self.addCleanup(shutil.rmtree, self.directory, True)
+        certificates = tempfile.mkdtemp(prefix='zeo-client-tls-')
+        self.addCleanup(shutil.rmtree, certificates, True)
         self.ca = trustme.CA()
-        certificate = os.path.join(self.directory, 'server.pem')
+        certificate = os.path.join(certificates, 'server.pem')
         self.ca.issue_cert('localhost', '127.0.0.1') \
             .private_key_and_cert_chain_pem.write_to_path(certificate)
-        ca_file = os.path.join(self.directory, 'ca.pem')
+        ca_file = os.path.join(certificates, 'ca.pem')
         self.ca.cert_pem.write_to_path(ca_file)
         self.server_context = server_ssl_context(certificate, authenticate=ca_file)
-        self.port = free_port()
-        self.stop_server = None
-        self.start_server()
-        self.addCleanup(self.stop)
-
-    def start_server(self, port=None):
-        address, self.stop_server = zeo.server.server(
-            storages={'1': FileStorage(os.path.join(self.directory, 'Data.fs'))},
-            port=self.port if port is None else port, ssl=self.server_context)
-        self.address = address
-        return address
-
-    def stop(self):
-        if self.stop_server is not None:
-            self.stop_server()
-            self.stop_server = None
+        self.server_options = {'ssl': self.server_context}
+        super().setUp()
 
     def client_context(self, *, signed_by=None, trusting=None, certificate=True):
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
@@ -92,10 +76,7 @@ class TLSTests(unittest.TestCase):
     def client(self, address=None, **options):
         options.setdefault('ssl', self.client_context())
         options.setdefault('ssl_server_hostname', 'localhost')
-        client = ClientStorage(address or self.address, **{**FAST, **options})
-        self.addCleanup(client.close)
-        client.registerDB(RecordingDB())
-        return client
+        return super().client(address, **options)
 
     def assert_refused(self, reason, **options):
         """The client gives up with ClientDisconnected once its wait
@@ -189,7 +170,7 @@ class TLSTests(unittest.TestCase):
     def test_unix_socket(self):
         path = os.path.join(self.directory, 'zeo.sock')
         self.stop()
-        self.start_server(port=path)
+        self.addCleanup(self.start_server(port=path)[1])
         client = self.client(path)
         tid = commit(client, (OID1, z64, b'local'))
         self.assertEqual(client.load(OID1), (b'local', tid))
@@ -199,7 +180,7 @@ class TLSTests(unittest.TestCase):
         # No host to check a name against: only the chain of trust is.
         path = os.path.join(self.directory, 'zeo.sock')
         self.stop()
-        self.start_server(port=path)
+        self.addCleanup(self.start_server(port=path)[1])
         commit(self.client(path, ssl_server_hostname=None), (OID1, z64, b'kept'))
         self.assertEqual(self.client(path, ssl_server_hostname=None).load(OID1)[0],
                          b'kept')
