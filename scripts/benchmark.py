@@ -40,11 +40,6 @@ import tempfile
 import time
 from pathlib import Path
 
-# bin/py runs a script with exec(), which leaves its folder off sys.path.
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
 from bench_runner.processes import BIN, Bench, BenchError, raise_nofile_limit
 from bench_runner.png import plot
 from bench_runner.report import table

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Long crash-consistency and invariant runs, outside the test runner.
 
-Runs the machinery of ``zeo.server.tests.test_crash`` (SIGKILL of a
-FileStorage server under concurrent committers; every confirmed commit
-must survive, ``fstest`` must pass, no client may read a value older than
-one it saw) and of ``zeo.server.tests.test_invariant`` (money transfers
-through server restarts and cut connections; the total never changes),
-then prints a summary.  With ``--minutes`` each part repeats rounds of
+Runs the machinery of ``zeo.server.tests.crashing`` that ``test_crash``
+and ``test_invariant`` run: `crash_run` (SIGKILL of a FileStorage server
+under concurrent committers; every confirmed commit must survive,
+``fstest`` must pass, no client may read a value older than one it saw)
+and `transfer_run` (money transfers through server restarts and cut
+connections; the total never changes), then prints a summary.  With ``--minutes`` each part repeats rounds of
 ``--kills``/``--faults`` until its share of the time is used up.
 
 Usage: bin/py scripts/crash_consistency.py [--kills 50] [--faults 40]
@@ -14,19 +14,13 @@ Usage: bin/py scripts/crash_consistency.py [--kills 50] [--faults 40]
        [--only crash|invariant] [--keep]
 """
 import argparse
-import os
 import random
 import shutil
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-for _package in ('zeo.protocol', 'zeo.server', 'zeo.client'):
-    sys.path.insert(0, os.path.join(HERE, '..', 'packages', _package, 'src'))
-
-from zeo.server.tests.test_crash import CrashResult, crash_run  # noqa: E402
-from zeo.server.tests.test_invariant import TransferResult, transfer_run  # noqa: E402
+from zeo.server.tests.crashing import CrashResult, TransferResult, crash_run, transfer_run
 
 
 def rounds(seconds, run, seed, keep, prefix):

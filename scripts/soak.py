@@ -26,7 +26,7 @@ import shutil
 import sys
 import tempfile
 
-from zeo.server.tests.serverprocess import ServerProcess
+from zeo.server.tests.support import ServerProcess
 from zeo.server.tests.soaking import soak
 
 

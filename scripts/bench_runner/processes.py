@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from zeo.server.testing import free_port
+
 SCRIPTS = Path(__file__).resolve().parent.parent
 REPO = SCRIPTS.parent
 BIN = REPO / 'bin'
@@ -24,12 +26,6 @@ BENCH_FLOOR = SCRIPTS / 'bench_floor.py'
 
 class BenchError(Exception):
     """One run of one workload failed; the others go on."""
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def tail(path, lines=15):

@@ -20,111 +20,14 @@ The default run injects 6 faults; ``InvariantSoakTests`` (level 3) 40.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import shutil
-import signal
 import tempfile
-import time
 import unittest
-from typing import Callable
 
 from zeo.server.tests import crashworkers
-from zeo.server.tests.faultproxy import FaultProxy
-from zeo.server.tests.support import ServerProcess
-from zeo.server.tests.test_crash import Workers, wait_for_growth
-
-FAULTS = ("sigkill", "sigterm", "reset", "cut")
-
-
-@dataclasses.dataclass
-class TransferResult:
-    faults: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(FAULTS, 0))
-    transfers: int = 0
-    conflicts: int = 0
-    disconnects: int = 0
-    total_checks: int = 0
-    transactions_checked: int = 0
-    longest_step: float = 0.0
-    seconds: float = 0.0
-
-
-def transfer_run(directory: str, *, faults: int, workers: int = 3, accounts: int = 4,
-                 seed: int, report: Callable[[str], None] | None = None) -> TransferResult:
-    """Run *workers* transfer processes through *faults* random faults."""
-    started = time.monotonic()
-    rnd = random.Random(seed)
-    path = os.path.join(directory, "Data.fs")
-    total = crashworkers.create_accounts(path, accounts, 1000)
-    server = ServerProcess(directory, path=path, start=False)
-    proxy = FaultProxy(server.address)
-    pool = Workers(directory, proxy.start())
-    names = [f"t{i}" for i in range(workers)]
-    result = TransferResult()
-    try:
-        server.start()
-        for index, name in enumerate(names):
-            options = ["--total", str(total)]
-            if index % 2:    # half the workers keep a persistent cache
-                options += ["--var", directory]
-            pool.start("transfer", name, rnd.randrange(1 << 30), *options)
-        pool.wait_ready()
-        for number in range(faults):
-            wait_for_growth(path, check=pool.check_alive)
-            time.sleep(rnd.uniform(0, 0.8))
-            fault = rnd.choice(FAULTS)
-            if fault in ("sigkill", "sigterm"):
-                server.kill(signal.SIGKILL if fault == "sigkill" else signal.SIGTERM)
-                server.start()
-            elif fault == "reset":
-                proxy.reset()
-            else:
-                proxy.cut_after(rnd.randrange(1, 4000), rnd.choice(("up", "down")))
-            result.faults[fault] += 1
-            if report is not None:
-                report(f"fault {number + 1}/{faults}: {fault}")
-        wait_for_growth(path, check=pool.check_alive)
-        summaries = pool.stop()
-        server.stop(check=True)
-    finally:
-        pool.ensure_dead()
-        server.ensure_dead()
-        proxy.stop()
-    for summary in summaries.values():
-        result.transfers += summary["commits"]
-        result.conflicts += summary["conflicts"]
-        result.disconnects += summary["disconnects"]
-        result.total_checks += summary["checks"]
-        result.longest_step = max(result.longest_step, summary["longest"])
-    wrong = {name: s["violations"] for name, s in summaries.items() if s["violations"]}
-    if wrong:
-        raise AssertionError(f"wrong totals read (see the journals' 'total' lines): {wrong}")
-    idle = [name for name, s in summaries.items() if not s["commits"]]
-    if idle:
-        raise AssertionError(f"workers that never committed a transfer: {idle}")
-    result.transactions_checked = verify_transfers(
-        path, [pool.journal(name) for name in names], total)
-    result.seconds = time.monotonic() - started
-    return result
-
-
-def verify_transfers(path: str, journals: list[str], total: int) -> int:
-    """fstest, every journaled transfer present, the total after each
-    transaction; returns the number of transactions checked."""
-    from ZODB.FileStorage import FileStorage
-    from ZODB.scripts import fstest
-    fstest.check(path)
-    storage = FileStorage(path, read_only=True)
-    try:
-        tids = {txn.tid for txn in storage.iterator()}
-        for journal in journals:
-            for entry in crashworkers.read_journal(journal):
-                if entry["k"] == "transfer" and bytes.fromhex(entry["tid"]) not in tids:
-                    raise AssertionError(f"lost: {journal}: {entry} is not in the storage")
-        return crashworkers.check_total_history(storage, total)
-    finally:
-        storage.close()
+from zeo.server.tests.crashing import TransferResult, transfer_run
 
 
 class InvariantTests(unittest.TestCase):
