@@ -7,11 +7,14 @@
 - the protocol without a network: `Transport`, `Handler`, `Waiter`;
 - caches: `p64`, `content`, `BlobCacheTestBase` (blob caches in a temporary
   directory), `intact_records` and `indexed_offsets` (a persistent cache's
-  records found by brute force, and those its index holds).
+  records found by brute force, and those its index holds);
+- configuration: `parse` (a ``<clientstorage>`` section, converted) and
+  `section` (one written).
 """
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import shutil
 import tempfile
@@ -19,6 +22,8 @@ import time
 import unittest
 from typing import Any, Callable
 
+import ZConfig
+import ZODB.config
 from ZODB.Connection import TransactionMetaData
 from ZODB.FileStorage import FileStorage
 from ZODB.utils import p64
@@ -31,7 +36,7 @@ from zeo.client.storage import ClientStorage
 
 __all__ = ['BlobCacheTestBase', 'FAST', 'Handler', 'OID1', 'OID2', 'RecordingDB',
            'ServerFixture', 'Transport', 'Waiter', 'commit', 'content', 'free_port',
-           'indexed_offsets', 'intact_records', 'p64', 'wait_until']
+           'indexed_offsets', 'intact_records', 'p64', 'parse', 'section', 'wait_until']
 
 OID1, OID2 = p64(1), p64(2)
 
@@ -246,3 +251,18 @@ def intact_records(path, ring_end):
 def indexed_offsets(cache):
     """The record offsets a FileCache's index holds."""
     return {off for _oid, _s, _e, off, _size in cache._index}
+
+
+def parse(body, header='%import zeo.client\n'):
+    """The converted storage section of ``body``."""
+    schema = ZODB.config.getStorageSchema()
+    config, _ = ZConfig.loadConfigFile(schema, io.StringIO(header + body))
+    return config.storage
+
+
+def section(*lines, ssl_lines=None, name=''):
+    text = f'<clientstorage {name}>\n' + ''.join(f'  {line}\n' for line in lines)
+    if ssl_lines is not None:
+        text += '  <ssl>\n' + ''.join(f'    {line}\n' for line in ssl_lines)
+        text += '  </ssl>\n'
+    return text + '</clientstorage>\n'

@@ -10,11 +10,7 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 import unittest
 
 import ZODB.tests.util
@@ -22,8 +18,8 @@ from ZODB.tests import PackableStorage
 
 import zeo.server
 from zeo.client.storage import ClientStorage
-from zeo.client.tests.support import free_port
 from zeo.server.tests.conformance import (
+    ReferenceServer,
     blob_suite, drop_examples, DummyDB, FullMixins, GenericMixins, RecoveryMixins,
     ROOT_DEFEATS, ServerTestBase, suite_of)
 
@@ -108,52 +104,6 @@ def external_gc_suite(encoding):
 def have_reference() -> bool:
     import importlib.util
     return importlib.util.find_spec('ZEO') is not None  # a test extra
-
-
-class ReferenceServer:
-    """The reference ZEO 6.2 ``runzeo`` in a subprocess, on a free port."""
-
-    def __init__(self, path: str, *, msgpack: bool = False,
-                 blob_dir: str | None = None, options: str = '') -> None:
-        self.port = free_port()
-        self.address = ('127.0.0.1', self.port)
-        directory = os.path.dirname(path)
-        config = os.path.join(directory, f'zeo-{self.port}.conf')
-        blob = f'  blob-dir {blob_dir}\n' if blob_dir else ''
-        with open(config, 'w') as f:
-            f.write(f'<zeo>\n  address 127.0.0.1:{self.port}\n'
-                    f'  msgpack {"true" if msgpack else "false"}\n{options}</zeo>\n'
-                    f'<filestorage 1>\n  path {path}\n{blob}</filestorage>\n')
-        self.log = tempfile.TemporaryFile()
-        # Our own interpreter and path (the test extras bring ZEO and
-        # msgpack), rather than bin/reference-runzeo, whose path lacks
-        # msgpack.
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        self.process = subprocess.Popen(
-            [sys.executable, '-c', 'from ZEO.runzeo import main; main()',
-             '-C', config],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(self.address, timeout=1).close()
-                break
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.log.seek(0)
-                    raise RuntimeError('the reference server did not start: '
-                                       + self.log.read().decode(errors='replace'))
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
 
 
 class ReferenceServerBase(ServerTestBase):

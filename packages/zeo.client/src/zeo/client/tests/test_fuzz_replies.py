@@ -48,8 +48,7 @@ from zeo.client.errors import ClientDisconnected
 from zeo.client.tests.hostile import (
     DrivenClient, binbytes, gadget_values, genuine_get_pickle_metadata, global_, marker_in,
     record_gadget, reply, text)
-from zeo.server.tests.fuzzing import hostile_pickles
-from zeo.server.tests.test_fuzz import SETTINGS
+from zeo.server.tests.fuzzing import SETTINGS, hostile_pickles
 
 #: The types of error a call may fail with: the error table's (builtin
 #: and ZODB.POSException, which includes transaction's TransactionError),

@@ -344,7 +344,7 @@ class PickleServerOptionTests(unittest.TestCase):
         client.close()
 
     def test_zconfig_key(self):
-        from zeo.client.tests.test_zconfig import parse, section
+        from zeo.client.tests.support import parse, section
         self.assertNotIn('accept_pickle_servers', parse(section('server 1')).arguments)
         for value, expected in (('false', False), ('true', True)):
             storage = parse(section('server 1', f'accept-pickle-servers {value}'))

@@ -15,6 +15,7 @@ import ZODB.config
 
 from zeo.client import zconfig
 from zeo.client.zconfig import ClientStorageConfig
+from zeo.client.tests.support import parse, section
 
 try:
     from ZEO.ClientStorage import ClientStorage as ReferenceClientStorage
@@ -37,21 +38,6 @@ DEFAULTS = {
     'client_label': None, 'name': '', 'client': None, 'var': None,
     'ssl': None, 'ssl_server_hostname': None,
 }
-
-
-def parse(body, header='%import zeo.client\n'):
-    """The converted storage section of ``body``."""
-    schema = ZODB.config.getStorageSchema()
-    config, _ = ZConfig.loadConfigFile(schema, io.StringIO(header + body))
-    return config.storage
-
-
-def section(*lines, ssl_lines=None, name=''):
-    text = f'<clientstorage {name}>\n' + ''.join(f'  {line}\n' for line in lines)
-    if ssl_lines is not None:
-        text += '  <ssl>\n' + ''.join(f'    {line}\n' for line in ssl_lines)
-        text += '  </ssl>\n'
-    return text + '</clientstorage>\n'
 
 
 class TempDirTestCase(unittest.TestCase):

@@ -4,13 +4,20 @@ A test class combines `ServerTestBase` (a real zeo server on 127.0.0.1 in
 a thread, with a real FileStorage or MappingStorage, and a client storage in
 ``self._storage``) with ZODB's mixins. Subclasses choose the client
 implementation (`make_client`), the encoding and the storage.
+
+`ReferenceServer` runs the reference ZEO's ``runzeo`` in a subprocess (for
+our client's and our tools' tests against it).
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 import unittest
 
 import transaction
@@ -20,6 +27,53 @@ from ZODB.tests import (
     StorageTestBase, Synchronization, TransactionalUndoStorage)
 
 import zeo.server
+from zeo.server.testing import free_port
+from zeo.server.tests.support import child_env
+
+
+class ReferenceServer:
+    """The reference ZEO 6.2 ``runzeo`` in a subprocess, on a free port."""
+
+    def __init__(self, path: str, *, msgpack: bool = False,
+                 blob_dir: str | None = None, options: str = '') -> None:
+        self.port = free_port()
+        self.address = ('127.0.0.1', self.port)
+        directory = os.path.dirname(path)
+        config = os.path.join(directory, f'zeo-{self.port}.conf')
+        blob = f'  blob-dir {blob_dir}\n' if blob_dir else ''
+        with open(config, 'w') as f:
+            f.write(f'<zeo>\n  address 127.0.0.1:{self.port}\n'
+                    f'  msgpack {"true" if msgpack else "false"}\n{options}</zeo>\n'
+                    f'<filestorage 1>\n  path {path}\n{blob}</filestorage>\n')
+        self.log = tempfile.TemporaryFile()
+        # Our own interpreter and path (the test extras bring ZEO and
+        # msgpack), rather than bin/reference-runzeo, whose path lacks
+        # msgpack.
+        self.process = subprocess.Popen(
+            [sys.executable, '-c', 'from ZEO.runzeo import main; main()',
+             '-C', config],
+            stdout=self.log, stderr=subprocess.STDOUT, env=child_env())
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(self.address, timeout=1).close()
+                break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.log.seek(0)
+                    raise RuntimeError('the reference server did not start: '
+                                       + self.log.read().decode(errors='replace'))
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
 
 
 class DummyDB:

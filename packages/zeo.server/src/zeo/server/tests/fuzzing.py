@@ -34,6 +34,7 @@ import struct
 import time
 from typing import Any, Iterator
 
+from hypothesis import HealthCheck, settings
 from zope.interface import implementer
 
 from zeo.protocol import (
@@ -56,6 +57,13 @@ METHODS = tuple(sorted(SYNC_METHODS | ONE_WAY_METHODS))
 INTERNAL_ERRORS = (NameError, SystemError, MemoryError)
 
 
+# One failure at a time: zope.testrunner does not print exception groups.
+SETTINGS = settings(deadline=None, database=None, report_multiple_bugs=False,
+                    suppress_health_check=list(HealthCheck))
+
+#: Names that are no RPC, and must close the connection.
+NOT_METHODS = ("", "nope", "connection_lost", "transaction_timed_out", "_storage",
+               "__init__", "notify", "peer", ".reply", "tpc_vote", "store")
 class InternalError(AssertionError):
     """The server broke one of its own rules; the fuzzer's finding."""
 

@@ -6,6 +6,9 @@ packages use the public ``zeo.server.testing``).
   what this process imports (``PYTHONPATH`` = our ``sys.path``);
 - `CHECKOUT`: the monorepo checkout, or None outside one;
 - `run`: a command-line ``main`` run in process, its output captured;
+- `WriteRecorder`: a transport wrapper counting a connection's writes;
+- `SlowPackStorage`: a MappingStorage whose pack waits for the test;
+- `commit_directly`: transactions through the storage API, no server;
 - `ServerProcess`: a real ``runzeo`` subprocess serving a FileStorage in a
   directory (or the storage sections given), which tests stop, kill and
   restart on the same address, and measure (``/proc``, ``ruok``).
@@ -19,16 +22,23 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from ZODB.Connection import TransactionMetaData
+from ZODB.MappingStorage import MappingStorage
+from ZODB.tests.MinPO import MinPO
+from ZODB.tests.StorageTestBase import zodb_pickle
 
 from zeo.server.admin import status
 from zeo.server.testing import free_port
 from zeo.server.tests.rawclient import RawClient, connect_when_ready
 
-__all__ = ["CHECKOUT", "ServerProcess", "child_env", "find_checkout", "free_port",
-           "open_descriptors", "rss_kib", "run", "tail"]
+__all__ = ["CHECKOUT", "ServerProcess", "SlowPackStorage", "WriteRecorder", "child_env",
+           "commit_directly", "find_checkout", "free_port", "open_descriptors", "rss_kib",
+           "run", "tail"]
 
 
 def find_checkout() -> Path | None:
@@ -64,6 +74,59 @@ def tail(path: str, lines: int = 30) -> str:
             return "".join(f.readlines()[-lines:])
     except OSError:
         return ""
+
+
+class WriteRecorder:
+    """Wraps a server connection's real transport and counts its writes."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.writes = 0
+
+        self.pieces = []
+
+    def write(self, data):
+        self.writes += 1
+        self.transport.write(data)
+
+    def writelines(self, pieces):
+        self.writes += 1
+        self.pieces.extend(pieces)
+        self.transport.writelines(pieces)
+
+    def __getattr__(self, name):
+        return getattr(self.transport, name)
+
+
+class SlowPackStorage(MappingStorage):
+    """A MappingStorage whose pack waits for the test to let it go."""
+
+    def __init__(self):
+        super().__init__()
+        self.packing = threading.Event()
+        self.may_finish = threading.Event()
+        self.events = []
+
+    def pack(self, t, referencesf, gc=True):
+        self.packing.set()
+        self.may_finish.wait(30)
+        self.events.append("packed")
+
+    def close(self):
+        self.events.append("closed")
+        super().close()
+
+
+def commit_directly(storage, count, oid=b"\0" * 8):
+    """*count* tiny transactions on *oid*, through the storage API."""
+    tid = b"\0" * 8
+    for i in range(count):
+        txn = TransactionMetaData(description=f"txn {i}")
+        storage.tpc_begin(txn)
+        storage.store(oid, tid, zodb_pickle(MinPO(i)), "", txn)
+        storage.tpc_vote(txn)
+        tid = storage.tpc_finish(txn)
+    return tid
 
 
 def rss_kib(pid: int) -> int:

@@ -22,6 +22,7 @@ from zeo.protocol import Call
 import zeo.server
 from zeo.server.interfaces import IServing
 from zeo.server.tests.rawclient import RawClient
+from zeo.server.tests.support import WriteRecorder
 
 Z64 = b"\0" * 8
 MAXTID = b"\x7f" + b"\xff" * 7
@@ -161,28 +162,6 @@ class HostilePickleTests(HostileInputTests):
 
 if __name__ == "__main__":
     unittest.main()
-
-
-class WriteRecorder:
-    """Wraps a server connection's real transport and counts its writes."""
-
-    def __init__(self, transport):
-        self.transport = transport
-        self.writes = 0
-
-        self.pieces = []
-
-    def write(self, data):
-        self.writes += 1
-        self.transport.write(data)
-
-    def writelines(self, pieces):
-        self.writes += 1
-        self.pieces.extend(pieces)
-        self.transport.writelines(pieces)
-
-    def __getattr__(self, name):
-        return getattr(self.transport, name)
 
 
 class PipelinedRequestTests(unittest.TestCase):

@@ -46,19 +46,13 @@ import unittest
 import warnings
 
 from BTrees.Length import Length
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from persistent.mapping import PersistentMapping
 from hypothesis import strategies as st
 
-from zeo.server.tests.fuzzing import MAXTID, METHODS, Z64, Harness, seed_streams
+from zeo.server.tests.fuzzing import (
+    MAXTID, METHODS, NOT_METHODS, SETTINGS, Z64, Harness, seed_streams)
 
-# One failure at a time: zope.testrunner does not print exception groups.
-SETTINGS = settings(deadline=None, database=None, report_multiple_bugs=False,
-                    suppress_health_check=list(HealthCheck))
-
-#: Names that are no RPC, and must close the connection.
-NOT_METHODS = ("", "nope", "connection_lost", "transaction_timed_out", "_storage",
-               "__init__", "notify", "peer", ".reply", "tpc_vote", "store")
 #: The transaction calls, drawn more often to reach odd states.
 TRANSACTION_METHODS = (
     "tpc_begin", "storea", "deleteObject", "checkCurrentSerialInTransaction",

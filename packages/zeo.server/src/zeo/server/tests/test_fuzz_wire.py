@@ -41,9 +41,9 @@ from zeo.protocol import (
     Call, ClientConnection, ConnectionClosed, ErrorReply, ProtocolError, Reply)
 from zeo.server.admin import status
 from zeo.server.session import EXPOSED_METHODS
-from zeo.server.tests.fuzzing import MAXTID, METHODS, Z64, hostile_pickles
+from zeo.server.tests.fuzzing import (
+    MAXTID, METHODS, NOT_METHODS, SETTINGS, Z64, hostile_pickles)
 from zeo.server.tests.rawclient import RawClient, connect_when_ready
-from zeo.server.tests.test_fuzz import NOT_METHODS, SETTINGS
 
 #: The message id of the closing question; random ones never reach it.
 PROBE_ID = 0x5EED_F00D

@@ -15,7 +15,7 @@ from ZODB.blob import Blob
 import zeo.server
 from zeo.server.interfaces import IServing
 from zeo.server.tests.rawclient import RawClient
-from zeo.server.tests.test_adapter import WriteRecorder
+from zeo.server.tests.support import WriteRecorder
 
 Z64 = b"\0" * 8
 CHUNK = 1 << 20

@@ -16,7 +16,6 @@ import threading
 import time
 import unittest
 
-from ZODB.Connection import TransactionMetaData
 from ZODB.FileStorage import FileStorage
 from ZODB.MappingStorage import MappingStorage
 from ZODB.tests.MinPO import MinPO
@@ -29,6 +28,7 @@ from zeo.server.results import Delayed
 from zeo.server.served_storage import LoopHooks, ServedStorage
 from zeo.server.slow_calls import ConnectionClosedError, SlowCalls, TooManyWaitingCalls
 from zeo.server.tests.rawclient import RawClient, ServerError
+from zeo.server.tests.support import SlowPackStorage, commit_directly
 
 Z64 = b"\0" * 8
 MAXTID = b"\x7f" + b"\xff" * 7
@@ -77,18 +77,6 @@ def open_files():
         except OSError:
             pass
     return names
-
-
-def commit_directly(storage, count, oid=Z64):
-    """*count* tiny transactions on *oid*, through the storage API."""
-    tid = Z64
-    for i in range(count):
-        txn = TransactionMetaData(description=f"txn {i}")
-        storage.tpc_begin(txn)
-        storage.store(oid, tid, zodb_pickle(MinPO(i)), "", txn)
-        storage.tpc_vote(txn)
-        tid = storage.tpc_finish(txn)
-    return tid
 
 
 class SlowCallTestBase(unittest.TestCase):
@@ -275,8 +263,7 @@ class PackTests(SlowCallTestBase):
 class StopDuringPacksTests(unittest.TestCase):
 
     def test_stopping_after_many_packs_waits_for_the_running_one_only(self):
-        from zeo.server.tests.test_storage_server import _SlowPackStorage
-        storage = _SlowPackStorage()
+        storage = SlowPackStorage()
         packs = []
         original = storage.pack
         storage.pack = lambda *args, **kw: (packs.append(1), original(*args, **kw))

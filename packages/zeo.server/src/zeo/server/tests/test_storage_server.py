@@ -19,7 +19,7 @@ import zeo.server
 from zeo.protocol import frame
 from zeo.server.interfaces import IClosed, IServing
 from zeo.server.tests.rawclient import RawClient, ServerError, connect_when_ready
-from zeo.server.tests.support import free_port
+from zeo.server.tests.support import SlowPackStorage, commit_directly, free_port
 
 Z64 = b"\0" * 8
 
@@ -138,7 +138,6 @@ class ReferenceZeopackTests(unittest.TestCase):
     def serve(self, **options):
         from ZODB.FileStorage import FileStorage
 
-        from zeo.server.tests.test_slow_calls import commit_directly
         directory = tempfile.mkdtemp(prefix="zeo-zeopack-")
         self.addCleanup(shutil.rmtree, directory)
         storage = FileStorage(os.path.join(directory, "Data.fs"))
@@ -179,25 +178,6 @@ def worker_threads():
     return [t for t in threading.enumerate() if t.name.startswith("zeo.server worker")]
 
 
-class _SlowPackStorage(MappingStorage):
-    """A MappingStorage whose pack waits for the test to let it go."""
-
-    def __init__(self):
-        super().__init__()
-        self.packing = threading.Event()
-        self.may_finish = threading.Event()
-        self.events = []
-
-    def pack(self, t, referencesf, gc=True):
-        self.packing.set()
-        self.may_finish.wait(30)
-        self.events.append("packed")
-
-    def close(self):
-        self.events.append("closed")
-        super().close()
-
-
 class WorkerTests(unittest.TestCase):
     """Packs run on the server's own worker threads, which end with it."""
 
@@ -217,7 +197,7 @@ class WorkerTests(unittest.TestCase):
         self.assertEqual(worker_threads(), [])
 
     def test_closing_waits_for_a_running_pack(self):
-        storage = _SlowPackStorage()
+        storage = SlowPackStorage()
         address, stop = zeo.server.server(storages={"1": storage})
         self.addCleanup(stop)
         client = RawClient(address)

@@ -11,7 +11,7 @@ import time
 import unittest
 
 import zeo.server
-from zeo.client.tests.test_conformance import ReferenceServer
+from zeo.server.tests.conformance import ReferenceServer
 from zeo.server.tests.support import run
 from zeo.server.tools import OK, WARNING, pack_main, status_main
 
