@@ -17,6 +17,7 @@ import zeo.client
 import zeo.server
 from zeo.server import adhoc
 from zeo.server.config import ServerConfig
+from zeo.server.tests.support import child_env
 
 
 def refuses_connections(address, timeout=30.0):
@@ -167,7 +168,7 @@ class ServerTests(unittest.TestCase):
             """)
         result = subprocess.run(
             [sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+            env=child_env())
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertTrue(refuses_connections(("127.0.0.1", int(result.stdout))))
 

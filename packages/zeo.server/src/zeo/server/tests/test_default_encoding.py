@@ -20,6 +20,7 @@ import zeo.server
 from zeo.server.config import ServerConfig
 from zeo.server.runzeo import build, parser
 from zeo.server.zconfig import load
+from zeo.server.tests.support import child_env
 
 # A reference ZEO 6.2 client process in which msgpack cannot be imported:
 # it commits through one client and reads back through a fresh one.
@@ -55,7 +56,7 @@ class DefaultEncodingTests(unittest.TestCase):
     def test_a_reference_client_without_msgpack_commits_and_reads(self):
         address, stop = zeo.server.server(path=os.path.join(self.directory, "Data.fs"))
         self.addCleanup(stop)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        env = child_env()
         result = subprocess.run(
             [sys.executable, "-c", REFERENCE_CLIENT_WITHOUT_MSGPACK, *map(str, address)],
             capture_output=True, text=True, timeout=120, env=env, cwd=self.directory)

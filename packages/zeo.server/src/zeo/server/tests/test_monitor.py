@@ -30,7 +30,7 @@ from zeo.server.config import ServerConfig
 from zeo.server.interfaces import IServing
 from zeo.server.monitor import monitor_address
 from zeo.server.tests.rawclient import RawClient, ServerError
-from zeo.server.tests.support import ServerProcess, free_port
+from zeo.server.tests.support import ServerProcess, child_env, free_port
 from zeo.server.stats import LATENCY_BOUNDS, StorageStats, Timing
 from zeo.server.zconfig import load
 
@@ -375,7 +375,7 @@ class ConfigurationTests(unittest.TestCase):
         result = subprocess.run(
             [sys.executable, "-c", code, self.write("monitor-address 9102"), self.write("")],
             capture_output=True, text=True, timeout=60,
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+            env=child_env())
         self.assertIn("install zeo.server[monitor]", result.stdout, result.stderr)
         self.assertIn("plain config loaded", result.stdout, result.stderr)
 

@@ -16,7 +16,7 @@ import unittest
 from zeo.server.runzeo import UsageError, parse_address
 from zeo.server.zconfig import load
 from zeo.server.tests.rawclient import RawClient
-from zeo.server.tests.support import free_port
+from zeo.server.tests.support import child_env, free_port
 
 Z64 = b"\0" * 8
 MAXTID = b"\x7f" + b"\xff" * 7
@@ -57,7 +57,7 @@ class RunzeoTests(unittest.TestCase):
         shutil.rmtree(self.directory)
 
     def start(self, *args, preexec_fn=None):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        env = child_env()
         process = subprocess.Popen(
             [sys.executable, "-m", "zeo.server.runzeo", *args],
             env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -348,7 +348,7 @@ class RunzeoTests(unittest.TestCase):
         from importlib.metadata import version
         result = subprocess.run(
             [sys.executable, "-m", "zeo.server.runzeo", "--version"],
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+            env=child_env(),
             capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(result.stdout.strip(), f"zeo.server {version('zeo.server')}")
@@ -361,7 +361,7 @@ class RunzeoTests(unittest.TestCase):
         self.assertIn("SECONDS", parser().format_help())
         result = subprocess.run(
             [sys.executable, "-m", "zeo.server.runzeo", "--help"],
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+            env=child_env(),
             capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("(default: 30 seconds)", result.stdout)

@@ -19,7 +19,7 @@ import zeo.server
 from zeo.protocol import frame
 from zeo.server.interfaces import IClosed, IServing
 from zeo.server.tests.rawclient import RawClient, ServerError, connect_when_ready
-from zeo.server.tests.support import SlowPackStorage, commit_directly, free_port
+from zeo.server.tests.support import SlowPackStorage, child_env, commit_directly, free_port
 
 Z64 = b"\0" * 8
 
@@ -223,7 +223,7 @@ class MemoryTests(unittest.TestCase):
     def setUp(self):
         self.directory = tempfile.mkdtemp(prefix="zeo-memory-")
         self.port = free_port()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        env = child_env()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "zeo.server.runzeo", "-a", f"127.0.0.1:{self.port}",
              "-f", os.path.join(self.directory, "Data.fs")],

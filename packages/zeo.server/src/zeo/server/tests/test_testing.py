@@ -10,6 +10,7 @@ from typing import Any
 
 from zeo.server.testing import SERVER_LAYER
 from zeo.server.tests.rawclient import RawClient
+from zeo.server.tests.support import child_env
 
 Z64 = b"\0" * 8
 
@@ -93,7 +94,7 @@ class WithoutClientTests(unittest.TestCase):
                         def test_it(self):
                             pass
                     """))
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join([directory, *sys.path]),
+            env = child_env(directory,
                        TMPDIR=temp)
             run = subprocess.run(
                 [sys.executable, "-m", "zope.testrunner", "--test-path", directory],

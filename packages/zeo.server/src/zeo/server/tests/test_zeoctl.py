@@ -11,7 +11,7 @@ import unittest
 
 from zeo.server.tests.rawclient import connect_when_ready
 from zeo.server import zeoctl
-from zeo.server.tests.support import CHECKOUT
+from zeo.server.tests.support import CHECKOUT, child_env
 from zeo.server.tests.support import free_port
 
 Z64 = b"\0" * 8
@@ -49,7 +49,7 @@ class ZeoctlTests(unittest.TestCase):
         return [sys.executable, "-m", "zeo.server.zeoctl"]
 
     def zeoctl(self, action):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        env = child_env()
         env.pop("DAEMON_MANAGER_MODE", None)
         return subprocess.run(
             self.command() + ["-C", self.config, action], env=env, cwd=self.directory,
@@ -107,7 +107,7 @@ class HelpTests(unittest.TestCase):
     """``zeoctl --help`` and ``bin/zeo --help`` describe zeo's commands."""
 
     def run_script(self, command, *args):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        env = child_env()
         env.pop("DAEMON_MANAGER_MODE", None)
         return subprocess.run(command + list(args), env=env, capture_output=True,
                               text=True, timeout=120)
