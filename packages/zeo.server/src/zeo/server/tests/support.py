@@ -29,8 +29,6 @@ from typing import Any, Callable
 
 from ZODB.Connection import TransactionMetaData
 from ZODB.MappingStorage import MappingStorage
-from ZODB.tests.MinPO import MinPO
-from ZODB.tests.StorageTestBase import zodb_pickle
 
 from zeo.server.admin import status
 from zeo.server.testing import free_port
@@ -119,6 +117,10 @@ class SlowPackStorage(MappingStorage):
 
 def commit_directly(storage, count, oid=b"\0" * 8):
     """*count* tiny transactions on *oid*, through the storage API."""
+    # ZODB's test helpers need the test extras (zope.testing), which the
+    # scripts' interpreter (bin/py) has not.
+    from ZODB.tests.MinPO import MinPO
+    from ZODB.tests.StorageTestBase import zodb_pickle
     tid = b"\0" * 8
     for i in range(count):
         txn = TransactionMetaData(description=f"txn {i}")
