@@ -5,6 +5,7 @@ packages use the public ``zeo.server.testing``).
 - `child_env`: the environment for a Python subprocess that must import
   what this process imports (``PYTHONPATH`` = our ``sys.path``);
 - `CHECKOUT`: the monorepo checkout, or None outside one;
+- `wait_until`: poll a condition, an AssertionError after a bounded wait;
 - `run`: a command-line ``main`` run in process, its output captured;
 - `WriteRecorder`: a transport wrapper counting a connection's writes;
 - `SlowPackStorage`: a MappingStorage whose pack waits for the test;
@@ -36,7 +37,7 @@ from zeo.server.tests.rawclient import RawClient, connect_when_ready
 
 __all__ = ["CHECKOUT", "ServerProcess", "SlowPackStorage", "WriteRecorder", "child_env",
            "commit_directly", "find_checkout", "free_port", "open_descriptors", "rss_kib",
-           "run", "tail"]
+           "run", "tail", "wait_until"]
 
 
 def find_checkout() -> Path | None:
@@ -55,6 +56,17 @@ def child_env(*before: str, **variables: str) -> dict[str, str]:
     *variables* set, for a subprocess that imports what we import."""
     path = os.pathsep.join(p for p in (*before, *sys.path) if p)
     return dict(os.environ, PYTHONPATH=path, **variables)
+
+
+def wait_until(condition: Callable[[], Any], message: str = "condition", *,
+               timeout: float = 30.0, interval: float = 0.02) -> None:
+    """Poll *condition* until true; an AssertionError naming *message*
+    after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
 
 
 def run(main: Callable[[list[str]], int], *args: str) -> tuple[int, str, str]:

@@ -9,7 +9,6 @@ an `IteratingSource`.
 import os
 import shutil
 import tempfile
-import time
 import unittest
 
 import transaction
@@ -19,16 +18,9 @@ from ZODB.tests.MVCCMappingStorage import MVCCMappingStorage
 
 import zeo.server
 from zeo.server.commit_sources import IteratingSource
+from zeo.server.tests.support import wait_until
 
 WAIT = 20.0   # bounded waits, seconds
-
-
-def wait_for(condition, what):
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {WAIT} s waiting for {what}")
-        time.sleep(0.01)
 
 
 class TwoSides:
@@ -61,8 +53,8 @@ class TwoSides:
     def sees(self, db, tid, key, value):
         """*db*'s client hears of *tid* (an invalidation) and then reads
         *value*, not a stale cached state."""
-        wait_for(lambda: db.storage.lastTransaction() >= tid,
-                 f"the client to hear of transaction {tid.hex()}")
+        wait_until(lambda: db.storage.lastTransaction() >= tid,
+                   f"the client to hear of transaction {tid.hex()}", timeout=WAIT)
         self.assertEqual(self.read(db, key), value)
 
     def warm(self, db, key):
@@ -130,8 +122,9 @@ class FanOutTests(TwoSides, unittest.TestCase):
             _, stop = zeo.server.server(path=path, port=self.upstream,
                                         invalidation_queue_size=1)
             self.addCleanup(stop)
-            wait_for(lambda: self.read_fresh(self.a, "n") == 4,
-                     "the middle's client to read the upstream's new state")
+            wait_until(lambda: self.read_fresh(self.a, "n") == 4,
+                       "the middle's client to read the upstream's new state",
+                       timeout=WAIT)
         self.assertIn("invalidateCache", logged.output[0])
 
     def read_fresh(self, db, key):

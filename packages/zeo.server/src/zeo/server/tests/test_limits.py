@@ -20,7 +20,7 @@ from zeo.server.config import (
     DEFAULT_MAX_ITERATORS, DEFAULT_MAX_SERVER_ITERATORS, ServerConfig)
 from zeo.server.interfaces import IServing
 from zeo.server.tests.rawclient import RawClient, ServerError
-from zeo.server.tests.support import ServerProcess
+from zeo.server.tests.support import ServerProcess, wait_until
 
 Z64 = b"\0" * 8
 
@@ -189,14 +189,6 @@ MAXTID = b"\x7f" + b"\xff" * 7
 MiB = 1 << 20
 
 
-def wait_for(condition, message, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(message)
-        time.sleep(0.02)
-
-
 class ProcessWideLimitTests(unittest.TestCase):
     """What all connections hold together (zeo.server.budgets), over real
     sockets with small limits."""
@@ -256,12 +248,12 @@ class ProcessWideLimitTests(unittest.TestCase):
                 hoarders.append(sock)
                 held += size + 4
                 if held <= 2 * MiB:
-                    wait_for(lambda: budgets.input_total == held,
-                             f"the server does not hold {held} bytes")
+                    wait_until(lambda: budgets.input_total == held,
+                               f"the server does not hold {held} bytes")
             biggest = hoarders[0]
-            wait_for(lambda: self.closed_by_server(biggest), "the biggest holder is open")
-            wait_for(lambda: budgets.input_total == held - 1_000_004,
-                     "the closed connection's input is still counted")
+            wait_until(lambda: self.closed_by_server(biggest), "the biggest holder is open")
+            wait_until(lambda: budgets.input_total == held - 1_000_004,
+                       "the closed connection's input is still counted")
         self.assertEqual(len(logged.output), 1, logged.output)
         self.assertIn("1000004 bytes of unfinished requests", logged.output[0])
         self.assertIn("max-total-input-buffer", logged.output[0])
@@ -270,7 +262,7 @@ class ProcessWideLimitTests(unittest.TestCase):
         self.assert_serving(address)
         for sock in hoarders[1:]:
             sock.close()
-        wait_for(lambda: budgets.input_total == 0, "closed connections are still counted")
+        wait_until(lambda: budgets.input_total == 0, "closed connections are still counted")
 
     def test_the_connections_with_the_most_unsent_output_are_aborted(self):
         # Clients that ask for 600 kB records and do not read: each has
@@ -298,7 +290,7 @@ class ProcessWideLimitTests(unittest.TestCase):
                 for _ in range(20):
                     client.send_call("loadBefore", oid, MAXTID)
                 time.sleep(0.2)
-            wait_for(lambda: len(logged.output) >= 1, "nobody was aborted")
+            wait_until(lambda: len(logged.output) >= 1, "nobody was aborted")
         self.assertLessEqual(budgets.output_total, 3 * MiB)
         # The others get every answer as they read.
         closed = 0
@@ -332,7 +324,7 @@ class ProcessWideLimitTests(unittest.TestCase):
         self.assertFalse(self.closed_by_server(other))
         # A closed connection frees its slot.
         first.close()
-        wait_for(lambda: len(self.server.connections) == 2, "the slot was not freed")
+        wait_until(lambda: len(self.server.connections) == 2, "the slot was not freed")
         again = RawClient(address)
         self.assertEqual(again.call("lastTransaction"), Z64)
         for client in (again, second):

@@ -30,7 +30,7 @@ from zeo.server.config import ServerConfig
 from zeo.server.interfaces import IServing
 from zeo.server.monitor import monitor_address
 from zeo.server.tests.rawclient import RawClient, ServerError
-from zeo.server.tests.support import ServerProcess, child_env, free_port
+from zeo.server.tests.support import ServerProcess, child_env, free_port, wait_until
 from zeo.server.stats import LATENCY_BOUNDS, StorageStats, Timing
 from zeo.server.zconfig import load
 
@@ -59,14 +59,6 @@ def samples(text, parse=text_string_to_metric_families):
 
 def value(found, name, **labels):
     return found[(name, frozenset(labels.items()))]
-
-
-def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 class MonitorServer:

@@ -1,0 +1,109 @@
+"""Test support has one home per package, and the scripts use only what
+they may (issue #21).
+
+- ``free_port``, ``ServerProcess`` and ``wait_until`` are defined once per
+  package, in its ``tests/support.py`` (``free_port`` once, in the public
+  ``zeo.server.testing``);
+- no module imports from a ``test_*`` module (test modules import their
+  helpers from support modules), except the ones listed in `PENDING`;
+- ``scripts/`` import nothing from a ``test_*`` module, and leave
+  ``sys.path`` alone except those run by interpreters without our packages
+  (`PATH_EDITING`);
+- the scripts that ``bin/py`` runs import there (its path has ``scripts/``
+  and the packages, not the test extras).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import tempfile
+import unittest
+from pathlib import Path
+
+from zeo.server.tests.support import CHECKOUT
+
+#: Where each helper may be defined (relative to the checkout).
+HOMES = {
+    "free_port": {"packages/zeo.server/src/zeo/server/testing.py"},
+    "ServerProcess": {"packages/zeo.server/src/zeo/server/tests/support.py"},
+    "wait_until": {"packages/zeo.client/src/zeo/client/tests/support.py",
+                   "packages/zeo.server/src/zeo/server/tests/support.py",
+                   # returns a bool: a fake server's own, not the tests' one
+                   "packages/zeo.client/src/zeo/client/tests/hostile.py"},
+}
+#: Modules still importing from a test module (others are editing them):
+#: move their imports to the support modules when they land.
+PENDING = {"packages/zeo.server/src/zeo/server/tests/test_relstorage_serving.py"}
+#: Scripts run by interpreters that lack our packages (bin/reference-py,
+#: a plain or atheris Python): they add the sources to ``sys.path``.
+PATH_EDITING = {"bench_client.py", "bench_cache_reopen.py", "bench_protocol.py",
+                "fuzz_server.py"}
+
+
+def sources() -> list[Path]:
+    roots = [CHECKOUT / "packages" / name / "src"
+             for name in ("zeo.protocol", "zeo.server", "zeo.client")]
+    return sorted(p for root in roots for p in root.rglob("*.py")) + scripts()
+
+
+def scripts() -> list[Path]:
+    return sorted((CHECKOUT / "scripts").rglob("*.py"))
+
+
+def relative(path: Path) -> str:
+    return path.relative_to(CHECKOUT).as_posix()
+
+
+def imported_modules(tree: ast.AST) -> list[str]:
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+    return names
+
+
+@unittest.skipIf(CHECKOUT is None, "not in a checkout")
+class SupportLayoutTests(unittest.TestCase):
+
+    def test_helpers_are_defined_in_their_home_only(self):
+        found: dict[str, set[str]] = {name: set() for name in HOMES}
+        for path in sources():
+            for node in ast.walk(ast.parse(path.read_bytes())):
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in found:
+                    found[node.name].add(relative(path))
+        self.assertEqual(found, HOMES)
+
+    def test_no_module_imports_a_test_module(self):
+        offenders = []
+        for path in sources():
+            if relative(path) in PENDING:
+                continue
+            own = path.stem
+            for name in imported_modules(ast.parse(path.read_bytes())):
+                last = name.rsplit(".", 1)[-1]
+                if last.startswith("test_") and last != own:
+                    offenders.append(f"{relative(path)}: {name}")
+        self.assertEqual(offenders, [])
+
+    def test_scripts_leave_sys_path_alone(self):
+        editing = {path.name for path in scripts()
+                   if "sys.path.insert" in path.read_text()
+                   or "sys.path.extend" in path.read_text()
+                   or "sys.path.append" in path.read_text()}
+        self.assertEqual(editing, PATH_EDITING)
+
+    def test_the_scripts_bin_py_runs_import_there(self):
+        # scripts/ is on bin/py's path (the buildout's extra-paths).
+        python = CHECKOUT / "bin" / "py"
+        self.assertTrue(python.exists(), f"no {python}")
+        # bin/py's own path only, not the test runner's.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        with tempfile.TemporaryDirectory(prefix="zeo-scripts-") as directory:
+            done = subprocess.run(
+                [str(python), "-c", "import benchmark, crash_consistency, soak"],
+                capture_output=True, text=True, timeout=120, cwd=directory, env=env)
+        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
