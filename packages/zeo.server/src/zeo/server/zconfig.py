@@ -105,6 +105,8 @@ def zeo_section(section: Any) -> ZeoSection:
     fields["max_connections_per_address"] = section.max_connections_per_address
     fields["monitor_address"] = section.monitor_address
     fields["monitor_slow_transaction"] = section.monitor_slow_transaction
+    fields["slow_commit_threshold"] = section.slow_commit_threshold or None
+    fields["max_refusal_log_lines"] = section.max_refusal_log_lines
     address = getattr(section.address, "address", section.address)
     if isinstance(address, tuple):   # no port (``address HOST``): a free one
         address = (address[0] or "", address[1] or 0)
