@@ -72,7 +72,7 @@ class EventLogTests(unittest.TestCase):
         log = server.event_log_text()
         port = f"127.0.0.1:{server.address[1]}"
         self.assertTrue(lines_with(log, "ready: serving on", port, server.event_log), log)
-        accepted = lines_with(log, "INFO", "connection accepted (TCP), protocol M5")
+        accepted = lines_with(log, "INFO", "connection accepted (TCP), protocol Z5")
         self.assertTrue(accepted, log)
         self.assertTrue(lines_with(log, "INFO", "registered with storage '1', read-write"), log)
         self.assertTrue(lines_with(log, "INFO", "worker-7 (127.0.0.1:", "client label set"), log)
@@ -208,7 +208,7 @@ class TLSEventLogTests(unittest.TestCase):
         refused = lines_with(log, "WARNING", "127.0.0.1:", "refused: TLS handshake failed")
         self.assertEqual(len(refused), 2, log)
         self.assertTrue(any("CERTIFICATE" in line.upper() for line in refused), log)
-        self.assertTrue(lines_with(log, "connection accepted (TCP over TLS), protocol M5"), log)
+        self.assertTrue(lines_with(log, "connection accepted (TCP over TLS), protocol Z5"), log)
 
 
 class ForegroundTests(unittest.TestCase):
