@@ -54,6 +54,7 @@ from zeo.protocol import (
     exception_text, exception_to_wire, peer_repr)
 
 from zeo.server.client_errors import exception_for_clients
+from zeo.server.connection_log import log_accepted, log_end
 from zeo.server.eventlog import fields
 from zeo.server.interfaces import IBudgetedConnection
 from zeo.server.results import Delayed
@@ -111,8 +112,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         #: Bytes received and sent on this connection (logged at its end).
         self.bytes_in = 0
         self.bytes_out = 0
-        self._opened = 0.0          # time.monotonic() at connection_made
-        self._agreed = False        # the handshake was agreed
+        self.opened = 0.0           # time.monotonic() at connection_made
+        self.agreed = False         # the handshake was agreed
         self._end_logged = False    # the line saying why it ended is out
         self._connection = ServerConnection(
             encoding=self.config.encoding, limits=self.config.limits)
@@ -160,7 +161,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(  # type: ignore[attr-defined]
             high=high, low=min(WRITE_BUFFER_LOW, high // 4))
         self.label = self.peer = describe_peer(transport)
-        self._opened = time.monotonic()
+        self.opened = time.monotonic()
         if not self.server.connection_opened(self):
             return
         self.session = StorageSession(self.server.storages, self, self.label,
@@ -240,7 +241,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
                 session.connection_lost()
         finally:
             self.server.connection_closed(self)
-            if self._agreed and not self._end_logged:
+            if self.agreed and not self._end_logged:
                 if self.server.closed:
                     reason = "the server is stopping"
                 elif exc is None:
@@ -249,7 +250,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
                     reason = exception_text(exc)
                 if aborting:   # the session aborted it
                     reason += " during a transaction, which was aborted"
-                self._log_end(reason, logging.WARNING if aborting else logging.INFO, session)
+                self._end_logged = True
+                log_end(self, reason, logging.WARNING if aborting else logging.INFO, session)
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -286,22 +288,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
-        self._agreed = True
-        protocol = event.encoding + event.version.decode("ascii", "replace")
-        logger.info("%s: connection accepted (%s), protocol %s", self.label,
-                    self._kind(), protocol,
-                    extra=fields(peer=self.peer, tls=self._tls(), protocol=protocol))
-
-    def _tls(self) -> bool:
-        transport = self.transport
-        return transport is not None and transport.get_extra_info("sslcontext") is not None
-
-    def _kind(self) -> str:
-        """How the client reached us, for log lines."""
-        tls = " over TLS" if self._tls() else ""
-        if peer_host(self.transport) is None:
-            return "Unix socket" + tls
-        return "TCP" + tls
+        self.agreed = True
+        log_accepted(self)
 
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
@@ -415,24 +403,6 @@ class ServerProtocol(asyncio.BufferedProtocol):
                         extra=fields(peer=self.peer, label=self.session.label,
                                      storage=served.name if served else None))
 
-    def _log_end(self, reason: str, level: int,
-                 session: StorageSession | None = None) -> None:
-        """The one line that says why and how this connection ended.
-        Before the handshake is agreed it is a refusal (rate-limited)."""
-        self._end_logged = True
-        duration = time.monotonic() - self._opened
-        extra = dict(peer=self.peer, reason=reason, duration=round(duration, 3),
-                     bytes_in=self.bytes_in, bytes_out=self.bytes_out)
-        session = session or self.session
-        if session is not None and session.label != self.peer:
-            extra["label"] = session.label
-        if not self._agreed:
-            self.server.refusals.warning("%s: refused: %s", self.label, reason, **extra)
-            return
-        logger.log(level, "%s: connection closed: %s (after %.1f s, %d bytes in,"
-                   " %d bytes out)", self.label, reason, duration, self.bytes_in,
-                   self.bytes_out, extra=fields(**extra))
-
     def _one_way_settled(self, method: str, error: BaseException | None) -> None:
         if error is not None:
             self.close(f"{method} failed: {exception_text(error)}")
@@ -466,7 +436,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         if reason:
             if len(reason) > MAX_REASON:   # callers cut peer data; this is a backstop
                 reason = reason[:MAX_REASON] + "..."
-            self._log_end(reason, logging.WARNING)
+            self._end_logged = True
+            log_end(self, reason, logging.WARNING, self.session)
         if self.transport is not None:
             self.transport.close()
 
@@ -478,7 +449,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
             return
         self._gone = self.closed = True
         if not self._end_logged:
-            self._log_end(reason, logging.WARNING)
+            self._end_logged = True
+            log_end(self, reason, logging.WARNING, self.session)
         self._pending.clear()
         self._pending_bytes = 0
         self._batch.clear()

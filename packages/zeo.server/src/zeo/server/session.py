@@ -18,9 +18,7 @@ Calls whose cost grows with the database or an object's history
 `SlowCalls` lane and reply with a `Delayed`; the thread rules are in
 zeo.server.slow_calls. The others run on the loop.
 
-It logs what an operator looks for (see `zeo.server.eventlog`): the
-registration, packs, transactions timed out or aborted by a disconnect,
-and slow commits (``slow-commit-threshold``); never a line per request.
+It logs registrations, timeouts and slow commits (zeo.server.connection_log).
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ from zeo.protocol import peer_repr
 
 from zeo.server.arguments import checked_count, checked_id8, checked_record, checked_serial
 from zeo.server.config import DEFAULT_MAX_LABEL_LENGTH
-from zeo.server.eventlog import fields, lock_times
+from zeo.server.connection_log import CommitTimer, session_fields
 from zeo.server.interfaces import IStorageSession
 from zeo.server.iterators import IteratorRegistry
 from zeo.server.pending import PendingTransaction, Phase
@@ -90,10 +88,7 @@ class StorageSession:
         self._waiting_vote: Delayed | None = None
         self._iterators: IteratorRegistry | None = None
         self._slow: SlowCalls | None = None
-        #: When the open transaction asked for the commit lock, and got it
-        #: (the served storage's clock), for the slow-commit line.
-        self._lock_asked: float | None = None
-        self._lock_granted: float | None = None
+        self._commit_timer = CommitTimer()   # for the slow-commit line
 
     def __repr__(self) -> str:
         return f"<StorageSession {self.label}>"
@@ -133,19 +128,8 @@ class StorageSession:
         served.add(self)
         logger.info("%s: registered with storage %r, %s", self.name, served.name,
                     "read-only" if self.read_only else "read-write",
-                    extra=self._fields(storage=served.name, read_only=self.read_only))
+                    extra=session_fields(self, storage=served.name, read_only=self.read_only))
         return served.last_transaction()
-
-    def _fields(self, **values: Any) -> dict[str, Any]:
-        """Log fields naming this connection, and *values*."""
-        peer = getattr(self.peer, "peer", None)
-        if peer is not None:
-            values["peer"] = peer
-            if self.label != peer:
-                values["label"] = self.label
-        if self.served is not None and "storage" not in values:
-            values["storage"] = self.served.name
-        return fields(**values)
 
     def _storage(self) -> Any:
         return self.served.storage  # type: ignore[union-attr]
@@ -336,7 +320,7 @@ class StorageSession:
                         self.name, served.name)  # type: ignore[union-attr]
             return None
         done = served.pack(self.peer.run_in_thread, t, referencesf,  # type: ignore[union-attr]
-                           who=self.name, log_fields=self._fields())
+                           who=self.name, log_fields=session_fields(self))
         return done if wait else None
 
     # -- the transaction ------------------------------------------------------
@@ -451,13 +435,14 @@ class StorageSession:
             raise StorageTransactionError(f"Already voting ({txn.phase.value})")
         txn.discard_blob_upload()
         txn.phase = Phase.VOTING
-        self._lock_asked, self._lock_granted = self.served.hooks.clock(), None  # type: ignore[union-attr]
+        asked = self.served.hooks.clock()  # type: ignore[union-attr]
         delayed = Delayed()
         if self.served.lock.request(  # type: ignore[union-attr]
                 self, lambda: self._vote_now(txn, delayed),
                 lambda waited: self._vote_dropped(txn, delayed, waited)):
-            self._lock_granted = self._lock_asked
+            self._commit_timer.ask(asked, granted=True)
             return self._vote(txn)
+        self._commit_timer.ask(asked, granted=False)
         self._waiting_vote = delayed
         return delayed
 
@@ -470,7 +455,7 @@ class StorageSession:
                     "the transaction was aborted while its vote waited for"
                     " the commit lock"))
             return
-        self._lock_granted = self.served.hooks.clock()  # type: ignore[union-attr]
+        self._commit_timer.grant(self.served.hooks.clock())  # type: ignore[union-attr]
         stalled = self.peer.writing_paused_for
         limit = self.served.config.reader_stall_timeout  # type: ignore[union-attr]
         if limit is not None and stalled >= limit:
@@ -527,7 +512,7 @@ class StorageSession:
         if txn.phase is not Phase.VOTED:
             # Client conflict resolution: hand the conflicts back, keep the
             # spool for the next vote, and let others commit meanwhile.
-            self._log_slow_commit("resolving conflicts")
+            self._commit_timer.end(self, "resolving conflicts")
             served.lock.release(self)  # type: ignore[union-attr]
         return result
 
@@ -573,7 +558,7 @@ class StorageSession:
                 "the transaction was aborted while its vote waited for the"
                 " commit lock"))
         served = self.served
-        self._log_slow_commit("aborted" if aborted else "committed")
+        self._commit_timer.end(self, "aborted" if aborted else "committed")
         try:
             if aborted:
                 txn.abort()
@@ -583,23 +568,6 @@ class StorageSession:
             served.lock.release(self)  # type: ignore[union-attr]
             txn.close()
 
-    def _log_slow_commit(self, outcome: str) -> None:
-        """One WARNING when the transaction ending now waited for or held
-        the commit lock past ``slow_commit_threshold``."""
-        asked, granted = self._lock_asked, self._lock_granted
-        self._lock_asked = self._lock_granted = None
-        threshold = self.served.config.slow_commit_threshold  # type: ignore[union-attr]
-        if asked is None or threshold is None:
-            return
-        waited, held = lock_times(asked, granted, self.served.hooks.clock())  # type: ignore[union-attr]
-        if waited > threshold or held > threshold:
-            logger.warning(
-                "%s: slow commit (%s): waited %.1f s for the commit lock of storage %r,"
-                " held it %.1f s (slow-commit-threshold %g s)", self.name, outcome,
-                waited, self.served.name, held, threshold,  # type: ignore[union-attr]
-                extra=self._fields(waited=round(waited, 3), held=round(held, 3),
-                                   reason=outcome))
-
     # -- the end --------------------------------------------------------------
 
     def transaction_timed_out(self, timeout: float | None) -> None:
@@ -607,8 +575,8 @@ class StorageSession:
             "%s: transaction timeout after %s seconds holding the commit lock of"
             " storage %r; aborting it and closing the connection", self.name, timeout,
             self.served.name if self.served else None,
-            extra=self._fields(reason="transaction timeout", held=timeout))
-        self._lock_asked = None   # this line says it all
+            extra=session_fields(self, reason="transaction timeout", held=timeout))
+        self._commit_timer.forget()   # this line says it all
         self._forget_transaction(aborted=True)
         self.peer.close("transaction timeout")
 
