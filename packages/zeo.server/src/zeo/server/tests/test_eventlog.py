@@ -186,9 +186,16 @@ class TLSEventLogTests(unittest.TestCase):
             self.ca.issue_cert("client@example.com").configure_cert(context)
         return context
 
-    def test_refused_handshakes_are_logged_with_why(self):
+    def test_refused_handshakes_are_logged_with_why_uvloop(self):
+        self.check_refused_handshakes("uvloop")
+
+    def test_refused_handshakes_are_logged_with_why_asyncio(self):
+        self.check_refused_handshakes("asyncio")
+
+    def check_refused_handshakes(self, event_loop):
         server = ServerProcess(
             self.directory, log_file=True, zeo_text=self.zeo_text,
+            zeo_options={"event-loop": event_loop},
             client_options={"ssl_context": self.client_context(),
                             "server_hostname": "localhost"})
         self.addCleanup(server.stop)
@@ -209,6 +216,38 @@ class TLSEventLogTests(unittest.TestCase):
         self.assertEqual(len(refused), 2, log)
         self.assertTrue(any("CERTIFICATE" in line.upper() for line in refused), log)
         self.assertTrue(lines_with(log, "connection accepted (TCP over TLS), protocol Z5"), log)
+
+
+class ConfigurationTests(unittest.TestCase):
+
+    def load(self, keys=""):
+        from zeo.server import zconfig
+        directory = tempfile.mkdtemp(prefix="zeo-eventlog-conf-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "zeo.conf")
+        with open(path, "w") as f:
+            f.write(f"<zeo>\n  address 127.0.0.1:0\n{keys}</zeo>\n"
+                    f"<filestorage 1>\n  path {directory}/Data.fs\n</filestorage>\n")
+        return zconfig.load(path).config
+
+    def test_defaults(self):
+        config = self.load()
+        self.assertEqual(config.slow_commit_threshold, 5.0)
+        self.assertEqual(config.max_refusal_log_lines, 10)
+
+    def test_keys(self):
+        config = self.load("  slow-commit-threshold 0.5\n  max-refusal-log-lines 3\n")
+        self.assertEqual(config.slow_commit_threshold, 0.5)
+        self.assertEqual(config.max_refusal_log_lines, 3)
+
+    def test_a_zero_threshold_turns_slow_commit_lines_off(self):
+        self.assertIsNone(self.load("  slow-commit-threshold 0\n").slow_commit_threshold)
+
+    def test_bad_values_are_refused(self):
+        from zeo.server.config import ServerConfig
+        for fields in ({"max_refusal_log_lines": 0}, {"slow_commit_threshold": -1}):
+            with self.assertRaises(ValueError):
+                ServerConfig(**fields)
 
 
 class ForegroundTests(unittest.TestCase):
