@@ -396,12 +396,14 @@ class ServerProtocol(asyncio.BufferedProtocol):
             self._relabel()
 
     def _relabel(self) -> None:
+        """Name this connection by its client's label; logged the first
+        time only (a client may set it again and again)."""
         if self.session is not None:
+            first = self.label == self.peer
             self.label = f"{self.session.label} ({self.peer})"
-            served = self.session.served
-            logger.info("%s: client label set", self.label,
-                        extra=fields(peer=self.peer, label=self.session.label,
-                                     storage=served.name if served else None))
+            if first:
+                logger.info("%s: client label set", self.label,
+                            extra=fields(peer=self.peer, label=self.session.label))
 
     def _one_way_settled(self, method: str, error: BaseException | None) -> None:
         if error is not None:

@@ -59,7 +59,10 @@ class JSONFormatter(logging.Formatter):
     (the traceback) when there is one.
 
     Usable as a ``<logfile>`` ``formatter``: ZConfig passes its ``format``,
-    ``dateformat`` and ``style``, which do not apply and are ignored.
+    ``dateformat`` and ``style``, which do not apply and are ignored. (A
+    JSON library such as python-json-logger picks its keys from that
+    format, whose ZConfig default starts with ``------``; a fixed set of
+    keys with the standard ``json`` module needs no dependency.)
     """
 
     def __init__(self, fmt: str | None = None, datefmt: str | None = None,
