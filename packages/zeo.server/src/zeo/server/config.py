@@ -103,6 +103,12 @@ DEFAULT_MAX_LABEL_LENGTH = 200
 #: ``server_status``): those with the most connections; the rest are
 #: counted together under ``connections_by_label_omitted``.
 DEFAULT_MAX_STATUS_LABELS = 100
+#: Seconds a transaction may wait for or hold its storage's commit lock
+#: before its end is logged as a slow commit (WARNING).
+DEFAULT_SLOW_COMMIT_THRESHOLD = 5.0
+#: Log lines a minute about refused connections and failed handshakes (TLS
+#: or ZEO); the rest are counted in one line a minute (zeo.server.eventlog).
+DEFAULT_MAX_REFUSAL_LOG_LINES = 10
 
 # -- process-wide limits (see zeo.server.budgets) ------------------------------
 #: Bytes of partial requests all connections together may hold (input read
@@ -207,6 +213,10 @@ class ServerConfig:
     #: Listen for the database's notifications (else poll alone).
     commit_source_notify: bool = True
     commit_source_poll_interval: float = DEFAULT_COMMIT_SOURCE_POLL_INTERVAL
+    # -- logging (see zeo.server.eventlog) --
+    #: None: never log slow commits.
+    slow_commit_threshold: float | None = DEFAULT_SLOW_COMMIT_THRESHOLD
+    max_refusal_log_lines: int = DEFAULT_MAX_REFUSAL_LOG_LINES
 
     def __post_init__(self) -> None:
         check_event_loop(self.event_loop)
@@ -261,6 +271,8 @@ class ServerConfig:
                 and isinstance(address[0], str) and type(address[1]) is int
                 and 0 <= address[1] < 65536):
             raise ValueError(f"monitor_address must be (host, port), not {address!r}")
+        _check_seconds("slow_commit_threshold", self.slow_commit_threshold)
+        _check_count("max_refusal_log_lines", self.max_refusal_log_lines)
         for name in ("max_total_input_buffer", "max_total_output_buffer"):
             value = getattr(self, name)
             if value is not None:

@@ -276,7 +276,8 @@ async def serve(plan: Plan) -> int:
     loop.add_signal_handler(signal.SIGUSR2, reopen_logs)
     server = StorageServer(plan.storages, plan.config, sources=plan.sources)
     try:
-        await server.start([plan.address])
+        addresses = await server.start([plan.address])
+        _announce(addresses)
         await stopping.wait()
     finally:
         await server.close()
@@ -339,13 +340,24 @@ def make_room_for_descriptors(config: ServerConfig) -> int:
             DESCRIPTOR_RESERVE, needed)
     return soft
 
+def _announce(addresses: list[Any]) -> None:
+    """The startup line: where the server serves and where it logs."""
+    from zeo.server.eventlog import log_destinations
+    from zeo.server.storage_server import format_address
+    logger.info("ready: serving on %s (pid %d); logging to %s",
+                ", ".join(map(format_address, addresses)), os.getpid(),
+                ", ".join(log_destinations()) or "nowhere")
+
 
 def setup_logging(eventlog: Any) -> None:
+    """The ``<eventlog>``, else standard error; on a terminal (``zeoctl
+    fg``) the log is shown there too (see zeo.server.eventlog)."""
+    from zeo.server.eventlog import TEXT_FORMAT, echo_to_terminal
     if eventlog is not None:
         eventlog()   # ZConfig's factory configures the root logger
+        echo_to_terminal()
         return
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=TEXT_FORMAT)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ZODB.interfaces import IBlobStorage
 from ZODB.POSException import StorageError
+from zeo.protocol import peer_repr
 
 from zeo.server.blob_uploads import SpoolBudget, UploadDirectory, remove_stale_uploads
 from zeo.server.commit_lock import CommitLock
@@ -191,27 +192,44 @@ class ServedStorage:
             return answer
         return newest, tuple(sorted(set(oids).union(more)))
 
-    def pack(self, run_in_thread: Callable[..., Delayed], t: float, referencesf: Any) -> Delayed:
+    def pack(self, run_in_thread: Callable[..., Delayed], t: float, referencesf: Any,
+             who: str = "", log_fields: dict[str, Any] | None = None) -> Delayed:
         """Pack in a pack thread; one pack at a time per storage.
 
         A pack asked for while one runs is refused at once with
         ``StorageError("Already packing ...")``, as FileStorage refuses a
         second one: nothing queues, so closing the server waits for at most
         the running pack. When a pack ends every client learns the new size.
+
+        Its start and end are logged, with the duration and the storage's
+        size before and after, naming the connection *who* (*log_fields*:
+        its log fields, see zeo.server.eventlog).
         """
         if self.packing is not None:
             raise StorageError(
                 f"Already packing storage {self.name!r}; this pack request is"
                 " refused (try again when the running pack has finished)")
+        extra = dict(log_fields or {})
+        started, size_before = time.monotonic(), self.storage.getSize()
+        logger.info("%s: pack of storage %r started (pack time %s, %d bytes)", who,
+                    self.name, peer_repr(t), size_before,
+                    extra={**extra, "size_before": size_before})
         done = self.packing = run_in_thread(
             lambda: self.storage.pack(t, referencesf), pack=True)
 
         def packed(error: BaseException | None, _: Any) -> None:
             self.packing = None
+            duration = time.monotonic() - started
+            extra.update(size_before=size_before, duration=round(duration, 3))
             if error is None:
                 self.broadcast_info()   # every client learns the new size
+                size_after = extra["size_after"] = self.storage.getSize()
+                logger.info("%s: pack of storage %r finished in %.1f s: %d bytes, were %d",
+                            who, self.name, duration, size_after, size_before, extra=extra)
             else:
-                logger.error("pack of storage %r failed: %s", self.name, error)
+                extra["reason"] = str(error)[:500]
+                logger.error("%s: pack of storage %r failed after %.1f s: %s", who,
+                             self.name, duration, error, extra=extra)
 
         done.add_callback(packed)
         return done

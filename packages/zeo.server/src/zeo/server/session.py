@@ -17,6 +17,8 @@ Calls whose cost grows with the database or an object's history
 ``getInvalidations`` beyond the queue) go through the session's
 `SlowCalls` lane and reply with a `Delayed`; the thread rules are in
 zeo.server.slow_calls. The others run on the loop.
+
+It logs registrations, timeouts and slow commits (zeo.server.connection_log).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from zeo.protocol import peer_repr
 
 from zeo.server.arguments import checked_count, checked_id8, checked_record, checked_serial
 from zeo.server.config import DEFAULT_MAX_LABEL_LENGTH
+from zeo.server.connection_log import CommitTimer, session_fields
 from zeo.server.interfaces import IStorageSession
 from zeo.server.iterators import IteratorRegistry
 from zeo.server.pending import PendingTransaction, Phase
@@ -85,9 +88,16 @@ class StorageSession:
         self._waiting_vote: Delayed | None = None
         self._iterators: IteratorRegistry | None = None
         self._slow: SlowCalls | None = None
+        self._commit_timer = CommitTimer()   # for the slow-commit line
 
     def __repr__(self) -> str:
         return f"<StorageSession {self.label}>"
+
+    @property
+    def name(self) -> str:
+        """This connection in log lines: the peer's label (the client's
+        label and address), else ours."""
+        return getattr(self.peer, "label", None) or self.label
 
     @property
     def registered(self) -> bool:
@@ -116,6 +126,9 @@ class StorageSession:
                                            served.iterator_budget)
         self._slow = SlowCalls(self.peer.run_in_thread, served.config.max_waiting_calls)
         served.add(self)
+        logger.info("%s: registered with storage %r, %s", self.name, served.name,
+                    "read-only" if self.read_only else "read-write",
+                    extra=session_fields(self, storage=served.name, read_only=self.read_only))
         return served.last_transaction()
 
     def _storage(self) -> Any:
@@ -304,9 +317,10 @@ class StorageSession:
             raise TypeError(f"a pack time is a number, not {t!r:.40}")
         if served.packing is not None and not wait:  # type: ignore[union-attr]
             logger.info("%.200s: pack of storage %r ignored: a pack is already running",
-                        self.label, served.name)  # type: ignore[union-attr]
+                        self.name, served.name)  # type: ignore[union-attr]
             return None
-        done = served.pack(self.peer.run_in_thread, t, referencesf)  # type: ignore[union-attr]
+        done = served.pack(self.peer.run_in_thread, t, referencesf,  # type: ignore[union-attr]
+                           who=self.name, log_fields=session_fields(self))
         return done if wait else None
 
     # -- the transaction ------------------------------------------------------
@@ -421,11 +435,14 @@ class StorageSession:
             raise StorageTransactionError(f"Already voting ({txn.phase.value})")
         txn.discard_blob_upload()
         txn.phase = Phase.VOTING
+        asked = self.served.hooks.clock()  # type: ignore[union-attr]
         delayed = Delayed()
         if self.served.lock.request(  # type: ignore[union-attr]
                 self, lambda: self._vote_now(txn, delayed),
                 lambda waited: self._vote_dropped(txn, delayed, waited)):
+            self._commit_timer.ask(asked, granted=True)
             return self._vote(txn)
+        self._commit_timer.ask(asked, granted=False)
         self._waiting_vote = delayed
         return delayed
 
@@ -438,6 +455,7 @@ class StorageSession:
                     "the transaction was aborted while its vote waited for"
                     " the commit lock"))
             return
+        self._commit_timer.grant(self.served.hooks.clock())  # type: ignore[union-attr]
         stalled = self.peer.writing_paused_for
         limit = self.served.config.reader_stall_timeout  # type: ignore[union-attr]
         if limit is not None and stalled >= limit:
@@ -476,7 +494,7 @@ class StorageSession:
     def _refuse_vote(self, delayed: Delayed, why: str, message: str) -> None:
         """Answer a waiting vote with a ConflictError (a TransientError:
         ZODB applications retry it) and abort its transaction."""
-        logger.warning("%.200s: %s; answered with ConflictError", self.label, why)
+        logger.warning("%.200s: %s; answered with ConflictError", self.name, why)
         self._waiting_vote = None
         try:
             delayed.fail(ConflictError(message=message))
@@ -494,13 +512,14 @@ class StorageSession:
         if txn.phase is not Phase.VOTED:
             # Client conflict resolution: hand the conflicts back, keep the
             # spool for the next vote, and let others commit meanwhile.
+            self._commit_timer.end(self, "resolving conflicts")
             served.lock.release(self)  # type: ignore[union-attr]
         return result
 
     def tpc_finish(self, txn_id: Any) -> bytes | None:
         txn = self.txn
         if txn is None or txn.txn_id != txn_id:
-            logger.warning("%s: tpc_finish for unknown transaction %s", self.label,
+            logger.warning("%s: tpc_finish for unknown transaction %s", self.name,
                            peer_repr(txn_id))
             return None
         served = self.served
@@ -539,6 +558,7 @@ class StorageSession:
                 "the transaction was aborted while its vote waited for the"
                 " commit lock"))
         served = self.served
+        self._commit_timer.end(self, "aborted" if aborted else "committed")
         try:
             if aborted:
                 txn.abort()
@@ -552,8 +572,11 @@ class StorageSession:
 
     def transaction_timed_out(self, timeout: float | None) -> None:
         logger.critical(
-            "%s: transaction timeout after %s seconds holding the commit lock;"
-            " aborting it and closing the connection", self.label, timeout)
+            "%s: transaction timeout after %s seconds holding the commit lock of"
+            " storage %r; aborting it and closing the connection", self.name, timeout,
+            self.served.name if self.served else None,
+            extra=session_fields(self, reason="transaction timeout", held=timeout))
+        self._commit_timer.forget()   # this line says it all
         self._forget_transaction(aborted=True)
         self.peer.close("transaction timeout")
 
