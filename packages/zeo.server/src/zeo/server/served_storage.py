@@ -31,6 +31,7 @@ from zeo.server.conflicts import guard_conflict_resolution
 from zeo.server.invalidation_queue import InvalidationQueue, invalidations_by_iteration
 from zeo.server.iterators import IteratorBudget
 from zeo.server.results import Delayed
+from zeo.server.shared_blobs import claim_shared_blob
 from zeo.server.stats import StorageStats
 
 if TYPE_CHECKING:
@@ -158,6 +159,14 @@ class ServedStorage:
         info = self.size_info()
         for session in self.sessions:
             session.notify("info", (info,))
+
+    def claim_shared_blob(self, oid: bytes, filename: Any) -> str:
+        """Claim the shared-blob-dir upload *filename* of *oid* and return
+        where it is now: see `zeo.server.shared_blobs` for the rules."""
+        if self.blob_dir is None or self.uploads is None:
+            raise ValueError("this storage has no blob directory; storeBlobShared is refused")
+        return claim_shared_blob(self.blob_dir, self.storage.fshelper.getPathForOID(oid),
+                                 filename, self.uploads.new_name)
 
     def size_info(self) -> dict[str, int]:
         return {"length": len(self.storage), "size": self.storage.getSize()}

@@ -33,7 +33,8 @@ from zope.interface import implementer, providedBy
 
 from zeo.protocol import peer_repr
 
-from zeo.server.arguments import checked_count, checked_id8, checked_record, checked_serial
+from zeo.server.arguments import (
+    checked_count, checked_id8, checked_label, checked_record, checked_serial)
 from zeo.server.config import DEFAULT_MAX_LABEL_LENGTH
 from zeo.server.connection_log import CommitTimer, session_fields
 from zeo.server.interfaces import IStorageSession
@@ -41,7 +42,7 @@ from zeo.server.iterators import IteratorRegistry
 from zeo.server.pending import PendingTransaction, Phase
 from zeo.server.results import Delayed, chain
 from zeo.server.served_storage import ServedStorage
-from zeo.server.shared_blobs import BlobMessages, claim_shared_blob, open_blob
+from zeo.server.shared_blobs import BlobMessages, open_blob
 from zeo.server.slow_calls import SlowCalls
 
 logger = logging.getLogger("zeo.server")
@@ -171,17 +172,11 @@ class StorageSession:
         """Name this connection in log lines and status. The label is cut to
         ``max_label_length`` characters (logged once per connection), and
         unprintable characters become ``?``: it is shown as it is."""
-        if type(label) is not str:
-            label = peer_repr(label)
-        limit = self._max_label_length
-        if len(label) > limit:
-            if not self._label_cut_logged:
-                self._label_cut_logged = True
-                logger.warning("%s: client label of %d characters cut to %d: %s",
-                               self.label, len(label), limit, peer_repr(label))
-            label = label[:limit]
-        if not label.isprintable():
-            label = "".join(c if c.isprintable() else "?" for c in label)
+        label, cut = checked_label(label, self._max_label_length)
+        if cut and not self._label_cut_logged:
+            self._label_cut_logged = True
+            logger.warning("%s: client label of %d characters cut to %d: %s",
+                           self.label, cut, self._max_label_length, peer_repr(label))
         if self.served is not None:
             self.served.stats.connection_relabelled(self.label, label)
         self.label = label
@@ -409,7 +404,7 @@ class StorageSession:
         txn = self._spooling(txn_id)
         oid, serial = checked_id8(oid, "an oid"), checked_serial(serial)
         data = checked_record(data)
-        path = _shared_blob_path(self.served, oid, filename)  # type: ignore[arg-type]
+        path = self.served.claim_shared_blob(oid, filename)  # type: ignore[union-attr]
         txn.uploads = self.served.uploads  # type: ignore[union-attr]
         try:
             txn.spool.store_blob(oid, serial, data, path)
@@ -595,12 +590,3 @@ class StorageSession:
 
 def _count_conflict(stats: Any) -> None:
     stats.conflicts += 1
-
-
-def _shared_blob_path(served: ServedStorage, oid: bytes, filename: Any) -> str:
-    """Claim the shared-blob-dir upload *filename* of *oid* and return where
-    it is now: see `zeo.server.shared_blobs` for the rules."""
-    if served.blob_dir is None or served.uploads is None:
-        raise ValueError("this storage has no blob directory; storeBlobShared is refused")
-    return claim_shared_blob(served.blob_dir, served.storage.fshelper.getPathForOID(oid),
-                             filename, served.uploads.new_name)
