@@ -79,7 +79,8 @@ def count_concurrently(addresses: list[Any], *, factory: type = BTrees.Length.Le
             connection.root()["length"] = factory()
     finally:
         db.close()
-    result: dict[str, Any] = {"landed": 0, "resolved": 0, "retries": 0, "errors": []}
+    result: dict[str, Any] = {"landed": 0, "resolved": 0, "retries": 0, "retried": {},
+                              "errors": []}
     lock = threading.Lock()
     start = threading.Barrier(len(addresses) * clients_per_front, timeout=JOIN)
 
@@ -96,10 +97,15 @@ def count_concurrently(addresses: list[Any], *, factory: type = BTrees.Length.Le
                     try:
                         connection.root()["length"].change(1)
                         manager.commit()
-                    except ConflictError:
+                    except ConflictError as error:
                         manager.abort()
                         with lock:
                             result["retries"] += 1
+                            # RelStorage's CacheConsistencyError reaches
+                            # clients as a ConflictError: say which it was.
+                            kind = ("CacheConsistencyError" if "CacheConsistencyError"
+                                    in str(error) else type(error).__name__)
+                            result["retried"][kind] = result["retried"].get(kind, 0) + 1
                         continue
                     with lock:
                         result["landed"] += 1
@@ -158,11 +164,20 @@ class CounterTests(unittest.TestCase):
     def test_length_conflicts_are_resolved_in_the_server(self):
         result = self.count(BTrees.Length.Length)
         report("BTrees.Length, 3 fronts x 3 clients x 10",
-               {k: result[k] for k in ("landed", "final", "resolved", "retries")})
+               {k: result[k] for k in ("landed", "final", "resolved", "retries", "retried")})
         # Clients of three fronts racing on one record: some conflicts
         # happen, and the server resolves them (RelStorage's vote, through
         # the guard, which allows BTrees classes).
         self.assertGreater(result["resolved"], 0)
+
+    def test_a_class_outside_the_allowed_packages_is_retried_not_resolved(self):
+        result = self.count(OutsiderLength)
+        report("OutsiderLength, 3 fronts x 3 clients x 10",
+               {k: result[k] for k in ("landed", "final", "resolved", "retries", "retried")})
+        self.assertEqual(result["resolved"], 0)
+        # Every conflict was retried by its client instead: the guard
+        # stands in front of RelStorage's own resolution too.
+        self.assertGreater(result["retries"], 0)
 
 
 def commit_through_failover(addresses: list[Any], kill: Any, *, clients: int = 4,
