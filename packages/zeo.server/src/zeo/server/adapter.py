@@ -64,6 +64,14 @@ if TYPE_CHECKING:
     from zeo.server.stats import StorageStats
     from zeo.server.storage_server import StorageServer
 
+__all__ = [
+    "QUIET_ERRORS",
+    "ServerProtocol",
+    "describe_peer",
+    "peer_host",
+    "receive_buffer",
+]
+
 logger = logging.getLogger("zeo.server")
 
 #: Errors that are part of normal operation: replied, never logged.
@@ -187,7 +195,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
         try:
             if self._direct is None:
                 # The frame reader copies what it keeps: the buffer is reused.
-                self._connection.receive_data(self._buffer[:nbytes])
+                self._connection.receive_data(self._buffer[:nbytes])  # type: ignore[arg-type]
             else:
                 self._direct = None
                 self._connection.received_into(nbytes)

@@ -289,7 +289,7 @@ def run(main: Any, event_loop: str) -> int:
     loop = new_event_loop(event_loop)
     try:
         asyncio.set_event_loop(loop)
-        return loop.run_until_complete(main)  # type: ignore[no-any-return]
+        return loop.run_until_complete(main)
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())

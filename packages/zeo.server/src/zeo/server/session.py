@@ -45,6 +45,14 @@ from zeo.server.served_storage import ServedStorage
 from zeo.server.shared_blobs import BlobMessages, open_blob
 from zeo.server.slow_calls import SlowCalls
 
+__all__ = [
+    "EXPOSED_METHODS",
+    "MAX_NEW_OIDS",
+    "ONE_WAY_METHODS",
+    "SYNC_METHODS",
+    "StorageSession",
+]
+
 logger = logging.getLogger("zeo.server")
 
 #: Calls answered with a reply. Everything else but ONE_WAY_METHODS is

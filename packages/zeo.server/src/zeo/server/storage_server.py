@@ -37,6 +37,13 @@ from zeo.server.results import Delayed
 from zeo.server.served_storage import LoopHooks, ServedStorage
 from zeo.server.tls_accept import tls_protocol_factory
 
+__all__ = [
+    "Closed",
+    "Serving",
+    "StorageServer",
+    "format_address",
+]
+
 logger = logging.getLogger("zeo.server")
 
 
@@ -172,6 +179,7 @@ class StorageServer:
     # -- connections (called by ServerProtocol) ----------------------------------
 
     def connection_opened(self, connection: ServerProtocol) -> bool:
+        refused: str | None
         if self.closed or len(self.connections) >= self.config.max_connections:
             self.budgets.refusals["max-connections"] += 1
             refused = (f"the server already has {len(self.connections)} connections"

@@ -35,7 +35,7 @@ _classes: dict[type, type] = {}
 
 def _tls_protocol_class(loop: asyncio.AbstractEventLoop) -> type:
     """The loop's TLS protocol, noting the peer's address on connection."""
-    base: type = asyncio.sslproto.SSLProtocol
+    base: Any = asyncio.sslproto.SSLProtocol
     try:
         import uvloop
     except ImportError:   # pragma: no cover (no uvloop on Windows)

@@ -11,12 +11,24 @@ import dataclasses
 import importlib
 import os
 import ssl
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import ZConfig
 
 from zeo.protocol import ProtocolLimits
 from zeo.server.config import Address, ServerConfig
+
+__all__ = [
+    "SCHEMA",
+    "ZEOCTL_SCHEMA",
+    "ServerSettings",
+    "ZeoSection",
+    "load",
+    "server_ssl",
+    "server_ssl_context",
+    "storage_names",
+    "zeo_section",
+]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCHEMA = os.path.join(HERE, "schema.xml")
@@ -145,7 +157,7 @@ def storage_names(factories: list[Any]) -> dict[str, Any]:
     return named
 
 
-def load(path: str, overrides: list[str] = (), schema_path: str = SCHEMA) -> ServerSettings:
+def load(path: str, overrides: Sequence[str] = (), schema_path: str = SCHEMA) -> ServerSettings:
     schema = ZConfig.loadSchema(schema_path)
     root, _ = ZConfig.loadConfig(schema, path, overrides=list(overrides))
     return ServerSettings(

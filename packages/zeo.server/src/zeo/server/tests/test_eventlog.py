@@ -20,7 +20,7 @@ import time
 import unittest
 
 from zeo.server.eventlog import JSONFormatter, RefusalLog, echo_to_terminal, fields
-from zeo.server.tests.rawclient import RawClient, ServerError
+from zeo.server.tests.rawclient import RawClient
 from zeo.server.tests.serverprocess import ServerProcess, free_port
 
 Z64 = b"\0" * 8
@@ -248,9 +248,9 @@ class ConfigurationTests(unittest.TestCase):
 
     def test_bad_values_are_refused(self):
         from zeo.server.config import ServerConfig
-        for fields in ({"max_refusal_log_lines": 0}, {"slow_commit_threshold": -1}):
+        for bad in ({"max_refusal_log_lines": 0}, {"slow_commit_threshold": -1}):
             with self.assertRaises(ValueError):
-                ServerConfig(**fields)
+                ServerConfig(**bad)
 
 
 class ForegroundTests(unittest.TestCase):
