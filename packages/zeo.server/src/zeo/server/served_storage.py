@@ -149,6 +149,17 @@ class ServedStorage:
         (after older commits made elsewhere: see `Announcer.own`)."""
         self.announcer.own(committer, tid, tuple(oids))
 
+    def register_answer(self, session: StorageSession) -> Any:
+        """What a registering *session* is answered: ``lastTransaction``, or
+        from a front on a hot standby a `Delayed` settled once the standby
+        has caught up with the primary (zeo.server.relstorage_standby)."""
+        catch_up = getattr(self.announcer.source, "catch_up", None)
+        if catch_up is None or not self.started:
+            return self.last_transaction()
+        return catch_up(self.last_transaction, self.hooks.call_later,
+                        lambda: self.hooks.call_soon(
+                            session.peer.close, "the standby is behind the primary"))
+
     def last_transaction(self) -> bytes:
         """The newest tid announced to the clients (``lastTransaction``)."""
         return self.announcer.last_tid

@@ -116,7 +116,7 @@ class StorageSession:
                                            served.iterator_budget)
         self._slow = SlowCalls(self.peer.run_in_thread, served.config.max_waiting_calls)
         served.add(self)
-        return served.last_transaction()
+        return served.register_answer(self)
 
     def _storage(self) -> Any:
         return self.served.storage  # type: ignore[union-attr]

@@ -43,10 +43,11 @@ class ServerProcess:
 
     def __init__(self, directory: str, *args: str,
                  zeo_options: dict[str, str] | None = None,
-                 storage: str | None = None) -> None:
+                 storage: str | None = None, read_only: bool = False) -> None:
         """*zeo_options*: ``<zeo>`` keys and values, given to runzeo in a
         configuration file; *storage*: the storage's section(s) for that
-        file instead of a FileStorage (e.g. `postgres.relstorage_section`)."""
+        file instead of a FileStorage (e.g. `postgres.relstorage_section`);
+        *read_only*: the readiness check registers read-only."""
         self.directory = directory
         self.path = os.path.join(directory, "Data.fs")
         self.address = ("127.0.0.1", free_port())
@@ -60,7 +61,7 @@ class ServerProcess:
             env=env, stdout=subprocess.DEVNULL, stderr=self.log, cwd=directory)
         self.pid = self.process.pid
         try:
-            connect_when_ready(self.address, timeout=60).close()
+            connect_when_ready(self.address, timeout=60, read_only=read_only).close()
         except BaseException:
             self.stop()
             raise
