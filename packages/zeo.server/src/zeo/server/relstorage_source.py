@@ -59,6 +59,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg2
+from ZODB.POSException import StorageError
 from zope.interface import implementer
 
 from zeo.server.interfaces import ICommitSource
@@ -254,6 +255,22 @@ class PostgresCommitSource:
         except psycopg2.Error as error:
             self._broken(error)
             return []
+
+    def guard_pack(self, pack: Callable[[], Any]) -> Any:
+        """Run *pack* (the storage's, in the pack thread): one pack at a time
+        over all fronts.  RelStorage holds its PostgreSQL advisory pack lock
+        for the whole pack and refuses at once if another process (another
+        front, or an undo) holds it; that refusal reaches clients as the
+        one-server refusal, ``StorageError("Already packing ...")``."""
+        try:
+            return pack()
+        except Exception as error:
+            if type(error).__name__ != "UnableToAcquirePackUndoLockError":
+                raise
+            raise StorageError(
+                "Already packing this database: another front (or an undo) holds"
+                " its pack lock; this pack request is refused (try again when the"
+                f" running pack has finished): {str(error)[:200]}") from None
 
     # -- looking ------------------------------------------------------------------
 

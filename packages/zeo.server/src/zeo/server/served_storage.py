@@ -209,13 +209,21 @@ class ServedStorage:
         ``StorageError("Already packing ...")``, as FileStorage refuses a
         second one: nothing queues, so closing the server waits for at most
         the running pack. When a pack ends every client learns the new size.
+        A commit source's ``guard_pack``, if any, extends this to the other
+        fronts of a shared database (zeo.server.relstorage_source).
         """
         if self.packing is not None:
             raise StorageError(
                 f"Already packing storage {self.name!r}; this pack request is"
                 " refused (try again when the running pack has finished)")
-        done = self.packing = run_in_thread(
-            lambda: self.storage.pack(t, referencesf), pack=True)
+        guard = getattr(self.announcer.source, "guard_pack", None)
+
+        def pack() -> Any:
+            if guard is not None:   # one pack over several fronts
+                return guard(lambda: self.storage.pack(t, referencesf))
+            return self.storage.pack(t, referencesf)
+
+        done = self.packing = run_in_thread(pack, pack=True)
 
         def packed(error: BaseException | None, _: Any) -> None:
             self.packing = None
