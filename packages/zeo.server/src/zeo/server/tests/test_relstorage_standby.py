@@ -147,6 +147,28 @@ class StandbyFrontTests(unittest.TestCase):
         self.assertGreaterEqual(client.last_tid, tid)
         self.assertEqual(client.call("lastTransaction"), client.last_tid)
 
+    def test_a_client_moving_from_the_primary_front_is_never_served_older_state(self):
+        primary = self.front(self.dsn)
+        standby = self.standby_front(**{"commit-source-catch-up-timeout": "0.5"})
+        with self.assertLogs("zeo.client", "INFO") as logs:
+            db = self.client_db([primary.address, standby.address], read_only_fallback=True)
+            wait_for(lambda: db.storage.is_connected() and not db.storage.isReadOnly(),
+                     "the client to use the primary front", WAIT)
+            self.pause_replay()
+            tid = write(db, n=1)   # the client has seen tid; the standby has not
+            primary.stop()
+            time.sleep(1.5)   # the client tries the standby front meanwhile
+            self.assertFalse(db.storage.is_connected())
+            self.resume_replay()
+            wait_for(lambda: db.storage.is_connected(),
+                     "the client to fall back to the standby front", WAIT)
+            self.assertTrue(db.storage.isReadOnly())
+            self.assertGreaterEqual(db.storage.lastTransaction(), tid)
+            self.assertEqual(read(db, "n"), 1)
+        text = "\n".join(logs.output)
+        self.assertNotIn("behind this client's cache", text)
+        self.assertIn("behind the primary", standby.log_text())
+
     def test_a_standby_that_does_not_catch_up_in_time_refuses_and_closes(self):
         primary = self.front(self.dsn)
         standby = self.standby_front(**{"commit-source-catch-up-timeout": "0.5"})
