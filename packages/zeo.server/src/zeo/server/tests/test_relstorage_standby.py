@@ -17,6 +17,7 @@ import unittest
 
 import psycopg2
 import ZODB
+from ZODB.POSException import StorageError
 
 import zeo.client
 from zeo.server.tests.postgres import (
@@ -25,7 +26,7 @@ from zeo.server.tests.rawclient import RawClient, ServerError
 from zeo.server.tests.serverprocess import ServerProcess
 from zeo.server.tests.test_relstorage_fronts import read, wait_for, write
 
-__all__ = ["StandbyConfigurationTests", "StandbyFrontTests"]
+__all__ = ["CatchUpTests", "StandbyConfigurationTests", "StandbyFrontTests"]
 
 #: The bound on "the standby front's client sees it" (not a speed assertion).
 WAIT = 10.0
@@ -217,3 +218,58 @@ class StandbyConfigurationTests(unittest.TestCase):
                          ("host=db1 dbname=zodb", 2.5))
         with self.assertRaisesRegex(ValueError, "commit_source_catch_up_timeout"):
             ServerConfig(commit_source_catch_up_timeout=0)
+
+
+class CatchUpTests(unittest.TestCase):
+    """`catch_up` alone, with a stand-in primary and a manual clock-free loop."""
+
+    def run_catch_up(self, target, looks_needed, timeout=10.0, step=0.0):
+        from zeo.server.relstorage_standby import catch_up
+
+        class Primary:
+            def newest_tid(self):
+                return target
+
+        state = {"tid": 5, "looks": 0, "closed": 0}
+        timers: list = []
+
+        def look():
+            state["looks"] += 1
+            if state["looks"] >= looks_needed:
+                state["tid"] = 9
+
+        answer = catch_up(Primary(), look, lambda: state["tid"].to_bytes(8, "big"),
+                          lambda delay, function: timers.append(function), timeout,
+                          lambda: state.__setitem__("closed", state["closed"] + 1))
+        for _ in range(100):
+            if not timers:
+                break
+            time.sleep(step)
+            timers.pop(0)()
+        return answer, state
+
+    def test_caught_up_answers_at_once(self):
+        answer, state = self.run_catch_up(5, 1)
+        self.assertEqual(answer, (5).to_bytes(8, "big"))
+        self.assertEqual(state["looks"], 0)
+
+    def test_primary_unknown_answers_at_once(self):
+        answer, _ = self.run_catch_up(None, 1)
+        self.assertEqual(answer, (5).to_bytes(8, "big"))
+
+    def test_waits_for_the_primary_tid(self):
+        answer, state = self.run_catch_up(9, 3)
+        outcome: list = []
+        answer.add_callback(lambda error, value: outcome.append((error, value)))
+        self.assertEqual(outcome, [(None, (9).to_bytes(8, "big"))])
+        self.assertEqual((state["looks"], state["closed"]), (3, 0))
+
+    def test_refuses_and_closes_after_the_timeout(self):
+        answer, state = self.run_catch_up(9, 10 ** 6, timeout=0.05, step=0.01)
+        outcome: list = []
+        answer.add_callback(lambda error, value: outcome.append((error, value)))
+        self.assertEqual(len(outcome), 1)
+        error, _ = outcome[0]
+        self.assertIsInstance(error, StorageError)
+        self.assertIn("behind the primary", str(error))
+        self.assertEqual(state["closed"], 1)
