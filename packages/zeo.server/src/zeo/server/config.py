@@ -138,6 +138,9 @@ COMMIT_SOURCES = ("postgresql",)
 #: Seconds between a commit source's polls: the safety poll behind
 #: notifications, or the only mechanism without them.
 DEFAULT_COMMIT_SOURCE_POLL_INTERVAL = 1.0
+#: Most seconds a front on a hot standby holds a registering client's
+#: ``register`` until it has replayed the primary's newest commit.
+DEFAULT_COMMIT_SOURCE_CATCH_UP_TIMEOUT = 10.0
 
 
 def _check_seconds(name: str, value: Any, *, allow_none: bool = True) -> float | None:
@@ -217,6 +220,11 @@ class ServerConfig:
     #: None: never log slow commits.
     slow_commit_threshold: float | None = DEFAULT_SLOW_COMMIT_THRESHOLD
     max_refusal_log_lines: int = DEFAULT_MAX_REFUSAL_LOG_LINES
+    #: A front on a hot standby: the primary's DSN, asked for its newest
+    #: commit when a client registers (zeo.server.relstorage_standby);
+    #: None (the default): registering clients do not wait.
+    commit_source_primary_dsn: str | None = None
+    commit_source_catch_up_timeout: float = DEFAULT_COMMIT_SOURCE_CATCH_UP_TIMEOUT
 
     def __post_init__(self) -> None:
         check_event_loop(self.event_loop)
@@ -265,6 +273,8 @@ class ServerConfig:
                              f" not {self.commit_source!r:.100}")
         _check_seconds("commit_source_poll_interval", self.commit_source_poll_interval,
                        allow_none=False)
+        _check_seconds("commit_source_catch_up_timeout",
+                       self.commit_source_catch_up_timeout, allow_none=False)
         address = self.monitor_address
         if address is not None and not (
                 isinstance(address, tuple) and len(address) == 2

@@ -250,7 +250,9 @@ def commit_sources(storages: dict[str, Any], config: ServerConfig) -> dict[str, 
     try:
         return {name: module.source_for_storage(
                     storage, notify=config.commit_source_notify,
-                    poll_interval=config.commit_source_poll_interval)
+                    poll_interval=config.commit_source_poll_interval,
+                    primary_dsn=config.commit_source_primary_dsn,
+                    catch_up_timeout=config.commit_source_catch_up_timeout)
                 for name, storage in storages.items()}
     except ValueError as error:
         raise UsageError(str(error))

@@ -151,6 +151,17 @@ class ServedStorage:
         (after older commits made elsewhere: see `Announcer.own`)."""
         self.announcer.own(committer, tid, tuple(oids))
 
+    def register_answer(self, session: StorageSession) -> Any:
+        """What a registering *session* is answered: ``lastTransaction``, or
+        from a front on a hot standby a `Delayed` settled once the standby
+        has caught up with the primary (zeo.server.relstorage_standby)."""
+        catch_up = getattr(self.announcer.source, "catch_up", None)
+        if catch_up is None or not self.started:
+            return self.last_transaction()
+        return catch_up(self.last_transaction, self.hooks.call_later,
+                        lambda: self.hooks.call_soon(
+                            session.peer.close, "the standby is behind the primary"))
+
     def last_transaction(self) -> bytes:
         """The newest tid announced to the clients (``lastTransaction``)."""
         return self.announcer.last_tid
@@ -213,6 +224,8 @@ class ServedStorage:
         Its start and end are logged, with the duration and the storage's
         size before and after, naming the connection *who* (*log_fields*:
         its log fields, see zeo.server.eventlog).
+        A commit source's ``guard_pack``, if any, extends this to the other
+        fronts of a shared database (zeo.server.relstorage_source).
         """
         if self.packing is not None:
             raise StorageError(
@@ -223,8 +236,14 @@ class ServedStorage:
         logger.info("%s: pack of storage %r started (pack time %s, %d bytes)", who,
                     self.name, peer_repr(t), size_before,
                     extra={**extra, "size_before": size_before})
-        done = self.packing = run_in_thread(
-            lambda: self.storage.pack(t, referencesf), pack=True)
+        guard = getattr(self.announcer.source, "guard_pack", None)
+
+        def pack() -> Any:
+            if guard is not None:   # one pack over several fronts
+                return guard(lambda: self.storage.pack(t, referencesf))
+            return self.storage.pack(t, referencesf)
+
+        done = self.packing = run_in_thread(pack, pack=True)
 
         def packed(error: BaseException | None, _: Any) -> None:
             self.packing = None

@@ -138,7 +138,7 @@ class StorageSession:
         logger.info("%s: registered with storage %r, %s", self.name, served.name,
                     "read-only" if self.read_only else "read-write",
                     extra=session_fields(self, storage=served.name, read_only=self.read_only))
-        return served.last_transaction()
+        return served.register_answer(self)
 
     def _storage(self) -> Any:
         return self.served.storage  # type: ignore[union-attr]

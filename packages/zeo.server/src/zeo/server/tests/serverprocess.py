@@ -46,7 +46,8 @@ class ServerProcess:
                  storage: str | None = None,
                  zeo_text: str = "", log_file: bool = False,
                  log_formatter: str | None = None,
-                 client_options: dict[str, object] | None = None) -> None:
+                 client_options: dict[str, object] | None = None,
+                 read_only: bool = False) -> None:
         """*zeo_options*: ``<zeo>`` keys and values, given to runzeo in a
         configuration file, with *zeo_text* (sections such as ``<ssl>``);
         *storage*: the storage's section(s) for that file instead of a
@@ -54,7 +55,8 @@ class ServerProcess:
         *log_file*: an ``<eventlog>`` writing ``zeo.log`` in *directory*
         (`event_log_text`), with *log_formatter* (a ``<logfile>``
         ``formatter``). *client_options*: `RawClient` options for `client`
-        and the readiness check (a TLS context)."""
+        and the readiness check (a TLS context); *read_only*: the readiness
+        check registers read-only."""
         self.client_options = dict(client_options or {})
         self.directory = directory
         self.path = os.path.join(directory, "Data.fs")
@@ -76,7 +78,8 @@ class ServerProcess:
             env=env, stdout=subprocess.DEVNULL, stderr=self.log, cwd=directory)
         self.pid = self.process.pid
         try:
-            connect_when_ready(self.address, timeout=60, **self.client_options).close()
+            connect_when_ready(self.address, timeout=60, read_only=read_only,
+                               **self.client_options).close()
         except BaseException:
             self.stop()
             raise
