@@ -29,6 +29,12 @@ each read and write, and is aborted when the budget chooses it.
 
 Bad input of any kind closes this connection with one log line; it never
 touches the other connections.
+
+A connection's life is logged in a few lines (see `zeo.server.eventlog`):
+accepted (with the protocol agreed), labelled, closed (why, after how long,
+bytes in and out); a connection refused before its handshake is agreed
+gets one refusal line, rate-limited (`StorageServer.refusals`). Nothing is
+logged per request.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ from zeo.protocol import (
     exception_text, exception_to_wire, peer_repr)
 
 from zeo.server.client_errors import exception_for_clients
+from zeo.server.connection_log import log_accepted, log_end
+from zeo.server.eventlog import fields
 from zeo.server.interfaces import IBudgetedConnection
 from zeo.server.results import Delayed
 from zeo.server.session import EXPOSED_METHODS, StorageSession
@@ -55,6 +63,14 @@ from zeo.server.session import EXPOSED_METHODS, StorageSession
 if TYPE_CHECKING:
     from zeo.server.stats import StorageStats
     from zeo.server.storage_server import StorageServer
+
+__all__ = [
+    "QUIET_ERRORS",
+    "ServerProtocol",
+    "describe_peer",
+    "peer_host",
+    "receive_buffer",
+]
 
 logger = logging.getLogger("zeo.server")
 
@@ -98,7 +114,15 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.session: StorageSession | None = None
         self.label = "unconnected"
+        #: The client's address, for log lines.
+        self.peer = "unconnected"
         self.closed = False
+        #: Bytes received and sent on this connection (logged at its end).
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.opened = 0.0           # time.monotonic() at connection_made
+        self.agreed = False         # the handshake was agreed
+        self._end_logged = False    # the line saying why it ended is out
         self._connection = ServerConnection(
             encoding=self.config.encoding, limits=self.config.limits)
         self._handshake_timer: asyncio.TimerHandle | None = None
@@ -144,7 +168,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         high = min(WRITE_BUFFER_HIGH, self._output_limit // 4)
         transport.set_write_buffer_limits(  # type: ignore[attr-defined]
             high=high, low=min(WRITE_BUFFER_LOW, high // 4))
-        self.label = _describe_peer(transport)
+        self.label = self.peer = describe_peer(transport)
+        self.opened = time.monotonic()
         if not self.server.connection_opened(self):
             return
         self.session = StorageSession(self.server.storages, self, self.label,
@@ -163,13 +188,14 @@ class ServerProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self._heard = True
         self.last_read = _monotonic()
+        self.bytes_in += nbytes
         stats = self._stats or self._registered_stats()
         if stats is not None:
             stats.bytes_in += nbytes
         try:
             if self._direct is None:
                 # The frame reader copies what it keeps: the buffer is reused.
-                self._connection.receive_data(self._buffer[:nbytes])
+                self._connection.receive_data(self._buffer[:nbytes])  # type: ignore[arg-type]
             else:
                 self._direct = None
                 self._connection.received_into(nbytes)
@@ -217,11 +243,23 @@ class ServerProtocol(asyncio.BufferedProtocol):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
         session, self.session = self.session, None
+        aborting = session is not None and session.in_transaction
         try:
             if session is not None:
                 session.connection_lost()
         finally:
             self.server.connection_closed(self)
+            if self.agreed and not self._end_logged:
+                if self.server.closed:
+                    reason = "the server is stopping"
+                elif exc is None:
+                    reason = "by the client"
+                else:
+                    reason = exception_text(exc)
+                if aborting:   # the session aborted it
+                    reason += " during a transaction, which was aborted"
+                self._end_logged = True
+                log_end(self, reason, logging.WARNING if aborting else logging.INFO, session)
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -258,6 +296,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
+        self.agreed = True
+        log_accepted(self)
 
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
@@ -364,8 +404,14 @@ class ServerProtocol(asyncio.BufferedProtocol):
             self._relabel()
 
     def _relabel(self) -> None:
+        """Name this connection by its client's label; logged the first
+        time only (a client may set it again and again)."""
         if self.session is not None:
-            self.label = f"{self.session.label} ({_describe_peer(self.transport)})"
+            first = self.label == self.peer
+            self.label = f"{self.session.label} ({self.peer})"
+            if first:
+                logger.info("%s: client label set", self.label,
+                            extra=fields(peer=self.peer, label=self.session.label))
 
     def _one_way_settled(self, method: str, error: BaseException | None) -> None:
         if error is not None:
@@ -400,7 +446,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         if reason:
             if len(reason) > MAX_REASON:   # callers cut peer data; this is a backstop
                 reason = reason[:MAX_REASON] + "..."
-            logger.warning("%s: closing the connection: %s", self.label, reason)
+            self._end_logged = True
+            log_end(self, reason, logging.WARNING, self.session)
         if self.transport is not None:
             self.transport.close()
 
@@ -411,7 +458,9 @@ class ServerProtocol(asyncio.BufferedProtocol):
         if self._gone:
             return
         self._gone = self.closed = True
-        logger.warning("%s: closing the connection: %s", self.label, reason)
+        if not self._end_logged:
+            self._end_logged = True
+            log_end(self, reason, logging.WARNING, self.session)
         self._pending.clear()
         self._pending_bytes = 0
         self._batch.clear()
@@ -487,6 +536,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
         return self._stats
 
     def _count_out(self, count: int) -> None:
+        self.bytes_out += count
         stats = self._stats or self._registered_stats()
         if stats is not None:
             stats.bytes_out += count
@@ -537,7 +587,7 @@ def peer_host(transport: Any) -> str | None:
     return None
 
 
-def _describe_peer(transport: Any) -> str:
+def describe_peer(transport: Any) -> str:
     if transport is None:
         return "unconnected"
     peer = transport.get_extra_info("peername")

@@ -11,7 +11,9 @@ from typing import Any
 
 from zeo.protocol import peer_repr
 
-__all__ = ["checked_count", "checked_id8", "checked_record", "checked_serial"]
+__all__ = [
+    "checked_count", "checked_id8", "checked_label", "checked_record", "checked_serial",
+]
 
 
 def checked_record(data: Any) -> bytes:
@@ -43,3 +45,18 @@ def checked_count(value: Any, limit: int | None, what: str, minimum: int = 1) ->
         raise TypeError(f"{what} is an int, not {peer_repr(value, 40)}")
     value = max(value, minimum)
     return value if limit is None else min(value, limit)
+
+
+def checked_label(label: Any, limit: int) -> tuple[str, int]:
+    """A client label as shown in log lines and status: text of at most
+    *limit* characters, unprintable ones replaced by ``?``; and the
+    original length if it was cut, else 0."""
+    if type(label) is not str:
+        label = peer_repr(label)
+    cut = 0
+    if len(label) > limit:
+        cut, label = len(label), label[:limit]
+    if not label.isprintable():
+        label = "".join(c if c.isprintable() else "?" for c in label)
+    return label, cut
+

@@ -56,9 +56,7 @@ import functools
 import math
 from collections.abc import Callable
 from collections.abc import Hashable
-from typing import Any
-from typing import NamedTuple
-from typing import Optional
+from typing import Any, Generic, NamedTuple, Optional, TypeVar
 
 from ZODB.POSException import StorageTransactionError
 from zope.interface import implementer
@@ -92,8 +90,12 @@ def _check_timeout(timeout: Any) -> Optional[float]:
     return float(timeout)
 
 
+#: Whoever takes the lock (a session): only compared and used as a key.
+Owner = TypeVar("Owner", bound=Hashable)
+
+
 @implementer(ICommitLock)
-class CommitLock:
+class CommitLock(Generic[Owner]):
     """See `ICommitLock`.
 
     *call_soon* schedules the ``on_granted`` callbacks (``loop.call_soon``
@@ -110,9 +112,9 @@ class CommitLock:
     def __init__(self, *, call_soon: CallSoon, clock: Callable[[], float],
                  timeout: Optional[float] = None,
                  call_later: Optional[CallLater] = None,
-                 on_timeout: Optional[Callable[[Hashable], None]] = None,
+                 on_timeout: Optional[Callable[[Owner], None]] = None,
                  on_wait: Optional[Callable[[float], None]] = None,
-                 on_hold: Optional[Callable[[Hashable, float], None]] = None,
+                 on_hold: Optional[Callable[[Owner, float], None]] = None,
                  ) -> None:
         self.timeout: Optional[float] = _check_timeout(timeout)
         if self.timeout is not None and (call_later is None
@@ -126,11 +128,11 @@ class CommitLock:
         self._on_timeout = on_timeout
         self._on_wait = on_wait
         self._on_hold = on_hold
-        self._holder: Optional[Hashable] = None
+        self._holder: Optional[Owner] = None
         self._locked_since: Optional[float] = None
         # dicts keep insertion order: this is the FIFO queue, with O(1)
         # removal of a waiter that disconnects.
-        self._waiters: dict[Hashable, _Waiter] = {}
+        self._waiters: dict[Owner, _Waiter] = {}
         self._grant = 0      # incremented on every grant (Rule 3)
         self._timer: Any = None
         self._timed_out = False
@@ -140,7 +142,7 @@ class CommitLock:
                 f' waiting={len(self._waiters)} timeout={self.timeout}>')
 
     @property
-    def holder(self) -> Optional[Hashable]:
+    def holder(self) -> Optional[Owner]:
         """See `ICommitLock`."""
         return self._holder
 
@@ -150,7 +152,7 @@ class CommitLock:
         return len(self._waiters)
 
     @property
-    def waiters(self) -> tuple[Hashable, ...]:
+    def waiters(self) -> tuple[Owner, ...]:
         """See `ICommitLock`."""
         return tuple(self._waiters)
 
@@ -166,7 +168,7 @@ class CommitLock:
             return waiter.since
         return None
 
-    def waiting_since_of(self, owner: Hashable) -> Optional[float]:
+    def waiting_since_of(self, owner: Owner) -> Optional[float]:
         """When *owner* started waiting, or None if it is not waiting."""
         waiter = self._waiters.get(owner)
         return None if waiter is None else waiter.since
@@ -176,7 +178,7 @@ class CommitLock:
         """See `ICommitLock`."""
         return self._timed_out
 
-    def request(self, owner: Hashable, on_granted: Callable[[], None],
+    def request(self, owner: Owner, on_granted: Callable[[], None],
                 on_dropped: Optional[Callable[[float], None]] = None,
                 ) -> bool:
         """See `ICommitLock`."""
@@ -199,7 +201,7 @@ class CommitLock:
         self._waiters[owner] = _Waiter(on_granted, on_dropped, self._clock())
         return False
 
-    def release(self, owner: Hashable) -> bool:
+    def release(self, owner: Owner) -> bool:
         """See `ICommitLock`."""
         if owner is not None and owner == self._holder:
             self._stop_timer()
@@ -224,7 +226,7 @@ class CommitLock:
         self._call_soon(functools.partial(
             self._notify, first, grant, waiter.on_granted))
 
-    def _take(self, owner: Hashable) -> int:
+    def _take(self, owner: Owner) -> int:
         self._holder = owner
         self._locked_since = self._clock()
         self._timed_out = False
@@ -241,21 +243,21 @@ class CommitLock:
         if timer is not None:
             timer.cancel()
 
-    def _is_current(self, owner: Hashable, grant: int) -> bool:
+    def _is_current(self, owner: Owner, grant: int) -> bool:
         return self._grant == grant and self._holder == owner
 
-    def _notify(self, owner: Hashable, grant: int,
+    def _notify(self, owner: Owner, grant: int,
                 on_granted: Callable[[], None]) -> None:
         if self._is_current(owner, grant):
             on_granted()
 
-    def _notify_dropped(self, owner: Hashable,
+    def _notify_dropped(self, owner: Owner,
                         on_dropped: Callable[[float], None],
                         waited: float) -> None:
         if owner != self._holder and owner not in self._waiters:
             on_dropped(waited)
 
-    def _expire(self, owner: Hashable, grant: int) -> None:
+    def _expire(self, owner: Owner, grant: int) -> None:
         if not self._is_current(owner, grant):
             return
         self._timer = None

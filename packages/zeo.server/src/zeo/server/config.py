@@ -103,6 +103,12 @@ DEFAULT_MAX_LABEL_LENGTH = 200
 #: ``server_status``): those with the most connections; the rest are
 #: counted together under ``connections_by_label_omitted``.
 DEFAULT_MAX_STATUS_LABELS = 100
+#: Seconds a transaction may wait for or hold its storage's commit lock
+#: before its end is logged as a slow commit (WARNING).
+DEFAULT_SLOW_COMMIT_THRESHOLD = 5.0
+#: Log lines a minute about refused connections and failed handshakes (TLS
+#: or ZEO); the rest are counted in one line a minute (zeo.server.eventlog).
+DEFAULT_MAX_REFUSAL_LOG_LINES = 10
 
 # -- process-wide limits (see zeo.server.budgets) ------------------------------
 #: Bytes of partial requests all connections together may hold (input read
@@ -132,6 +138,9 @@ COMMIT_SOURCES = ("postgresql",)
 #: Seconds between a commit source's polls: the safety poll behind
 #: notifications, or the only mechanism without them.
 DEFAULT_COMMIT_SOURCE_POLL_INTERVAL = 1.0
+#: Most seconds a front on a hot standby holds a registering client's
+#: ``register`` until it has replayed the primary's newest commit.
+DEFAULT_COMMIT_SOURCE_CATCH_UP_TIMEOUT = 10.0
 
 
 def _check_seconds(name: str, value: Any, *, allow_none: bool = True) -> float | None:
@@ -207,6 +216,15 @@ class ServerConfig:
     #: Listen for the database's notifications (else poll alone).
     commit_source_notify: bool = True
     commit_source_poll_interval: float = DEFAULT_COMMIT_SOURCE_POLL_INTERVAL
+    # -- logging (see zeo.server.eventlog) --
+    #: None: never log slow commits.
+    slow_commit_threshold: float | None = DEFAULT_SLOW_COMMIT_THRESHOLD
+    max_refusal_log_lines: int = DEFAULT_MAX_REFUSAL_LOG_LINES
+    #: A front on a hot standby: the primary's DSN, asked for its newest
+    #: commit when a client registers (zeo.server.relstorage_standby);
+    #: None (the default): registering clients do not wait.
+    commit_source_primary_dsn: str | None = None
+    commit_source_catch_up_timeout: float = DEFAULT_COMMIT_SOURCE_CATCH_UP_TIMEOUT
 
     def __post_init__(self) -> None:
         check_event_loop(self.event_loop)
@@ -255,12 +273,16 @@ class ServerConfig:
                              f" not {self.commit_source!r:.100}")
         _check_seconds("commit_source_poll_interval", self.commit_source_poll_interval,
                        allow_none=False)
+        _check_seconds("commit_source_catch_up_timeout",
+                       self.commit_source_catch_up_timeout, allow_none=False)
         address = self.monitor_address
         if address is not None and not (
                 isinstance(address, tuple) and len(address) == 2
                 and isinstance(address[0], str) and type(address[1]) is int
                 and 0 <= address[1] < 65536):
             raise ValueError(f"monitor_address must be (host, port), not {address!r}")
+        _check_seconds("slow_commit_threshold", self.slow_commit_threshold)
+        _check_count("max_refusal_log_lines", self.max_refusal_log_lines)
         for name in ("max_total_input_buffer", "max_total_output_buffer"):
             value = getattr(self, name)
             if value is not None:

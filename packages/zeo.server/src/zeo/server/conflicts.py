@@ -24,6 +24,10 @@ the pickle stack -- is not resolved: the client gets the ``ConflictError``
 it would get from a class without ``_p_resolveConflict``, and retries its
 transaction as usual.
 
+RelStorage resolves the conflicts it finds when it votes, through a
+helper object of its own rather than the storage's method;
+`guard_relstorage_vote` puts the same check in front of that helper.
+
 Building that error is a second door: ``ConflictError(data=...)`` names
 the record's class with ``ZODB.utils.get_pickle_metadata``, which
 unpickles the client's data with a full unpickler when it doesn't start
@@ -49,7 +53,8 @@ from zeo.protocol import exception_text, peer_repr
 from zeo.protocol.record_class import pickle_metadata
 from zeo.protocol.zodb_errors import neutralise_get_pickle_metadata
 
-__all__ = ["ConflictResolutionGuard", "STATE_GLOBALS", "Unsafe", "guard_conflict_resolution",
+__all__ = ["ConflictResolutionGuard", "RELSTORAGE_RESOLVER", "STATE_GLOBALS", "Unsafe",
+           "guard_conflict_resolution", "guard_relstorage_vote",
            "pickle_globals", "pickle_metadata"]
 
 logger = logging.getLogger("zeo.server")
@@ -157,16 +162,60 @@ def guard_conflict_resolution(storage: Any, packages: Iterable[str]) -> None:
 
     def try_to_resolve_conflict(oid: bytes, committed_serial: bytes, old_serial: bytes,
                                 newpickle: bytes, committed_data: bytes = b"") -> bytes:
-        try:
-            records = [newpickle, storage.loadSerial(oid, old_serial),
-                       committed_data or storage.loadSerial(oid, committed_serial)]
-            guard.check(untransform(record) for record in records)
-        except Exception as reason:   # Unsafe, or a revision that isn't there
-            logger.info("not resolving a conflict on oid %s: %s", oid.hex(),
-                        exception_text(reason))
-            raise ConflictError(oid=oid, serials=(committed_serial, old_serial),
-                                data=newpickle) from None
+        _check(guard, storage, untransform, oid, committed_serial, old_serial, newpickle,
+               committed_data)
         return resolve(oid, committed_serial, old_serial, newpickle, committed_data)
 
     # An instance attribute: the storage's own store and undo find it first.
     storage.tryToResolveConflict = try_to_resolve_conflict
+    if type(storage).__module__.split(".")[0] == "relstorage":
+        guard_relstorage_vote(guard)
+
+
+def _check(guard: ConflictResolutionGuard, storage: Any, untransform: Callable[[bytes], bytes],
+           oid: bytes, committed_serial: bytes, old_serial: bytes, newpickle: bytes,
+           committed_data: bytes) -> None:
+    """Raise the client's ConflictError unless *guard* passes the three records."""
+    try:
+        records = [newpickle, storage.loadSerial(oid, old_serial),
+                   committed_data or storage.loadSerial(oid, committed_serial)]
+        guard.check(untransform(record) for record in records)
+    except Exception as reason:   # Unsafe, or a revision that isn't there
+        logger.info("not resolving a conflict on oid %s: %s", oid.hex(),
+                    exception_text(reason))
+        raise ConflictError(oid=oid, serials=(committed_serial, old_serial),
+                            data=newpickle) from None
+
+
+#: Where RelStorage resolves the conflicts it finds when it votes.
+RELSTORAGE_RESOLVER = ("relstorage.storage.tpc.vote", "_CachedConflictResolver")
+
+
+def guard_relstorage_vote(guard: ConflictResolutionGuard) -> None:
+    """Put *guard* in front of RelStorage's own conflict resolution.
+
+    RelStorage resolves conflicts in ``tpc_vote``, through a throw-away
+    ``_CachedConflictResolver`` (ZODB's ``tryToResolveConflict`` over the
+    states it prefetched), never through the storage's method: the
+    instance attribute `guard_conflict_resolution` sets is not seen there.
+    So that class's method is guarded too -- process-wide, like
+    ``conflict_resolution_packages``. A RelStorage without that class is
+    refused rather than served unguarded.
+    """
+    module_name, class_name = RELSTORAGE_RESOLVER
+    try:
+        resolver = getattr(importlib.import_module(module_name), class_name)
+        original = resolver.__dict__.get("_zeo_unguarded", resolver.tryToResolveConflict)
+    except (ImportError, AttributeError):
+        raise RuntimeError(f"cannot guard RelStorage's conflict resolution: no"
+                           f" {module_name}.{class_name}.tryToResolveConflict") from None
+
+    def try_to_resolve_conflict(self: Any, oid: bytes, committed_serial: bytes,
+                                old_serial: bytes, newpickle: bytes,
+                                committed_data: bytes = b"") -> bytes:
+        _check(guard, self, self._crs_untransform_record_data, oid, committed_serial,
+               old_serial, newpickle, committed_data)
+        return original(self, oid, committed_serial, old_serial, newpickle, committed_data)
+
+    resolver._zeo_unguarded = original
+    resolver.tryToResolveConflict = try_to_resolve_conflict

@@ -337,6 +337,12 @@ class ISessionPeer(Interface):
         the next one only when the transport can take more (blob
         downloads). Whatever is sent after it waits until it is done."""
 
+    label = Attribute(
+        "The connection in log lines: the client's label and address once"
+        " it has set a label, else its address (None: the session's label).")
+
+    peer = Attribute("The client's address as text, for log fields (or None).")
+
     writing_paused_for = Attribute(
         "Seconds the connection's output has been backed up without a break"
         " (the client not reading what it is sent), 0.0 when it is not.")

@@ -59,11 +59,14 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg2
+from ZODB.POSException import StorageError
 from zope.interface import implementer
 
 from zeo.server.interfaces import ICommitSource
+from zeo.server.relstorage_standby import PrimaryPosition, catch_up, read_only_size
 
-__all__ = ["CHANNEL", "DEFAULT_POLL_INTERVAL", "DEFAULT_STATEMENT_TIMEOUT",
+__all__ = ["CHANNEL", "DEFAULT_CATCH_UP_TIMEOUT", "DEFAULT_POLL_INTERVAL",
+           "DEFAULT_STATEMENT_TIMEOUT",
            "MAX_RECONNECT_DELAY", "PostgresCommitSource", "install_trigger",
            "source_for_storage"]
 
@@ -75,6 +78,9 @@ CHANNEL = "zeo_commits"
 DEFAULT_POLL_INTERVAL = 1.0
 #: Seconds one query (or connecting) may take before it is given up.
 DEFAULT_STATEMENT_TIMEOUT = 5.0
+#: Most seconds a client registering with a front on a hot standby waits
+#: for it to replay the primary's newest commit (zeo.server.relstorage_standby).
+DEFAULT_CATCH_UP_TIMEOUT = 10.0
 #: Most seconds between the polls' attempts to connect again while the
 #: database cannot be reached (the delay doubles from poll_interval).
 MAX_RECONNECT_DELAY = 30.0
@@ -137,11 +143,16 @@ def install_trigger(connection: Any, keep_history: bool) -> bool:
 class PostgresCommitSource:
     """An `ICommitSource` for RelStorage on PostgreSQL at *dsn* (see the
     module rules). *keep_history*: the database's schema; *notify*: listen
-    for the trigger's notifications (else poll alone)."""
+    for the trigger's notifications (else poll alone; always, on a hot
+    standby). *primary_dsn*: for a source on a hot standby, the primary,
+    which registering clients wait for (see zeo.server.relstorage_standby)
+    at most *catch_up_timeout* seconds."""
 
     def __init__(self, dsn: str, *, keep_history: bool = True, notify: bool = True,
                  poll_interval: float = DEFAULT_POLL_INTERVAL,
-                 statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT) -> None:
+                 statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+                 primary_dsn: str | None = None,
+                 catch_up_timeout: float = DEFAULT_CATCH_UP_TIMEOUT) -> None:
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
         if not statement_timeout > 0:
@@ -151,6 +162,13 @@ class PostgresCommitSource:
         self.notify = notify
         self.poll_interval = float(poll_interval)
         self.statement_timeout = float(statement_timeout)
+        if not catch_up_timeout > 0:
+            raise ValueError(f"catch_up_timeout must be > 0, got {catch_up_timeout!r}")
+        self.catch_up_timeout = float(catch_up_timeout)
+        self._primary = (PrimaryPosition(primary_dsn, self.statement_timeout)
+                         if primary_dsn else None)
+        #: True once connected to a server in recovery (a hot standby).
+        self.standby = False
         self._connection: Any = None
         self._trigger_checked = False
         self._stopped = False
@@ -195,6 +213,18 @@ class PostgresCommitSource:
         if timer is not None:
             timer.cancel()
         self._disconnect()
+        if self._primary is not None:
+            self._primary.close()
+
+    def catch_up(self, last_tid: Callable[[], bytes], call_later: Callable[..., Any],
+                 on_timeout: Callable[[], None]) -> Any:
+        """The ``register`` answer: *last_tid()*, or with a primary a
+        `Delayed` settled once this (standby) front has announced the
+        primary's newest commit (zeo.server.relstorage_standby)."""
+        if self._primary is None or self._report is None:
+            return last_tid()
+        return catch_up(self._primary, self._look, last_tid, call_later,
+                        self.catch_up_timeout, on_timeout)
 
     def commits_since(self, tid: bytes) -> list[Commit]:
         """See `ICommitSource`; empty (and logged) if the database failed."""
@@ -225,6 +255,22 @@ class PostgresCommitSource:
         except psycopg2.Error as error:
             self._broken(error)
             return []
+
+    def guard_pack(self, pack: Callable[[], Any]) -> Any:
+        """Run *pack* (the storage's, in the pack thread): one pack at a time
+        over all fronts.  RelStorage holds its PostgreSQL advisory pack lock
+        for the whole pack and refuses at once if another process (another
+        front, or an undo) holds it; that refusal reaches clients as the
+        one-server refusal, ``StorageError("Already packing ...")``."""
+        try:
+            return pack()
+        except Exception as error:
+            if type(error).__name__ != "UnableToAcquirePackUndoLockError":
+                raise
+            raise StorageError(
+                "Already packing this database: another front (or an undo) holds"
+                " its pack lock; this pack request is refused (try again when the"
+                f" running pack has finished): {str(error)[:200]}") from None
 
     # -- looking ------------------------------------------------------------------
 
@@ -351,6 +397,14 @@ class PostgresCommitSource:
             with connection.cursor() as cursor:
                 cursor.execute("SET statement_timeout = %s",
                                (int(self.statement_timeout * 1000),))
+                cursor.execute("SELECT pg_is_in_recovery()")
+                in_recovery = bool(cursor.fetchone()[0])
+            if in_recovery and self.notify:
+                # PostgreSQL refuses LISTEN during recovery.
+                logger.info("the database is a hot standby: no notifications there,"
+                            " polling every %g s", self.poll_interval)
+                self.notify = False
+            self.standby = in_recovery
             if self.notify:
                 self._install(connection)
                 with connection.cursor() as cursor:
@@ -394,16 +448,23 @@ class PostgresCommitSource:
 
 
 def source_for_storage(storage: Any, *, notify: bool = True,
-                       poll_interval: float = DEFAULT_POLL_INTERVAL) -> PostgresCommitSource:
+                       poll_interval: float = DEFAULT_POLL_INTERVAL,
+                       primary_dsn: str | None = None,
+                       catch_up_timeout: float = DEFAULT_CATCH_UP_TIMEOUT
+                       ) -> PostgresCommitSource:
     """The source for a RelStorage *storage* on PostgreSQL, with the DSN and
-    schema kind of the storage's own options (so they are written once)."""
+    schema kind of the storage's own options (so they are written once);
+    *primary_dsn* and *catch_up_timeout*: see `PostgresCommitSource`."""
     adapter: Any = getattr(storage, "_adapter", None)
     if type(adapter).__name__ != "PostgreSQLAdapter" or not hasattr(adapter, "_dsn"):
         raise ValueError(
             f"commit-source postgresql needs a RelStorage on PostgreSQL, not"
             f" {type(storage).__name__} ({type(adapter).__name__})")
+    if storage.isReadOnly():
+        read_only_size(adapter)   # a hot standby refuses read-write transactions
     return PostgresCommitSource(adapter._dsn, keep_history=bool(adapter.keep_history),
-                                notify=notify, poll_interval=poll_interval)
+                                notify=notify, poll_interval=poll_interval,
+                                primary_dsn=primary_dsn, catch_up_timeout=catch_up_timeout)
 
 
 def _p64(n: int) -> bytes:

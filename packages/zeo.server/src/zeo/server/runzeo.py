@@ -250,7 +250,9 @@ def commit_sources(storages: dict[str, Any], config: ServerConfig) -> dict[str, 
     try:
         return {name: module.source_for_storage(
                     storage, notify=config.commit_source_notify,
-                    poll_interval=config.commit_source_poll_interval)
+                    poll_interval=config.commit_source_poll_interval,
+                    primary_dsn=config.commit_source_primary_dsn,
+                    catch_up_timeout=config.commit_source_catch_up_timeout)
                 for name, storage in storages.items()}
     except ValueError as error:
         raise UsageError(str(error))
@@ -276,7 +278,8 @@ async def serve(plan: Plan) -> int:
     loop.add_signal_handler(signal.SIGUSR2, reopen_logs)
     server = StorageServer(plan.storages, plan.config, sources=plan.sources)
     try:
-        await server.start([plan.address])
+        addresses = await server.start([plan.address])
+        _announce(addresses)
         await stopping.wait()
     finally:
         await server.close()
@@ -288,7 +291,7 @@ def run(main: Any, event_loop: str) -> int:
     loop = new_event_loop(event_loop)
     try:
         asyncio.set_event_loop(loop)
-        return loop.run_until_complete(main)  # type: ignore[no-any-return]
+        return loop.run_until_complete(main)
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -339,13 +342,24 @@ def make_room_for_descriptors(config: ServerConfig) -> int:
             DESCRIPTOR_RESERVE, needed)
     return soft
 
+def _announce(addresses: list[Any]) -> None:
+    """The startup line: where the server serves and where it logs."""
+    from zeo.server.eventlog import log_destinations
+    from zeo.server.storage_server import format_address
+    logger.info("ready: serving on %s (pid %d); logging to %s",
+                ", ".join(map(format_address, addresses)), os.getpid(),
+                ", ".join(log_destinations()) or "nowhere")
+
 
 def setup_logging(eventlog: Any) -> None:
+    """The ``<eventlog>``, else standard error; on a terminal (``zeoctl
+    fg``) the log is shown there too (see zeo.server.eventlog)."""
+    from zeo.server.eventlog import TEXT_FORMAT, echo_to_terminal
     if eventlog is not None:
         eventlog()   # ZConfig's factory configures the root logger
+        echo_to_terminal()
         return
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=TEXT_FORMAT)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ZODB.interfaces import IBlobStorage
 from ZODB.POSException import StorageError
+from zeo.protocol import peer_repr
 
 from zeo.server.blob_uploads import SpoolBudget, UploadDirectory, remove_stale_uploads
 from zeo.server.commit_lock import CommitLock
@@ -30,6 +31,7 @@ from zeo.server.conflicts import guard_conflict_resolution
 from zeo.server.invalidation_queue import InvalidationQueue, invalidations_by_iteration
 from zeo.server.iterators import IteratorBudget
 from zeo.server.results import Delayed
+from zeo.server.shared_blobs import claim_shared_blob
 from zeo.server.stats import StorageStats
 
 if TYPE_CHECKING:
@@ -149,6 +151,17 @@ class ServedStorage:
         (after older commits made elsewhere: see `Announcer.own`)."""
         self.announcer.own(committer, tid, tuple(oids))
 
+    def register_answer(self, session: StorageSession) -> Any:
+        """What a registering *session* is answered: ``lastTransaction``, or
+        from a front on a hot standby a `Delayed` settled once the standby
+        has caught up with the primary (zeo.server.relstorage_standby)."""
+        catch_up = getattr(self.announcer.source, "catch_up", None)
+        if catch_up is None or not self.started:
+            return self.last_transaction()
+        return catch_up(self.last_transaction, self.hooks.call_later,
+                        lambda: self.hooks.call_soon(
+                            session.peer.close, "the standby is behind the primary"))
+
     def last_transaction(self) -> bytes:
         """The newest tid announced to the clients (``lastTransaction``)."""
         return self.announcer.last_tid
@@ -157,6 +170,14 @@ class ServedStorage:
         info = self.size_info()
         for session in self.sessions:
             session.notify("info", (info,))
+
+    def claim_shared_blob(self, oid: bytes, filename: Any) -> str:
+        """Claim the shared-blob-dir upload *filename* of *oid* and return
+        where it is now: see `zeo.server.shared_blobs` for the rules."""
+        if self.blob_dir is None or self.uploads is None:
+            raise ValueError("this storage has no blob directory; storeBlobShared is refused")
+        return claim_shared_blob(self.blob_dir, self.storage.fshelper.getPathForOID(oid),
+                                 filename, self.uploads.new_name)
 
     def size_info(self) -> dict[str, int]:
         return {"length": len(self.storage), "size": self.storage.getSize()}
@@ -191,27 +212,52 @@ class ServedStorage:
             return answer
         return newest, tuple(sorted(set(oids).union(more)))
 
-    def pack(self, run_in_thread: Callable[..., Delayed], t: float, referencesf: Any) -> Delayed:
+    def pack(self, run_in_thread: Callable[..., Delayed], t: float, referencesf: Any,
+             who: str = "", log_fields: dict[str, Any] | None = None) -> Delayed:
         """Pack in a pack thread; one pack at a time per storage.
 
         A pack asked for while one runs is refused at once with
         ``StorageError("Already packing ...")``, as FileStorage refuses a
         second one: nothing queues, so closing the server waits for at most
         the running pack. When a pack ends every client learns the new size.
+
+        Its start and end are logged, with the duration and the storage's
+        size before and after, naming the connection *who* (*log_fields*:
+        its log fields, see zeo.server.eventlog).
+        A commit source's ``guard_pack``, if any, extends this to the other
+        fronts of a shared database (zeo.server.relstorage_source).
         """
         if self.packing is not None:
             raise StorageError(
                 f"Already packing storage {self.name!r}; this pack request is"
                 " refused (try again when the running pack has finished)")
-        done = self.packing = run_in_thread(
-            lambda: self.storage.pack(t, referencesf), pack=True)
+        extra = dict(log_fields or {})
+        started, size_before = time.monotonic(), self.storage.getSize()
+        logger.info("%s: pack of storage %r started (pack time %s, %d bytes)", who,
+                    self.name, peer_repr(t), size_before,
+                    extra={**extra, "size_before": size_before})
+        guard = getattr(self.announcer.source, "guard_pack", None)
+
+        def pack() -> Any:
+            if guard is not None:   # one pack over several fronts
+                return guard(lambda: self.storage.pack(t, referencesf))
+            return self.storage.pack(t, referencesf)
+
+        done = self.packing = run_in_thread(pack, pack=True)
 
         def packed(error: BaseException | None, _: Any) -> None:
             self.packing = None
+            duration = time.monotonic() - started
+            extra.update(size_before=size_before, duration=round(duration, 3))
             if error is None:
                 self.broadcast_info()   # every client learns the new size
+                size_after = extra["size_after"] = self.storage.getSize()
+                logger.info("%s: pack of storage %r finished in %.1f s: %d bytes, were %d",
+                            who, self.name, duration, size_after, size_before, extra=extra)
             else:
-                logger.error("pack of storage %r failed: %s", self.name, error)
+                extra["reason"] = str(error)[:500]
+                logger.error("%s: pack of storage %r failed after %.1f s: %s", who,
+                             self.name, duration, error, extra=extra)
 
         done.add_callback(packed)
         return done

@@ -17,6 +17,8 @@ Calls whose cost grows with the database or an object's history
 ``getInvalidations`` beyond the queue) go through the session's
 `SlowCalls` lane and reply with a `Delayed`; the thread rules are in
 zeo.server.slow_calls. The others run on the loop.
+
+It logs registrations, timeouts and slow commits (zeo.server.connection_log).
 """
 
 from __future__ import annotations
@@ -31,15 +33,25 @@ from zope.interface import implementer, providedBy
 
 from zeo.protocol import peer_repr
 
-from zeo.server.arguments import checked_count, checked_id8, checked_record, checked_serial
+from zeo.server.arguments import (
+    checked_count, checked_id8, checked_label, checked_record, checked_serial)
 from zeo.server.config import DEFAULT_MAX_LABEL_LENGTH
+from zeo.server.connection_log import CommitTimer, session_fields
 from zeo.server.interfaces import IStorageSession
 from zeo.server.iterators import IteratorRegistry
 from zeo.server.pending import PendingTransaction, Phase
 from zeo.server.results import Delayed, chain
 from zeo.server.served_storage import ServedStorage
-from zeo.server.shared_blobs import BlobMessages, claim_shared_blob, open_blob
+from zeo.server.shared_blobs import BlobMessages, open_blob
 from zeo.server.slow_calls import SlowCalls
+
+__all__ = [
+    "EXPOSED_METHODS",
+    "MAX_NEW_OIDS",
+    "ONE_WAY_METHODS",
+    "SYNC_METHODS",
+    "StorageSession",
+]
 
 logger = logging.getLogger("zeo.server")
 
@@ -85,9 +97,16 @@ class StorageSession:
         self._waiting_vote: Delayed | None = None
         self._iterators: IteratorRegistry | None = None
         self._slow: SlowCalls | None = None
+        self._commit_timer = CommitTimer()   # for the slow-commit line
 
     def __repr__(self) -> str:
         return f"<StorageSession {self.label}>"
+
+    @property
+    def name(self) -> str:
+        """This connection in log lines: the peer's label (the client's
+        label and address), else ours."""
+        return getattr(self.peer, "label", None) or self.label
 
     @property
     def registered(self) -> bool:
@@ -116,7 +135,10 @@ class StorageSession:
                                            served.iterator_budget)
         self._slow = SlowCalls(self.peer.run_in_thread, served.config.max_waiting_calls)
         served.add(self)
-        return served.last_transaction()
+        logger.info("%s: registered with storage %r, %s", self.name, served.name,
+                    "read-only" if self.read_only else "read-write",
+                    extra=session_fields(self, storage=served.name, read_only=self.read_only))
+        return served.register_answer(self)
 
     def _storage(self) -> Any:
         return self.served.storage  # type: ignore[union-attr]
@@ -158,17 +180,11 @@ class StorageSession:
         """Name this connection in log lines and status. The label is cut to
         ``max_label_length`` characters (logged once per connection), and
         unprintable characters become ``?``: it is shown as it is."""
-        if type(label) is not str:
-            label = peer_repr(label)
-        limit = self._max_label_length
-        if len(label) > limit:
-            if not self._label_cut_logged:
-                self._label_cut_logged = True
-                logger.warning("%s: client label of %d characters cut to %d: %s",
-                               self.label, len(label), limit, peer_repr(label))
-            label = label[:limit]
-        if not label.isprintable():
-            label = "".join(c if c.isprintable() else "?" for c in label)
+        label, cut = checked_label(label, self._max_label_length)
+        if cut and not self._label_cut_logged:
+            self._label_cut_logged = True
+            logger.warning("%s: client label of %d characters cut to %d: %s",
+                           self.label, cut, self._max_label_length, peer_repr(label))
         if self.served is not None:
             self.served.stats.connection_relabelled(self.label, label)
         self.label = label
@@ -304,9 +320,10 @@ class StorageSession:
             raise TypeError(f"a pack time is a number, not {t!r:.40}")
         if served.packing is not None and not wait:  # type: ignore[union-attr]
             logger.info("%.200s: pack of storage %r ignored: a pack is already running",
-                        self.label, served.name)  # type: ignore[union-attr]
+                        self.name, served.name)  # type: ignore[union-attr]
             return None
-        done = served.pack(self.peer.run_in_thread, t, referencesf)  # type: ignore[union-attr]
+        done = served.pack(self.peer.run_in_thread, t, referencesf,  # type: ignore[union-attr]
+                           who=self.name, log_fields=session_fields(self))
         return done if wait else None
 
     # -- the transaction ------------------------------------------------------
@@ -395,7 +412,7 @@ class StorageSession:
         txn = self._spooling(txn_id)
         oid, serial = checked_id8(oid, "an oid"), checked_serial(serial)
         data = checked_record(data)
-        path = _shared_blob_path(self.served, oid, filename)  # type: ignore[arg-type]
+        path = self.served.claim_shared_blob(oid, filename)  # type: ignore[union-attr]
         txn.uploads = self.served.uploads  # type: ignore[union-attr]
         try:
             txn.spool.store_blob(oid, serial, data, path)
@@ -421,11 +438,14 @@ class StorageSession:
             raise StorageTransactionError(f"Already voting ({txn.phase.value})")
         txn.discard_blob_upload()
         txn.phase = Phase.VOTING
+        asked = self.served.hooks.clock()  # type: ignore[union-attr]
         delayed = Delayed()
         if self.served.lock.request(  # type: ignore[union-attr]
                 self, lambda: self._vote_now(txn, delayed),
                 lambda waited: self._vote_dropped(txn, delayed, waited)):
+            self._commit_timer.ask(asked, granted=True)
             return self._vote(txn)
+        self._commit_timer.ask(asked, granted=False)
         self._waiting_vote = delayed
         return delayed
 
@@ -438,6 +458,7 @@ class StorageSession:
                     "the transaction was aborted while its vote waited for"
                     " the commit lock"))
             return
+        self._commit_timer.grant(self.served.hooks.clock())  # type: ignore[union-attr]
         stalled = self.peer.writing_paused_for
         limit = self.served.config.reader_stall_timeout  # type: ignore[union-attr]
         if limit is not None and stalled >= limit:
@@ -476,7 +497,7 @@ class StorageSession:
     def _refuse_vote(self, delayed: Delayed, why: str, message: str) -> None:
         """Answer a waiting vote with a ConflictError (a TransientError:
         ZODB applications retry it) and abort its transaction."""
-        logger.warning("%.200s: %s; answered with ConflictError", self.label, why)
+        logger.warning("%.200s: %s; answered with ConflictError", self.name, why)
         self._waiting_vote = None
         try:
             delayed.fail(ConflictError(message=message))
@@ -494,13 +515,14 @@ class StorageSession:
         if txn.phase is not Phase.VOTED:
             # Client conflict resolution: hand the conflicts back, keep the
             # spool for the next vote, and let others commit meanwhile.
+            self._commit_timer.end(self, "resolving conflicts")
             served.lock.release(self)  # type: ignore[union-attr]
         return result
 
     def tpc_finish(self, txn_id: Any) -> bytes | None:
         txn = self.txn
         if txn is None or txn.txn_id != txn_id:
-            logger.warning("%s: tpc_finish for unknown transaction %s", self.label,
+            logger.warning("%s: tpc_finish for unknown transaction %s", self.name,
                            peer_repr(txn_id))
             return None
         served = self.served
@@ -539,6 +561,7 @@ class StorageSession:
                 "the transaction was aborted while its vote waited for the"
                 " commit lock"))
         served = self.served
+        self._commit_timer.end(self, "aborted" if aborted else "committed")
         try:
             if aborted:
                 txn.abort()
@@ -552,8 +575,11 @@ class StorageSession:
 
     def transaction_timed_out(self, timeout: float | None) -> None:
         logger.critical(
-            "%s: transaction timeout after %s seconds holding the commit lock;"
-            " aborting it and closing the connection", self.label, timeout)
+            "%s: transaction timeout after %s seconds holding the commit lock of"
+            " storage %r; aborting it and closing the connection", self.name, timeout,
+            self.served.name if self.served else None,
+            extra=session_fields(self, reason="transaction timeout", held=timeout))
+        self._commit_timer.forget()   # this line says it all
         self._forget_transaction(aborted=True)
         self.peer.close("transaction timeout")
 
@@ -572,12 +598,3 @@ class StorageSession:
 
 def _count_conflict(stats: Any) -> None:
     stats.conflicts += 1
-
-
-def _shared_blob_path(served: ServedStorage, oid: bytes, filename: Any) -> str:
-    """Claim the shared-blob-dir upload *filename* of *oid* and return where
-    it is now: see `zeo.server.shared_blobs` for the rules."""
-    if served.blob_dir is None or served.uploads is None:
-        raise ValueError("this storage has no blob directory; storeBlobShared is refused")
-    return claim_shared_blob(served.blob_dir, served.storage.fshelper.getPathForOID(oid),
-                             filename, served.uploads.new_name)

@@ -23,7 +23,6 @@ import collections
 import heapq
 import time
 from collections.abc import Callable
-from collections.abc import Hashable
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import NamedTuple
@@ -193,7 +192,7 @@ class StorageStats:
 
     def as_dict(self, now: float, last_transaction: bytes,
                 lock: Optional[CommitLock] = None,
-                describe_owner: Callable[[Hashable], str] = str,
+                describe_owner: Callable[[Any], str] = str,
                 invalidation_queue_length: int = 0,
                 max_labels: Optional[int] = None,
                 ) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import stat
+import time
 from typing import Any, Callable, Iterable
 
 import zope.event
@@ -29,10 +30,19 @@ from zeo.server.adapter import ServerProtocol, peer_host, receive_buffer
 from zeo.server.blob_uploads import SpoolBudget
 from zeo.server.budgets import Budgets
 from zeo.server.config import Address, ServerConfig
+from zeo.server.eventlog import RefusalLog
 from zeo.server.interfaces import IClosed, IServing
 from zeo.server.iterators import IteratorBudget
 from zeo.server.results import Delayed
 from zeo.server.served_storage import LoopHooks, ServedStorage
+from zeo.server.tls_accept import tls_protocol_factory
+
+__all__ = [
+    "Closed",
+    "Serving",
+    "StorageServer",
+    "format_address",
+]
 
 logger = logging.getLogger("zeo.server")
 
@@ -89,6 +99,10 @@ class StorageServer:
         #: The monitor endpoint (zeo.server.monitor), if monitor_address is set.
         self.monitor: Any = None
         self.closed = False
+        #: Refused connections and failed handshakes, rate-limited.
+        self.refusals = RefusalLog(
+            logger, self.config.max_refusal_log_lines, time.monotonic,
+            lambda delay, function: asyncio.get_running_loop().call_later(delay, function))
 
     # -- starting and stopping -------------------------------------------------
 
@@ -114,21 +128,24 @@ class StorageServer:
         zope.event.notify(Serving(self, list(self.addresses)))
         for name, served in self.storages.items():
             logger.info("serving storage %r (%s) on %s%s", name, served.storage.getName(),
-                        ", ".join(map(_format_address, self.addresses)),
+                        ", ".join(map(format_address, self.addresses)),
                         " read-only" if served.read_only else "")
         return list(self.addresses)
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, address: Address) -> None:
-        factory = lambda: ServerProtocol(self)  # noqa: E731
+        # With TLS, the handshake is ours (see zeo.server.tls_accept).
+        factory: Callable[[], Any] = (
+            tls_protocol_factory(self, loop) if self.config.ssl is not None
+            else (lambda: ServerProtocol(self)))
         if isinstance(address, str):
             _remove_stale_socket(address)
-            listener = await loop.create_unix_server(factory, address, ssl=self.config.ssl)
+            listener = await loop.create_unix_server(factory, address)
             self._unix_paths.append(address)
             self.addresses.append(address)
         else:
             host, port = address
             listener = await loop.create_server(
-                factory, host or None, port, ssl=self.config.ssl, reuse_address=True)
+                factory, host or None, port, reuse_address=True)
             for sock in listener.sockets:
                 self.addresses.append(sock.getsockname()[:2])
         self._listeners.append(listener)
@@ -155,21 +172,23 @@ class StorageServer:
             _remove_stale_socket(path)
         for served in self.storages.values():
             served.close()
+        self.refusals.close()
         zope.event.notify(Closed(self))
         logger.info("server closed")
 
     # -- connections (called by ServerProtocol) ----------------------------------
 
     def connection_opened(self, connection: ServerProtocol) -> bool:
+        refused: str | None
         if self.closed or len(self.connections) >= self.config.max_connections:
             self.budgets.refusals["max-connections"] += 1
-            logger.warning("%s: refused: the server already has %d connections"
-                           " (max-connections)", connection.label, len(self.connections))
-            connection.close(None)
-            return False
-        refused = self.budgets.admit(connection, peer_host(connection.transport))
+            refused = (f"the server already has {len(self.connections)} connections"
+                       " (max-connections)")
+        else:
+            refused = self.budgets.admit(connection, peer_host(connection.transport))
         if refused is not None:
-            logger.warning("%s: refused: %s", connection.label, refused)
+            self.refusals.warning("%s: refused: %s", connection.label, refused,
+                                  peer=connection.label, reason=refused)
             connection.close(None)
             return False
         self.connections.add(connection)
@@ -235,7 +254,7 @@ class StorageServer:
         self._workers = self._pack_workers = None
 
 
-def _format_address(address: Address) -> str:
+def format_address(address: Address) -> str:
     if isinstance(address, str):
         return address
     host, port = address[:2]

@@ -11,12 +11,24 @@ import dataclasses
 import importlib
 import os
 import ssl
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import ZConfig
 
 from zeo.protocol import ProtocolLimits
 from zeo.server.config import Address, ServerConfig
+
+__all__ = [
+    "SCHEMA",
+    "ZEOCTL_SCHEMA",
+    "ServerSettings",
+    "ZeoSection",
+    "load",
+    "server_ssl",
+    "server_ssl_context",
+    "storage_names",
+    "zeo_section",
+]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCHEMA = os.path.join(HERE, "schema.xml")
@@ -108,6 +120,10 @@ def zeo_section(section: Any) -> ZeoSection:
     fields["commit_source"] = section.commit_source
     fields["commit_source_notify"] = section.commit_source_notify
     fields["commit_source_poll_interval"] = section.commit_source_poll_interval
+    fields["slow_commit_threshold"] = section.slow_commit_threshold or None
+    fields["max_refusal_log_lines"] = section.max_refusal_log_lines
+    fields["commit_source_primary_dsn"] = section.commit_source_primary_dsn
+    fields["commit_source_catch_up_timeout"] = section.commit_source_catch_up_timeout
     address = getattr(section.address, "address", section.address)
     if isinstance(address, tuple):   # no port (``address HOST``): a free one
         address = (address[0] or "", address[1] or 0)
@@ -143,7 +159,7 @@ def storage_names(factories: list[Any]) -> dict[str, Any]:
     return named
 
 
-def load(path: str, overrides: list[str] = (), schema_path: str = SCHEMA) -> ServerSettings:
+def load(path: str, overrides: Sequence[str] = (), schema_path: str = SCHEMA) -> ServerSettings:
     schema = ZConfig.loadSchema(schema_path)
     root, _ = ZConfig.loadConfig(schema, path, overrides=list(overrides))
     return ServerSettings(

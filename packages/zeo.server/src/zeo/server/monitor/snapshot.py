@@ -52,16 +52,16 @@ def connection_state(connection: ServerProtocol, now: float,
     if not connection.protocol:
         return "handshake", connection.connected_at
     session = connection.session
-    served = session.served if session is not None else None
-    if served is None:
+    if session is None or session.served is None:
         return "unregistered", None
+    served = session.served
     lock = served.lock
     if lock.holder is session:
         return "committing", lock.locked_since
     since = lock.waiting_since_of(session)
     if since is not None:
         return "waiting", since
-    txn = session.txn  # type: ignore[union-attr]
+    txn = session.txn
     if txn is not None:
         return "transaction", getattr(txn, "began", None)
     return "idle", now - max(0.0, monotonic_now - connection.last_read)

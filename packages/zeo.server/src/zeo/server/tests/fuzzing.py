@@ -117,6 +117,8 @@ class _Peer:
 
     #: Everything is "sent" at once: output never backs up.
     writing_paused_for = 0.0
+    #: Log lines name the session by its own label.
+    label = peer = None
 
     def __init__(self, harness: Harness, connection: Connection) -> None:
         self.harness = harness

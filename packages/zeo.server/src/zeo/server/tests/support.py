@@ -166,20 +166,37 @@ class ServerProcess:
     def __init__(self, directory: str, *args: str,
                  zeo_options: dict[str, str] | None = None,
                  storage: str | None = None, path: str | None = None,
-                 start: bool = True) -> None:
+                 start: bool = True, zeo_text: str = "", log_file: bool = False,
+                 log_formatter: str | None = None,
+                 client_options: dict[str, object] | None = None,
+                 read_only: bool = False) -> None:
         """*args*: more runzeo options; *zeo_options*: ``<zeo>`` keys and
-        values, given to runzeo in a configuration file; *storage*: the
-        storage's section(s) for that file instead of a FileStorage (e.g.
+        values, given to runzeo in a configuration file, with *zeo_text*
+        (sections such as ``<ssl>``); *storage*: the storage's section(s)
+        for that file instead of a FileStorage (e.g.
         `postgres.relstorage_section`); *path*: the FileStorage's file
-        (default ``Data.fs`` in *directory*)."""
+        (default ``Data.fs`` in *directory*). *log_file*: an ``<eventlog>``
+        writing ``zeo.log`` in *directory* (`event_log_text`), with
+        *log_formatter* (a ``<logfile>`` ``formatter``). *client_options*:
+        `RawClient` options for `client` and the readiness check (a TLS
+        context); *read_only*: the readiness check registers read-only."""
+        self.client_options = dict(client_options or {})
+        self.read_only = read_only
         self.directory = directory
         self.path = path or os.path.join(directory, "Data.fs")
         self.address = ("127.0.0.1", free_port())
         self.log_path = os.path.join(directory, "runzeo.log")
+        self.event_log = os.path.join(directory, "zeo.log")
         self.args = args
         self.where = ["-a", "%s:%d" % self.address, "-f", self.path]
-        if zeo_options or storage:
-            self.where = ["-C", self._write_configuration(zeo_options or {}, storage)]
+        if zeo_options or storage or zeo_text or log_file:
+            eventlog = ""
+            if log_file:
+                formatter = f"    formatter {log_formatter}\n" if log_formatter else ""
+                eventlog = (f"<eventlog>\n  level INFO\n  <logfile>\n    path {self.event_log}\n"
+                            f"{formatter}  </logfile>\n</eventlog>\n")
+            self.where = ["-C", self._write_configuration(zeo_options or {}, storage,
+                                                          zeo_text, eventlog)]
         self.process: subprocess.Popen[bytes] | None = None
         self.pid = 0
         #: How many times the server was started.
@@ -188,12 +205,14 @@ class ServerProcess:
             self.start()
 
     def _write_configuration(self, zeo_options: dict[str, str],
-                             storage: str | None = None) -> str:
+                             storage: str | None = None, zeo_text: str = "",
+                             eventlog: str = "") -> str:
         path = os.path.join(self.directory, "zeo.conf")
         keys = "".join(f"  {key} {value}\n" for key, value in zeo_options.items())
         with open(path, "w") as f:
-            f.write(f"<zeo>\n  address %s:%d\n{keys}</zeo>\n" % self.address)
+            f.write(f"<zeo>\n  address %s:%d\n{keys}{zeo_text}</zeo>\n" % self.address)
             f.write(storage or f"<filestorage 1>\n  path {self.path}\n</filestorage>\n")
+            f.write(eventlog)
         return path
 
     def start(self) -> None:
@@ -204,7 +223,8 @@ class ServerProcess:
                 env=child_env(), stdout=log, stderr=log, cwd=self.directory)
         self.pid = self.process.pid
         try:
-            connect_when_ready(self.address, timeout=60).close()
+            connect_when_ready(self.address, timeout=60, read_only=self.read_only,
+                               **self.client_options).close()
         except BaseException as error:
             self.ensure_dead()
             if isinstance(error, OSError):
@@ -214,7 +234,7 @@ class ServerProcess:
         self.starts += 1
 
     def client(self, **options: Any) -> RawClient:
-        return RawClient(self.address, **options)
+        return RawClient(self.address, **{**self.client_options, **options})
 
     def rss_kib(self) -> int:
         return rss_kib(self.pid)
@@ -265,6 +285,11 @@ class ServerProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(60)
+
+    def event_log_text(self) -> str:
+        """The ``<eventlog>`` file's text (see *log_file*)."""
+        with open(self.event_log, errors="replace") as f:
+            return f.read()
 
     def log_text(self) -> str:
         with open(self.log_path, errors="replace") as f:

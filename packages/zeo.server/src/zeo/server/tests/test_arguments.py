@@ -2,7 +2,8 @@
 
 import unittest
 
-from zeo.server.arguments import checked_count, checked_id8, checked_record, checked_serial
+from zeo.server.arguments import (
+    checked_count, checked_id8, checked_label, checked_record, checked_serial)
 
 
 class ArgumentTests(unittest.TestCase):
@@ -30,6 +31,12 @@ class ArgumentTests(unittest.TestCase):
         self.assertEqual(checked_count(10**5000, 100, "a size"), 100)
         with self.assertRaises(TypeError):
             checked_count(True, None, "a size")
+
+    def test_label_cut_and_printable(self):
+        self.assertEqual(checked_label("worker-1", 200), ("worker-1", 0))
+        self.assertEqual(checked_label("x" * 300, 200), ("x" * 200, 300))
+        self.assertEqual(checked_label("a\nb\x1b", 200), ("a?b?", 0))
+        self.assertEqual(checked_label(42, 200), ("42", 0))
 
     def test_errors_show_peer_values_cut_short(self):
         with self.assertRaises(TypeError) as raised:
