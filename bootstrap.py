@@ -87,13 +87,19 @@ QUIET_WARNINGS = [
 ]
 
 
-def run(*command: str | os.PathLike[str], quiet_warnings: bool = False) -> None:
+def run(*command: str | os.PathLike[str], buildout: bool = False) -> None:
+    """Run *command* in the checkout. For the *buildout* run: without the
+    warnings in `QUIET_WARNINGS`, and with a fixed hash seed -- buildout
+    orders the eggs of a part with extras (``zeo.server [monitor, ...]``)
+    by iterating a set, so with Python's random seed a re-run rewrote
+    ``bin/runzeo`` and its siblings with the same eggs in another order."""
     say(" ".join(str(part) for part in command))
     env = None
-    if quiet_warnings:
+    if buildout:
         env = dict(os.environ)
         env["PYTHONWARNINGS"] = ",".join(
             filter(None, [env.get("PYTHONWARNINGS", ""), *QUIET_WARNINGS]))
+        env["PYTHONHASHSEED"] = "0"
     subprocess.run([str(part) for part in command], check=True, cwd=HERE, env=env)
 
 
@@ -173,7 +179,7 @@ def main(argv: list[str]) -> int:
     if not buildout.exists():
         run(VENV / "bin" / "buildout", "bootstrap")
     # -N: never look for newer versions; every version is pinned anyway.
-    run(buildout, "-N", *argv, quiet_warnings=True)
+    run(buildout, "-N", *argv, buildout=True)
     return 0
 
 
