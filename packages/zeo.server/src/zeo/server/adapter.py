@@ -377,7 +377,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
     def _reply_error(self, msgid: Any, method: str, error: BaseException,
                      log: bool = True) -> None:
         if log and not isinstance(error, QUIET_ERRORS):
-            logger.warning("%s: %s raised %s", self.label, method, exception_text(error))
+            self.server.call_errors.warning(
+                "%s: %s raised %s", self.label, method, exception_text(error))
         class_name, payload = exception_to_wire(exception_for_clients(error))
         try:
             data = self._connection.send(ErrorReply(msgid, class_name, payload))

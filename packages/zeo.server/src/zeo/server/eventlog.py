@@ -91,7 +91,8 @@ class JSONFormatter(logging.Formatter):
 class RefusalLog:
     """Logs at most *max_lines* refusals per `REFUSAL_LOG_INTERVAL`
     seconds; past that it counts them, and when the interval ends logs one
-    line: "N more refused connections were not logged".
+    line: "N more refused connections were not logged" (*what* names them:
+    the server keeps one for refused connections, one for failed calls).
 
     *call_later(delay, function)* runs the summary (an event loop's);
     *clock* is monotonic seconds.
@@ -100,8 +101,10 @@ class RefusalLog:
     def __init__(self, logger: logging.Logger, max_lines: int,
                  clock: Callable[[], float],
                  call_later: Callable[[float, Callable[[], None]], Any],
-                 interval: float = REFUSAL_LOG_INTERVAL) -> None:
+                 interval: float = REFUSAL_LOG_INTERVAL,
+                 what: str = "refused connections") -> None:
         self._logger = logger
+        self._what = what
         self._max_lines = max_lines
         self._clock = clock
         self._call_later = call_later
@@ -130,8 +133,8 @@ class RefusalLog:
         count, self._suppressed = self._suppressed, 0
         if count:
             self._logger.warning(
-                "%d more refused connections in the last %g seconds were not"
-                " logged (max-refusal-log-lines %d)", count, self._interval,
+                "%d more %s in the last %g seconds were not logged"
+                " (max-refusal-log-lines %d)", count, self._what, self._interval,
                 self._max_lines, extra=fields(count=count))
         # The next interval starts now, with this summary as its first line.
         self._started, self._lines = self._clock(), 1

@@ -103,6 +103,12 @@ class StorageServer:
         self.refusals = RefusalLog(
             logger, self.config.max_refusal_log_lines, time.monotonic,
             lambda delay, function: asyncio.get_running_loop().call_later(delay, function))
+        #: Calls answered with an error, rate-limited likewise: a client
+        #: sending bad calls must not fill the log.
+        self.call_errors = RefusalLog(
+            logger, self.config.max_refusal_log_lines, time.monotonic,
+            lambda delay, function: asyncio.get_running_loop().call_later(delay, function),
+            what="failed calls")
 
     # -- starting and stopping -------------------------------------------------
 
@@ -173,6 +179,7 @@ class StorageServer:
         for served in self.storages.values():
             served.close()
         self.refusals.close()
+        self.call_errors.close()
         zope.event.notify(Closed(self))
         logger.info("server closed")
 

@@ -210,6 +210,35 @@ class UnencodableResultTests(unittest.TestCase):
             self.assertIsNone(client.call("ping"))
 
 
+class FailedCallLogTests(unittest.TestCase):
+    """A client sending bad calls cannot fill the log: failed calls are
+    logged at most max-refusal-log-lines times a minute, then counted."""
+
+    def test_failed_calls_are_rate_limited(self):
+        directory = tempfile.mkdtemp(prefix="zeo-peer-data-")
+        self.addCleanup(shutil.rmtree, directory)
+        log = LogRecords()
+        logger = logging.getLogger("zeo.server")
+        logger.addHandler(log)
+        self.addCleanup(logger.removeHandler, log)
+        address, stop = zeo.server.server(
+            path=os.path.join(directory, "Data.fs"), max_refusal_log_lines=3)
+        client = RawClient(address)
+        try:
+            for _ in range(30):
+                with self.assertRaises(ServerError):
+                    client.call("loadSerial", b"bad", b"bad")
+            self.assertIsNone(client.call("ping"))   # still served
+        finally:
+            client.close()
+            stop()   # closing logs the count so far
+        raised = [line for line in log.lines if "loadSerial raised" in line]
+        self.assertEqual(len(raised), 3, raised)
+        summary = [line for line in log.lines if "more failed calls" in line]
+        self.assertEqual(len(summary), 1, log.lines[-5:])
+        self.assertIn("27 more failed calls", summary[0])
+
+
 class ConfigTests(unittest.TestCase):
 
     def setUp(self):
