@@ -176,7 +176,7 @@ class ServedStorage:
         where it is now: see `zeo.server.shared_blobs` for the rules."""
         if self.blob_dir is None or self.uploads is None:
             raise ValueError("this storage has no blob directory; storeBlobShared is refused")
-        return claim_shared_blob(self.blob_dir, self.storage.fshelper.getPathForOID(oid),
+        return claim_shared_blob(self.blob_dir, _fshelper(self.storage).getPathForOID(oid),
                                  filename, self.uploads.new_name)
 
     def size_info(self) -> dict[str, int]:
@@ -301,9 +301,17 @@ class ServedStorage:
             self.storage.close()
 
 
+def _fshelper(storage: Any) -> Any:
+    """The storage's blob file-system helper, or None. RelStorage's
+    ``fshelper`` is a deprecated property that warns on every use; its
+    blob helper holds the same object."""
+    if isinstance(getattr(type(storage), "fshelper", None), property):
+        return getattr(getattr(storage, "blobhelper", None), "fshelper", None)
+    return getattr(storage, "fshelper", None)
+
+
 def _blob_dir(storage: Any) -> str | None:
-    helper = getattr(storage, "fshelper", None)
-    return getattr(helper, "base_dir", None)
+    return getattr(_fshelper(storage), "base_dir", None)
 
 
 def _spool_dir(storage: Any) -> str:

@@ -79,6 +79,9 @@ class ServedRelStorageTests(unittest.TestCase):
                 self.assertEqual(connection.root.answer, 42)
         finally:
             db.close()
+        # RelStorage's deprecated fshelper is not used (it warned on every
+        # start of a server).
+        self.assertNotIn("fshelper is deprecated", self.server.log_text())
         # It is in PostgreSQL: RelStorage opened directly reads it.
         db = ZODB.DB(open_relstorage(self.dsn))
         try:
