@@ -3,7 +3,10 @@
 ``bin/zeopack`` (or the part's ``zeopack-script-name``) packs the part's
 storage at its address, keeping ``pack-days`` days of history unless told
 otherwise; ``bin/NAME-status`` runs ``zeo-status`` against the address.
-Both call `zeo.server.tools`. The pack script also understands the options
+Both call `zeo.server.tools`. For a part whose server speaks TLS, the
+recipe gives both the part's client TLS options (*tls*: ``--ssl-certificate``
+… as `zeo.server.toolconfig` spells them); the command line comes after
+them, so it can override them. The pack script also understands the options
 of the script plone.recipe.zeoserver writes (``-D DAYS``, ``-S STORAGE``,
 ``-B BLOB_DIR``), so cron jobs written for that recipe keep working.
 """
@@ -22,7 +25,7 @@ _PLONE_FLAGS = ("-D", "-S", "-B")
 
 
 def zeopack(address: str, storage: str, days: str,
-            argv: Sequence[str] | None = None) -> int:
+            argv: Sequence[str] | None = None, tls: Sequence[str] = ()) -> int:
     """Pack *storage* at *address*, keeping *days* days unless the command
     line says ``-d``/``--days``/``-D``; ``-S`` names another storage.
     ``-B`` is accepted and unused: the server packs its own blobs."""
@@ -46,9 +49,11 @@ def zeopack(address: str, storage: str, days: str,
         else:
             print("zeopack: -B is not needed: the server packs its own blobs",
                   file=sys.stderr)
-    return tools.pack_main([f"{address}:{storage}", "--days", days, *rest])
+    return tools.pack_main([f"{address}:{storage}", "--days", days, *tls, *rest])
 
 
-def status(address: str, argv: Sequence[str] | None = None) -> int:
+def status(address: str, argv: Sequence[str] | None = None,
+           tls: Sequence[str] = ()) -> int:
     """``zeo-status`` for *address*, with the command line's other options."""
-    return tools.status_main([address, *(sys.argv[1:] if argv is None else argv)])
+    return tools.status_main([address, *tls,
+                              *(sys.argv[1:] if argv is None else argv)])

@@ -18,6 +18,9 @@
     # zeopack-script-name = zeo-zeopack, status-script-name = zeo-status,
     # repozo-script-name = zeo-repozo  (empty: no such script)
     # ssl-certificate, ssl-key, ssl-authenticate = (TLS; all or none)
+    # client-ssl-certificate, client-ssl-key, client-ssl-ca,
+    # client-ssl-server-hostname = (how the zeopack and status scripts
+    #                                 connect to a TLS server; see below)
     # and any other key of the <zeo> section (read-only, max-connections ...)
 
 It writes ``parts/NAME/zeo.conf`` (the runzeo configuration, with a
@@ -40,6 +43,21 @@ that names none of them gets ours; it refuses to start a new database when
 that recipe's default Data.fs exists. Its options we cannot honour
 (`UNSUPPORTED`: authentication, ZRS, the monitor server) and options the
 recipe does not know are errors naming them, never ignored.
+
+A TLS server (``ssl-certificate``, ``ssl-authenticate``) takes only clients
+with a certificate that ``ssl-authenticate`` signed, so its zeopack and
+status scripts need one: ``client-ssl-certificate`` (and ``client-ssl-key``
+unless that file holds the key). ``client-ssl-ca`` is the authority that
+signed the *server's* certificate (without it, the system's);
+``client-ssl-server-hostname`` the name that certificate must carry (without
+it, the address's host). Relative file names (of these and the ``ssl-*``
+options) are relative to the buildout directory. The scripts pass them to
+zeopack/zeo-status as ``--ssl-…`` options, before the command line's own,
+which may override them. A TLS part without
+``client-ssl-certificate`` gets neither script, and a warning naming the
+options to set. Any ``client-ssl-*`` option makes the scripts speak TLS
+(for a ``zeo-conf`` file of one's own that sets up TLS); without
+``zeo-conf`` it needs ``ssl-certificate``.
 """
 
 from __future__ import annotations
@@ -84,12 +102,22 @@ ALIASES = {
     "zeo-log": "log-file",
 }
 
+#: The scripts' TLS options: recipe option -> zeopack/zeo-status flag.
+CLIENT_TLS = {
+    "client-ssl-certificate": "--ssl-certificate",
+    "client-ssl-key": "--ssl-key",
+    "client-ssl-ca": "--ssl-ca",
+    "client-ssl-server-hostname": "--ssl-server-hostname",
+}
+#: The files among them (made absolute against the buildout directory).
+_CLIENT_TLS_FILES = ("client-ssl-certificate", "client-ssl-key", "client-ssl-ca")
+
 #: Our own options (besides the <zeo> keys).
 OUR_OPTIONS = (
     "var", "address", "path", "blob-dir", "log-file", "pid-file", "eggs",
     "status-script-name",
     "ssl-certificate", "ssl-key", "ssl-authenticate",
-)
+) + tuple(CLIENT_TLS)
 
 #: Options with plone.recipe.zeoserver's names and meanings (the aliases aside).
 PLONE_OPTIONS = (
@@ -251,6 +279,7 @@ class Recipe:
             raise zc.buildout.UserError(
                 f"[{name}]: TLS needs ssl-certificate and ssl-authenticate"
                 " (and ssl-key unless the certificate file holds the key)")
+        self.check_client_tls(top)
         for key in ("zeopack", "repozo"):
             if options.get(key):
                 raise zc.buildout.UserError(
@@ -263,6 +292,37 @@ class Recipe:
             raise zc.buildout.UserError(
                 f"[{name}]: relative-paths must be true or false, not {relative!r:.100}")
         self.relative_paths = top if relative == "true" else ""
+
+    def check_client_tls(self, top: str) -> None:
+        """TLS file names made absolute (the server and the scripts run
+        from any directory); the scripts' TLS options: a key needs
+        its certificate; without ``zeo-conf`` they need a TLS server."""
+        options, name = self.options, self.name
+        for key in ("ssl-certificate", "ssl-key", "ssl-authenticate") + _CLIENT_TLS_FILES:
+            if options.get(key):
+                options[key] = os.path.join(top, options[key])
+        given = [key for key in CLIENT_TLS if options.get(key)]
+        if options.get("client-ssl-key") and not options.get("client-ssl-certificate"):
+            raise zc.buildout.UserError(
+                f"[{name}]: client-ssl-key needs client-ssl-certificate")
+        if given and not (options.get("ssl-certificate") or options.get("zeo-conf")):
+            raise zc.buildout.UserError(
+                f"[{name}]: {', '.join(given)}: the scripts would speak TLS to a"
+                " server that does not (set ssl-certificate and ssl-authenticate,"
+                " or leave them out)")
+
+    def client_tls_arguments(self) -> list[str] | None:
+        """The zeopack/zeo-status TLS options of the part's scripts ([] for
+        plain TCP), or None when the server wants a client certificate the
+        part names none of."""
+        options = self.options
+        if options.get("ssl-certificate") and not options.get("client-ssl-certificate"):
+            return None
+        arguments: list[str] = []
+        for key, flag in CLIENT_TLS.items():
+            if options.get(key):
+                arguments += [flag, options[key]]
+        return arguments
 
     def check_not_leaving_plone_data(self, top: str, ours: str) -> None:
         """A part that names nothing plone.recipe.zeoserver's way gets our
@@ -365,17 +425,26 @@ class Recipe:
                           f"['-C', {options['config']!r}] + sys.argv[1:]",
                           options.get("initialization", ""))]
         address = _client_address(options["address"])
-        tls = bool(options.get("ssl-certificate"))
-        if tls:
-            logger.warning("[%s]: no zeopack or status script: they do not speak TLS",
-                           self.name)
-        if options["zeopack-script-name"] and options.get("zeopack") != "" and not tls:
+        tls = self.client_tls_arguments()
+        wanted = ((options["zeopack-script-name"] and options.get("zeopack") != "")
+                  or options["status-script-name"])
+        if tls is None and wanted:
+            logger.warning(
+                "[%s]: no zeopack or status script: the TLS server takes only clients"
+                " with a certificate; set client-ssl-certificate (and client-ssl-key"
+                " unless that file holds the key) to a certificate ssl-authenticate"
+                " signed, and client-ssl-ca to the authority that signed"
+                " ssl-certificate", self.name)
+        if options["zeopack-script-name"] and options.get("zeopack") != "" \
+                and tls is not None:
             written.append(script(
                 options["zeopack-script-name"], "zeo.server.partscripts", "zeopack",
-                f"{address!r}, {options['storage-number']!r}, {options['pack-days']!r}"))
-        if options["status-script-name"] and not tls:
+                f"{address!r}, {options['storage-number']!r}, {options['pack-days']!r},"
+                f" tls={tls!r}"))
+        if options["status-script-name"] and tls is not None:
             written.append(script(options["status-script-name"],
-                                  "zeo.server.partscripts", "status", repr(address)))
+                                  "zeo.server.partscripts", "status",
+                                  f"{address!r}, tls={tls!r}"))
         if options["repozo-script-name"] and options.get("repozo") != "":
             written.append(script(options["repozo-script-name"],
                                   "ZODB.scripts.repozo", "main"))

@@ -7,6 +7,7 @@ import unittest
 import zeo.server
 from zeo.server.partscripts import status, zeopack
 from zeo.server.tests.support import run
+from zeo.server.tests.test_tools_tls import TLSServer
 
 
 class PartScriptTests(unittest.TestCase):
@@ -46,6 +47,24 @@ class PartScriptTests(unittest.TestCase):
         code, _, err = run(lambda argv: zeopack(self.target, "1", "1", argv),
                            "-D", "0", "-t", "00:00")
         self.assertEqual(code, 0, err)
+
+
+class PartScriptsOverTLSTests(TLSServer):
+    """*tls*, the part's client TLS options, come before the command line."""
+
+    def test_status_and_pack_with_the_part_s_tls_options(self):
+        code, out, err = run(lambda argv: status(self.target, argv, tls=self.tls()), "-m")
+        self.assertEqual(code, 1, out + err)     # a new, empty storage: WARNING
+        self.assertIn("Empty storage", out)
+        code, _, err = run(lambda argv: zeopack(self.target, "1", "0", argv,
+                                                tls=self.tls()))
+        self.assertEqual(code, 0, err)
+
+    def test_the_command_line_overrides_them(self):
+        code, out, err = run(lambda argv: status(self.target, argv, tls=self.tls()),
+                             "--ssl-server-hostname", "elsewhere", "--timeout", "5")
+        self.assertEqual(code, 2, out + err)
+        self.assertIn("elsewhere", out)
 
 
 if __name__ == "__main__":

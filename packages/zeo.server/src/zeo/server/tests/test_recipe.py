@@ -9,10 +9,13 @@ make buildout scan the whole package index).
 import os
 import pwd
 import shutil
+import ssl
 import subprocess
 import tempfile
 import textwrap
 import unittest
+
+import trustme
 
 from zeo.server import zconfig
 from zeo.server.tests.rawclient import connect_when_ready
@@ -218,6 +221,83 @@ class RecipeTests(unittest.TestCase):
         for script in ("myzeo", "myzeo-status", "zeopack", "repozo"):
             self.assertFalse(os.path.exists(os.path.join(self.directory, "bin", script)))
         self.assertTrue(os.path.exists(data))
+
+    def tls_files(self):
+        """trustme certificates in the buildout directory: the server's
+        (signed by one authority) and a client's (signed by another, the
+        one the server's ssl-authenticate names); a client context."""
+        server_ca, client_ca = trustme.CA(), trustme.CA()
+        files = {name: os.path.join(self.directory, name) for name in
+                 ("server.pem", "server-ca.pem", "client.pem", "client.key",
+                  "client-ca.pem")}
+        server_ca.issue_cert("localhost", "127.0.0.1") \
+            .private_key_and_cert_chain_pem.write_to_path(files["server.pem"])
+        server_ca.cert_pem.write_to_path(files["server-ca.pem"])
+        client = client_ca.issue_cert("ops@example.com")
+        client.cert_chain_pems[0].write_to_path(files["client.pem"])
+        client.private_key_pem.write_to_path(files["client.key"])
+        client_ca.cert_pem.write_to_path(files["client-ca.pem"])
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        server_ca.configure_trust(context)
+        client.configure_cert(context)
+        return context
+
+    def test_a_tls_part_without_client_certificate_says_what_to_set(self):
+        self.tls_files()
+        output = self.buildout("myzeo", f"""\
+            address = 127.0.0.1:{self.port}
+            ssl-certificate = server.pem
+            ssl-authenticate = client-ca.pem
+            """)
+        self.assertIn("no zeopack or status script", output)
+        for option in ("client-ssl-certificate", "client-ssl-key", "client-ssl-ca"):
+            self.assertIn(option, output)
+        self.assertEqual(sorted(os.listdir(os.path.join(self.directory, "bin"))),
+                         ["myzeo", "myzeo-repozo"])
+        for part, message in [
+                ("client-ssl-certificate = client.pem\n", "does not"),
+                ("ssl-certificate = server.pem\nssl-authenticate = client-ca.pem\n"
+                 "client-ssl-key = client.key\n", "client-ssl-key needs"),
+        ]:
+            with self.subTest(part=part):
+                self.assertIn(message, self.buildout("myzeo", part, fails=True))
+
+    def test_a_tls_part_s_scripts_speak_tls(self):
+        """The status and pack scripts of a TLS part present the part's
+        client certificate and check the server's against client-ssl-ca."""
+        context = self.tls_files()
+        self.buildout("myzeo", f"""\
+            address = 127.0.0.1:{self.port}
+            ssl-certificate = server.pem
+            ssl-authenticate = ${{buildout:directory}}/client-ca.pem
+            client-ssl-certificate = client.pem
+            client-ssl-key = client.key
+            client-ssl-ca = server-ca.pem
+            client-ssl-server-hostname = localhost
+            pack-gc = false
+            """)
+        started = self.control("start")
+        self.assertIn("daemon process started", started.stdout, started.stderr)
+        client = connect_when_ready(("127.0.0.1", self.port), ssl_context=context,
+                                    server_hostname="localhost")
+        oid = client.call("new_oids", 1)[0]
+        serial = client.commit(1, [(oid, Z64, b"old")])
+        client.commit(2, [(oid, serial, b"new")])
+        client.close()
+        status = self.script("myzeo-status")
+        self.assertEqual(status.returncode, 0, status.stdout + status.stderr)
+        self.assertIn("OK: storage 1:", status.stdout)
+        data = os.path.join(self.directory, "var", "myzeo", "Data.fs")
+        size = os.path.getsize(data)
+        pack = self.script("myzeo-zeopack", "-D", "0")
+        self.assertEqual(pack.returncode, 0, pack.stdout + pack.stderr)
+        self.assertLess(os.path.getsize(data), size)
+        # The command line comes after the part's options: a wrong authority
+        # given there is the one used, and the handshake fails.
+        wrong = self.script("myzeo-status", "--ssl-ca", os.path.join(
+            self.directory, "client-ca.pem"), "--timeout", "5")
+        self.assertEqual(wrong.returncode, 2, wrong.stdout + wrong.stderr)
+        self.assertIn("TLS", wrong.stdout)
 
     def script(self, name, *args):
         return subprocess.run([os.path.join(self.directory, "bin", name), *args],
