@@ -21,22 +21,27 @@ import contextlib
 import io
 import os
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import unittest
 from pathlib import Path
 from typing import Any, Callable
 
 from ZODB.Connection import TransactionMetaData
 from ZODB.MappingStorage import MappingStorage
 
+import zeo.server
 from zeo.server.admin import status
 from zeo.server.testing import free_port
 from zeo.server.tests.rawclient import RawClient, connect_when_ready
+from zeo.server.zconfig import server_ssl_context
 
-__all__ = ["CHECKOUT", "ServerProcess", "SlowPackStorage", "WriteRecorder", "child_env",
-           "commit_directly", "find_checkout", "free_port", "open_descriptors", "rss_kib",
+__all__ = ["CHECKOUT", "ServerProcess", "SlowPackStorage", "TLSServer", "WriteRecorder",
+           "child_env", "commit_directly", "find_checkout", "free_port", "open_descriptors", "rss_kib",
            "run", "tail", "wait_until"]
 
 
@@ -294,3 +299,46 @@ class ServerProcess:
     def log_text(self) -> str:
         with open(self.log_path, errors="replace") as f:
             return f.read()
+
+
+class TLSServer(unittest.TestCase):
+    """A server that wants TLS with a client certificate signed by ``self.ca``."""
+
+    def setUp(self):
+        import trustme   # a test dependency: bin/py, which runs scripts, has none
+        self.directory = tempfile.mkdtemp(prefix="zeo-tools-tls-")
+        self.ca = trustme.CA()
+        certificate = self.file("server.pem")
+        self.ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem \
+            .write_to_path(certificate)
+        self.ca_file = self.file("ca.pem")
+        self.ca.cert_pem.write_to_path(self.ca_file)
+        client = self.ca.issue_cert("ops@example.com")
+        self.client_cert, self.client_key = self.file("client.pem"), self.file("client.key")
+        client.cert_chain_pems[0].write_to_path(self.client_cert)
+        client.private_key_pem.write_to_path(self.client_key)
+        self.path = self.file("Data.fs")
+        self.address, self.stop = zeo.server.server(
+            path=self.path, ssl=server_ssl_context(certificate, authenticate=self.ca_file))
+        self.target = f"127.0.0.1:{self.address[1]}"
+
+    def tearDown(self):
+        self.stop()
+        shutil.rmtree(self.directory)
+
+    def file(self, name):
+        return os.path.join(self.directory, name)
+
+    def tls(self, ca=None, hostname="localhost"):
+        return ["--ssl-certificate", self.client_cert, "--ssl-key", self.client_key,
+                "--ssl-ca", ca or self.ca_file, "--ssl-server-hostname", hostname]
+
+    def assert_critical(self, argv, *expected):
+        from zeo.server.tools import CRITICAL, status_main
+        code, out, err = run(status_main, *argv, "--timeout", "5")
+        self.assertEqual(code, CRITICAL, out + err)
+        self.assertTrue(out.startswith("CRITICAL: no status from 127.0.0.1:"), out)
+        self.assertNotIn("sent no status", out)
+        for text in expected:
+            self.assertIn(text, out)
+        return out

@@ -7,7 +7,7 @@ import unittest
 import zeo.server
 from zeo.server.partscripts import status, zeopack
 from zeo.server.tests.support import run
-from zeo.server.tests.test_tools_tls import TLSServer
+from zeo.server.tests.support import TLSServer
 
 
 class PartScriptTests(unittest.TestCase):
