@@ -186,6 +186,19 @@ def _usable_bindir(root: str, run_as: tuple[int, int] | None) -> str:
         return os.path.join(copy, "bin")
 
 
+def _tear_down(layer: Any) -> None:
+    """Stop *layer*'s cluster and remove its directory (either layer)."""
+    atexit.unregister(layer.tearDown)
+    if layer.cluster is not None:
+        try:
+            layer.cluster.stop()
+        finally:
+            layer.cluster = None
+    if layer.root is not None:
+        shutil.rmtree(layer.root, ignore_errors=True)
+        layer.root = None
+
+
 class PostgresLayer:
     """A PostgreSQL server for a zope.testrunner layer.
 
@@ -236,15 +249,7 @@ class PostgresLayer:
         self.setup_seconds = time.monotonic() - began
 
     def tearDown(self) -> None:
-        atexit.unregister(self.tearDown)
-        if self.cluster is not None:
-            try:
-                self.cluster.stop()
-            finally:
-                self.cluster = None
-        if self.root is not None:
-            shutil.rmtree(self.root, ignore_errors=True)
-            self.root = None
+        _tear_down(self)
 
     def connect(self, dsn: str | None = None) -> Any:
         """A psycopg2 connection (autocommit) to *dsn*, by default ``dsn``."""
@@ -310,15 +315,7 @@ class StandbyLayer:
         self.setup_seconds = time.monotonic() - began
 
     def tearDown(self) -> None:
-        atexit.unregister(self.tearDown)
-        if self.cluster is not None:
-            try:
-                self.cluster.stop()
-            finally:
-                self.cluster = None
-        if self.root is not None:
-            shutil.rmtree(self.root, ignore_errors=True)
-            self.root = None
+        _tear_down(self)
 
     def connect(self) -> Any:
         import psycopg2
