@@ -15,10 +15,13 @@ directly, for each place the starting revision can come from
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import unittest
 from typing import Any
 
 import BTrees.Length
+import psycopg2
 import transaction
 import ZODB
 from ZODB.Connection import TransactionMetaData
@@ -27,7 +30,9 @@ from ZODB.serialize import ObjectWriter
 
 import zeo.client
 from zeo.server.relstorage_conflicts import fix_relstorage_conflict_resolution
-from zeo.server.tests.postgres import POSTGRES_LAYER, create_root, open_relstorage
+from zeo.server.tests.postgres import (POSTGRES_LAYER, create_root, open_relstorage,
+                                       relstorage_section)
+from zeo.server.tests.serverprocess import ServerProcess
 from zeo.server.tests.test_relstorage_fronts import fronts, wait_for
 
 __all__ = ["StaleSerialTests", "StartRevisionTests", "length_record", "store_and_vote"]
@@ -125,6 +130,32 @@ class StaleSerialTests(unittest.TestCase):
         wait_for(lambda: x.lastTransaction() >= db.storage.lastTransaction(), "X to hear")
         with self.assertRaises(ConflictError):
             store_and_vote(x, b"\0" * 8, s1, data)
+
+    def test_a_row_lock_timeout_reaches_the_client_as_a_conflict_error(self):
+        # Another process holds the root's lock past RelStorage's
+        # commit-lock-timeout: its UnableToLockRowsToModifyError (a
+        # ConflictError of its own) reaches the client as one it retries.
+        dsn = POSTGRES_LAYER.new_database()
+        create_root(dsn)
+        directory = tempfile.mkdtemp(prefix="zeo-front-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        front = ServerProcess(directory, zeo_options={"commit-source": "postgresql"},
+                              storage=relstorage_section(dsn, commit_lock_timeout="1"))
+        self.addCleanup(front.stop)
+        x = self.client(front.address)
+        data, serial = x.load(b"\0" * 8)
+        holder = psycopg2.connect(dsn)
+        self.addCleanup(holder.close)
+        with holder.cursor() as cursor:
+            # What RelStorage's vote takes for each object it modifies.
+            cursor.execute("SELECT pg_advisory_xact_lock(0)")
+        with self.assertRaises(ConflictError) as raised:
+            store_and_vote(x, b"\0" * 8, serial, data)
+        self.assertIn("UnableToLockRows", str(raised.exception))
+        holder.rollback()
+        # Released: the retry goes through.
+        store_and_vote(x, b"\0" * 8, serial, data)
+        self.assertEqual(front.stop(), 0)
 
 
 class StartRevisionTests(unittest.TestCase):
