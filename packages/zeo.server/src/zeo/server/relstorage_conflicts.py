@@ -108,16 +108,24 @@ def load_start_revision(resolver: Any, oid: bytes, serial: bytes) -> bytes:
         return state
     storage = resolver.__dict__.get("_zeo_storage")
     if storage is None:
-        raise KeyError(f"revision {serial.hex()} of oid {oid.hex()} was not prefetched")
+        raise POSKeyError(oid)
+    state = _read_revision(storage, oid, serial)
+    # Asked twice per conflict (the guard, then the resolution): read once.
+    resolver._old_states_and_tids[oid_int] = (state, tid_int)
+    return state
+
+
+def _read_revision(storage: Any, oid: bytes, serial: bytes) -> bytes:
     try:
-        state = storage.loadSerial(oid, serial)
+        state: bytes = storage.loadSerial(oid, serial)
         return state
-    except KeyError:   # RelStorage's POSKeyError
+    except POSKeyError:   # RelStorage's is a subclass
         pass
     # The load connection's snapshot may be older than what the client
     # saw; the store connection (read committed, rows locked) is not.
     cursor = storage._tpc_phase.shared_state.store_connection.cursor
-    found: bytes | None = storage._adapter.mover.load_revision(cursor, oid_int, tid_int)
+    found: bytes | None = storage._adapter.mover.load_revision(
+        cursor, *_U64.unpack(oid), *_U64.unpack(serial))
     if found is None:
         raise POSKeyError(oid)
     return found

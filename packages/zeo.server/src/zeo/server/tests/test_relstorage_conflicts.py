@@ -250,3 +250,16 @@ class StartRevisionTests(unittest.TestCase):
         with self.assertRaises(ConflictError):
             store_and_vote(x, oid, s1, length_record(oid, 105))
         self.assertEqual(self.value(dsn, keep_history=False), 110)
+
+    def test_installed_once(self):
+        from relstorage.cache.storage_cache import StorageCache
+        from relstorage.storage.tpc.vote import _CachedConflictResolver
+
+        from zeo.server.relstorage_conflicts import load_start_revision, prefetch_start_revisions
+
+        originals = (StorageCache._zeo_original, _CachedConflictResolver._zeo_original)
+        fix_relstorage_conflict_resolution()
+        self.assertEqual((StorageCache._zeo_original, _CachedConflictResolver._zeo_original),
+                         originals)
+        self.assertIs(StorageCache.prefetch_for_conflicts, prefetch_start_revisions)
+        self.assertIs(_CachedConflictResolver.loadSerial, load_start_revision)

@@ -56,14 +56,20 @@ class SharedBlobDirectoryTests(unittest.TestCase):
         self.addCleanup(server.stop)
         return server
 
-    def client(self, server: ServerProcess, *, shared: bool) -> Any:
+    def client(self, server: ServerProcess, *, shared: bool, reference: bool = False) -> Any:
         if shared:
             blob_dir = self.blobs
         else:
             blob_dir = tempfile.mkdtemp(prefix="zeo-blob-cache-")
             self.addCleanup(shutil.rmtree, blob_dir, True)
-        db = ZODB.DB(zeo.client.ClientStorage(server.address, wait_timeout=30,
-                                              blob_dir=blob_dir, shared_blob_dir=shared))
+        if reference:   # ZEO 6.2's own client
+            from ZEO.ClientStorage import ClientStorage
+            storage = ClientStorage(server.address, wait=1, wait_timeout=30,
+                                    blob_dir=blob_dir, shared_blob_dir=shared)
+        else:
+            storage = zeo.client.ClientStorage(server.address, wait_timeout=30,
+                                               blob_dir=blob_dir, shared_blob_dir=shared)
+        db = ZODB.DB(storage)
         self.addCleanup(db.close)
         return db
 
@@ -94,9 +100,10 @@ class SharedBlobDirectoryTests(unittest.TestCase):
         finally:
             connection.close()
 
-    def check(self, *, shared_a: bool, shared_b: bool) -> None:
+    def check(self, *, shared_a: bool, shared_b: bool, reference_b: bool = False) -> None:
         a, b = self.servers
-        on_a, on_b = self.client(a, shared=shared_a), self.client(b, shared=shared_b)
+        on_a = self.client(a, shared=shared_a)
+        on_b = self.client(b, shared=shared_b, reference=reference_b)
         data = os.urandom(300_000)
         tid = self.write(on_a, "blob", data)
         self.assertEqual(self.read(on_b, "blob", tid), data)
@@ -120,6 +127,9 @@ class SharedBlobDirectoryTests(unittest.TestCase):
 
     def test_one_client_of_each_kind(self):
         self.check(shared_a=True, shared_b=False)
+
+    def test_the_reference_client_using_the_shared_directory(self):
+        self.check(shared_a=False, shared_b=True, reference_b=True)
 
     def test_a_front_starting_leaves_the_uploads_of_another_alone(self):
         a, b = self.servers
