@@ -80,6 +80,7 @@ from .events import _brief
 from .events import Status
 from .events import StatusRequest
 from .framing import HEADER_SIZE
+from .framing import BytesLike
 from .framing import FrameReader
 from .framing import frame
 from .framing import frame_bytes
@@ -212,7 +213,7 @@ class _Connection(Generic[_Handshake]):
 
     # -- input ----------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: BytesLike) -> None:
         """See `IProtocolConnection`."""
         if data and self._accepting:
             self._feed(data)

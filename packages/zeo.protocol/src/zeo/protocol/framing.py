@@ -58,6 +58,7 @@ from .limits import WIRE_MAX_FRAME_SIZE
 
 
 __all__ = [
+    "BytesLike",
     "DIRECT_FRAME_SIZE",
     "FrameReader",
     "HEADER_SIZE",
@@ -75,6 +76,9 @@ DIRECT_FRAME_SIZE = 64 * 1024
 #: Such a frame is read into pieces as large as what has arrived, and at
 #: least this large; a smaller remainder joins the piece before it.
 MIN_PIECE_SIZE = 64 * 1024
+
+#: What ``feed`` accepts.
+BytesLike = Union[bytes, bytearray, memoryview]
 
 _HEADER = struct.Struct(">I")
 _pack_header = _HEADER.pack
@@ -185,7 +189,7 @@ class FrameReader:
         self._filled = 0
         self._total = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: BytesLike) -> None:
         """See `IFrameReader`."""
         pieces = self._pieces
         if pieces is not None:
@@ -195,10 +199,9 @@ class FrameReader:
         pos = self.pos
         if pos == len(chunk):
             # Everything was read: start afresh with data itself.
-            kind = data.__class__
-            if kind is bytes:
+            if data.__class__ is bytes:
                 self.chunk = data  # immutable: no copy needed
-            elif kind is memoryview:
+            elif data.__class__ is memoryview:
                 self.chunk = data.tobytes()
             else:
                 self.chunk = bytes(data)
