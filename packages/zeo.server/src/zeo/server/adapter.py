@@ -162,9 +162,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
     # -- asyncio.Protocol -----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A stream's transport: uvloop's have the methods of
-        # asyncio.Transport without deriving from it.
-        self.transport = stream = cast(asyncio.Transport, transport)
+        self.transport = stream = cast(asyncio.Transport, transport)  # uvloop's: no subclass
         # Pausing must come well before the output limit: what waits
         # beyond the transport's buffer is what the limit counts.
         high = min(WRITE_BUFFER_HIGH, self._output_limit // 4)
@@ -554,14 +552,13 @@ class ServerProtocol(asyncio.BufferedProtocol):
 
     def _drain(self) -> None:
         pending = self._pending
-        transport = self.transport
-        while pending and not self._paused and not self.closed:
+        transport = self.transport  # None only before connection_made: nothing pending
+        while pending and transport is not None and not self._paused and not self.closed:
             item = pending[0]
             if type(item) is bytes:
                 pending.popleft()
                 self._pending_bytes -= len(item)
                 self._count_out(len(item))
-                assert transport is not None  # output was held
                 transport.write(item)
                 continue
             try:
@@ -576,7 +573,6 @@ class ServerProtocol(asyncio.BufferedProtocol):
             # In pieces: a blob chunk is written as read, not copied.
             pieces = self._connection.send_pieces(OneWayCall(method, args))
             self._count_out(sum(map(len, pieces)))
-            assert transport is not None  # output was held
             transport.writelines(pieces)
         if not self.closed:
             self._budgets.output_held(self, self.unsent_output())

@@ -13,7 +13,9 @@ they may (issue #21).
 - ``scripts/`` leave ``sys.path`` alone except those run by interpreters
   without our packages (`PATH_EDITING`);
 - the scripts that ``bin/py`` runs import there, and the test tools run
-  there (its path has ``scripts/`` and the packages, not the test extras).
+  there (its path has ``scripts/`` and the packages, not the test extras);
+- the client's and the server's tests build a child process's
+  ``PYTHONPATH`` in one place, their ``support.child_env``.
 """
 
 from __future__ import annotations
@@ -67,6 +69,21 @@ def relative(path: Path) -> str:
     return path.relative_to(CHECKOUT).as_posix()
 
 
+def sets_pythonpath(tree: ast.AST) -> bool:
+    """Whether *tree* builds an environment with ``PYTHONPATH`` in it."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "PYTHONPATH":
+            return True
+        if isinstance(node, ast.Dict) and any(
+                isinstance(key, ast.Constant) and key.value == "PYTHONPATH"
+                for key in node.keys):
+            return True
+        if (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store)
+                and isinstance(node.slice, ast.Constant) and node.slice.value == "PYTHONPATH"):
+            return True
+    return False
+
+
 def imported_modules(tree: ast.AST) -> list[str]:
     names = []
     for node in ast.walk(tree):
@@ -99,6 +116,15 @@ class SupportLayoutTests(unittest.TestCase):
                 if last.startswith("test_") and last != own:
                     offenders.append(f"{relative(path)}: {name}")
         self.assertEqual(offenders, [])
+
+    def test_child_environments_come_from_support(self):
+        builders = set()
+        for package in ("zeo.server", "zeo.client"):
+            tests = CHECKOUT / "packages" / package / "src" / "zeo" / package[4:] / "tests"
+            builders |= {relative(path) for path in tests.rglob("*.py")
+                         if sets_pythonpath(ast.parse(path.read_bytes()))}
+        self.assertEqual(builders, {"packages/zeo.client/src/zeo/client/tests/support.py",
+                                    "packages/zeo.server/src/zeo/server/tests/support.py"})
 
     def test_scripts_import_no_test_package(self):
         offenders = [f"{relative(path)}: {name}"
