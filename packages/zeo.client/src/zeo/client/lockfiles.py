@@ -45,17 +45,18 @@ parent's lock), so it competes for them like any other process.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from types import TracebackType
 
 from zeo.client.blobs.errors import BlobCacheLockTimeout
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover (Windows)
-    fcntl = None  # type: ignore[assignment]
+# flock everywhere but on Windows (a test a type checker understands).
+if sys.platform == 'win32':  # pragma: no cover
     import msvcrt
+else:
+    import fcntl
 
 __all__ = ['FileLock', 'lock_file', 'try_lock_file', 'ProcessLock']
 
@@ -66,21 +67,22 @@ MAX_BACKOFF = 0.05
 
 
 def _try_flock(fd: int) -> bool:
-    if fcntl is not None:
+    if sys.platform != 'win32':
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
         return True
-    try:  # pragma: no cover (Windows)
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-    except OSError:  # pragma: no cover
-        return False
-    return True  # pragma: no cover
+    else:  # pragma: no cover (Windows)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
 
 
 def _unflock(fd: int) -> None:
-    if fcntl is not None:
+    if sys.platform != 'win32':
         fcntl.flock(fd, fcntl.LOCK_UN)
     else:  # pragma: no cover (Windows)
         os.lseek(fd, 0, os.SEEK_SET)

@@ -17,11 +17,13 @@ import logging
 import os
 import tempfile
 from typing import Any
+from typing import Callable
 
 from ZODB.POSException import POSKeyError, Unsupported
 from zeo.protocol import peer_repr
 
 from zeo.client.config import ClientConfig
+from zeo.client.transaction_buffer import TransactionBuffer
 from zeo.client.transaction_buffer import blob_upload
 
 __all__ = ['BLOB_CHUNK_SIZE', 'ClientBlobs']
@@ -62,6 +64,8 @@ class ClientBlobs:
     _downloads: dict[tuple[bytes, bytes], _Download]
     _runner: Any
     _server_call: Any
+    #: ClientStorage's: the transaction's buffer, if *txn* commits here.
+    _check_trans: Callable[[Any, str], TransactionBuffer]
 
     def _open_blobs(self, config: ClientConfig) -> None:
         self.blob_dir = config.blob_dir
@@ -154,7 +158,7 @@ class ClientBlobs:
                   version: str, txn: Any) -> None:
         if version:
             raise Unsupported('versions are not supported')
-        tbuf = self._check_trans(txn, 'storeBlob')  # type: ignore[attr-defined]
+        tbuf = self._check_trans(txn, 'storeBlob')
         blobs = self._blob_store()
         if self.shared_blob_dir:
             # The server takes the file from its own directory.

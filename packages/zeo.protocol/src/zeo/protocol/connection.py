@@ -56,10 +56,14 @@ from __future__ import annotations
 import struct
 from typing import Any
 from typing import FrozenSet
+from typing import Generic
 from typing import Iterable
 from typing import Iterator
 from typing import List
 from typing import Optional
+from typing import Tuple
+from typing import Type
+from typing import TypeVar
 from typing import Union
 
 from zope.interface import implementer
@@ -70,10 +74,13 @@ from .errors import LocalProtocolError
 from .errors import RemoteProtocolError
 from .events import ConnectionClosed
 from .events import Event
+from .events import Message
 from .events import ProtocolAgreed
 from .events import _brief
+from .events import Status
 from .events import StatusRequest
 from .framing import HEADER_SIZE
+from .framing import BytesLike
 from .framing import FrameReader
 from .framing import frame
 from .framing import frame_bytes
@@ -109,7 +116,7 @@ _SERVER = Role.SERVER
 _OPEN = _S.OPEN
 _ERROR = _S.ERROR
 _CLOSED = _S.CLOSED
-_NOTHING: FrozenSet[type] = frozenset()
+_NOTHING: FrozenSet[Type[Message]] = frozenset()
 
 #: After sending a message of at most this size, the codec keeps the
 #: buffer the message made it grow until the next small message (see
@@ -126,21 +133,23 @@ _pack_header = _HEADER.pack
 
 NextEvent = Union[Event, _NeedData]
 
+_Handshake = TypeVar("_Handshake", ServerHandshake, ClientHandshake)
 
-class _Connection:
+
+class _Connection(Generic[_Handshake]):
     """Shared machinery; see `IProtocolConnection`."""
 
     _role: Role
 
     def __init__(
         self,
-        handshake: Union[ServerHandshake, ClientHandshake],
+        handshake: _Handshake,
         limits: ProtocolLimits,
         pickle_globals: Optional[AllowedGlobals],
     ) -> None:
         self.limits = limits
         self.agreed: Optional[ProtocolAgreed] = None
-        self._handshake = handshake
+        self._handshake: _Handshake = handshake
         self._pickle_globals = pickle_globals
         self._reader = FrameReader(limits.max_handshake_size)
         self._next_frame = self._reader.next_frame
@@ -170,7 +179,7 @@ class _Connection:
         return self._role
 
     @property
-    def handshake(self) -> Union[ServerHandshake, ClientHandshake]:
+    def handshake(self) -> _Handshake:
         """The handshake object (for inspection)."""
         return self._handshake
 
@@ -183,9 +192,12 @@ class _Connection:
         # Everything the hot paths test is derived here, once per state
         # change, so that each of them is gated by a single check.
         self._state = state
-        self._can_send = SEND_TABLE.get((self._role, state), _NOTHING)
-        self._can_receive = RECEIVE_TABLE.get((self._role, state), _NOTHING)
-        self._fast_send = self._can_send if state is _OPEN else _NOTHING
+        self._can_send = SEND_TABLE.get((self._role, state), frozenset())
+        self._can_receive = RECEIVE_TABLE.get((self._role, state), frozenset())
+        # In OPEN, what may be sent are messages (see SEND_TABLE).
+        self._fast_send = frozenset(
+            kind for kind in self._can_send if issubclass(kind, Message)
+        ) if state is _OPEN else _NOTHING
         self._accepting = state is not _ERROR and state is not _CLOSED and not self._eof
 
     def _enter_error(self, exc: RemoteProtocolError) -> None:
@@ -201,7 +213,7 @@ class _Connection:
 
     # -- input ----------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: BytesLike) -> None:
         """See `IProtocolConnection`."""
         if data and self._accepting:
             self._feed(data)
@@ -240,7 +252,7 @@ class _Connection:
             except Exception as exc:
                 raise self._undecodable(exc) from None
             if event.__class__ in self._can_receive:
-                return event  # type: ignore[return-value]  # checked by its class
+                return event
             return self._next_event_other(event)
         return self._next_event_slow()
 
@@ -249,7 +261,7 @@ class _Connection:
             return self._end_of_input()
         if result is NotImplemented:
             return self._next_unusual_frame()
-        raise self._unexpected(result)  # type: ignore[arg-type]
+        raise self._unexpected(result)
 
     def _next_unusual_frame(self) -> NextEvent:
         # A frame of _unusual_size bytes or more: refused if over the
@@ -289,19 +301,21 @@ class _Connection:
                     except Exception as exc:
                         raise self._undecodable(exc) from None
         if event.__class__ in self._can_receive:
-            return event  # type: ignore[return-value]  # checked by its class
+            return event
         raise self._unexpected(event)
 
     def _undecodable(self, exc: Exception) -> RemoteProtocolError:
         if not isinstance(exc, RemoteProtocolError):
+            codec = self._codec
+            assert codec is not None  # only agreed connections decode
             exc = RemoteProtocolError(
-                f"undecodable {self._codec.name} message:"  # type: ignore[union-attr]
+                f"undecodable {codec.name} message:"
                 f" {type(exc).__name__}: {exc}"
             )
         self._enter_error(exc)
         return exc
 
-    def _unexpected(self, event: Event) -> RemoteProtocolError:
+    def _unexpected(self, event: object) -> RemoteProtocolError:
         exc = RemoteProtocolError(
             f"a {self._role.value} must not receive"
             f" {type(event).__name__}: {_brief(event)}"
@@ -354,10 +368,9 @@ class _Connection:
                     # frame that follows may be as big as any frame.
                     self._reader.max_frame_size = self.limits.max_frame_size
                     continue
-                kind = type(event)
-                if kind is ProtocolAgreed:
-                    self._agree(event)  # type: ignore[arg-type]
-                elif kind is StatusRequest:
+                if type(event) is ProtocolAgreed:
+                    self._agree(event)
+                elif type(event) is StatusRequest:
                     self._set_state(_S.STATUS)
                 return event
         except RemoteProtocolError as exc:
@@ -424,16 +437,17 @@ class _Connection:
 
     def send_pieces(self, event: Event) -> List[bytes]:
         """See `IProtocolConnection`."""
-        if event.__class__ not in self._fast_send:
+        codec = self._codec
+        if codec is None or event.__class__ not in self._fast_send:
             return [self.send(event)]  # refused, or not a message
-        pieces = self._codec.encode_pieces(event)  # type: ignore[union-attr, arg-type]
-        head = pieces[0]
+        encoded: Tuple[bytes, ...] = codec.encode_pieces(event)
+        head = encoded[0]
         if len(head) > self._kept_buffer_size:
             self._after_large_message(len(head))
-        size = sum(map(len, pieces))
+        size = sum(map(len, encoded))
         if size > WIRE_MAX_FRAME_SIZE:
             raise EncodeError(f"a {size}-byte message can't be framed")
-        pieces = [_pack_header(size) + head, *pieces[1:]]
+        pieces = [_pack_header(size) + head, *encoded[1:]]
         if self._outbox:
             pieces.insert(0, self.data_to_send())
         return pieces
@@ -446,7 +460,8 @@ class _Connection:
         # While it is kept, _kept_buffer_size is -1, so that send() calls
         # this for every message and the hot path has one test, not two.
         codec = self._codec
-        if size > KEEP_GROWN_BUFFER_SIZE or size <= codec.kept_buffer_size:  # type: ignore[union-attr]
+        assert codec is not None  # only agreed connections send messages
+        if size > KEEP_GROWN_BUFFER_SIZE or size <= codec.kept_buffer_size:
             self._shed_buffer()
         else:
             self._kept_buffer_size = -1
@@ -455,9 +470,10 @@ class _Connection:
 
     def _shed_buffer(self) -> None:
         codec = self._codec
-        codec.shed_buffer()  # type: ignore[union-attr]
-        self._encode = codec.encode_unchecked  # type: ignore[union-attr]
-        self._kept_buffer_size = codec.kept_buffer_size  # type: ignore[union-attr]
+        assert codec is not None  # only agreed connections send messages
+        codec.shed_buffer()
+        self._encode = codec.encode_unchecked
+        self._kept_buffer_size = codec.kept_buffer_size
 
     def _send_other(self, event: Event) -> bytes:
         raise NotImplementedError  # pragma: no cover
@@ -493,7 +509,7 @@ class _Connection:
 
 
 @implementer(IServerConnection)
-class ServerConnection(_Connection):
+class ServerConnection(_Connection[ServerHandshake]):
     """The server end.  See `IServerConnection`.
 
     *encoding* (``'M'`` or ``'Z'``), *native* and *capabilities* shape
@@ -520,17 +536,18 @@ class ServerConnection(_Connection):
     def initiate(self) -> bytes:
         """See `IServerConnection`."""
         self._check_not_failed()
-        return frame(self._handshake.greeting())  # type: ignore[union-attr]
+        return frame(self._handshake.greeting())
 
     def _send_other(self, event: Event) -> bytes:
         # Only Status gets here (see SEND_TABLE).
-        data = self._handshake.send_status(event.data)  # type: ignore[attr-defined,union-attr]
+        assert isinstance(event, Status)
+        data = self._handshake.send_status(event.data)
         self._set_state(_S.CLOSED)
         return frame(data)
 
 
 @implementer(IClientConnection)
-class ClientConnection(_Connection):
+class ClientConnection(_Connection[ClientHandshake]):
     """The client end.  See `IClientConnection`.
 
     With *native* the client takes up a server's native offer, asking for
@@ -555,6 +572,6 @@ class ClientConnection(_Connection):
 
     def _send_other(self, event: Event) -> bytes:
         # Only StatusRequest gets here (see SEND_TABLE).
-        data = self._handshake.request_status()  # type: ignore[union-attr]
+        data = self._handshake.request_status()
         self._set_state(_S.STATUS)
         return frame(data)

@@ -102,13 +102,12 @@ def _valid_msgid(msgid: object) -> bool:
     Tuples must be flat: CPython hashes nested tuples recursively without
     a recursion guard, and callers use message ids as dict keys.
     """
-    kind = type(msgid)
-    if kind is int:
-        return msgid > 0  # type: ignore[operator]
-    if kind is tuple:
+    if type(msgid) is int:
+        return msgid > 0
+    if type(msgid) is tuple:
         if not msgid:
             return False
-        for item in msgid:  # type: ignore[attr-defined]
+        for item in msgid:
             if type(item) not in _ID_ITEM_TYPES:
                 return False
         return True

@@ -58,6 +58,7 @@ from .limits import WIRE_MAX_FRAME_SIZE
 
 
 __all__ = [
+    "BytesLike",
     "DIRECT_FRAME_SIZE",
     "FrameReader",
     "HEADER_SIZE",
@@ -75,6 +76,9 @@ DIRECT_FRAME_SIZE = 64 * 1024
 #: Such a frame is read into pieces as large as what has arrived, and at
 #: least this large; a smaller remainder joins the piece before it.
 MIN_PIECE_SIZE = 64 * 1024
+
+#: What ``feed`` accepts.
+BytesLike = Union[bytes, bytearray, memoryview]
 
 _HEADER = struct.Struct(">I")
 _pack_header = _HEADER.pack
@@ -111,7 +115,7 @@ def _frame_bytes_py(payload: bytes) -> bytes:
 #: ``frame`` for callers that have checked the size, and only for
 #: ``bytes``: the connection's hot path.  Compiled when the helper is
 #: built (one allocation instead of two).
-frame_bytes = _frame_bytes_py
+frame_bytes: Callable[[bytes], bytes] = _frame_bytes_py
 
 
 def _piece_size(filled: int, rest: int) -> int:
@@ -147,13 +151,16 @@ def _next_message_py(
     return decode(chunk[pos + HEADER_SIZE:end])
 
 
-next_message = _next_message_py
+next_message: Callable[["FrameReader", int, Callable[[Any], Any]], Any] = _next_message_py
 
 try:
-    from ._speedups import frame as frame_bytes  # type: ignore[no-redef]  # noqa: F401, F811
-    from ._speedups import next_message  # type: ignore[no-redef]  # noqa: F401, F811
+    from ._speedups import frame as _frame_bytes_c
+    from ._speedups import next_message as _next_message_c
 except ImportError:  # pragma: no cover - built by every install we test
     pass
+else:
+    frame_bytes = _frame_bytes_c
+    next_message = _next_message_c
 
 
 @implementer(IFrameReader)
@@ -182,19 +189,19 @@ class FrameReader:
         self._filled = 0
         self._total = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: BytesLike) -> None:
         """See `IFrameReader`."""
-        if self._pieces is not None:
-            self._feed_frame(data)
+        pieces = self._pieces
+        if pieces is not None:
+            self._feed_frame(pieces, data)
             return
         chunk = self.chunk
         pos = self.pos
         if pos == len(chunk):
             # Everything was read: start afresh with data itself.
-            kind = data.__class__
-            if kind is bytes:
+            if data.__class__ is bytes:
                 self.chunk = data  # immutable: no copy needed
-            elif kind is memoryview:
+            elif data.__class__ is memoryview:
                 self.chunk = data.tobytes()
             else:
                 self.chunk = bytes(data)
@@ -208,8 +215,9 @@ class FrameReader:
             self.pos = 0
             self._owned = True
         else:
+            assert isinstance(chunk, bytearray)  # _owned says so
             if pos:
-                del chunk[:pos]  # type: ignore[union-attr]
+                del chunk[:pos]
                 self.pos = 0
             chunk += data
 
@@ -217,43 +225,50 @@ class FrameReader:
         """See `IFrameReader`."""
         pieces = self._pieces
         if pieces is None:
-            if not self._start_frame():
+            pieces = self._start_frame()
+            if pieces is None:
                 return None
-            pieces = self._pieces
-        last = pieces[-1]  # type: ignore[index]
+        return self._free_space(pieces)
+
+    def _free_space(self, pieces: list[Union[bytes, bytearray]]) -> memoryview:
+        # The unfilled part of the last piece, or a new piece if it is full.
+        last = pieces[-1]
         if self._piece_filled == len(last):
             last = bytearray(_piece_size(self._filled, self._total - self._filled))
-            pieces.append(last)  # type: ignore[union-attr]
+            pieces.append(last)
             self._piece_filled = 0
         return memoryview(last)[self._piece_filled:]
 
-    def _start_frame(self) -> bool:
-        # Start reading the frame at chunk[pos:] in place, if it is large.
+    def _start_frame(self) -> Optional[list[Union[bytes, bytearray]]]:
+        # Start reading the frame at chunk[pos:] in place, if it is large;
+        # return its pieces, or None if it isn't.
         chunk = self.chunk
         pos = self.pos
         held = len(chunk) - pos
         if held < HEADER_SIZE:
-            return False
+            return None
         total = HEADER_SIZE + _unpack_header(chunk, pos)[0]
         if (total < HEADER_SIZE + DIRECT_FRAME_SIZE or held >= total
                 or total - HEADER_SIZE > self.max_frame_size):
-            return False
+            return None
         # chunk[pos:] is the start of this frame and nothing else.
+        pieces: list[Union[bytes, bytearray]]
         if _piece_size(held, total - held) == total - held:
             # The rest comes in one piece: one buffer for it all.
             whole = bytearray(total)
             whole[:held] = memoryview(chunk)[pos:]
-            self._pieces = [whole]
+            pieces = [whole]
         else:
             # What came is the first piece (as it is, or cut out of the
             # chunk); the next ones double the frame each time.
-            self._pieces = [chunk[pos:] if pos else chunk]
+            pieces = [chunk[pos:] if pos else chunk]
+        self._pieces = pieces
         self._piece_filled = self._filled = held
         self._total = total
         self.chunk = b""
         self.pos = 0
         self._owned = False
-        return True
+        return pieces
 
     def pin(self) -> None:
         """See `IFrameReader`."""
@@ -275,21 +290,20 @@ class FrameReader:
             self.chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
             self.pos = 0
 
-    def _feed_frame(self, data: Any) -> None:
-        # Fed the ordinary way while a frame is read in place.
+    def _feed_frame(self, pieces: list[Union[bytes, bytearray]], data: Any) -> None:
+        # Fed the ordinary way while a frame is read in place (*pieces*).
         view = memoryview(data).cast("B")
         if len(view) <= self._total - self._filled:
             while view:
-                target = self.receive_buffer()
-                size = min(len(target), len(view))  # type: ignore[arg-type]
-                target[:size] = view[:size]  # type: ignore[index]
+                target = self._free_space(pieces)
+                size = min(len(target), len(view))
+                target[:size] = view[:size]
                 self.received(size)
                 view = view[size:]
             return
         # More than the frame: back to one growable buffer.
-        pieces = self._pieces
-        last = memoryview(pieces[-1])[:self._piece_filled]  # type: ignore[index]
-        self.chunk = bytearray().join([*pieces[:-1], last, view])  # type: ignore[index]
+        last = memoryview(pieces[-1])[:self._piece_filled]
+        self.chunk = bytearray().join([*pieces[:-1], last, view])
         self._pieces = None
         self.pos = 0
         self._owned = True

@@ -9,9 +9,11 @@ import enum
 from typing import Dict
 from typing import FrozenSet
 from typing import Tuple
+from typing import Type
 
 from .events import Call
 from .events import ErrorReply
+from .events import Event
 from .events import Heartbeat
 from .events import OneWayCall
 from .events import Reply
@@ -68,7 +70,7 @@ _SERVER, _CLIENT = Role.SERVER, Role.CLIENT
 #: (role, state) -> event types that side may send.  Anything else is a
 #: LocalProtocolError.  (The greeting and the answer aren't events: see
 #: ``initiate()`` and ``data_to_send()``.)
-SEND_TABLE: Dict[Tuple[Role, ConnectionState], FrozenSet[type]] = {
+SEND_TABLE: Dict[Tuple[Role, ConnectionState], FrozenSet[Type[Event]]] = {
     (_CLIENT, _S.HANDSHAKE): frozenset({StatusRequest}),
     (_CLIENT, _S.OPEN): frozenset({Call, OneWayCall, Heartbeat}),
     (_SERVER, _S.OPEN): frozenset({Reply, ErrorReply, OneWayCall}),
@@ -79,7 +81,7 @@ SEND_TABLE: Dict[Tuple[Role, ConnectionState], FrozenSet[type]] = {
 #: protocol is agreed.  Anything else is a RemoteProtocolError.  (Every
 #: server->client call is one-way in ZEO 5, and only clients send
 #: heartbeats.)
-RECEIVE_TABLE: Dict[Tuple[Role, ConnectionState], FrozenSet[type]] = {
+RECEIVE_TABLE: Dict[Tuple[Role, ConnectionState], FrozenSet[Type[Event]]] = {
     (_SERVER, _S.OPEN): frozenset({Call, OneWayCall, Heartbeat}),
     (_CLIENT, _S.OPEN): frozenset({Reply, ErrorReply, OneWayCall}),
 }

@@ -51,14 +51,14 @@ def zodb_error_builders() -> Dict[str, Builder]:
     """``{'ZODB.POSException.X': builder}`` for the ZODB exceptions."""
     from ZODB import POSException  # fixed module name, never peer-chosen
 
-    def conflict(cls: Callable[..., BaseException]) -> Builder:
+    def conflict(cls: Callable[..., POSException.ConflictError]) -> Builder:
         def build(class_name: str, payload: Any) -> BaseException:
             exc = cls(
                 message=payload["message"],
                 oid=payload["oid"],
                 serials=payload["serials"],
             )
-            exc.class_name = payload.get("class_name")  # type: ignore[attr-defined]
+            exc.class_name = payload.get("class_name")
             return exc
 
         return build

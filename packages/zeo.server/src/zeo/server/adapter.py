@@ -44,7 +44,7 @@ import collections
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, cast
 
 from ZODB.POSException import ConflictError, POSKeyError
 from zope.interface import implementer
@@ -162,11 +162,11 @@ class ServerProtocol(asyncio.BufferedProtocol):
     # -- asyncio.Protocol -----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = stream = cast(asyncio.Transport, transport)  # uvloop's: no subclass
         # Pausing must come well before the output limit: what waits
         # beyond the transport's buffer is what the limit counts.
         high = min(WRITE_BUFFER_HIGH, self._output_limit // 4)
-        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+        stream.set_write_buffer_limits(
             high=high, low=min(WRITE_BUFFER_LOW, high // 4))
         self.label = self.peer = describe_peer(transport)
         self.opened = time.monotonic()
@@ -195,7 +195,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
         try:
             if self._direct is None:
                 # The frame reader copies what it keeps: the buffer is reused.
-                self._connection.receive_data(self._buffer[:nbytes])  # type: ignore[arg-type]
+                self._connection.receive_data(self._buffer[:nbytes])
             else:
                 self._direct = None
                 self._connection.received_into(nbytes)
@@ -214,7 +214,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
                     # Resumed by resume_writing, which handles the rest.
                     if not self._reading_paused:
                         self._reading_paused = True
-                        self.transport.pause_reading()  # type: ignore[union-attr]
+                        assert self.transport is not None  # input came
+                        self.transport.pause_reading()
                     return
                 event = next_event()
                 if event is NEED_DATA:
@@ -270,7 +271,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self._drain()
         if self._reading_paused and not self._paused and not self.closed:
             self._reading_paused = False
-            self.transport.resume_reading()  # type: ignore[union-attr]
+            assert self.transport is not None  # reading was paused
+            self.transport.resume_reading()
             self._handle_input()
 
     # -- events -----------------------------------------------------------------
@@ -499,7 +501,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         if self._pending or self._paused:
             self._pending.append(data)
             self._pending_bytes += len(data)
-            waiting = self._pending_bytes + self.transport.get_write_buffer_size()  # type: ignore[union-attr]
+            assert self.transport is not None  # output is held
+            waiting = self._pending_bytes + self.transport.get_write_buffer_size()
             if waiting > self._output_limit:
                 self._overflowed(waiting)
             elif not self._gone:
@@ -549,14 +552,14 @@ class ServerProtocol(asyncio.BufferedProtocol):
 
     def _drain(self) -> None:
         pending = self._pending
-        transport = self.transport
-        while pending and not self._paused and not self.closed:
+        transport = self.transport  # None only before connection_made: nothing pending
+        while pending and transport is not None and not self._paused and not self.closed:
             item = pending[0]
             if type(item) is bytes:
                 pending.popleft()
                 self._pending_bytes -= len(item)
                 self._count_out(len(item))
-                transport.write(item)  # type: ignore[union-attr]
+                transport.write(item)
                 continue
             try:
                 method, args = next(item)
@@ -570,7 +573,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
             # In pieces: a blob chunk is written as read, not copied.
             pieces = self._connection.send_pieces(OneWayCall(method, args))
             self._count_out(sum(map(len, pieces)))
-            transport.writelines(pieces)  # type: ignore[union-attr]
+            transport.writelines(pieces)
         if not self.closed:
             self._budgets.output_held(self, self.unsent_output())
 

@@ -117,9 +117,11 @@ class UploadDirectory:
     def __repr__(self) -> str:
         return f"<UploadDirectory {self.path or self.parent!r}>"
 
-    def _open(self) -> str:
+    def _open(self) -> tuple[str, int]:
+        # The directory's path and descriptor (set together).
         if self.path is not None:
-            return self.path
+            assert self.fd is not None
+            return self.path, self.fd
         staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.parent)
         lock = os.open(os.path.join(staging, LOCK_NAME),
                        os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o600)
@@ -130,24 +132,24 @@ class UploadDirectory:
             # os.replace is os.rename here (the name is new); ZODB's own
             # tests break os.rename to act out a blob dir on another disk.
             os.replace(staging, path)
-            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC)
+            self.fd = fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC)
         except BaseException:
             os.close(lock)
             shutil.rmtree(staging, ignore_errors=True)
             raise
         self._lock, self.path = lock, path
         _LIVE.add(path)
-        return path
+        return path, fd
 
     def new_file(self) -> tuple[IO[bytes], str]:
         """A new, empty upload file open for writing, and its path."""
-        fd, path = tempfile.mkstemp(suffix=".upload", dir=self._open())
+        fd, path = tempfile.mkstemp(suffix=".upload", dir=self._open()[0])
         return os.fdopen(fd, "wb"), path
 
     def new_name(self) -> tuple[str, str, int]:
         """For a file moved in: the directory, a fresh name, a descriptor."""
-        path = self._open()
-        return path, f"shared-{next(self._names)}.upload", self.fd  # type: ignore[return-value]
+        path, fd = self._open()
+        return path, f"shared-{next(self._names)}.upload", fd
 
     def remove_if_empty(self) -> None:
         """Remove the directory if no upload is left in it (it is created

@@ -187,12 +187,13 @@ class Budgets:
     def start(self, loop: asyncio.AbstractEventLoop,
               connections: Iterable[Any]) -> None:
         """See `IServerBudgets`."""
-        if self.idle_timeout is None:
+        timeout = self.idle_timeout
+        if timeout is None:
             return
-        period = self.idle_timeout / 4
+        period = timeout / 4
 
         def sweep() -> None:
-            self._sweep(loop.time(), connections)
+            self._sweep(loop.time(), connections, timeout)
             self._sweeper = loop.call_later(period, sweep)
 
         self._sweeper = loop.call_later(period, sweep)
@@ -203,9 +204,8 @@ class Budgets:
             self._sweeper.cancel()
             self._sweeper = None
 
-    def _sweep(self, now: float, connections: Iterable[Any]) -> None:
+    def _sweep(self, now: float, connections: Iterable[Any], timeout: float) -> None:
         quiet = self._quiet_since
-        timeout = self.idle_timeout
         for connection in list(connections):
             if connection.closed:
                 continue
@@ -213,7 +213,7 @@ class Budgets:
                 quiet[connection] = now
                 continue
             since = quiet.setdefault(connection, now)
-            if now - since >= timeout:  # type: ignore[operator]
+            if now - since >= timeout:
                 quiet.pop(connection)
                 self.refusals["idle-timeout"] += 1
                 connection.close(f"idle for {now - since:.3g} seconds, at least"

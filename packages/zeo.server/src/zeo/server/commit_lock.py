@@ -117,15 +117,16 @@ class CommitLock(Generic[Owner]):
                  on_hold: Optional[Callable[[Owner, float], None]] = None,
                  ) -> None:
         self.timeout: Optional[float] = _check_timeout(timeout)
-        if self.timeout is not None and (call_later is None
-                                         or on_timeout is None):
-            raise ValueError(
-                "a transaction timeout needs both call_later (to run the"
-                " timer) and on_timeout (to abort the transaction)")
+        #: What a timeout needs: all of it, or None without a timeout.
+        self._expiry: Optional[tuple[float, CallLater, Callable[[Owner], None]]] = None
+        if self.timeout is not None:
+            if call_later is None or on_timeout is None:
+                raise ValueError(
+                    "a transaction timeout needs both call_later (to run the"
+                    " timer) and on_timeout (to abort the transaction)")
+            self._expiry = (self.timeout, call_later, on_timeout)
         self._call_soon = call_soon
-        self._call_later = call_later
         self._clock = clock
-        self._on_timeout = on_timeout
         self._on_wait = on_wait
         self._on_hold = on_hold
         self._holder: Optional[Owner] = None
@@ -206,7 +207,9 @@ class CommitLock(Generic[Owner]):
         if owner is not None and owner == self._holder:
             self._stop_timer()
             if self._on_hold is not None:
-                self._on_hold(owner, max(0.0, self._clock() - self._locked_since))  # type: ignore[operator]
+                since = self._locked_since
+                assert since is not None  # set with the holder
+                self._on_hold(owner, max(0.0, self._clock() - since))
             self._holder = None
             self._locked_since = None
             self._timed_out = False
@@ -220,23 +223,24 @@ class CommitLock(Generic[Owner]):
     def _hand_over(self) -> None:
         first = next(iter(self._waiters))
         waiter = self._waiters.pop(first)
-        grant = self._take(first)
+        grant, since = self._take(first)
         if self._on_wait is not None:
-            self._on_wait(max(0.0, self._locked_since - waiter.since))  # type: ignore[operator]
+            self._on_wait(max(0.0, since - waiter.since))
         self._call_soon(functools.partial(
             self._notify, first, grant, waiter.on_granted))
 
-    def _take(self, owner: Owner) -> int:
+    def _take(self, owner: Owner) -> tuple[int, float]:
+        # The grant's number and time.
         self._holder = owner
-        self._locked_since = self._clock()
+        self._locked_since = since = self._clock()
         self._timed_out = False
         self._grant += 1
-        if self.timeout is not None:
-            # Checked in __init__: call_later is set when timeout is.
-            self._timer = self._call_later(  # type: ignore[misc]
-                self.timeout,
-                functools.partial(self._expire, owner, self._grant))
-        return self._grant
+        if self._expiry is not None:
+            timeout, call_later, on_timeout = self._expiry
+            self._timer = call_later(
+                timeout,
+                functools.partial(self._expire, owner, self._grant, on_timeout))
+        return self._grant, since
 
     def _stop_timer(self) -> None:
         timer, self._timer = self._timer, None
@@ -257,7 +261,8 @@ class CommitLock(Generic[Owner]):
         if owner != self._holder and owner not in self._waiters:
             on_dropped(waited)
 
-    def _expire(self, owner: Owner, grant: int) -> None:
+    def _expire(self, owner: Owner, grant: int,
+                on_timeout: Callable[[Owner], None]) -> None:
         if not self._is_current(owner, grant):
             return
         self._timer = None
@@ -271,5 +276,4 @@ class CommitLock(Generic[Owner]):
                 self._call_soon(functools.partial(
                     self._notify_dropped, waiter_owner, waiter.on_dropped,
                     max(0.0, now - waiter.since)))
-        # Checked in __init__: on_timeout is set when timeout is.
-        self._on_timeout(owner)  # type: ignore[misc]
+        on_timeout(owner)

@@ -356,8 +356,9 @@ class IteratingSource:
         except Exception:
             logger.exception("polling %r for commits failed; trying again in %g s",
                              self.storage, self.interval)
-        if self._report is not None:
-            self._timer = self._call_later(self.interval, self._poll)  # type: ignore[misc]
+        call_later = self._call_later  # set by start(), with _report
+        if self._report is not None and call_later is not None:
+            self._timer = call_later(self.interval, self._poll)
 
     def _iterate(self, start: bytes | None) -> Iterator[Commit]:
         transactions = self.storage.iterator(start)

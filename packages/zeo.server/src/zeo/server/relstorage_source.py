@@ -52,6 +52,7 @@ How it finds them:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import struct
 import time
@@ -280,8 +281,9 @@ class PostgresCommitSource:
             return
         if self._connection is not None or time.monotonic() >= self._next_connect:
             self._look()
-        if self._report is not None:
-            self._timer = self._call_later(self.poll_interval, self._tick)  # type: ignore[misc]
+        call_later = self._call_later  # set by start(), with _report
+        if self._report is not None and call_later is not None:
+            self._timer = call_later(self.poll_interval, self._tick)
 
     def _look(self) -> None:
         """Report the commits after the newest seen (rule 4)."""
@@ -354,18 +356,9 @@ class PostgresCommitSource:
             cursor.execute(sql, parameters)
             rows = cursor.fetchall()
         self._notified_meanwhile()
-        commits: list[Commit] = []
-        current: list[bytes] = []
-        last = None
-        for tid, zoid in rows:
-            if tid != last:
-                if current:
-                    commits.append((_p64(last), tuple(current)))  # type: ignore[arg-type]
-                current, last = [], tid
-            current.append(_p64(zoid))
-        if current:
-            commits.append((_p64(last), tuple(current)))  # type: ignore[arg-type]
-        return commits
+        # Rows come ordered by tid: one commit per run of the same tid.
+        return [(_p64(tid), tuple(_p64(zoid) for _tid, zoid in run))
+                for tid, run in itertools.groupby(rows, key=lambda row: row[0])]
 
     def _newest_tid(self) -> int | None:
         try:

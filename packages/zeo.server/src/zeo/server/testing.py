@@ -66,8 +66,10 @@ class ServerLayer:
 
         import zeo.server
 
+        if self.directory is None:
+            raise RuntimeError(f"{self.__name__} is not set up")
         self._generation += 1
-        base = os.path.join(self.directory, f"test-{self._generation}")  # type: ignore[arg-type]
+        base = os.path.join(self.directory, f"test-{self._generation}")
         os.mkdir(base)
         storage = FileStorage(os.path.join(base, "Data.fs"),
                               blob_dir=os.path.join(base, "blobs") if self.blobs else None)

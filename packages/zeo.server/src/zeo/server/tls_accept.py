@@ -42,7 +42,8 @@ def _tls_protocol_class(loop: asyncio.AbstractEventLoop) -> type:
         pass
     else:
         if isinstance(loop, uvloop.Loop):
-            base = uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
+            # Not in uvloop's type stubs.
+            base = getattr(uvloop.loop, "SSLProtocol")
     cls = _classes.get(base)
     if cls is None:
         def connection_made(self: Any, transport: asyncio.BaseTransport) -> None:
@@ -75,14 +76,16 @@ def tls_protocol_factory(server: StorageServer,
 
 def _handshake_done(server: StorageServer, protocol: Any,
                     waiter: asyncio.Future[Any]) -> None:
-    if waiter.cancelled() or waiter.exception() is None or server.closed:
+    if waiter.cancelled() or server.closed:
         return
     error = waiter.exception()
+    if error is None:
+        return
     if isinstance(error, ConnectionAbortedError) and "longer than" in str(error):
         reason = (f"no TLS handshake within {server.config.handshake_timeout:g}"
                   " seconds")
     else:
-        reason = f"TLS handshake failed: {exception_text(error)}"  # type: ignore[arg-type]
+        reason = f"TLS handshake failed: {exception_text(error)}"
         if len(reason) > MAX_TLS_REASON:   # the peer chose some of it
             reason = reason[:MAX_TLS_REASON] + "..."
     peer = protocol.zeo_peer

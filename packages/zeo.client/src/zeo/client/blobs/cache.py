@@ -88,6 +88,7 @@ from typing import Any
 from typing import BinaryIO
 from typing import Callable
 from typing import TypeVar
+from typing import overload
 
 from ZODB.POSException import POSKeyError
 
@@ -327,8 +328,17 @@ class BlobCache:
                     raise POSKeyError('No blob file', oid, tid)
             return path
 
+    @overload
+    def open_committed(self, oid: bytes, tid: bytes, fetch: Fetch) -> BinaryIO:
+        ...
+
+    @overload
     def open_committed(self, oid: bytes, tid: bytes, fetch: Fetch,
-                       opener: Callable[[str], F] = _open_rb) -> F:  # type: ignore[assignment]
+                       opener: Callable[[str], F]) -> F:
+        ...
+
+    def open_committed(self, oid: bytes, tid: bytes, fetch: Fetch,
+                       opener: Callable[[str], Any] = _open_rb) -> Any:
         """``opener(path)`` (default: ``open(path, 'rb')``) for blob
         revision ``(oid, tid)``, downloaded with ``fetch`` if missing; for
         ``openCommittedBlobFile`` (pass ``lambda p: ZODB.blob.BlobFile(p,

@@ -19,6 +19,7 @@ from typing import Any
 from typing import BinaryIO
 from typing import Callable
 from typing import TypeVar
+from typing import overload
 
 import ZODB.blob
 from ZODB.POSException import POSKeyError
@@ -71,8 +72,17 @@ class SharedBlobDir:
             raise POSKeyError(f'No blob file at {path}', oid, tid)
         return path
 
+    @overload
+    def open_committed(self, oid: bytes, tid: bytes, fetch: Any = None) -> BinaryIO:
+        ...
+
+    @overload
+    def open_committed(self, oid: bytes, tid: bytes, fetch: Any,
+                       opener: Callable[[str], F]) -> F:
+        ...
+
     def open_committed(self, oid: bytes, tid: bytes, fetch: Any = None,
-                       opener: Callable[[str], F] = _open_rb) -> F:  # type: ignore[assignment]
+                       opener: Callable[[str], Any] = _open_rb) -> Any:
         """``opener(path)`` for ``(oid, tid)``; ``POSKeyError`` if none."""
         path = self.path_for(oid, tid)
         try:

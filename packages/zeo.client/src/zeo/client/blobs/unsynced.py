@@ -42,6 +42,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sys
 import threading
 
 from zeo.client.blobs.layout import LOCK_NAME
@@ -53,10 +54,8 @@ from zeo.client.lockfiles import lock_file
 from zeo.client.blobs.prune import remove_committed
 from zeo.client.blobs.prune import scan
 
-try:
+if sys.platform != 'win32':  # no flock on Windows: see UnsyncedFiles.open
     import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = ['UnsyncedFiles', 'system_boot_id', 'flush_file', 'CLOCK_MARGIN']
 
@@ -102,7 +101,7 @@ class UnsyncedFiles:
     def open(cls, directory: str, boot_id: str | None) -> UnsyncedFiles | None:
         """Start using ``directory`` (rules 2 and 4); None if this system
         can't (no ``boot_id``, no ``flock``): then flush each file."""
-        if fcntl is None or boot_id is None:
+        if sys.platform == 'win32' or boot_id is None:
             return None
         if not BOOT_ID_PATTERN.match(boot_id):
             raise ValueError(f'not a boot id: {boot_id!r}')

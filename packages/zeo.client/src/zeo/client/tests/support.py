@@ -4,6 +4,8 @@
 - servers: `free_port`, `ServerFixture` (a real in-process server,
   ``zeo.server.server()``, that tests stop and restart on one port), what
   a client needs of a DB (`RecordingDB`), `commit`, `wait_until`, `FAST`;
+- child processes: `child_env` (the environment of a Python subprocess
+  that imports what the tests import);
 - the protocol without a network: `Transport`, `Handler`, `Waiter`;
 - caches: `p64`, `content`, `BlobCacheTestBase` (blob caches in a temporary
   directory), `intact_records` and `indexed_offsets` (a persistent cache's
@@ -17,6 +19,7 @@ import asyncio
 import io
 import os
 import shutil
+import sys
 import tempfile
 import time
 import unittest
@@ -35,13 +38,23 @@ from zeo.client.blobs.cache import BlobCache
 from zeo.client.storage import ClientStorage
 
 __all__ = ['BlobCacheTestBase', 'FAST', 'Handler', 'OID1', 'OID2', 'RecordingDB',
-           'ServerFixture', 'Transport', 'Waiter', 'commit', 'content', 'free_port',
-           'indexed_offsets', 'intact_records', 'p64', 'parse', 'section', 'wait_until']
+           'ServerFixture', 'Transport', 'Waiter', 'child_env', 'commit', 'content',
+           'free_port', 'indexed_offsets', 'intact_records', 'p64', 'parse', 'section',
+           'wait_until']
 
 OID1, OID2 = p64(1), p64(2)
 
 #: Fast reconnects for tests.
 FAST = dict(disconnect_poll=0.05, max_disconnect_poll=0.2, wait_timeout=10)
+
+
+def child_env(**variables: str) -> dict[str, str]:
+    """``os.environ`` with ``PYTHONPATH`` set to our ``sys.path`` (its
+    non-empty entries), and *variables* set: for a ``sys.executable``
+    subprocess that imports what the tests import (under the test runner,
+    our packages are on ``sys.path``, not on the interpreter's own path)."""
+    path = os.pathsep.join(p for p in sys.path if p)
+    return dict(os.environ, PYTHONPATH=path, **variables)
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 30.0,

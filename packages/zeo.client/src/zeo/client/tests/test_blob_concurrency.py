@@ -19,6 +19,7 @@ import threading
 import time
 
 from zeo.client.tests.support import BlobCacheTestBase
+from zeo.client.tests.support import child_env
 from zeo.client.tests.support import content
 from zeo.client.tests.support import p64
 
@@ -88,7 +89,7 @@ class ConcurrencyTests(BlobCacheTestBase):
     def test_readers_never_see_partial_or_missing_blobs(self):
         wakeup = threading.Event()
         cache = self.make(SIZE, 10, recent=0, on_needs_pruning=wakeup.set)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        env = child_env()
         proc = subprocess.Popen(
             [sys.executable, '-c', READER_SCRIPT, self.dir],
             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

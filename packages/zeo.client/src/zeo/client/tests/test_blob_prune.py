@@ -13,6 +13,7 @@ from zeo.client.blobs import prune as blob_prune
 from zeo.client.lockfiles import try_lock_file
 from zeo.client.blobs.prune import prune_directory
 from zeo.client.tests.support import BlobCacheTestBase
+from zeo.client.tests.support import child_env
 from zeo.client.tests.support import p64
 
 try:
@@ -279,7 +280,7 @@ class TwoProcessTests(PruneTestBase):
         cache = self.make()
         self.fill(cache, 100, size=500)             # 50 000 bytes, old
         initial = cache.stats()['bytes']
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        env = child_env()
         start = str(time.time() + 0.5)
         procs = [subprocess.Popen(
             [sys.executable, '-c', PRUNER_SCRIPT, self.dir, str(first), start],

@@ -17,6 +17,7 @@ from zeo.client.boot_id import BOOT_ID_PATH
 from zeo.client.blobs.layout import UNSYNCED_PREFIX
 from zeo.client.blobs.layout import USERS_LOCK
 from zeo.client.tests.support import BlobCacheTestBase
+from zeo.client.tests.support import child_env
 from zeo.client.tests.support import p64
 
 #: Opens the cache as boot argv[2], adds blob argv[3] unless "-", says
@@ -49,7 +50,7 @@ class UnsyncedFilesTests(BlobCacheTestBase):
         return super().make(*args, boot_id=lambda: boot, **kw)
 
     def start_user(self, boot, oid='-'):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        env = child_env()
         process = subprocess.Popen(
             [sys.executable, '-c', USER_SCRIPT, self.dir, boot, oid], env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -13,6 +13,7 @@ import unittest
 from typing import Any
 
 from zeo.client.cache.persistent import FileCache
+from zeo.client.tests.support import child_env
 from zeo.client.tests.support import indexed_offsets
 from zeo.client.tests.support import intact_records
 
@@ -106,8 +107,7 @@ class KillTests(unittest.TestCase):
         shutil.rmtree(self.dir)
 
     def run_child_and_kill(self, delay):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in sys.path if p))
+        env = child_env()
         child = subprocess.Popen(
             [sys.executable, '-c', CHILD, self.path, str(SIZE)],
             stdout=subprocess.PIPE, env=env)

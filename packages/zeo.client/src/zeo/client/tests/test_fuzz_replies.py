@@ -48,7 +48,9 @@ from zeo.client.errors import ClientDisconnected
 from zeo.client.tests.hostile import (
     DrivenClient, binbytes, gadget_values, genuine_get_pickle_metadata, global_, marker_in,
     record_gadget, reply, text)
-from zeo.server.tests.fuzzing import SETTINGS, hostile_pickles
+from zeo.server.tests.fuzzing import hostile_pickles, hypothesis_settings
+
+SETTINGS = hypothesis_settings()
 
 #: The types of error a call may fail with: the error table's (builtin
 #: and ZODB.POSException, which includes transaction's TransactionError),

@@ -1,7 +1,6 @@
 """A client's own figures (``ClientStorage.metrics()``) and the optional
 Prometheus collector, against a real server."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,7 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from ZODB.utils import z64
 
-from zeo.client.tests.support import OID1, OID2, ServerFixture, commit, wait_until
+from zeo.client.tests.support import OID1, OID2, ServerFixture, child_env, commit, wait_until
 
 
 def samples(text):
@@ -83,6 +82,6 @@ class ClientMetricsTests(ServerFixture):
             """)
         result = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+            env=child_env())
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("needs prometheus_client", result.stdout)

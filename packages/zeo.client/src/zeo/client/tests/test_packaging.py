@@ -2,7 +2,6 @@
 
 import ast
 import importlib.metadata
-import os
 import re
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import unittest
 from pathlib import Path
 
 import zeo.client
+from zeo.client.tests.support import child_env
 
 PACKAGE = Path(zeo.client.__file__).resolve().parent
 FORBIDDEN = ("zeo.server", "zdaemon", "ZEO")
@@ -47,7 +47,7 @@ class ImportTests(unittest.TestCase):
             "bad = [m for m in sys.modules if m.split('.')[0] in ('zdaemon', 'ZEO')"
             " or m.startswith('zeo.server')]\n"
             "print(bad)\n")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        env = child_env()
         result = subprocess.run([sys.executable, "-c", code], env=env,
                                 capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 0, result.stderr)

@@ -22,7 +22,7 @@ from zope.interface.verify import verifyObject
 
 from zeo.client.errors import ClientDisconnected
 from zeo.client.interfaces import IClientStorage, IConnectionManager
-from zeo.client.tests.support import OID1, OID2, ServerFixture, commit, wait_until
+from zeo.client.tests.support import OID1, OID2, ServerFixture, child_env, commit, wait_until
 
 
 class InterfaceTests(ServerFixture):
@@ -229,7 +229,7 @@ CHILD = textwrap.dedent('''
 class PersistentCacheTests(ServerFixture):
 
     def run_child(self, var, lines):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        env = child_env()
         child = subprocess.Popen(
             [sys.executable, '-c', CHILD, str(self.port), var],
             stdout=subprocess.PIPE, env=env)

@@ -22,6 +22,7 @@ import ZODB.config
 
 import zeo.server
 from zeo.client.storage import ClientStorage
+from zeo.client.tests.support import child_env
 
 MODULE = 'zeo.client.zeoclient'
 
@@ -196,7 +197,7 @@ class ZopeConfTests(unittest.TestCase):
             '    connection.root.site = "Plone"\n'
             'print(type(db.storage).__module__)\n'
             'db.close()\n')
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        env = child_env()
         result = subprocess.run([sys.executable, '-c', code], env=env,
                                 capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 0, result.stderr)

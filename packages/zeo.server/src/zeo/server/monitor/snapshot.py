@@ -139,7 +139,7 @@ def _connection(connection: ServerProtocol, now: float, monotonic_now: float) ->
         "address": _peer(connection),
         "label": session.label if session is not None else connection.label,
         "storage": served.name if served is not None else None,
-        "read_only": bool(session.read_only) if served is not None else None,  # type: ignore[union-attr]
+        "read_only": bool(session.read_only) if session is not None and served is not None else None,
         "protocol": connection.protocol or None,
         "connected_since": connection.connected_at,
         "last_request_ago": max(0.0, monotonic_now - connection.last_read),

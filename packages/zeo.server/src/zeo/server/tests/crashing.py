@@ -1,5 +1,5 @@
 """The machinery of the crash-consistency and invariant runs (internal:
-``test_crash``, ``test_invariant`` and ``scripts/crash_consistency.py``).
+``test_crash``, ``test_invariant`` and `zeo.server.tests.crash_consistency`).
 
 `crash_run`: committer processes (`crashworkers`, through ``zeo.client``)
 bump counters while a real ``runzeo`` is killed with SIGKILL and restarted

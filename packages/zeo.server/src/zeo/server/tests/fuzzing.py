@@ -22,7 +22,7 @@ would create); `reset` checks that every call on an open connection is
 answered once the commit lock's holders have gone, closes every connection
 and proves that a normal commit still works; `close` stops the server and
 checks the file with ``fstest`` and by reopening it without its index.
-Used by ``test_fuzz`` and by ``scripts/fuzz_server.py``.
+Used by ``test_fuzz`` and by `zeo.server.tests.fuzz_server`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import struct
 import time
 from typing import Any, Iterator
 
-from hypothesis import HealthCheck, settings
 from zope.interface import implementer
 
 from zeo.protocol import (
@@ -57,8 +56,13 @@ METHODS = tuple(sorted(SYNC_METHODS | ONE_WAY_METHODS))
 INTERNAL_ERRORS = (NameError, SystemError, MemoryError)
 
 
-# One failure at a time: zope.testrunner does not print exception groups.
-SETTINGS = settings(deadline=None, database=None, report_multiple_bugs=False,
+def hypothesis_settings() -> Any:
+    """The fuzz tests' hypothesis settings.  (hypothesis is a test extra,
+    which `zeo.server.tests.fuzz_server` under ``bin/py`` does without.)"""
+    from hypothesis import HealthCheck, settings
+
+    # One failure at a time: zope.testrunner does not print exception groups.
+    return settings(deadline=None, database=None, report_multiple_bugs=False,
                     suppress_health_check=list(HealthCheck))
 
 #: Names that are no RPC, and must close the connection.
@@ -459,7 +463,7 @@ def _raised_in_zeo(error: BaseException) -> bool:
 
 def seed_streams(oid: bytes = (1 << 48).to_bytes(8, "big")) -> list[tuple[str, bytes]]:
     """What real clients send after the handshake, per encoding: starting
-    points for mutation (``scripts/fuzz_server.py``)."""
+    points for mutation (`zeo.server.tests.fuzz_server`)."""
     sessions: list[list[tuple[str, tuple[Any, ...]]]] = [
         [("register", ("1", False)), ("get_info", ()), ("lastTransaction", ())],
         [("register", ("1", False)), ("new_oids", (3,)),

@@ -28,7 +28,8 @@ After the last restart the workers stop, the server stops, and:
   or another process's counters), and none hung, failed or stopped.
 
 The default run makes 4 kills; ``CrashSoakTests`` (level 3, ``bin/test -a
-3``) makes 50, and ``scripts/crash_consistency.py`` as many as asked.
+3``) makes 50, and ``bin/py -m zeo.server.tests.crash_consistency`` as
+many as asked.
 """
 
 from __future__ import annotations

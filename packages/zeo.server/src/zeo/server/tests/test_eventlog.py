@@ -22,6 +22,7 @@ import unittest
 from zeo.server.eventlog import JSONFormatter, RefusalLog, echo_to_terminal, fields
 from zeo.server.tests.rawclient import RawClient
 from zeo.server.tests.serverprocess import ServerProcess, free_port
+from zeo.server.tests.support import child_env
 
 Z64 = b"\0" * 8
 
@@ -269,7 +270,7 @@ class ForegroundTests(unittest.TestCase):
                     f"<filestorage 1>\n  path {directory}/Data.fs\n</filestorage>\n"
                     f"<eventlog>\n  <logfile>\n    path {log_file}\n  </logfile>\n</eventlog>\n")
         master, slave = pty.openpty()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        env = child_env()
         process = subprocess.Popen(
             [sys.executable, "-m", "zeo.server.runzeo", "-C", config],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)

@@ -28,7 +28,7 @@ replay and shrink it. What it found is kept as plain regression tests in
 seconds; `DispatchFuzzLongTests` (level 3: ``bin/test -s zeo.server -t
 test_fuzz -a 3``) nearly 40 times as many. Each test prints how many calls it
 made and what came of them. The same over sockets is ``test_fuzz_wire``;
-``scripts/fuzz_server.py`` drives the decoder and this harness with
+`zeo.server.tests.fuzz_server` drives the decoder and this harness with
 atheris.
 """
 
@@ -51,7 +51,9 @@ from persistent.mapping import PersistentMapping
 from hypothesis import strategies as st
 
 from zeo.server.tests.fuzzing import (
-    MAXTID, METHODS, NOT_METHODS, SETTINGS, Z64, Harness, seed_streams)
+    MAXTID, METHODS, NOT_METHODS, Z64, Harness, hypothesis_settings, seed_streams)
+
+SETTINGS = hypothesis_settings()
 
 #: The transaction calls, drawn more often to reach odd states.
 TRANSACTION_METHODS = (

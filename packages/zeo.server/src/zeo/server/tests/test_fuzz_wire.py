@@ -42,8 +42,10 @@ from zeo.protocol import (
 from zeo.server.admin import status
 from zeo.server.session import EXPOSED_METHODS
 from zeo.server.tests.fuzzing import (
-    MAXTID, METHODS, NOT_METHODS, SETTINGS, Z64, hostile_pickles)
+    MAXTID, METHODS, NOT_METHODS, Z64, hostile_pickles, hypothesis_settings)
 from zeo.server.tests.rawclient import RawClient, connect_when_ready
+
+SETTINGS = hypothesis_settings()
 
 #: The message id of the closing question; random ones never reach it.
 PROBE_ID = 0x5EED_F00D

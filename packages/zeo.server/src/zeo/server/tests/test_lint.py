@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ast
 import fnmatch
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 import zeo.client
 import zeo.protocol
 import zeo.server
+from zeo.server.tests.support import child_env
 
 __all__ = ["MAX_LINES", "EXEMPT", "EXEMPT_NEW", "implementation_modules"]
 
@@ -71,7 +71,7 @@ def run_tool(*args: str, cwd: Path = CHECKOUT) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
         timeout=600,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+        env=child_env())
 
 
 class SourceRulesTests(unittest.TestCase):

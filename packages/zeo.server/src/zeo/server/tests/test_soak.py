@@ -11,8 +11,8 @@ read back what it committed.
 
 The default run soaks for 15 seconds (some 10,000 connections on 2 cores:
 a leak of a few hundred bytes per connection shows); `LongSoakTests`
-(level 3) for 5 minutes; ``scripts/soak.py --minutes N`` for as long as
-asked.
+(level 3) for 5 minutes; ``bin/py -m zeo.server.tests.soak --minutes N``
+for as long as asked.
 """
 
 from __future__ import annotations

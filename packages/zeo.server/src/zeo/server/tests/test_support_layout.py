@@ -6,11 +6,16 @@ they may (issue #21).
   ``zeo.server.testing``);
 - no module imports from a ``test_*`` module (test modules import their
   helpers from support modules), except the ones listed in `PENDING`;
-- ``scripts/`` import nothing from a ``test_*`` module, and leave
-  ``sys.path`` alone except those run by interpreters without our packages
-  (`PATH_EDITING`);
-- the scripts that ``bin/py`` runs import there (its path has ``scripts/``
-  and the packages, not the test extras).
+- ``scripts/`` import public modules only: nothing from a test package
+  (``zeo.*.tests``); the test tools that need one (the long soak, crash and
+  fuzz runs) are modules of the test package, run with ``bin/py -m``
+  (`TEST_TOOLS`);
+- ``scripts/`` leave ``sys.path`` alone except those run by interpreters
+  without our packages (`PATH_EDITING`);
+- the scripts that ``bin/py`` runs import there, and the test tools run
+  there (its path has ``scripts/`` and the packages, not the test extras);
+- the client's and the server's tests build a child process's
+  ``PYTHONPATH`` in one place, their ``support.child_env``.
 """
 
 from __future__ import annotations
@@ -40,8 +45,14 @@ HOMES = {
 PENDING = ("packages/zeo.server/src/zeo/server/tests/test_relstorage_*.py",)
 #: Scripts run by interpreters that lack our packages (bin/reference-py,
 #: a plain or atheris Python): they add the sources to ``sys.path``.
-PATH_EDITING = {"bench_client.py", "bench_cache_reopen.py", "bench_protocol.py",
-                "fuzz_server.py"}
+PATH_EDITING = {"bench_client.py", "bench_cache_reopen.py", "bench_protocol.py"}
+#: Test tools: ``bin/py -m <module> -- --help`` must work (bin/py reads
+#: options up to ``--`` itself), and what they run must import without
+#: the test extras.
+TEST_TOOLS = ("zeo.server.tests.soak", "zeo.server.tests.crash_consistency",
+              "zeo.server.tests.fuzz_server")
+TOOL_MACHINERY = ("zeo.server.tests.soaking", "zeo.server.tests.crashing",
+                  "zeo.server.tests.fuzzing")
 
 
 def sources() -> list[Path]:
@@ -56,6 +67,21 @@ def scripts() -> list[Path]:
 
 def relative(path: Path) -> str:
     return path.relative_to(CHECKOUT).as_posix()
+
+
+def sets_pythonpath(tree: ast.AST) -> bool:
+    """Whether *tree* builds an environment with ``PYTHONPATH`` in it."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "PYTHONPATH":
+            return True
+        if isinstance(node, ast.Dict) and any(
+                isinstance(key, ast.Constant) and key.value == "PYTHONPATH"
+                for key in node.keys):
+            return True
+        if (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store)
+                and isinstance(node.slice, ast.Constant) and node.slice.value == "PYTHONPATH"):
+            return True
+    return False
 
 
 def imported_modules(tree: ast.AST) -> list[str]:
@@ -91,6 +117,22 @@ class SupportLayoutTests(unittest.TestCase):
                     offenders.append(f"{relative(path)}: {name}")
         self.assertEqual(offenders, [])
 
+    def test_child_environments_come_from_support(self):
+        builders = set()
+        for package in ("zeo.server", "zeo.client"):
+            tests = CHECKOUT / "packages" / package / "src" / "zeo" / package[4:] / "tests"
+            builders |= {relative(path) for path in tests.rglob("*.py")
+                         if sets_pythonpath(ast.parse(path.read_bytes()))}
+        self.assertEqual(builders, {"packages/zeo.client/src/zeo/client/tests/support.py",
+                                    "packages/zeo.server/src/zeo/server/tests/support.py"})
+
+    def test_scripts_import_no_test_package(self):
+        offenders = [f"{relative(path)}: {name}"
+                     for path in scripts()
+                     for name in imported_modules(ast.parse(path.read_bytes()))
+                     if "tests" in name.split(".")]
+        self.assertEqual(offenders, [])
+
     def test_scripts_leave_sys_path_alone(self):
         editing = {path.name for path in scripts()
                    if "sys.path.insert" in path.read_text()
@@ -106,6 +148,12 @@ class SupportLayoutTests(unittest.TestCase):
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         with tempfile.TemporaryDirectory(prefix="zeo-scripts-") as directory:
             done = subprocess.run(
-                [str(python), "-c", "import benchmark, crash_consistency, soak"],
+                [str(python), "-c", "import benchmark, " + ", ".join(TOOL_MACHINERY)],
                 capture_output=True, text=True, timeout=120, cwd=directory, env=env)
-        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+            self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+            for module in TEST_TOOLS:
+                done = subprocess.run(
+                    [str(python), "-m", module, "--", "--help"],
+                    capture_output=True, text=True, timeout=120, cwd=directory, env=env)
+                self.assertEqual(done.returncode, 0, f"{module}: {done.stderr[-3000:]}")
+                self.assertIn("usage:", done.stdout)

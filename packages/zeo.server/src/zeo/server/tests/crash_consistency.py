@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Long crash-consistency and invariant runs, outside the test runner.
 
 Runs the machinery of ``zeo.server.tests.crashing`` that ``test_crash``
@@ -9,9 +8,11 @@ and `transfer_run` (money transfers through server restarts and cut
 connections; the total never changes), then prints a summary.  With ``--minutes`` each part repeats rounds of
 ``--kills``/``--faults`` until its share of the time is used up.
 
-Usage: bin/py scripts/crash_consistency.py [--kills 50] [--faults 40]
-       [--clients 4] [--workers 4] [--seed N] [--minutes M]
+Usage: bin/py -m zeo.server.tests.crash_consistency -- [--kills 50]
+       [--faults 40] [--clients 4] [--workers 4] [--seed N] [--minutes M]
        [--only crash|invariant] [--keep]
+
+A test tool, not installed as a script.
 """
 import argparse
 import random
@@ -21,6 +22,8 @@ import tempfile
 import time
 
 from zeo.server.tests.crashing import CrashResult, TransferResult, crash_run, transfer_run
+
+__all__ = ["main"]
 
 
 def rounds(seconds, run, seed, keep, prefix):

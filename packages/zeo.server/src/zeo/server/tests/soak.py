@@ -1,7 +1,8 @@
-#!/usr/bin/env python
 """A memory soak of a real runzeo: connection churn for minutes, RSS sampled.
 
-    bin/py scripts/soak.py --minutes 10 --clients 8
+    bin/py -m zeo.server.tests.soak -- --minutes 10 --clients 8
+
+(bin/py reads options up to ``--`` itself; ``python -m`` needs no ``--``.)
 
 Starts ``runzeo`` on a FileStorage in a temporary directory, then runs
 ``zeo.server.tests.soaking.soak``: each client thread connects, commits
@@ -18,7 +19,9 @@ At the end it prints the figures and checks, exiting 1 if one fails:
   descriptors than before the soak;
 - no client saw an error or read anything but what it committed.
 
-``--json FILE`` writes the samples and figures.
+``--json FILE`` writes the samples and figures.  A test tool, as
+``test_soak`` is (which soaks for seconds): it is not installed as a
+script.
 """
 import argparse
 import json
@@ -26,8 +29,10 @@ import shutil
 import sys
 import tempfile
 
-from zeo.server.tests.support import ServerProcess
 from zeo.server.tests.soaking import soak
+from zeo.server.tests.support import ServerProcess
+
+__all__ = ["main"]
 
 
 def main():

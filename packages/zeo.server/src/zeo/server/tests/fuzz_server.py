@@ -1,9 +1,9 @@
-#!/usr/bin/env python
 """Fuzz the server's decoder and dispatch: atheris if installed, else a
 mutation loop.
 
-    bin/py scripts/fuzz_server.py --seconds 60
-    /tmp/atheris-venv/bin/python scripts/fuzz_server.py --seconds 600
+    bin/py -m zeo.server.tests.fuzz_server -- --seconds 60
+    PYTHONPATH="$(bin/py -c 'import os, sys; print(os.pathsep.join(sys.path[1:]))')" \
+        /tmp/atheris-venv/bin/python -m zeo.server.tests.fuzz_server --seconds 600
 
 An input is a byte string. Its first byte chooses the encoding (even:
 msgpack ``M5``, odd: pickle ``Z5``); the rest is what a client sends after
@@ -21,47 +21,42 @@ keeps what it learns between runs, and other arguments go to libFuzzer
 (``-artifact_prefix=DIR/`` for where crashing inputs are saved).
 
 Under the atheris interpreter, the project's packages are found through
-``bin/py`` (same Python version required).
+``bin/py``'s path, as above (same Python version required).  A test tool,
+not installed as a script.
 """
 import argparse
-import importlib.util
-import json
 import logging
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 
 try:
     import atheris
 except ImportError:
     atheris = None
 
-
-def find_packages():
-    """Make zeo importable under an interpreter that is not bin/py."""
-    if importlib.util.find_spec("zeo") is not None \
-            and importlib.util.find_spec("zeo.server") is not None:
-        return
-    output = subprocess.run([os.path.join(REPO, "bin", "py"), "-c",
-                             "import sys, json; print(json.dumps(sys.path))"],
-                            check=True, capture_output=True, text=True).stdout
-    sys.path.extend(p for p in json.loads(output) if p not in sys.path)
+__all__ = ["main"]
 
 
 def import_harness():
-    if atheris is not None:
-        # Coverage feedback from our code only: the protocol and the server.
+    if atheris is None:
+        from zeo.server.tests import fuzzing
+        return fuzzing
+    # Coverage feedback from our code: the protocol and the server.  Run
+    # as a module, much of zeo.server is imported before this runs (its
+    # package imports it), so what is loaded is instrumented after the
+    # fact; an atheris without instrument_all only instruments the zeo
+    # modules imported from here on.
+    instrument_all = getattr(atheris, "instrument_all", None)
+    if instrument_all is None:
         with atheris.instrument_imports(include=["zeo"]):
             from zeo.server.tests import fuzzing
-    else:
-        from zeo.server.tests import fuzzing
+        return fuzzing
+    from zeo.server.tests import fuzzing
+    instrument_all()
     return fuzzing
 
 
@@ -153,7 +148,6 @@ def main():
     options, libfuzzer_args = parser.parse_known_args()
     # Refused calls log warnings by design; only what is critical is news.
     logging.basicConfig(level=logging.CRITICAL)
-    find_packages()
     fuzzing = import_harness()
     target = Target(fuzzing, options.check_every)
     seeds = [(b"\0" if encoding == "M" else b"\1") + stream
