@@ -19,13 +19,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ZODB.interfaces import IBlobStorage
+from ZODB.interfaces import IBlobStorage, IMVCCStorage
 from ZODB.POSException import StorageError
 from zeo.protocol import peer_repr
 
 from zeo.server.blob_uploads import SpoolBudget, UploadDirectory, remove_stale_uploads
 from zeo.server.commit_lock import CommitLock
 from zeo.server.commit_sources import Announcer, DatabaseStandIn
+from zeo.server.commit_threads import wants_commit_threads
 from zeo.server.config import ServerConfig
 from zeo.server.conflicts import guard_conflict_resolution
 from zeo.server.invalidation_queue import InvalidationQueue, invalidations_by_iteration
@@ -111,6 +112,9 @@ class ServedStorage:
         self.iterator_budget = iterator_budget or IteratorBudget(config.max_server_iterators)
         #: The outcome of the pack running now, if any (see `pack`).
         self.packing: Delayed | None = None
+        #: Commits run in threads, an instance per transaction (see
+        #: zeo.server.commit_threads), else on the loop.
+        self.commit_threads = wants_commit_threads(storage, config.commit_threads)
         #: Merges this server's commits with those made elsewhere.
         self.announcer = Announcer(self, hooks.call_soon_threadsafe, source)
         self.announcer.seed()
@@ -150,6 +154,27 @@ class ServedStorage:
         """Record a commit and tell every other session, in commit order
         (after older commits made elsewhere: see `Announcer.own`)."""
         self.announcer.own(committer, tid, tuple(oids))
+
+    def new_instance(self) -> Any:
+        """The storage a transaction's thread commits on (any thread; see
+        zeo.server.commit_threads): a new instance of an MVCC storage, with
+        a view as new as the database's, else the storage itself."""
+        storage = self.storage
+        if not (IMVCCStorage.providedBy(storage) and hasattr(storage, "new_instance")):
+            return storage
+        instance = storage.new_instance()
+        try:
+            guard_conflict_resolution(instance, self.config.conflict_resolution_packages)
+            instance.poll_invalidations()
+        except BaseException:
+            self.release_instance(instance)
+            raise
+        return instance
+
+    def release_instance(self, instance: Any) -> None:
+        """Give back what `new_instance` returned (any thread)."""
+        if instance is not self.storage:
+            getattr(instance, "release", instance.close)()
 
     def register_answer(self, session: StorageSession) -> Any:
         """What a registering *session* is answered: ``lastTransaction``, or
