@@ -14,9 +14,11 @@ Rules:
 1. An instance per transaction. The vote's thread takes an instance from
    the served storage (``new_instance()`` of an MVCC storage, whose
    instances are not thread-safe; a storage without it is used itself and
-   must be thread-safe, as FileStorage is) and gives it back (``release``)
-   in the thread where the storage transaction ends. The loop keeps the
-   main instance for loads and never touches the transaction's.
+   must be thread-safe, as FileStorage is) and gives it back in the thread
+   where the storage transaction ends (the served storage keeps a few
+   clean ones for the next transactions and ``release``\ s the others).
+   The loop keeps the main instance for loads and never touches the
+   transaction's.
 2. One call at a time, in order. ``vote``, ``finish`` and the ending run
    one after the other on the server's commit threads; only those calls
    touch the instance, and ``_instance`` and ``_open`` (the storage
@@ -44,6 +46,7 @@ import logging
 from typing import Any, Callable
 
 from ZODB.interfaces import IMVCCStorage
+from ZODB.POSException import ConflictError
 
 from zeo.server.config import COMMIT_THREADS
 from zeo.server.results import Delayed
@@ -72,11 +75,11 @@ def wants_commit_threads(storage: Any, setting: str) -> bool:
 class OffLoopCommit:
     """The storage calls of one transaction *txn* (a `PendingTransaction`),
     in threads (see the module rules). *new_instance()* and
-    *release_instance(instance)* come from the served storage;
+    *release_instance(instance, reusable)* come from the served storage;
     *run_in_thread* runs a function on a commit thread."""
 
     def __init__(self, txn: Any, new_instance: Callable[[], Any],
-                 release_instance: Callable[[Any], None],
+                 release_instance: Callable[[Any, bool], None],
                  run_in_thread: RunInThread) -> None:
         self.txn = txn
         self._new_instance = new_instance
@@ -101,12 +104,15 @@ class OffLoopCommit:
             self._instance = txn.storage = self._new_instance()
             try:
                 result, voted = txn.storage_vote(on_conflict)
+            except ConflictError:
+                self._drop_instance(reusable=True)   # aborted cleanly
+                raise
             except BaseException:
-                self._drop_instance()
+                self._drop_instance(reusable=False)
                 raise
             self._open = voted
             if not voted:   # conflicts handed back: aborted already
-                self._drop_instance()
+                self._drop_instance(reusable=True)
             return result, voted
 
         return self._run(vote)
@@ -120,10 +126,10 @@ class OffLoopCommit:
             try:
                 tid = self._instance.tpc_finish(txn.metadata, told.append)
             except BaseException:
-                self._abort()
+                self._abort(reusable=False)
                 raise
             self._open = False
-            self._drop_instance()
+            self._drop_instance(reusable=True)
             return tid if isinstance(tid, bytes) else told[-1]
 
         return self._run(finish)
@@ -189,17 +195,20 @@ class OffLoopCommit:
                 done.resolve(value)
             return done
 
-    def _abort(self) -> None:
+    def _abort(self, reusable: bool = True) -> None:
         """In the thread: abort an open storage transaction, release."""
         try:
             if self._open:
                 self._open = False
                 self._instance.tpc_abort(self.txn.metadata)
+        except BaseException:
+            reusable = False
+            raise
         finally:
-            self._drop_instance()
+            self._drop_instance(reusable)
 
-    def _drop_instance(self) -> None:
+    def _drop_instance(self, reusable: bool) -> None:
         instance, self._instance = self._instance, None
         self._open = False
         if instance is not None:
-            self._release_instance(instance)
+            self._release_instance(instance, reusable)
