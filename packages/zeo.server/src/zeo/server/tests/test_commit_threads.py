@@ -156,14 +156,15 @@ class CommitThreadsTests(unittest.TestCase):
         self.assertEqual(other.call("lastTransaction"), tid)
         self.assertEqual(other.call("loadBefore", oid, MAX_TID)[1], tid)
         # The vote and the finish ran in a commit thread, on an instance of
-        # the transaction's own, given back there; loads on the loop.
+        # the transaction's own (kept for the next one); loads on the loop.
         [(vote_thread, instance)] = storage.events("vote")
         self.assertTrue(vote_thread.startswith("zeo.server worker commit"), vote_thread)
         self.assertEqual(storage.events("finish"), [(vote_thread, instance)])
-        wait_until(lambda: storage.events("release"), "the instance released", timeout=WAIT)
-        self.assertEqual(storage.events("release"), [(vote_thread, instance)])
         self.assertNotIn(instance, [i for _, i in storage.events("load")])
         self.assertFalse({t for t, _ in storage.events("load")} & {vote_thread})
+        committer.commit(3, [(oid, tid, RECORD)])
+        self.assertEqual([i for _, i in storage.events("vote")], [instance, instance])
+        self.assertEqual(storage.events("new"), [])   # made before the log was cleared
 
     def test_a_timeout_while_the_vote_waits_frees_everything(self):
         storage = GatedMVCCStorage()
@@ -176,17 +177,18 @@ class CommitThreadsTests(unittest.TestCase):
         self.assertTrue(committer.wait_closed())
         self.assertIsNone(other.call("ping"))
         [(_, instance)] = storage.events("vote")
-        self.assertEqual(storage.events("release"), [])   # still in its vote
+        self.assertEqual(storage.events("abort"), [])   # still in its vote
         storage.gate.set()
         # Once the thread returns, the vote it finished is aborted there,
-        # the instance released, and the commit lock with them.
-        wait_until(lambda: storage.events("release"), "the instance released", timeout=WAIT)
+        # the instance given back clean, and the commit lock released.
+        wait_until(lambda: storage.events("abort"), "the abort", timeout=WAIT)
         [(abort_thread, aborted)] = storage.events("abort")
         self.assertEqual(aborted, instance)
         self.assertTrue(abort_thread.startswith("zeo.server worker commit"), abort_thread)
         tid = other.commit(2, [(oid, z64, RECORD)])
         self.assertEqual(other.call("loadBefore", oid, MAX_TID)[1], tid)
         self.assertEqual(other.call("lastTransaction"), tid)
+        self.assertEqual([i for _, i in storage.events("vote")], [instance, instance])
 
     def test_an_abort_while_the_vote_runs_answers_the_vote(self):
         storage = GatedMVCCStorage()
@@ -201,8 +203,7 @@ class CommitThreadsTests(unittest.TestCase):
         storage.gate.set()
         with self.assertRaisesRegex(Exception, "aborted while it voted"):
             committer.wait_reply(vote)
-        wait_until(lambda: storage.events("release"), "the instance released", timeout=WAIT)
-        self.assertEqual(len(storage.events("abort")), 1)
+        wait_until(lambda: storage.events("abort"), "the abort", timeout=WAIT)
         tid = other.commit(2, [(oid, z64, RECORD)])
         self.assertEqual(committer.call("lastTransaction"), tid)
 
@@ -238,7 +239,10 @@ class OffLoopCommitTests(unittest.TestCase):
 
     def setUp(self):
         self.jobs: list[tuple[Any, Delayed]] = []
-        self.released: list[Any] = []
+        self.released: list[tuple[Any, bool]] = []
+
+    def release(self, instance: Any, reusable: bool) -> None:
+        self.released.append((instance, reusable))
 
     def run_in_thread(self, function: Any) -> Delayed:
         done = Delayed()
@@ -270,8 +274,7 @@ class OffLoopCommitTests(unittest.TestCase):
                 return [], True
 
         instance = Instance()
-        commit = OffLoopCommit(Txn(), lambda: instance, self.released.append,
-                               self.run_in_thread)
+        commit = OffLoopCommit(Txn(), lambda: instance, self.release, self.run_in_thread)
         voted = commit.vote(lambda error: None)
         ended = []
         commit.end(lambda: ended.append(True))
@@ -281,7 +284,7 @@ class OffLoopCommitTests(unittest.TestCase):
         self.assertEqual((calls, ended, len(self.jobs)), (["vote"], [], 1))
         self.run_job()               # the abort, in a thread too
         self.assertEqual(calls, ["vote", "abort"])
-        self.assertEqual((self.released, ended), ([instance], [True]))
+        self.assertEqual((self.released, ended), ([(instance, True)], [True]))
         with self.assertRaises(RuntimeError):
             commit.end(lambda: None)
 
@@ -296,10 +299,11 @@ class OffLoopCommitTests(unittest.TestCase):
             def storage_vote(self, on_conflict):
                 return ["resolved"], False
 
-        commit = OffLoopCommit(Txn(), object, self.released.append, refuse)
+        commit = OffLoopCommit(Txn(), object, self.release, refuse)
         outcome = commit.vote(lambda error: None)
         self.assertTrue(outcome.settled)
         self.assertEqual(len(self.released), 1)   # nothing voted: given back at once
+        self.assertTrue(self.released[0][1])
         ended = []
         commit.end(lambda: ended.append(True))
         self.assertEqual(ended, [True])
