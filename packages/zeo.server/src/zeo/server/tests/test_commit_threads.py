@@ -27,10 +27,11 @@ import zeo.server
 from zeo.server.commit_threads import OffLoopCommit, wants_commit_threads
 from zeo.server.config import ServerConfig
 from zeo.server.results import Delayed
+from zeo.server.served_storage import MAX_IDLE_INSTANCES, LoopHooks, ServedStorage
 from zeo.server.tests.rawclient import RawClient
 from zeo.server.tests.support import wait_until
 
-__all__ = ["CommitThreadsTests", "GatedMVCCStorage", "OffLoopCommitTests",
+__all__ = ["CommitThreadsTests", "GatedMVCCStorage", "InstancesTests", "OffLoopCommitTests",
            "RecordingFileStorage", "SettingTests"]
 
 MAX_TID = p64(2 ** 63 - 1)
@@ -232,6 +233,40 @@ class CommitThreadsTests(unittest.TestCase):
         [thread] = storage.threads["vote"]
         self.assertTrue(thread.startswith("zeo.server worker commit"), thread)
         self.assertNotIn(thread, storage.threads["load"])
+
+
+class InstancesTests(unittest.TestCase):
+    """A served storage's instances for commit threads."""
+
+    def test_a_few_clean_instances_are_kept_until_close(self):
+        storage = GatedMVCCStorage()
+        served = ServedStorage("1", storage, ServerConfig(),
+                               LoopHooks(lambda function, *args: function(*args),
+                                         lambda delay, function: None))
+        first, second, third = (served.new_instance() for _ in range(3))
+        self.assertEqual(len({id(first), id(second), id(third), id(storage)}), 4)
+        for instance in (first, second, third):
+            served.release_instance(instance)
+        released = [instance for _, instance in storage.events("release")]
+        self.assertEqual(MAX_IDLE_INSTANCES, 2)
+        self.assertEqual(released, [id(third)])   # two kept
+        again = served.new_instance()
+        self.assertIs(again, second)
+        served.release_instance(again, reusable=False)   # a failed one: released
+        served.close()
+        released = [instance for _, instance in storage.events("release")]
+        self.assertEqual(sorted(released), sorted([id(third), id(second), id(first)]))
+
+    def test_a_storage_without_instances_commits_on_itself(self):
+        storage = MappingStorage()
+        served = ServedStorage("1", storage, ServerConfig(commit_threads="on"),
+                               LoopHooks(lambda function, *args: function(*args),
+                                         lambda delay, function: None))
+        self.addCleanup(served.close)
+        self.assertTrue(served.commit_threads)
+        self.assertIs(served.new_instance(), storage)
+        served.release_instance(storage)   # never closed by it
+        self.assertEqual(len(storage), 0)
 
 
 class OffLoopCommitTests(unittest.TestCase):
