@@ -47,10 +47,18 @@ class CommitSteps:
 
         def _transaction(self, txn_id: Any) -> PendingTransaction: ...
 
+    #: Transactions of this session whose commit thread has not ended yet
+    #: (their lock and spool are released when it has: commit_threads).
+    _ending = 0
+
     def vote(self, txn_id: Any) -> Any:
         txn = self._transaction(txn_id)
         if txn.phase is not Phase.SPOOLING:
             raise StorageTransactionError(f"Already voting ({txn.phase.value})")
+        if self._ending:
+            # This session still holds the commit lock for the previous one.
+            raise ConflictError(message="this connection's previous transaction is still"
+                                " being aborted in the storage; retry the transaction")
         txn.discard_blob_upload()
         txn.phase = Phase.VOTING
         asked = self.served.hooks.clock()
@@ -224,12 +232,13 @@ class CommitSteps:
                 return
             try:
                 served.commit_finished(self, tid, oids)
-                served.stats.commits += 1
-                if self.txn is txn:
-                    self.notify("info", (served.size_info(),))
-                    self._forget_transaction(aborted=False)
-            finally:
-                reply.resolve(tid)
+            except Exception:   # committed all the same: answer, release
+                logger.exception("%.200s: announcing commit %s failed", self.name, tid.hex())
+            served.stats.commits += 1
+            if self.txn is txn:
+                self.notify("info", (served.size_info(),))
+                self._forget_transaction(aborted=False)
+            reply.resolve(tid)
 
         txn.off_loop.finish().add_callback(finished)
         return reply
@@ -266,7 +275,13 @@ class CommitSteps:
             if aborted:
                 served.stats.aborts += 1
             served.stats.active_txns -= 1
-            txn.off_loop.end(release)
+            self._ending += 1
+
+            def ended() -> None:
+                self._ending -= 1
+                release()
+
+            txn.off_loop.end(ended)
             return
         try:
             if aborted:

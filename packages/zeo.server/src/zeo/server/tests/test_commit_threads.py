@@ -28,7 +28,7 @@ from zeo.server.commit_threads import OffLoopCommit, wants_commit_threads
 from zeo.server.config import ServerConfig
 from zeo.server.results import Delayed
 from zeo.server.served_storage import MAX_IDLE_INSTANCES, LoopHooks, ServedStorage
-from zeo.server.tests.rawclient import RawClient
+from zeo.server.tests.rawclient import RawClient, ServerError
 from zeo.server.tests.support import wait_until
 
 __all__ = ["CommitThreadsTests", "GatedMVCCStorage", "InstancesTests", "OffLoopCommitTests",
@@ -201,6 +201,12 @@ class CommitThreadsTests(unittest.TestCase):
         wait_until(lambda: storage.events("vote"), "the vote in its thread", timeout=WAIT)
         abort = committer.send_call("tpc_abort", 1)
         self.assertIsNone(committer.wait_reply(abort))
+        # The session holds the commit lock until its thread is done: its
+        # next vote is refused with a ConflictError, which clients retry.
+        with self.assertRaisesRegex(ServerError, "still being aborted") as caught:
+            committer.wait_reply(begin_and_vote(committer, 2, oid))
+        self.assertEqual(caught.exception.args[0], "ZODB.POSException.ConflictError")
+        self.assertIsNone(committer.call("tpc_abort", 2))
         storage.gate.set()
         with self.assertRaisesRegex(Exception, "aborted while it voted"):
             committer.wait_reply(vote)
