@@ -38,6 +38,12 @@ Rules:
    and own commits still finish one at a time, in lock order.
 5. A server that refuses threads (it is closing) gets the call run on the
    loop: no other call runs on the instance then (rule 2).
+6. Seen before told.  An MVCC storage's loads see a commit only once the
+   loop has moved their snapshot, just before it announces the commit
+   (zeo.server.commit_sources, rule 7). A storage used itself (``on``
+   without ``new_instance``) has no snapshot: its loads may see a commit a
+   moment before its clients are told of it, newer data than they know
+   of, which ZEO clients handle as any load racing an invalidation.
 """
 
 from __future__ import annotations
