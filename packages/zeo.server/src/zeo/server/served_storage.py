@@ -177,13 +177,14 @@ class ServedStorage:
             return storage
         with self._instances_lock:
             instance = self._idle_instances.pop() if self._idle_instances else None
-        if instance is None:
-            instance = storage.new_instance()
         try:
-            guard_conflict_resolution(instance, self.config.conflict_resolution_packages)
+            if instance is None:
+                instance = storage.new_instance()
+                guard_conflict_resolution(instance, self.config.conflict_resolution_packages)
             instance.poll_invalidations()
         except BaseException:
-            self.release_instance(instance, reusable=False)
+            if instance is not None:
+                self.release_instance(instance, reusable=False)
             raise
         return instance
 

@@ -251,6 +251,7 @@ class InstancesTests(unittest.TestCase):
                                          lambda delay, function: None))
         first, second, third = (served.new_instance() for _ in range(3))
         self.assertEqual(len({id(first), id(second), id(third), id(storage)}), 4)
+        guarded = second.tryToResolveConflict   # zeo.server.conflicts
         for instance in (first, second, third):
             served.release_instance(instance)
         released = [instance for _, instance in storage.events("release")]
@@ -258,6 +259,7 @@ class InstancesTests(unittest.TestCase):
         self.assertEqual(released, [id(third)])   # two kept
         again = served.new_instance()
         self.assertIs(again, second)
+        self.assertIs(again.tryToResolveConflict, guarded)   # guarded once, not again
         served.release_instance(again, reusable=False)   # a failed one: released
         served.close()
         released = [instance for _, instance in storage.events("release")]
