@@ -20,6 +20,7 @@ from typing import Any
 
 from ZODB.FileStorage import FileStorage
 from ZODB.MappingStorage import MappingStorage
+from ZODB.POSException import ConflictError
 from ZODB.tests.MVCCMappingStorage import MVCCMappingStorage
 from ZODB.utils import p64, z64
 
@@ -56,6 +57,9 @@ class GatedInstance:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._instance, name)
+
+    def tryToResolveConflict(self, *args: Any) -> bytes:
+        raise ConflictError()   # guarded by zeo.server.conflicts, once
 
     def tpc_vote(self, transaction: Any) -> Any:
         self._storage.log.append(("vote", where(), id(self)))
