@@ -272,7 +272,7 @@ class CommitSteps:
 
         if txn.off_loop is not None:
             # The lock and the spool wait for the thread (commit_threads, rule 4).
-            if aborted:
+            if aborted and txn.phase is not Phase.FINISHING:   # else it commits
                 served.stats.aborts += 1
             served.stats.active_txns -= 1
             self._ending += 1

@@ -160,9 +160,16 @@ class OffLoopCommit:
         outcome = self._submit(self._abort)
 
         def ended(error: BaseException | None, _: Any) -> None:
-            if error is not None:
-                logger.error("aborting a transaction's storage calls failed: %.500s", error)
-            then()
+            try:
+                if error is not None:
+                    logger.error("aborting a transaction in its commit thread failed: %.500s",
+                                 error)
+                    if self._instance is not None:   # it never ran: the server closed
+                        self._abort(reusable=False)
+            except Exception:
+                logger.exception("aborting a transaction on the event loop failed")
+            finally:
+                then()
 
         outcome.add_callback(ended)
 

@@ -335,6 +335,30 @@ class OffLoopCommitTests(unittest.TestCase):
         with self.assertRaises(RuntimeError):
             commit.end(lambda: None)
 
+    def test_an_abort_the_closing_server_never_ran_runs_on_the_loop(self):
+        calls = []
+
+        class Instance:
+            def tpc_abort(self, metadata):
+                calls.append("abort")
+
+        class Txn:
+            metadata = None
+            storage = None
+
+            def storage_vote(self, on_conflict):
+                return [], True
+
+        instance = Instance()
+        commit = OffLoopCommit(Txn(), lambda: instance, self.release, self.run_in_thread)
+        commit.vote(lambda error: None)
+        self.run_job()
+        ended = []
+        commit.end(lambda: ended.append(True))
+        _, done = self.jobs.pop(0)   # the server closes: the abort never runs
+        done.fail(RuntimeError("the server closed before the call could run"))
+        self.assertEqual((calls, self.released, ended), (["abort"], [(instance, False)], [True]))
+
     def test_a_closing_server_gets_the_call_run_on_the_loop(self):
         def refuse(function: Any) -> Delayed:
             raise RuntimeError("the server is closing")
