@@ -123,6 +123,8 @@ class StalledVoteTests(unittest.TestCase):
         self.assertEqual(other.wait_one_way("invalidateTransaction").args[0], tid)
         self.assertEqual(other.call("lastTransaction"), tid)
         self.assertEqual(other.call("loadBefore", z64, MAX_TID)[1], tid)
+        after = p64(int.from_bytes(tid, "big") + 1)
+        self.assertEqual(other.call("loadBefore", z64, after)[1:], (tid, None))
 
     def test_a_timeout_while_the_vote_waits_frees_everything(self):
         front = self.front(**{"transaction-timeout": "1"})
