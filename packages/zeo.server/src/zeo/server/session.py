@@ -16,7 +16,10 @@ Calls whose cost grows with the database or an object's history
 (``undoLog``, ``undoInfo``, ``history``, ``loadSerial``, ``iterator_start``,
 ``getInvalidations`` beyond the queue) go through the session's
 `SlowCalls` lane and reply with a `Delayed`; the thread rules are in
-zeo.server.slow_calls. The others run on the loop.
+zeo.server.slow_calls. The others run on the loop. ``vote``, ``tpc_finish``
+and ``tpc_abort`` are in `zeo.server.commit_steps.CommitSteps`; a storage
+whose commits can block (RelStorage) has them run in commit threads
+(zeo.server.commit_threads).
 
 It logs registrations, timeouts and slow commits (zeo.server.connection_log).
 """
