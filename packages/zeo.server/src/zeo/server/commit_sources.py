@@ -50,6 +50,14 @@ Rules:
    (it calls ``invalidateCache`` before it sets the new last tid): a
    client exactly up to date with the old tid would then keep a stale
    cache.  Until the next commit, ``lastTransaction`` is the storage's.
+7. Commits on instances of their own.  When the served storage commits in
+   threads (zeo.server.commit_threads), no storage transaction is ever
+   open on the instance the loop reads from, so rule 3 never waits, and
+   our own commit T was made on another instance: at its announcement the
+   external commits are read, then the snapshot moves (it then contains T
+   too), then everything read is announced in tid order, T among them.
+   Every client is told of T (the committer by its reply) only once a
+   load sees it.
 """
 
 from __future__ import annotations
@@ -96,6 +104,8 @@ class Announcer:
         self.served = served
         self.source = source
         self.mvcc = is_mvcc(served.storage)
+        #: Rule 7: the snapshot may move at any time.
+        self.free = self.mvcc and getattr(served, "commit_threads", False)
         self._call_soon_threadsafe = call_soon_threadsafe
         #: External commits handed over from any thread (rule 5).
         self._inbox: collections.deque[Commit] = collections.deque()
@@ -164,6 +174,13 @@ class Announcer:
         if self.source is not None:
             self._read_source()
         self._take_inbox()
+        if self.free:   # rule 7
+            self._move_snapshot()
+            pending = self._take_pending()
+            self._announce([commit for commit in pending if commit[0] < tid], None)
+            self._announce([(tid, oids)], committer)
+            self._announce([commit for commit in pending if commit[0] >= tid], None)
+            return
         older = []
         while self._pending and self._pending[0][0] < tid:
             older.append(heapq.heappop(self._pending))
@@ -181,7 +198,7 @@ class Announcer:
         self._take_inbox()
         if not self._pending:
             return
-        if self.mvcc and self.served.lock.holder is not None:
+        if self.mvcc and not self.free and self.served.lock.holder is not None:
             return   # at the holder's release (rule 3)
         self._publish()
 

@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_MAX_TOTAL_OUTPUT_BUFFER",
     "DEFAULT_MAX_CONNECTIONS_PER_ADDRESS",
     "DEFAULT_MONITOR_SLOW_TRANSACTION",
+    "DEFAULT_COMMIT_THREADS",
     "ServerConfig",
 ]
 
@@ -135,9 +136,15 @@ DEFAULT_MONITOR_SLOW_TRANSACTION = 1.0
 # -- several fronts over one database (see zeo.server.commit_sources) ----------
 #: The commit sources ``commit_source`` may name.
 COMMIT_SOURCES = ("postgresql",)
+#: The values ``commit_threads`` may take.
+COMMIT_THREADS = ("auto", "on", "off")
 #: Seconds between a commit source's polls: the safety poll behind
 #: notifications, or the only mechanism without them.
 DEFAULT_COMMIT_SOURCE_POLL_INTERVAL = 1.0
+#: Where storage-level commits run (see zeo.server.commit_threads):
+#: ``"auto"`` runs them in threads for MVCC storages with ``new_instance``
+#: (RelStorage), on the event loop for the others.
+DEFAULT_COMMIT_THREADS = "auto"
 #: Most seconds a front on a hot standby holds a registering client's
 #: ``register`` until it has replayed the primary's newest commit.
 DEFAULT_COMMIT_SOURCE_CATCH_UP_TIMEOUT = 10.0
@@ -225,6 +232,10 @@ class ServerConfig:
     #: None (the default): registering clients do not wait.
     commit_source_primary_dsn: str | None = None
     commit_source_catch_up_timeout: float = DEFAULT_COMMIT_SOURCE_CATCH_UP_TIMEOUT
+    #: ``"auto"``, ``"on"`` or ``"off"``: run each storage's tpc_begin ...
+    #: tpc_finish in a thread, on an instance per transaction (see
+    #: zeo.server.commit_threads), or on the event loop.
+    commit_threads: str = DEFAULT_COMMIT_THREADS
 
     def __post_init__(self) -> None:
         check_event_loop(self.event_loop)
@@ -275,6 +286,9 @@ class ServerConfig:
                        allow_none=False)
         _check_seconds("commit_source_catch_up_timeout",
                        self.commit_source_catch_up_timeout, allow_none=False)
+        if self.commit_threads not in COMMIT_THREADS:
+            raise ValueError(f"commit_threads must be one of {COMMIT_THREADS},"
+                             f" not {self.commit_threads!r:.100}")
         address = self.monitor_address
         if address is not None and not (
                 isinstance(address, tuple) and len(address) == 2

@@ -347,12 +347,13 @@ class ISessionPeer(Interface):
         "Seconds the connection's output has been backed up without a break"
         " (the client not reading what it is sent), 0.0 when it is not.")
 
-    def run_in_thread(function, pack=False):
+    def run_in_thread(function, pack=False, commit=False):
         """Run the blocking *function* off the event loop; return a
         `zeo.server.results.Delayed` settled on the loop with its outcome.
-        *pack*: on the pack threads (one per storage), else on the worker
-        threads shared by every connection (see zeo.server.slow_calls).
-        Raises if the server is closing."""
+        *pack*: on the pack threads (one per storage); *commit*: on the
+        commit threads (one per storage, see zeo.server.commit_threads);
+        else on the worker threads shared by every connection (see
+        zeo.server.slow_calls). Raises if the server is closing."""
 
     def close(reason):
         """Close the connection, logging *reason* (a str) if given."""

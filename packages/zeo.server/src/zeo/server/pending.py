@@ -53,6 +53,7 @@ class Phase(enum.Enum):
     SPOOLING = "spooling"    # before vote: one-way calls are spooled
     VOTING = "voting"        # vote asked, waiting for the commit lock
     VOTED = "voted"          # storage transaction open, lock held
+    FINISHING = "finishing"  # tpc_finish running in a commit thread
 
 
 class PendingTransaction:
@@ -86,6 +87,9 @@ class PendingTransaction:
         self.blob_upload_size = 0
         #: The upload directory this transaction put files in, if any.
         self.uploads: UploadDirectory | None = None
+        #: Its storage calls' thread (a zeo.server.commit_threads
+        #: `OffLoopCommit`), or None: they run on the loop.
+        self.off_loop: Any = None
 
     def check(self, txn_id: Any) -> None:
         if txn_id != self.txn_id:
@@ -137,12 +141,24 @@ class PendingTransaction:
     # -- the vote -------------------------------------------------------------
 
     def vote(self, on_conflict: Callable[[ConflictError], None]) -> list[Any]:
-        """Replay the spool into the storage and vote.
+        """Replay the spool into the storage and vote (on the loop).
 
         Returns the reference's vote result: oids the storage resolved or
         undid, or (client-conflict-resolution mode) the conflict dicts. On
         any exception the storage transaction is already aborted.
         """
+        result, voted = self.storage_vote(on_conflict)
+        self.phase = Phase.VOTED if voted else Phase.SPOOLING
+        return result
+
+    def storage_vote(self, on_conflict: Callable[[ConflictError], None]
+                     ) -> tuple[list[Any], bool]:
+        """The storage side of `vote`: ``(result, voted)``; *voted* is
+        False when conflicts are handed back (the storage transaction is
+        then aborted, as on any exception). It touches only the storage,
+        the spool and ``undone_oids``, never ``phase``: it may run in a
+        worker thread (zeo.server.commit_threads) while the loop owns the
+        rest."""
         storage = self.storage
         if self.tid is None:
             storage.tpc_begin(self.metadata)
@@ -153,7 +169,6 @@ class PendingTransaction:
                     f"transaction id {tid_repr(self.tid)} is not after the last"
                     f" one, {tid_repr(last)}")
             storage.tpc_begin(self.metadata, self.tid, self.status)
-        self.phase = Phase.VOTED
         conflicts: dict[bytes, dict[str, Any]] = {}
         try:
             self.undone_oids.clear()
@@ -161,14 +176,12 @@ class PendingTransaction:
                 self._apply(operation, conflicts, on_conflict)
             if conflicts:
                 storage.tpc_abort(self.metadata)
-                self.phase = Phase.SPOOLING
-                return list(conflicts.values())
+                return list(conflicts.values()), False
             resolved = storage.tpc_vote(self.metadata) or ()
         except BaseException:
-            self.phase = Phase.SPOOLING
             storage.tpc_abort(self.metadata)
             raise
-        return list(resolved) + sorted(self.undone_oids)
+        return list(resolved) + sorted(self.undone_oids), True
 
     def _apply(self, operation: Any, conflicts: dict[bytes, dict[str, Any]],
                on_conflict: Callable[[ConflictError], None]) -> None:

@@ -32,10 +32,11 @@ How it finds them:
    step (clients are told no later than the newer commit; history-free
    cannot serve the older revision anyway).
 5. On the loop, bounded.  The query runs on the loop, synchronously,
-   under a ``statement_timeout``: the server calls `commits_since` inside
-   its own commit's finish (older commits first), which a thread could not
-   make asynchronous, and the served RelStorage's own calls (load, vote,
-   finish) already run on the loop against the same database.  The query
+   under a ``statement_timeout``: the server calls `commits_since` when it
+   announces its own commit (older commits first), and the served
+   RelStorage's loads run on the loop against the same database (its
+   votes and finishes, which can wait on other fronts' locks, run in
+   commit threads: zeo.server.commit_threads).  The query
    is an index range scan of the few rows committed since the last look
    (about half a millisecond here).  Connecting (at start, and after the
    connection broke) is bounded by ``connect_timeout``.

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ZODB.interfaces import IBlobStorage
+from ZODB.interfaces import IBlobStorage, IMVCCStorage
 from ZODB.POSException import StorageError
 from zeo.protocol import peer_repr
 
 from zeo.server.blob_uploads import SpoolBudget, UploadDirectory, remove_stale_uploads
 from zeo.server.commit_lock import CommitLock
 from zeo.server.commit_sources import Announcer, DatabaseStandIn
+from zeo.server.commit_threads import wants_commit_threads
 from zeo.server.config import ServerConfig
 from zeo.server.conflicts import guard_conflict_resolution
 from zeo.server.invalidation_queue import InvalidationQueue, invalidations_by_iteration
@@ -37,9 +39,15 @@ from zeo.server.stats import StorageStats
 if TYPE_CHECKING:
     from zeo.server.session import StorageSession
 
-__all__ = ["LoopHooks", "ServedStorage"]
+__all__ = ["LoopHooks", "MAX_IDLE_INSTANCES", "ServedStorage"]
 
 logger = logging.getLogger(__name__)
+
+#: Idle instances a storage committing in threads keeps for the next
+#: transactions (see `ServedStorage.new_instance`): one transaction
+#: commits at a time, and the next may take its instance while the
+#: previous one gives its own back.
+MAX_IDLE_INSTANCES = 2
 
 
 class LoopHooks:
@@ -111,6 +119,12 @@ class ServedStorage:
         self.iterator_budget = iterator_budget or IteratorBudget(config.max_server_iterators)
         #: The outcome of the pack running now, if any (see `pack`).
         self.packing: Delayed | None = None
+        #: Commits run in threads, an instance per transaction (see
+        #: zeo.server.commit_threads), else on the loop.
+        self.commit_threads = wants_commit_threads(storage, config.commit_threads)
+        self._idle_instances: list[Any] = []   # see new_instance
+        self._instances_lock = threading.Lock()
+        self._instances_closed = False
         #: Merges this server's commits with those made elsewhere.
         self.announcer = Announcer(self, hooks.call_soon_threadsafe, source)
         self.announcer.seed()
@@ -150,6 +164,41 @@ class ServedStorage:
         """Record a commit and tell every other session, in commit order
         (after older commits made elsewhere: see `Announcer.own`)."""
         self.announcer.own(committer, tid, tuple(oids))
+
+    def new_instance(self) -> Any:
+        """The storage a transaction's thread commits on (any thread; see
+        zeo.server.commit_threads): an instance of an MVCC storage of its
+        own, with a view as new as the database's, else the storage itself.
+        Instances given back in a clean state are kept (at most
+        `MAX_IDLE_INSTANCES`) and handed out again: a new one opens its
+        own database connections."""
+        storage = self.storage
+        if not (IMVCCStorage.providedBy(storage) and hasattr(storage, "new_instance")):
+            return storage
+        with self._instances_lock:
+            instance = self._idle_instances.pop() if self._idle_instances else None
+        try:
+            if instance is None:
+                instance = storage.new_instance()
+                guard_conflict_resolution(instance, self.config.conflict_resolution_packages)
+            instance.poll_invalidations()
+        except BaseException:
+            if instance is not None:
+                self.release_instance(instance, reusable=False)
+            raise
+        return instance
+
+    def release_instance(self, instance: Any, reusable: bool = True) -> None:
+        """Give back what `new_instance` returned (any thread); *reusable*:
+        no storage transaction is open on it and none failed."""
+        if instance is self.storage:
+            return
+        with self._instances_lock:
+            if reusable and not self._instances_closed \
+                    and len(self._idle_instances) < MAX_IDLE_INSTANCES:
+                self._idle_instances.append(instance)
+                return
+        getattr(instance, "release", instance.close)()
 
     def register_answer(self, session: StorageSession) -> Any:
         """What a registering *session* is answered: ``lastTransaction``, or
@@ -294,7 +343,12 @@ class ServedStorage:
         source = self.announcer.source
         if self.started and source is not None:
             source.stop()
+        with self._instances_lock:
+            self._instances_closed = True
+            idle, self._idle_instances = self._idle_instances, []
         try:
+            for instance in idle:
+                getattr(instance, "release", instance.close)()
             if self.uploads is not None:
                 self.uploads.close()
         finally:

@@ -16,7 +16,10 @@ Calls whose cost grows with the database or an object's history
 (``undoLog``, ``undoInfo``, ``history``, ``loadSerial``, ``iterator_start``,
 ``getInvalidations`` beyond the queue) go through the session's
 `SlowCalls` lane and reply with a `Delayed`; the thread rules are in
-zeo.server.slow_calls. The others run on the loop.
+zeo.server.slow_calls. The others run on the loop. ``vote``, ``tpc_finish``
+and ``tpc_abort`` are in `zeo.server.commit_steps.CommitSteps`; a storage
+whose commits can block (RelStorage) has them run in commit threads
+(zeo.server.commit_threads).
 
 It logs registrations, timeouts and slow commits (zeo.server.connection_log).
 """
@@ -27,7 +30,7 @@ import logging
 import os
 from typing import Any
 
-from ZODB.POSException import ConflictError, ReadOnlyError, StorageTransactionError
+from ZODB.POSException import ReadOnlyError, StorageTransactionError
 from ZODB.serialize import referencesf
 from zope.interface import implementer, providedBy
 
@@ -35,6 +38,7 @@ from zeo.protocol import peer_repr
 
 from zeo.server.arguments import (
     checked_count, checked_id8, checked_label, checked_record, checked_serial)
+from zeo.server.commit_steps import CommitSteps
 from zeo.server.config import DEFAULT_MAX_LABEL_LENGTH
 from zeo.server.connection_log import CommitTimer, session_fields
 from zeo.server.interfaces import IStorageSession
@@ -80,8 +84,8 @@ MAX_NEW_OIDS = 100
 
 
 @implementer(IStorageSession)
-class StorageSession:
-    """See `IStorageSession`."""
+class StorageSession(CommitSteps):
+    """See `IStorageSession`; vote, finish and abort are in `CommitSteps`."""
 
     def __init__(self, storages: dict[str, ServedStorage], peer: Any,
                  label: str, max_label_length: int = DEFAULT_MAX_LABEL_LENGTH) -> None:
@@ -432,156 +436,7 @@ class StorageSession:
                 "the transaction is already voting; no more changes are accepted")
         return self.txn
 
-    def vote(self, txn_id: Any) -> Any:
-        txn = self._transaction(txn_id)
-        if txn.phase is not Phase.SPOOLING:
-            raise StorageTransactionError(f"Already voting ({txn.phase.value})")
-        txn.discard_blob_upload()
-        txn.phase = Phase.VOTING
-        asked = self.served.hooks.clock()  # type: ignore[union-attr]
-        delayed = Delayed()
-        if self.served.lock.request(  # type: ignore[union-attr]
-                self, lambda: self._vote_now(txn, delayed),
-                lambda waited: self._vote_dropped(txn, delayed, waited)):
-            self._commit_timer.ask(asked, granted=True)
-            return self._vote(txn)
-        self._commit_timer.ask(asked, granted=False)
-        self._waiting_vote = delayed
-        return delayed
-
-    def _vote_now(self, txn: PendingTransaction, delayed: Delayed) -> None:
-        self._waiting_vote = None
-        if self.txn is not txn:   # aborted or disconnected while waiting
-            self.served.lock.release(self)  # type: ignore[union-attr]
-            if not delayed.settled:
-                delayed.fail(StorageTransactionError(
-                    "the transaction was aborted while its vote waited for"
-                    " the commit lock"))
-            return
-        self._commit_timer.grant(self.served.hooks.clock())  # type: ignore[union-attr]
-        stalled = self.peer.writing_paused_for
-        limit = self.served.config.reader_stall_timeout  # type: ignore[union-attr]
-        if limit is not None and stalled >= limit:
-            # A client that does not read would hold the lock, unanswerable,
-            # until the transaction timeout: pass it over (the lock goes on
-            # to the next waiter) with a reply it can retry on.
-            self.served.stats.refusals["reader-stall-timeout"] += 1  # type: ignore[union-attr]
-            self._refuse_vote(
-                delayed, f"its turn for the commit lock came while its replies had"
-                f" been left unread for {stalled:.1f} s (reader-stall-timeout"
-                f" {limit:g} s); passed over",
-                "the commit lock was passed over because this client was not"
-                " reading its replies; retry the transaction")
-            return
-        try:
-            result = self._vote(txn)
-        except Exception as error:
-            delayed.fail(error)
-        else:
-            delayed.resolve(result)
-
-    def _vote_dropped(self, txn: PendingTransaction, delayed: Delayed,
-                      waited: float) -> None:
-        """The holder timed out while this vote waited (see commit_lock,
-        Rule 5)."""
-        if self.txn is not txn or delayed.settled:
-            return   # aborted or disconnected meanwhile: already answered
-        timeout = self.served.config.transaction_timeout  # type: ignore[union-attr]
-        self.served.stats.refusals["transaction-timeout"] += 1  # type: ignore[union-attr]
-        self._refuse_vote(
-            delayed, f"its vote waited {waited:.1f} s for the commit lock, whose"
-            f" holder timed out; dropped from the queue",
-            f"the commit lock was busy for {waited:.1f} s and its holder timed"
-            f" out after {timeout:g} s; retry the transaction")
-
-    def _refuse_vote(self, delayed: Delayed, why: str, message: str) -> None:
-        """Answer a waiting vote with a ConflictError (a TransientError:
-        ZODB applications retry it) and abort its transaction."""
-        logger.warning("%.200s: %s; answered with ConflictError", self.name, why)
-        self._waiting_vote = None
-        try:
-            delayed.fail(ConflictError(message=message))
-        finally:
-            self._forget_transaction(aborted=True)
-
-    def _vote(self, txn: PendingTransaction) -> Any:
-        served = self.served
-        stats = served.stats  # type: ignore[union-attr]
-        try:
-            result = txn.vote(on_conflict=lambda error: _count_conflict(stats))
-        except BaseException:
-            self._forget_transaction(aborted=True)
-            raise
-        if txn.phase is not Phase.VOTED:
-            # Client conflict resolution: hand the conflicts back, keep the
-            # spool for the next vote, and let others commit meanwhile.
-            self._commit_timer.end(self, "resolving conflicts")
-            served.lock.release(self)  # type: ignore[union-attr]
-        return result
-
-    def tpc_finish(self, txn_id: Any) -> bytes | None:
-        txn = self.txn
-        if txn is None or txn.txn_id != txn_id:
-            logger.warning("%s: tpc_finish for unknown transaction %s", self.name,
-                           peer_repr(txn_id))
-            return None
-        served = self.served
-        oids = txn.changed_oids()
-
-        def committed(tid: bytes) -> None:
-            # Called by the storage under its commit lock (see ServedStorage).
-            served.commit_finished(self, tid, sorted(oids))  # type: ignore[union-attr]
-
-        try:
-            tid = txn.finish(committed)
-        except BaseException:
-            self._forget_transaction(aborted=True)
-            raise
-        served.stats.commits += 1  # type: ignore[union-attr]
-        self.notify("info", (served.size_info(),))  # type: ignore[union-attr]
-        self._forget_transaction(aborted=False)
-        return tid
-
-    def tpc_abort(self, txn_id: Any) -> None:
-        txn = self.txn
-        if txn is None or txn.txn_id != txn_id:
-            return None  # unknown or already forgotten: silently nothing, as ZEO
-        self._forget_transaction(aborted=True)
-        return None
-
-    def _forget_transaction(self, aborted: bool) -> None:
-        txn, self.txn = self.txn, None
-        if txn is None:
-            return
-        waiting, self._waiting_vote = self._waiting_vote, None
-        if waiting is not None and not waiting.settled:
-            # Leaving the lock's queue drops the callback that would have
-            # answered the vote: answer it now.
-            waiting.fail(StorageTransactionError(
-                "the transaction was aborted while its vote waited for the"
-                " commit lock"))
-        served = self.served
-        self._commit_timer.end(self, "aborted" if aborted else "committed")
-        try:
-            if aborted:
-                txn.abort()
-                served.stats.aborts += 1  # type: ignore[union-attr]
-        finally:
-            served.stats.active_txns -= 1  # type: ignore[union-attr]
-            served.lock.release(self)  # type: ignore[union-attr]
-            txn.close()
-
     # -- the end --------------------------------------------------------------
-
-    def transaction_timed_out(self, timeout: float | None) -> None:
-        logger.critical(
-            "%s: transaction timeout after %s seconds holding the commit lock of"
-            " storage %r; aborting it and closing the connection", self.name, timeout,
-            self.served.name if self.served else None,
-            extra=session_fields(self, reason="transaction timeout", held=timeout))
-        self._commit_timer.forget()   # this line says it all
-        self._forget_transaction(aborted=True)
-        self.peer.close("transaction timeout")
 
     def connection_lost(self) -> None:
         """Abort whatever is open and leave the storage's sessions."""
@@ -595,6 +450,3 @@ class StorageSession:
             if self.served is not None:
                 self.served.remove(self)
 
-
-def _count_conflict(stats: Any) -> None:
-    stats.conflicts += 1

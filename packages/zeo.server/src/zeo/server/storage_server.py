@@ -86,7 +86,8 @@ class StorageServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unix_paths: list[str] = []
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None
-        self._pack_workers: concurrent.futures.ThreadPoolExecutor | None = None
+        #: The pack and commit threads, made when first needed.
+        self._lanes: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
         self._working: set[asyncio.Future[Any]] = set()
         #: Open transaction iterators over all connections and storages.
         self.iterator_budget = IteratorBudget(self.config.max_server_iterators)
@@ -209,18 +210,23 @@ class StorageServer:
     def status(self) -> dict[str, Any]:
         return {name: served.status() for name, served in self.storages.items()}
 
-    def run_in_thread(self, function: Callable[[], Any], *, pack: bool = False) -> Delayed:
+    def run_in_thread(self, function: Callable[[], Any], *, pack: bool = False,
+                      commit: bool = False) -> Delayed:
         """Run *function* in a worker thread; its outcome settles the
         returned `Delayed` on the loop. *pack*: on the pack threads (one
-        per storage), else on the ``worker_threads`` shared by all."""
+        per storage); *commit*: on the commit threads (one per storage: its
+        commit lock lets one transaction's storage calls run at a time, see
+        zeo.server.commit_threads); else on the ``worker_threads`` shared
+        by all."""
         if self.closed:
             raise RuntimeError("the server is closing")
-        if pack:
-            if self._pack_workers is None:
-                self._pack_workers = concurrent.futures.ThreadPoolExecutor(
+        if pack or commit:
+            name = "pack" if pack else "commit"
+            executor = self._lanes.get(name)
+            if executor is None:
+                executor = self._lanes[name] = concurrent.futures.ThreadPoolExecutor(
                     max_workers=len(self.storages),
-                    thread_name_prefix="zeo.server worker pack")
-            executor = self._pack_workers
+                    thread_name_prefix=f"zeo.server worker {name}")
         else:
             if self._workers is None:
                 self._workers = concurrent.futures.ThreadPoolExecutor(
@@ -248,17 +254,19 @@ class StorageServer:
     async def _stop_workers(self) -> None:
         # Calls not started yet never will be; a running pack must not find
         # its storage closed under it.
-        for executor in (self._workers, self._pack_workers):
+        executors = [self._workers, *self._lanes.values()]
+        for executor in executors:
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
         if self._working:
             logger.info("waiting for %d storage call(s) (packs, history reads) to"
                         " finish before closing the storages", len(self._working))
             await asyncio.wait(set(self._working))
-        for executor in (self._workers, self._pack_workers):
+        for executor in executors:
             if executor is not None:
                 executor.shutdown(wait=True)  # idle by now: ends the threads
-        self._workers = self._pack_workers = None
+        self._workers = None
+        self._lanes.clear()
 
 
 def format_address(address: Address) -> str:

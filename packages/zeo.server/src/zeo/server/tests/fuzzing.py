@@ -139,8 +139,9 @@ class _Peer:
         except OSError as error:
             self.harness.close_connection(self.connection, f"blob read failed: {error}")
 
-    def run_in_thread(self, function: Any, *, pack: bool = False) -> Delayed:
-        done = self.harness.server.run_in_thread(function, pack=pack)
+    def run_in_thread(self, function: Any, *, pack: bool = False,
+                      commit: bool = False) -> Delayed:
+        done = self.harness.server.run_in_thread(function, pack=pack, commit=commit)
         self.harness.threads.append(done)
         return done
 

@@ -363,9 +363,14 @@ def create_root(dsn: str, *, keep_history: bool = True) -> None:
 
 
 def increment_concurrently(address: Any, *, clients: int = 4, increments: int = 25,
-                           attempts: int = 50) -> dict[str, Any]:
+                           attempts: int | None = None) -> dict[str, Any]:
     """*clients* zeo.client DBs on *address*, in threads, each adding 1 to
-    ``root.counter['n']`` *increments* times, retrying on ConflictError.
+    ``root.counter['n']`` *increments* times, retrying on ConflictError up
+    to *attempts* times per increment. By default as often as a client can
+    lose: the commit lock is FIFO, and the client that just committed votes
+    one round trip before the others have reloaded the counter, so it
+    tends to win every round until it is done; one client may lose every
+    round while all the others commit all their increments.
 
     Returns ``landed`` (commits that succeeded), ``retries`` (ConflictErrors
     retried), ``errors`` (other exceptions' reprs, each giving up on that
@@ -378,6 +383,8 @@ def increment_concurrently(address: Any, *, clients: int = 4, increments: int = 
 
     import zeo.client
 
+    if attempts is None:
+        attempts = clients * increments
     db = zeo.client.DB(address)
     try:
         with db.transaction() as connection:

@@ -165,12 +165,15 @@ class SnapshotStorage(MappingStorage):
 
 class MergeTests(unittest.TestCase):
 
+    #: The served storage's settings.
+    config = ServerConfig()
+
     def serve(self, storage=None, source=None, sessions=2):
         self.loop = Loop()
         self.events = []
         storage = storage if storage is not None else MappingStorage()
         self.source = source if source is not None else FakeSource()
-        served = ServedStorage("1", storage, ServerConfig(), self.loop.hooks(),
+        served = ServedStorage("1", storage, self.config, self.loop.hooks(),
                                source=self.source)
         self.addCleanup(served.close)
         served.start()
@@ -321,7 +324,10 @@ class MergeTests(unittest.TestCase):
 
 class MVCCMergeTests(MergeTests):
     """The same rules, plus: the snapshot moves only outside a storage
-    transaction, and after the commits are read (rules 3 and 4)."""
+    transaction, and after the commits are read (rules 3 and 4), when the
+    storage commits on the loop."""
+
+    config = ServerConfig(commit_threads="off")
 
     def serve(self, storage=None, source=None, sessions=2):
         if storage is None:
@@ -402,6 +408,45 @@ class MVCCMergeTests(MergeTests):
         served.lock.release(first)   # hands over to second at once
         self.assertEqual(other.heard, [p64(5)])
         self.assertIs(served.lock.holder, second)
+
+
+class ThreadedMVCCMergeTests(MergeTests):
+    """Rule 7: the storage commits on instances of their own (in threads),
+    so the snapshot the loop reads may move at any time, and moves before
+    our own commit is announced."""
+
+    def serve(self, storage=None, source=None, sessions=2):
+        storage = SnapshotStorage([]) if storage is None else storage
+        served = super().serve(storage, source, sessions)
+        if isinstance(storage, SnapshotStorage):
+            storage.events = self.events
+            self.assertTrue(served.commit_threads)   # the default, "auto"
+            self.assertTrue(served.announcer.free)
+        return served
+
+    def test_commits_made_during_a_transaction_are_announced_at_once(self):
+        served = self.serve()
+        committer, other = self.sessions
+        self.assertTrue(served.lock.request(committer, lambda: None))
+        del self.events[:]
+        self.source.commit(5, 1)
+        self.assertEqual(self.events[0], ("move",))
+        self.assertEqual(other.heard, [p64(5)])
+        self.assertEqual(served.last_transaction(), p64(5))
+
+    def test_our_commit_is_announced_after_the_snapshot_moved(self):
+        served = self.serve()
+        committer, other = self.sessions
+        self.assertTrue(served.lock.request(committer, lambda: None))
+        del self.events[:]
+        self.source.commit(5, 1, report=False)
+        self.source.commit(6, 2, report=False)   # ours, as the database has it
+        self.source.commit(7, 3, report=False)
+        served.commit_finished(committer, p64(6), [oid(2)])
+        self.assertEqual(self.events[0], ("move",))
+        self.assertEqual(other.heard, [p64(5), p64(6), p64(7)])
+        self.assertEqual(committer.heard, [p64(5), p64(7)])
+        self.assertEqual(served.last_transaction(), p64(7))
 
 
 class IteratingSourceTests(unittest.TestCase):
