@@ -437,8 +437,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
             return 0.0
         return time.monotonic() - self._paused_at
 
-    def run_in_thread(self, function: Any, *, pack: bool = False,
-                      commit: bool = False) -> Delayed:
+    def run_in_thread(self, function: Any, *, pack: bool = False, commit: bool = False) -> Delayed:
         return self.server.run_in_thread(function, pack=pack, commit=commit)
 
     def close(self, reason: str | None) -> None:

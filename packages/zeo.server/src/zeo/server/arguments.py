@@ -11,8 +11,12 @@ from typing import Any
 
 from zeo.protocol import peer_repr
 
+#: ZODB's largest transaction id (``ZODB.utils.maxtid``).
+MAXTID = b"\x7f" + b"\xff" * 7
+
 __all__ = [
-    "checked_count", "checked_id8", "checked_label", "checked_record", "checked_serial",
+    "MAXTID", "checked_count", "checked_id8", "checked_label", "checked_record", "checked_serial",
+    "checked_tid",
 ]
 
 
@@ -31,11 +35,31 @@ def checked_id8(value: Any, what: str) -> bytes:
     return value
 
 
+def checked_tid(value: Any, what: str) -> bytes:
+    """*value* if it is 8 bytes, with a tid above ZODB's ``maxtid`` read as
+    ``maxtid``.
+
+    No transaction id has the top bit set (``maxtid`` is 2**63 - 1), so a
+    larger tid means the same as ``maxtid`` to every storage call (clients
+    and ZODB's own tests send ``b"\\xff" * 8`` for "after everything", and
+    ZEO accepts it). But storages on a database keep tids as signed 64-bit
+    integers: given a larger one, PostgreSQL fails the query, and
+    RelStorage's load connection then failed every later load of every
+    client. So it never reaches a storage.
+    """
+    if type(value) is not bytes or len(value) != 8:
+        raise TypeError(f"{what} is 8 bytes, not {peer_repr(value, 40)}")
+    return MAXTID if value[0] & 0x80 else value
+
+
 def checked_serial(value: Any) -> Any:
-    """A serial as sent: 8 bytes, None (new object), or, from clients that
-    pass ZODB's text z64 through (its own tests do), 8 characters."""
+    """A serial as sent: 8 bytes (one above ``maxtid`` read as ``maxtid``,
+    see `checked_tid`), None (new object), or, from clients that pass
+    ZODB's text z64 through (its own tests do), 8 characters."""
     if type(value) is str and len(value) == 8:
-        return value.encode("latin-1")
+        value = value.encode("latin-1")
+    if type(value) is bytes and len(value) == 8 and value[0] & 0x80:
+        return MAXTID
     return value
 
 

@@ -37,7 +37,7 @@ from zope.interface import implementer, providedBy
 from zeo.protocol import peer_repr
 
 from zeo.server.arguments import (
-    checked_count, checked_id8, checked_label, checked_record, checked_serial)
+    checked_count, checked_id8, checked_label, checked_record, checked_serial, checked_tid)
 from zeo.server.commit_steps import CommitSteps
 from zeo.server.config import DEFAULT_MAX_LABEL_LENGTH
 from zeo.server.connection_log import CommitTimer, session_fields
@@ -166,7 +166,7 @@ class StorageSession(CommitSteps):
 
     def getInvalidations(self, tid: bytes) -> Any:
         served = self.served
-        known, answer = served.invalidations_from_queue(tid)  # type: ignore[union-attr]
+        known, answer = served.invalidations_from_queue(checked_tid(tid, "a tid"))  # type: ignore[union-attr]
         if known:
             return answer
         now = served.hooks.clock()  # type: ignore[union-attr]
@@ -197,8 +197,8 @@ class StorageSession(CommitSteps):
 
     def loadBefore(self, oid: bytes, tid: bytes) -> Any:
         if oid.__class__ is not bytes or len(oid) != 8 \
-                or tid.__class__ is not bytes or len(tid) != 8:
-            checked_id8(oid, "an oid"), checked_id8(tid, "a tid")
+                or tid.__class__ is not bytes or len(tid) != 8 or tid[0] & 0x80:
+            oid, tid = checked_id8(oid, "an oid"), checked_tid(tid, "a tid")
         self.served.stats.loads += 1  # type: ignore[union-attr]
         return self._storage().loadBefore(oid, tid)
 
@@ -209,7 +209,7 @@ class StorageSession(CommitSteps):
     def loadSerial(self, oid: bytes, serial: bytes) -> Any:
         # Walks back the object's revisions, holding the storage's lock.
         return self._off_loop(self._storage().loadSerial,
-                              checked_id8(oid, "an oid"), checked_id8(serial, "a serial"))
+                              checked_id8(oid, "an oid"), checked_tid(serial, "a serial"))
 
     def getTid(self, oid: bytes) -> bytes:
         return self._storage().getTid(checked_id8(oid, "an oid"))
@@ -252,7 +252,7 @@ class StorageSession(CommitSteps):
 
     def sendBlob(self, oid: bytes, serial: bytes) -> None:
         path = self._storage().loadBlob(
-            checked_id8(oid, "an oid"), checked_id8(serial, "a serial"))
+            checked_id8(oid, "an oid"), checked_tid(serial, "a serial"))
         blob = open_blob(self.served.blob_dir, path)  # type: ignore[union-attr]
         chunk_size = self.served.config.blob_chunk_size  # type: ignore[union-attr]
         self.peer.stream(BlobMessages(oid, serial, blob, chunk_size))
@@ -265,9 +265,8 @@ class StorageSession(CommitSteps):
         (FileStorage searches for *start*), adopt it back on the loop."""
         # Checked here: FileStorage's iterator asserts on a wrong type and
         # leaves its file open until garbage collection.
-        for bound in (start, stop):
-            if bound is not None:
-                checked_id8(bound, "an iterator bound (a tid)")
+        start, stop = (None if bound is None else checked_tid(bound, "an iterator bound (a tid)")
+                       for bound in (start, stop))
         iterators = self._iterators
         storage = self._storage()
         iid = iterators.reserve()  # type: ignore[union-attr]

@@ -3,7 +3,8 @@
 import unittest
 
 from zeo.server.arguments import (
-    checked_count, checked_id8, checked_label, checked_record, checked_serial)
+    checked_count, checked_id8, checked_label, checked_record, checked_serial,
+    checked_tid)
 
 
 class ArgumentTests(unittest.TestCase):
@@ -13,6 +14,16 @@ class ArgumentTests(unittest.TestCase):
         for bad in (b"\0" * 7, "\0" * 8, None, 8):
             with self.assertRaisesRegex(TypeError, "an oid is 8 bytes"):
                 checked_id8(bad, "an oid")
+
+    def test_a_tid_above_maxtid_is_read_as_maxtid(self):
+        maxtid = b"\x7f" + b"\xff" * 7
+        self.assertEqual(checked_tid(maxtid, "a tid"), maxtid)
+        self.assertEqual(checked_tid(b"\1" * 8, "a tid"), b"\1" * 8)
+        for above in (b"\x80" + b"\0" * 7, b"\xff" * 8):
+            self.assertEqual(checked_tid(above, "a tid"), maxtid)
+            self.assertEqual(checked_serial(above), maxtid)
+        with self.assertRaisesRegex(TypeError, "a tid is 8 bytes"):
+            checked_tid(b"\0" * 7, "a tid")
 
     def test_record_is_non_empty_bytes(self):
         self.assertEqual(checked_record(b"data"), b"data")

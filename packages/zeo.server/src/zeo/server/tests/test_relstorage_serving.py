@@ -21,7 +21,7 @@ import zeo.client
 from zeo.server.tests.postgres import (
     POSTGRES_LAYER, create_root, increment_concurrently, open_relstorage,
     relstorage_section)
-from zeo.server.tests.rawclient import connect_when_ready
+from zeo.server.tests.rawclient import ServerError, connect_when_ready
 from zeo.server.tests.serverprocess import ServerProcess, free_port
 from zeo.server.tests.test_layout import CHECKOUT
 
@@ -89,6 +89,25 @@ class ServedRelStorageTests(unittest.TestCase):
                 self.assertEqual(connection.root.answer, 42)
         finally:
             db.close()
+
+
+    def test_a_tid_beyond_maxtid_harms_no_later_load(self):
+        # PostgreSQL keeps tids as signed 64-bit integers: such a tid
+        # failed the query and left RelStorage's load connection failing
+        # every later load of every client ("InFailedSqlTransaction"). The
+        # server reads it as maxtid, as it means the same to any storage.
+        client = connect_when_ready(self.server.address)
+        self.addCleanup(client.close)
+        maxtid = b"\x7f" + b"\xff" * 7
+        current = tuple(client.call("loadBefore", z64, maxtid))
+        self.assertEqual(tuple(client.call("loadBefore", z64, b"\xff" * 8)), current)
+        with self.assertRaises(ServerError) as caught:
+            client.call("loadSerial", z64, b"\xff" * 8)
+        self.assertIn("POSKeyError", str(caught.exception))
+        client.call("getInvalidations", b"\x80" + b"\0" * 7)
+        other = connect_when_ready(self.server.address)
+        self.addCleanup(other.close)
+        self.assertEqual(tuple(other.call("loadBefore", z64, maxtid)), current)
 
 
 class FreshRelStorageTests(unittest.TestCase):
