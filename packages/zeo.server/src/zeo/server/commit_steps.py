@@ -206,7 +206,7 @@ class CommitSteps:
             self._forget_transaction(aborted=True)
             raise
         served.stats.commits += 1
-        self.notify("info", (served.size_info(),))
+        self.notify("info", (served.size_info(self.peer.run_in_thread),))
         self._forget_transaction(aborted=False)
         return tid
 
@@ -236,7 +236,7 @@ class CommitSteps:
                 logger.exception("%.200s: announcing commit %s failed", self.name, tid.hex())
             served.stats.commits += 1
             if self.txn is txn:
-                self.notify("info", (served.size_info(),))
+                self.notify("info", (served.size_info(self.peer.run_in_thread),))
                 self._forget_transaction(aborted=False)
             reply.resolve(tid)
 

@@ -34,6 +34,7 @@ from zeo.server.invalidation_queue import InvalidationQueue, invalidations_by_it
 from zeo.server.iterators import IteratorBudget
 from zeo.server.results import Delayed
 from zeo.server.shared_blobs import claim_shared_blob
+from zeo.server.size_info import RunInThread, SizeInfo
 from zeo.server.stats import StorageStats
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class ServedStorage:
         self.storage = storage
         self.config = config
         self.hooks = hooks
+        self._size_info = SizeInfo(storage, hooks.clock)
         self.read_only = bool(config.read_only or storage.isReadOnly())
         self.sessions: set[StorageSession] = set()
         self.stats = StorageStats(start_time=hooks.clock(),
@@ -228,8 +230,11 @@ class ServedStorage:
         return claim_shared_blob(self.blob_dir, _fshelper(self.storage).getPathForOID(oid),
                                  filename, self.uploads.new_name)
 
-    def size_info(self) -> dict[str, int]:
-        return {"length": len(self.storage), "size": self.storage.getSize()}
+    def size_info(self, run_in_thread: RunInThread | None = None) -> dict[str, int]:
+        """What ``info`` tells clients (zeo.server.size_info: a storage on
+        a database is asked in a thread given *run_in_thread*, now and
+        then)."""
+        return self._size_info(run_in_thread)
 
     def invalidations_from_queue(self, tid: bytes) -> tuple[bool, Any]:
         """``(True, answer)`` if the queue answers ``getInvalidations(tid)``

@@ -126,6 +126,7 @@ class StorageServer:
                                                 source=self._sources.get(name))
         for served in self.storages.values():
             served.start()
+            served.size_info(self.run_in_thread)   # a database's: read in a thread
         for address in addresses:
             await self._listen(loop, address)
         self.budgets.start(loop, self.connections)

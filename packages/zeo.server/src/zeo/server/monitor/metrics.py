@@ -196,10 +196,12 @@ class ServerCollector(Collector):
         yield gauge("zeo_open_iterators", "Open transaction and record iterators.",
                     lambda s: sum(len(getattr(x, "_iterators", None) or ())
                                   for x in s.sessions))
+        # As clients are told: a storage on a database is asked now and then,
+        # in a thread (zeo.server.size_info), never here on the loop.
         yield gauge("zeo_storage_size_bytes", "The storage's size (getSize).",
-                    lambda s: s.storage.getSize())
+                    lambda s: s.size_info()["size"])
         yield gauge("zeo_storage_objects", "Objects in the storage (len).",
-                    lambda s: len(s.storage))
+                    lambda s: s.size_info()["length"])
         yield gauge("zeo_last_transaction_timestamp_seconds",
                     "Time of the storage's last transaction (0: none).",
                     lambda s: tid_time(s.storage.lastTransaction() or Z64) or 0.0)

@@ -103,8 +103,8 @@ def _storage(served: ServedStorage, now: float) -> dict[str, Any]:
         "read_only": served.read_only,
         "last_tid": last.hex(),
         "last_commit": tid_time(last),
-        "size": storage.getSize(),
-        "objects": len(storage),
+        "size": served.size_info()["size"],      # see zeo.server.size_info
+        "objects": served.size_info()["length"],
         "invalidation_queue_length": len(served.queue),
         "connections": stats.connections,
         "active_transactions": stats.active_txns,
