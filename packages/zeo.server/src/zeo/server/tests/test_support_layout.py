@@ -6,6 +6,8 @@ they may (issue #21).
   ``zeo.server.testing``);
 - no module imports from a ``test_*`` module (test modules import their
   helpers from support modules), except the ones listed in `PENDING`;
+- the shim ``tests/serverprocess.py`` stays gone (import from
+  ``tests/support.py``);
 - ``scripts/`` import nothing from a ``test_*`` module, and leave
   ``sys.path`` alone except those run by interpreters without our packages
   (`PATH_EDITING`);
@@ -34,10 +36,8 @@ HOMES = {
                    # returns a bool: a fake server's own, not the tests' one
                    "packages/zeo.client/src/zeo/client/tests/hostile.py"},
 }
-#: Modules still importing from a test module (others are editing them):
-#: move what they share to the support modules (``test_relstorage_fronts``'
-#: helpers, ``test_layout.CHECKOUT``) once they land.
-PENDING = ("packages/zeo.server/src/zeo/server/tests/test_relstorage_*.py",)
+#: Modules still importing from a test module (none now).
+PENDING: tuple[str, ...] = ()
 #: Scripts run by interpreters that lack our packages (bin/reference-py,
 #: a plain or atheris Python): they add the sources to ``sys.path``.
 PATH_EDITING = {"bench_client.py", "bench_cache_reopen.py", "bench_protocol.py",
@@ -90,6 +90,10 @@ class SupportLayoutTests(unittest.TestCase):
                 if last.startswith("test_") and last != own:
                     offenders.append(f"{relative(path)}: {name}")
         self.assertEqual(offenders, [])
+
+    def test_no_re_export_shim(self):
+        shim = CHECKOUT / "packages/zeo.server/src/zeo/server/tests/serverprocess.py"
+        self.assertFalse(shim.exists(), "import ServerProcess from tests/support.py")
 
     def test_scripts_leave_sys_path_alone(self):
         editing = {path.name for path in scripts()
