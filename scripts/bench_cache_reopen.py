@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 for _package in ('zeo.protocol', 'zeo.client'):
     sys.path.insert(0, os.path.join(HERE, '..', 'packages', _package, 'src'))
 
-from zeo.client.file_cache import FileCache  # noqa: E402
+from zeo.client.cache.persistent import FileCache  # noqa: E402
 
 
 def p64(n):

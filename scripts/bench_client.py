@@ -331,14 +331,14 @@ def cache_reopen(args):
     or the reference's ClientCache, filled and timed by
     scripts/bench_cache_reopen.py's own functions."""
     if args.impl == 'zeo':
-        # bench_cache_reopen imports zeo.client.file_cache at module level
+        # bench_cache_reopen imports zeo.client.cache.persistent at module level
         # and zeo.client needs zeo.protocol; neither is on the reference
         # interpreter's path.  Only that import uses them.
         sys.path.insert(0, os.path.join(REPO, 'packages', 'zeo.protocol', 'src'))
     sys.path.insert(0, HERE)
     import bench_cache_reopen as reopen
     if args.impl == 'ours':
-        from zeo.client.file_cache import FileCache as Cache
+        from zeo.client.cache.persistent import FileCache as Cache
     else:
         from ZEO.cache import ClientCache as Cache
     import tempfile

@@ -64,7 +64,7 @@ class IClientCache(Interface):
         ``end_tid`` is ``None`` for a current record.  Storing a record
         that is already cached is a no-op.  Storing a current record while
         a *different* current record of the same object is cached raises
-        :class:`~zeo.client.cache_errors.CacheConsistencyError`.  A
+        :class:`~zeo.client.cache.errors.CacheConsistencyError`.  A
         current record that a cached revision or a recent invalidation
         already supersedes is not stored (a stale load reply must never
         become the cached current revision).  Storing a non-current
@@ -90,7 +90,7 @@ class IClientCache(Interface):
         """Record that all invalidations up to ``tid`` have been applied.
 
         The last tid only moves forward: an older ``tid`` raises
-        :class:`~zeo.client.cache_errors.LastTidError`; the same tid is
+        :class:`~zeo.client.cache.errors.LastTidError`; the same tid is
         accepted and does nothing.  A persistent cache records it so that
         after a crash it never reports a last tid newer than the
         invalidations it holds.
@@ -103,7 +103,7 @@ class IClientCache(Interface):
         """Release the cache's resources; a persistent cache saves its
         state so that it can be reopened quickly.  Closing twice is
         harmless; any other call on a closed cache raises
-        :class:`~zeo.client.cache_errors.CacheError`."""
+        :class:`~zeo.client.cache.errors.CacheError`."""
 
     def __len__():
         """Return the number of cached records (current and not)."""

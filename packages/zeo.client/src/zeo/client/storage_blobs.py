@@ -72,12 +72,12 @@ class ClientBlobs:
             return
         if config.shared_blob_dir:
             import ZODB.blob
-            from zeo.client.blob_shared import SharedBlobDir
+            from zeo.client.blobs.shared import SharedBlobDir
             self._blobs = SharedBlobDir(config.blob_dir)
             # As the reference has it (ZODB's blob tests use it).
             self.fshelper = ZODB.blob.FilesystemHelper(config.blob_dir)
             return
-        from zeo.client.blob_cache import BlobCache
+        from zeo.client.blobs.cache import BlobCache
         on_needs_pruning = None
         if config.blob_cache_size is not None:
             # Pruning scans the directory: one long-lived worker thread

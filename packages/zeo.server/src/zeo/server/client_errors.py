@@ -15,7 +15,10 @@ client knows, keeping its state:
 
 * a ``transaction.interfaces.TransientError`` of a class clients don't
   know becomes a ``ConflictError`` naming the original, which ZODB's
-  transaction managers retry;
+  transaction managers retry; so do the few storage errors that are
+  transient in nature though not declared so (`TRANSIENT_STORAGE_ERRORS`:
+  RelStorage's commit-lock timeout, raised when another front held the
+  database's commit lock too long);
 * another ``ZODB.POSException.POSError`` becomes its nearest base class
   that clients know (``POSKeyError``, ``StorageError``, ...);
 * anything else is left alone.
@@ -31,10 +34,16 @@ from ZODB.POSException import ConflictError, POSError
 from zeo.protocol import peer_repr, zodb_error_table
 from zeo.protocol.remote_errors import qualified_name
 
-__all__ = ["KNOWN_ERRORS", "exception_for_clients"]
+__all__ = ["KNOWN_ERRORS", "TRANSIENT_STORAGE_ERRORS", "exception_for_clients"]
 
 #: The class names every client rebuilds as themselves.
 KNOWN_ERRORS = frozenset(zodb_error_table())
+
+#: Storage errors (by qualified name: the core imports no storage package)
+#: that a retry of the transaction may well get past.
+TRANSIENT_STORAGE_ERRORS = frozenset({
+    "relstorage.adapters.interfaces.UnableToAcquireCommitLockError",
+})
 
 
 def exception_for_clients(error: BaseException) -> BaseException:
@@ -42,7 +51,7 @@ def exception_for_clients(error: BaseException) -> BaseException:
     cls = type(error)
     if qualified_name(cls) in KNOWN_ERRORS:
         return error
-    if isinstance(error, TransientError):
+    if isinstance(error, TransientError) or qualified_name(cls) in TRANSIENT_STORAGE_ERRORS:
         return ConflictError(
             f"{qualified_name(cls)}: {peer_repr(str(error), 500)}; retry the transaction")
     if isinstance(error, POSError):

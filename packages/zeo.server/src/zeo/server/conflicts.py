@@ -26,7 +26,9 @@ transaction as usual.
 
 RelStorage resolves the conflicts it finds when it votes, through a
 helper object of its own rather than the storage's method;
-`guard_relstorage_vote` puts the same check in front of that helper.
+`guard_relstorage_vote` puts the same check in front of that helper, and
+zeo.server.relstorage_conflicts makes that helper read the revision the
+client started from by ``(oid, serial)``.
 
 Building that error is a second door: ``ConflictError(data=...)`` names
 the record's class with ``ZODB.utils.get_pickle_metadata``, which
@@ -52,6 +54,8 @@ from zeo.protocol import exception_text, peer_repr
 
 from zeo.protocol.record_class import pickle_metadata
 from zeo.protocol.zodb_errors import neutralise_get_pickle_metadata
+from zeo.server.relstorage_conflicts import (RELSTORAGE_RESOLVER,
+                                             fix_relstorage_conflict_resolution)
 
 __all__ = ["ConflictResolutionGuard", "RELSTORAGE_RESOLVER", "STATE_GLOBALS", "Unsafe",
            "guard_conflict_resolution", "guard_relstorage_vote",
@@ -170,6 +174,7 @@ def guard_conflict_resolution(storage: Any, packages: Iterable[str]) -> None:
     storage.tryToResolveConflict = try_to_resolve_conflict
     if type(storage).__module__.split(".")[0] == "relstorage":
         guard_relstorage_vote(guard)
+        fix_relstorage_conflict_resolution()
 
 
 def _check(guard: ConflictResolutionGuard, storage: Any, untransform: Callable[[bytes], bytes],
@@ -185,10 +190,6 @@ def _check(guard: ConflictResolutionGuard, storage: Any, untransform: Callable[[
                     exception_text(reason))
         raise ConflictError(oid=oid, serials=(committed_serial, old_serial),
                             data=newpickle) from None
-
-
-#: Where RelStorage resolves the conflicts it finds when it votes.
-RELSTORAGE_RESOLVER = ("relstorage.storage.tpc.vote", "_CachedConflictResolver")
 
 
 def guard_relstorage_vote(guard: ConflictResolutionGuard) -> None:

@@ -30,8 +30,8 @@ from ZODB.utils import p64
 
 import zeo.server
 from zeo.server.testing import free_port
-from zeo.client import cache_format as fmt
-from zeo.client.blob_cache import BlobCache
+from zeo.client.cache import file_format as fmt
+from zeo.client.blobs.cache import BlobCache
 from zeo.client.storage import ClientStorage
 
 __all__ = ['BlobCacheTestBase', 'FAST', 'Handler', 'OID1', 'OID2', 'RecordingDB',

@@ -10,11 +10,11 @@ from unittest import mock
 
 from ZODB.POSException import POSKeyError
 
-from zeo.client import blob_cache
-from zeo.client.blob_cache import BlobCache
-from zeo.client.blob_errors import BlobCacheError
-from zeo.client.blob_errors import BlobCacheLayoutError
-from zeo.client.blob_errors import BlobCacheLockTimeout
+from zeo.client.blobs import cache as blob_cache
+from zeo.client.blobs.cache import BlobCache
+from zeo.client.blobs.errors import BlobCacheError
+from zeo.client.blobs.errors import BlobCacheLayoutError
+from zeo.client.blobs.errors import BlobCacheLockTimeout
 from zeo.client.tests.support import BlobCacheTestBase, content, p64
 
 try:
@@ -148,7 +148,7 @@ class DownloadTests(BlobCacheTestBase):
         self.assertEqual(self.tmp_files(cache), [])
 
     def test_failure_while_installing_leaves_nothing(self):
-        # Flushing each file (see test_blob_crash for the crash marker).
+        # Flushing each file (see test_blob_unsynced for the crash marker).
         cache = self.make(fsync=True, boot_id=lambda: None)
         download = cache.begin_download(p64(1), p64(2))
         download.write(b'data')

@@ -46,7 +46,7 @@ def read_revision(cache, oid, tid, fetch, use_open_committed, counts):
 
 READER_SCRIPT = textwrap.dedent('''
     import json, random, sys, time
-    from zeo.client.blob_cache import BlobCache
+    from zeo.client.blobs.cache import BlobCache
     from zeo.client.tests.test_blob_concurrency import (
         read_revision, OIDS, SIZE, CHUNK)
     from zeo.client.tests.support import content, p64

@@ -7,11 +7,11 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from zeo.client import blob_layout
-from zeo.client.blob_layout import blob_relpath
-from zeo.client.blob_layout import bucket_name
-from zeo.client.blob_layout import check_id
-from zeo.client.blob_layout import parse_blob_relpath
+from zeo.client.blobs import layout as blob_layout
+from zeo.client.blobs.layout import blob_relpath
+from zeo.client.blobs.layout import bucket_name
+from zeo.client.blobs.layout import check_id
+from zeo.client.blobs.layout import parse_blob_relpath
 
 try:
     from ZEO.ClientStorage import BlobCacheLayout as ReferenceLayout

@@ -9,9 +9,9 @@ import time
 import unittest
 from unittest import mock
 
-from zeo.client import blob_prune
-from zeo.client.blob_lock import try_lock_file
-from zeo.client.blob_prune import prune_directory
+from zeo.client.blobs import prune as blob_prune
+from zeo.client.lockfiles import try_lock_file
+from zeo.client.blobs.prune import prune_directory
 from zeo.client.tests.support import BlobCacheTestBase
 from zeo.client.tests.support import p64
 
@@ -253,7 +253,7 @@ class OnePrunerTests(PruneTestBase):
 
 PRUNER_SCRIPT = textwrap.dedent('''
     import json, os, sys, time
-    from zeo.client.blob_cache import BlobCache
+    from zeo.client.blobs.cache import BlobCache
     directory, first_oid, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     cache = BlobCache(directory, 20_000, 10, recent=0, fsync=False)
     added = removed = 0

@@ -7,9 +7,9 @@ import unittest
 import ZODB.blob
 from ZODB.POSException import POSKeyError
 
-from zeo.client.blob_cache import BlobCache
-from zeo.client.blob_errors import BlobCacheLayoutError
-from zeo.client.blob_shared import SharedBlobDir
+from zeo.client.blobs.cache import BlobCache
+from zeo.client.blobs.errors import BlobCacheLayoutError
+from zeo.client.blobs.shared import SharedBlobDir
 
 
 def p64(n):

@@ -15,11 +15,11 @@ from zope.interface.verify import verifyObject
 from zeo.client.cache import FileCache
 from zeo.client.cache import MemoryCache
 from zeo.client.cache import open_cache
-from zeo.client.cache_errors import CacheConsistencyError
-from zeo.client.cache_guard import MAX_OLD_REVISIONS
-from zeo.client.cache_errors import CacheError
-from zeo.client.cache_errors import CacheLockedError
-from zeo.client.cache_errors import LastTidError
+from zeo.client.cache.errors import CacheConsistencyError
+from zeo.client.cache.recent_invalidations import MAX_OLD_REVISIONS
+from zeo.client.cache.errors import CacheError
+from zeo.client.cache.errors import CacheLockedError
+from zeo.client.cache.errors import LastTidError
 from zeo.client.interfaces import IClientCache
 
 

@@ -1,4 +1,4 @@
-"""Tests of the two-layer record index (zeo.client.cache_index)."""
+"""Tests of the two-layer record index (zeo.client.cache.index)."""
 import unittest
 
 from hypothesis import settings
@@ -8,10 +8,10 @@ from hypothesis.stateful import invariant
 from hypothesis.stateful import precondition
 from hypothesis.stateful import rule
 
-from zeo.client.cache_errors import CacheConsistencyError
-from zeo.client.cache_errors import CacheCorruptError
-from zeo.client.cache_index import Entry
-from zeo.client.cache_index import RecordIndex
+from zeo.client.cache.errors import CacheConsistencyError
+from zeo.client.cache.errors import CacheCorruptError
+from zeo.client.cache.index import Entry
+from zeo.client.cache.index import RecordIndex
 
 OIDS = st.integers(min_value=0, max_value=2**64 - 1) | st.integers(1, 8)
 STARTS = st.integers(min_value=1, max_value=40)

@@ -12,7 +12,7 @@ import time
 import unittest
 from typing import Any
 
-from zeo.client.file_cache import FileCache
+from zeo.client.cache.persistent import FileCache
 from zeo.client.tests.support import indexed_offsets
 from zeo.client.tests.support import intact_records
 
@@ -57,7 +57,7 @@ def before(starts, tid):
 
 CHILD = HISTORY + '''
 import sys
-from zeo.client.file_cache import FileCache
+from zeo.client.cache.persistent import FileCache
 from zeo.client.tests.support import indexed_offsets
 from zeo.client.tests.support import intact_records
 

@@ -23,7 +23,7 @@ from hypothesis.stateful import rule
 
 from zeo.client.cache import FileCache
 from zeo.client.cache import MemoryCache
-from zeo.client.cache_errors import CacheConsistencyError
+from zeo.client.cache.errors import CacheConsistencyError
 from zeo.client.tests.support import indexed_offsets
 from zeo.client.tests.support import intact_records
 

@@ -15,9 +15,9 @@ import tempfile
 import unittest
 from unittest import mock
 
-from zeo.client.cache_io import CacheFile
-from zeo.client.file_cache import MIN_SIZE
-from zeo.client.file_cache import FileCache
+from zeo.client.cache.file_io import CacheFile
+from zeo.client.cache.persistent import MIN_SIZE
+from zeo.client.cache.persistent import FileCache
 from zeo.client.tests.support import indexed_offsets, intact_records
 
 BOOT = b'\x07' * 16

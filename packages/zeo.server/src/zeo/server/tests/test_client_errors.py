@@ -54,6 +54,15 @@ class ExceptionForClientsTests(unittest.TestCase):
         self.assertIn("StorageTransientError", str(known))
         self.assertIn("cache moved", str(known))
 
+    def test_relstorages_commit_lock_timeout_is_retried(self):
+        # A StorageError in RelStorage's hierarchy, but transient in nature:
+        # another front held the database's commit lock too long.
+        from relstorage.adapters.interfaces import UnableToAcquireCommitLockError
+        error = exception_for_clients(UnableToAcquireCommitLockError("timed out"))
+        self.assertIs(type(error), ZODB.POSException.ConflictError)
+        self.assertIn("UnableToAcquireCommitLockError", str(error))
+        self.assertIn("timed out", str(error))
+
     def test_other_errors_are_left_alone(self):
         class Odd(Exception):
             pass

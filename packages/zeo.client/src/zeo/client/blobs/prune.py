@@ -45,13 +45,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from zeo.client.blob_layout import BLOB_SUFFIX
-from zeo.client.blob_layout import CHECK_SIZE_ATTEMPT
-from zeo.client.blob_layout import CHECK_SIZE_LOCK
-from zeo.client.blob_layout import LOCK_NAME
-from zeo.client.blob_layout import is_bucket_name
-from zeo.client.blob_lock import FileLock
-from zeo.client.blob_lock import try_lock_file
+from zeo.client.blobs.layout import BLOB_SUFFIX
+from zeo.client.blobs.layout import CHECK_SIZE_ATTEMPT
+from zeo.client.blobs.layout import CHECK_SIZE_LOCK
+from zeo.client.blobs.layout import LOCK_NAME
+from zeo.client.blobs.layout import is_bucket_name
+from zeo.client.lockfiles import FileLock
+from zeo.client.lockfiles import try_lock_file
 
 __all__ = ['BlobEntry', 'PruneResult', 'scan', 'prune_directory',
            'last_used', 'MAX_PASSES']

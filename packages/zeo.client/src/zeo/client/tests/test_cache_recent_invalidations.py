@@ -1,7 +1,7 @@
-"""Tests of the memory of recent invalidations (zeo.client.cache_guard)."""
+"""Tests of the memory of recent invalidations (zeo.client.cache.recent_invalidations)."""
 import unittest
 
-from zeo.client.cache_guard import RecentInvalidations
+from zeo.client.cache.recent_invalidations import RecentInvalidations
 
 
 class RecentInvalidationsTests(unittest.TestCase):

@@ -1,4 +1,4 @@
-"""Tests of the cache file format helpers (zeo.client.cache_format)."""
+"""Tests of the cache file format helpers (zeo.client.cache.file_format)."""
 import struct
 import unittest
 import zlib
@@ -7,11 +7,11 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from zeo.client import cache_format as fmt
-from zeo.client.cache_errors import CacheCorruptError
-from zeo.client.cache_errors import CacheError
-from zeo.client.cache_errors import CacheFormatError
-from zeo.client.cache_errors import CacheVersionError
+from zeo.client.cache import file_format as fmt
+from zeo.client.cache.errors import CacheCorruptError
+from zeo.client.cache.errors import CacheError
+from zeo.client.cache.errors import CacheFormatError
+from zeo.client.cache.errors import CacheVersionError
 
 TIDS = st.binary(min_size=8, max_size=8)
 

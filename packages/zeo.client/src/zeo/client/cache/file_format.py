@@ -157,10 +157,10 @@ import sys
 import zlib
 from typing import NamedTuple
 
-from zeo.client.cache_errors import CacheCorruptError
-from zeo.client.cache_errors import CacheError
-from zeo.client.cache_errors import CacheFormatError
-from zeo.client.cache_errors import CacheVersionError
+from zeo.client.cache.errors import CacheCorruptError
+from zeo.client.cache.errors import CacheError
+from zeo.client.cache.errors import CacheFormatError
+from zeo.client.cache.errors import CacheVersionError
 
 __all__ = [
     'CacheError', 'CacheFormatError', 'CacheVersionError',

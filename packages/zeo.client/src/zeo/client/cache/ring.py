@@ -2,7 +2,7 @@
 records, placing new ones at the write pointer, eviction with
 copy-forward, freeing records and rewriting end tids.
 
-:class:`RingStore` is a mixin of :class:`~zeo.client.file_cache.FileCache`
+:class:`RingStore` is a mixin of :class:`~zeo.client.cache.persistent.FileCache`
 that holds the ring mechanics; FileCache adds the life cycle (opening,
 recovery, header slots, closing) and the IClientCache policy.  Callers
 hold the cache lock and have marked the file dirty before any write.
@@ -11,25 +11,25 @@ from __future__ import annotations
 
 import logging
 
-from zeo.client.cache_errors import CacheCorruptError
-from zeo.client.cache_format import END_OFFSET
-from zeo.client.cache_format import FREE_SIZE
-from zeo.client.cache_format import KIND_FREE
-from zeo.client.cache_format import KIND_RECORD
-from zeo.client.cache_format import RECORD_HEADER_SIZE
-from zeo.client.cache_format import RecordHeader
-from zeo.client.cache_format import block_kind
-from zeo.client.cache_format import pack_end
-from zeo.client.cache_format import pack_free
-from zeo.client.cache_format import pack_record
-from zeo.client.cache_format import parse_free
-from zeo.client.cache_format import parse_record_header
-from zeo.client.cache_format import record_data_ok
-from zeo.client.cache_format import RING_OFFSET
-from zeo.client.cache_index import Entry
-from zeo.client.cache_index import RecordIndex
-from zeo.client.cache_io import CacheFile
-from zeo.client.cache_scan import RingReader
+from zeo.client.cache.errors import CacheCorruptError
+from zeo.client.cache.file_format import END_OFFSET
+from zeo.client.cache.file_format import FREE_SIZE
+from zeo.client.cache.file_format import KIND_FREE
+from zeo.client.cache.file_format import KIND_RECORD
+from zeo.client.cache.file_format import RECORD_HEADER_SIZE
+from zeo.client.cache.file_format import RecordHeader
+from zeo.client.cache.file_format import block_kind
+from zeo.client.cache.file_format import pack_end
+from zeo.client.cache.file_format import pack_free
+from zeo.client.cache.file_format import pack_record
+from zeo.client.cache.file_format import parse_free
+from zeo.client.cache.file_format import parse_record_header
+from zeo.client.cache.file_format import record_data_ok
+from zeo.client.cache.file_format import RING_OFFSET
+from zeo.client.cache.index import Entry
+from zeo.client.cache.index import RecordIndex
+from zeo.client.cache.file_io import CacheFile
+from zeo.client.cache.recovery import RingReader
 
 __all__ = ['RingStore', 'Record']
 
@@ -87,7 +87,7 @@ class RingStore:
 
     def _write_records(self, first: Record) -> None:
         n = RECORD_HEADER_SIZE + len(first[6])
-        # Copy-forward budget for this store (see rule 6 in cache_format).
+        # Copy-forward budget for this store (see rule 6 in file_format).
         budget = [min(self._ring_size // 8, max(4 * n, 65536))]
         queue = [first]
         while queue:

@@ -3,7 +3,7 @@
 All of them derive from :class:`CacheError`.  The three "file" errors
 (:class:`CacheFormatError`, :class:`CacheVersionError`,
 :class:`CacheCorruptError`) describe a cache file that cannot be used as
-it is; :class:`~zeo.client.file_cache.FileCache` reacts to them by moving
+it is; :class:`~zeo.client.cache.persistent.FileCache` reacts to them by moving
 the file aside and starting with an empty cache, so an application never
 fails to start because of its cache.  :class:`CacheLockedError` is the one
 file error that is *not* handled that way: another live process owns the

@@ -2,7 +2,7 @@
 
 A ``ClientStorage`` with a (non-shared) ``blob_dir`` keeps every blob
 revision it has seen as one read-only file in a directory laid out as the
-reference client does (:mod:`zeo.client.blob_layout`), so the directory can
+reference client does (:mod:`zeo.client.blobs.layout`), so the directory can
 be shared by several client processes, reference ZEO clients included.
 
 How the client uses it
@@ -32,7 +32,7 @@ How the client uses it
   long-lived worker thread (``on_needs_pruning`` can submit it to one) or
   inline in an application thread, never a new thread per check.  It
   prunes least recently used files down to ``size - check`` bytes
-  (:mod:`zeo.client.blob_prune`).
+  (:mod:`zeo.client.blobs.prune`).
 
 What a reader can rely on
 -------------------------
@@ -40,7 +40,7 @@ What a reader can rely on
    atomic link (or rename) of a complete temporary file and is never
    written again; a crash leaves at worst a stray file in ``tmp/``.  A
    crash of the machine can't leave a torn file behind either: see
-   :mod:`zeo.client.blob_crash` (files are flushed to disk in bulk, or
+   :mod:`zeo.client.blobs.unsynced` (files are flushed to disk in bulk, or
    one by one where the system can't say which boot it is in).
 2. **open_committed() never fails because of pruning.**  On a hit it opens
    the file without any lock: once open, a file stays readable on POSIX
@@ -69,7 +69,7 @@ What a reader can rely on
    not know rule 3's grace period.
 
 On Windows an open file cannot be deleted, so the pruner skips it (and
-rule 2 holds trivially); :mod:`zeo.client.blob_lock` falls back to
+rule 2 holds trivially); :mod:`zeo.client.lockfiles` falls back to
 ``msvcrt`` locking.
 """
 from __future__ import annotations
@@ -91,25 +91,25 @@ from typing import TypeVar
 
 from ZODB.POSException import POSKeyError
 
-from zeo.client.blob_crash import UnsyncedFiles
-from zeo.client.blob_crash import flush_file
-from zeo.client.blob_crash import system_boot_id
-from zeo.client.blob_errors import BlobCacheError
-from zeo.client.blob_errors import BlobCacheLayoutError
-from zeo.client.blob_layout import LAYOUT_MARKER
-from zeo.client.blob_layout import LAYOUT_NAME
-from zeo.client.blob_layout import LOCK_NAME
-from zeo.client.blob_layout import TMP_DIR
-from zeo.client.blob_layout import blob_relpath
-from zeo.client.blob_layout import bucket_name
-from zeo.client.blob_layout import check_id
-from zeo.client.blob_lock import FileLock
-from zeo.client.blob_lock import lock_file
-from zeo.client.blob_lock import try_lock_file
-from zeo.client.blob_prune import PruneResult
-from zeo.client.blob_prune import prune_directory
-from zeo.client.blob_prune import remove_committed
-from zeo.client.blob_prune import scan
+from zeo.client.blobs.unsynced import UnsyncedFiles
+from zeo.client.blobs.unsynced import flush_file
+from zeo.client.blobs.unsynced import system_boot_id
+from zeo.client.blobs.errors import BlobCacheError
+from zeo.client.blobs.errors import BlobCacheLayoutError
+from zeo.client.blobs.layout import LAYOUT_MARKER
+from zeo.client.blobs.layout import LAYOUT_NAME
+from zeo.client.blobs.layout import LOCK_NAME
+from zeo.client.blobs.layout import TMP_DIR
+from zeo.client.blobs.layout import blob_relpath
+from zeo.client.blobs.layout import bucket_name
+from zeo.client.blobs.layout import check_id
+from zeo.client.lockfiles import FileLock
+from zeo.client.lockfiles import lock_file
+from zeo.client.lockfiles import try_lock_file
+from zeo.client.blobs.prune import PruneResult
+from zeo.client.blobs.prune import prune_directory
+from zeo.client.blobs.prune import remove_committed
+from zeo.client.blobs.prune import scan
 
 __all__ = ['BlobCache', 'BlobDownload', 'RECENT_USE_SECONDS', 'LOCK_TIMEOUT']
 
@@ -142,7 +142,7 @@ class BlobCache:
     Keyword-only tuning: ``recent`` (seconds a used file is safe from
     pruning), ``lock_timeout`` (seconds :meth:`lock` waits; None: forever),
     ``fsync`` (keep files safe from a crash of the machine, see
-    :mod:`zeo.client.blob_crash`; only tests turn it off), ``boot_id``
+    :mod:`zeo.client.blobs.unsynced`; only tests turn it off), ``boot_id``
     (returns the system's boot id, or None to flush each file before it
     gets its final name), ``on_needs_pruning`` (called, in the thread that
     added the bytes, each time :attr:`needs_pruning` becomes true,
@@ -272,7 +272,7 @@ class BlobCache:
         """Lock the bucket of ``(oid, tid)`` across threads and processes
         and return the held lock, a context manager.  Waits up to
         ``lock_timeout`` seconds, then raises
-        :class:`~zeo.client.blob_errors.BlobCacheLockTimeout`.  Re-entrant
+        :class:`~zeo.client.blobs.errors.BlobCacheLockTimeout`.  Re-entrant
         within a thread.  Hold it around "if not exists: download"."""
         check_id(tid, 'tid')
         path = self._lock_path(oid)

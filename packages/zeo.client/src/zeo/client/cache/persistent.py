@@ -1,12 +1,12 @@
 """The persistent client cache: a ring of checksummed records in one file.
 
 The file format and the crash-safety rules are specified in
-:mod:`zeo.client.cache_format`; this module implements them.  Life cycle:
+:mod:`zeo.client.cache.file_format`; this module implements them.  Life cycle:
 
 * **open**: take ``<path>.lock``, read the fixed header and the newest
   valid header slot.  If that slot says the file was closed cleanly, adopt
   the saved index as is (no scan: a few milliseconds even for a large
-  cache).  Otherwise walk the ring (:mod:`zeo.client.cache_scan`).  A file
+  cache).  Otherwise walk the ring (:mod:`zeo.client.cache.recovery`).  A file
   that is not a cache, is too new or is damaged beyond that is moved to
   ``<path>.bad`` and replaced by an empty cache: a client never fails to
   start because of its cache.
@@ -17,8 +17,8 @@ The file format and the crash-safety rules are specified in
 
 Threading: one ``threading.Lock`` serialises every call, so application
 threads may read (``load``, ``loadBefore``) while the I/O thread writes.
-Block-level mechanics live in :mod:`zeo.client.cache_ring`; stale load
-replies are refused with the help of :mod:`zeo.client.cache_guard`.
+Block-level mechanics live in :mod:`zeo.client.cache.ring`; stale load
+replies are refused with the help of :mod:`zeo.client.cache.recent_invalidations`.
 """
 from __future__ import annotations
 
@@ -30,34 +30,34 @@ import zlib
 
 from zope.interface import implementer
 
-from zeo.client.cache_errors import CacheConsistencyError
-from zeo.client.cache_errors import CacheCorruptError
-from zeo.client.cache_errors import CacheError
-from zeo.client.cache_errors import CacheFormatError
-from zeo.client.cache_errors import CacheVersionError
-from zeo.client.cache_errors import LastTidError
-from zeo.client.cache_format import FIXED_SIZE
-from zeo.client.cache_format import FREE_SIZE
-from zeo.client.cache_format import MAX_BLOCK_SIZE
-from zeo.client.cache_format import RECORD_HEADER_SIZE
-from zeo.client.cache_format import RING_OFFSET
-from zeo.client.cache_format import SLOT_OFFSETS
-from zeo.client.cache_format import SLOT_SIZE
-from zeo.client.cache_format import Slot
-from zeo.client.cache_format import check_fixed
-from zeo.client.cache_format import pack_fixed
-from zeo.client.cache_format import pack_free
-from zeo.client.cache_format import pack_slot
-from zeo.client.cache_format import unpack_slot
-from zeo.client.cache_guard import MAX_OLD_REVISIONS, RecentInvalidations
-from zeo.client.cache_index import RecordIndex
-from zeo.client.cache_io import UNKNOWN_BOOT_ID
-from zeo.client.cache_io import CacheFile
-from zeo.client.cache_io import current_boot_id
-from zeo.client.cache_io import lock_cache_file
-from zeo.client.cache_ring import RingStore
-from zeo.client.cache_scan import free_ranges_to_blocks
-from zeo.client.cache_scan import scan_ring
+from zeo.client.cache.errors import CacheConsistencyError
+from zeo.client.cache.errors import CacheCorruptError
+from zeo.client.cache.errors import CacheError
+from zeo.client.cache.errors import CacheFormatError
+from zeo.client.cache.errors import CacheVersionError
+from zeo.client.cache.errors import LastTidError
+from zeo.client.cache.file_format import FIXED_SIZE
+from zeo.client.cache.file_format import FREE_SIZE
+from zeo.client.cache.file_format import MAX_BLOCK_SIZE
+from zeo.client.cache.file_format import RECORD_HEADER_SIZE
+from zeo.client.cache.file_format import RING_OFFSET
+from zeo.client.cache.file_format import SLOT_OFFSETS
+from zeo.client.cache.file_format import SLOT_SIZE
+from zeo.client.cache.file_format import Slot
+from zeo.client.cache.file_format import check_fixed
+from zeo.client.cache.file_format import pack_fixed
+from zeo.client.cache.file_format import pack_free
+from zeo.client.cache.file_format import pack_slot
+from zeo.client.cache.file_format import unpack_slot
+from zeo.client.cache.recent_invalidations import MAX_OLD_REVISIONS, RecentInvalidations
+from zeo.client.cache.index import RecordIndex
+from zeo.client.cache.file_io import UNKNOWN_BOOT_ID
+from zeo.client.cache.file_io import CacheFile
+from zeo.client.cache.file_io import current_boot_id
+from zeo.client.cache.file_io import lock_cache_file
+from zeo.client.cache.ring import RingStore
+from zeo.client.cache.recovery import free_ranges_to_blocks
+from zeo.client.cache.recovery import scan_ring
 from zeo.client.interfaces import IClientCache
 
 __all__ = ['FileCache', 'MIN_SIZE']
@@ -83,7 +83,7 @@ class FileCache(RingStore):
     ``size`` covers the header pages and the ring; after a clean close
     the file also holds the saved index, 36 bytes per record.
     ``boot_id`` is for tests: it pretends the process runs under another
-    kernel boot (see rule 4 in :mod:`zeo.client.cache_format`).
+    kernel boot (see rule 4 in :mod:`zeo.client.cache.file_format`).
     """
 
     persistent = True
@@ -469,7 +469,7 @@ class FileCache(RingStore):
                 return
             self._mark_dirty()
             self._last_tid = tid
-            # No fsync: see rules 1 and 4 in cache_format.
+            # No fsync: see rules 1 and 4 in file_format.
             self._write_slot()
 
     def clear(self) -> None:

@@ -13,10 +13,10 @@ from collections import OrderedDict
 
 from zope.interface import implementer
 
-from zeo.client.cache_errors import CacheConsistencyError
-from zeo.client.cache_errors import CacheError
-from zeo.client.cache_errors import LastTidError
-from zeo.client.cache_guard import MAX_OLD_REVISIONS, RecentInvalidations
+from zeo.client.cache.errors import CacheConsistencyError
+from zeo.client.cache.errors import CacheError
+from zeo.client.cache.errors import LastTidError
+from zeo.client.cache.recent_invalidations import MAX_OLD_REVISIONS, RecentInvalidations
 from zeo.client.interfaces import IClientCache
 
 __all__ = ['MemoryCache', 'RECORD_OVERHEAD']

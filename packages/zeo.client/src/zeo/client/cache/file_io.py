@@ -3,7 +3,7 @@ inter-process lock and the kernel boot id.
 
 Every write goes through ``os.pwrite`` on a raw descriptor: no user-space
 buffer may hold data back, because the crash-safety argument (rule 1 in
-:mod:`zeo.client.cache_format`) relies on each completed write already
+:mod:`zeo.client.cache.file_format`) relies on each completed write already
 being in the kernel when the process dies.
 """
 from __future__ import annotations
@@ -11,39 +11,35 @@ from __future__ import annotations
 import os
 import uuid
 
-import zc.lockfile
-
-from zeo.client.cache_errors import CacheLockedError
-from zeo.client.cache_format import BOOT_ID_SIZE
+from zeo.client.cache.errors import CacheLockedError
+from zeo.client.cache.file_format import BOOT_ID_SIZE
+from zeo.client.lockfiles import ProcessLock
+from zeo.client.boot_id import system_boot_id
 
 __all__ = ['CacheFile', 'lock_cache_file', 'current_boot_id',
            'UNKNOWN_BOOT_ID']
 
 UNKNOWN_BOOT_ID = b'\0' * BOOT_ID_SIZE
-_BOOT_ID_PATH = '/proc/sys/kernel/random/boot_id'
 
 
 def current_boot_id() -> bytes:
-    """Return a 16-byte identifier of the running kernel boot.
-
-    Linux publishes one; elsewhere we return UNKNOWN_BOOT_ID, which makes
-    recovery after an unclean shutdown conservative (it cannot tell a
-    process crash, which loses nothing already written, from a machine
-    crash, which may).
-    """
+    """This kernel boot's id as 16 bytes, or UNKNOWN_BOOT_ID where the
+    system does not say (then recovery after an unclean shutdown is
+    conservative: it cannot tell a process crash, which loses nothing
+    already written, from a machine crash, which may)."""
+    text = system_boot_id()
     try:
-        with open(_BOOT_ID_PATH, encoding='ascii') as f:
-            return uuid.UUID(f.read().strip()).bytes
-    except (OSError, ValueError):
+        return UNKNOWN_BOOT_ID if text is None else uuid.UUID(text).bytes
+    except ValueError:
         return UNKNOWN_BOOT_ID
 
 
-def lock_cache_file(path: str) -> zc.lockfile.LockFile:
+def lock_cache_file(path: str) -> ProcessLock:
     """Take the lock that gives this process the cache file ``path``."""
-    try:
-        return zc.lockfile.LockFile(path + '.lock')
-    except zc.lockfile.LockError:
-        raise CacheLockedError(path) from None
+    lock = ProcessLock.take(path + '.lock')
+    if lock is None:
+        raise CacheLockedError(path)
+    return lock
 
 
 class CacheFile:

@@ -42,15 +42,16 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import threading
 
-from zeo.client.blob_layout import LOCK_NAME
-from zeo.client.blob_layout import UNSYNCED_PREFIX
-from zeo.client.blob_layout import USERS_LOCK
-from zeo.client.blob_lock import lock_file
-from zeo.client.blob_prune import remove_committed
-from zeo.client.blob_prune import scan
+from zeo.client.blobs.layout import LOCK_NAME
+from zeo.client.blobs.layout import UNSYNCED_PREFIX
+from zeo.client.blobs.layout import USERS_LOCK
+from zeo.client.boot_id import BOOT_ID_PATTERN
+from zeo.client.boot_id import system_boot_id
+from zeo.client.lockfiles import lock_file
+from zeo.client.blobs.prune import remove_committed
+from zeo.client.blobs.prune import scan
 
 try:
     import fcntl
@@ -61,27 +62,12 @@ __all__ = ['UnsyncedFiles', 'system_boot_id', 'flush_file', 'CLOCK_MARGIN']
 
 logger = logging.getLogger('zeo.client.blob_cache')
 
-#: Where Linux tells which boot this is (a UUID, new at every boot).
-BOOT_ID_PATH = '/proc/sys/kernel/random/boot_id'
 #: When the last user closes, files last used up to this many seconds
 #: before the marker was written are flushed too: the clock may have been
 #: set back meanwhile.
 CLOCK_MARGIN = 3600.0
 #: How long the clean-up after a crash waits for a bucket's lock.
 RECOVERY_LOCK_TIMEOUT = 60.0
-
-_BOOT_ID = re.compile(r'[0-9A-Za-z-]{1,64}\Z')
-
-
-def system_boot_id() -> str | None:
-    """This boot's id, or None where the system does not say."""
-    try:
-        with open(BOOT_ID_PATH) as f:
-            text = f.read().strip()
-    except OSError:
-        return None
-    return text if _BOOT_ID.match(text) else None
-
 
 def flush_file(path: str) -> None:
     """``fsync`` the file or directory ``path``."""
@@ -118,7 +104,7 @@ class UnsyncedFiles:
         can't (no ``boot_id``, no ``flock``): then flush each file."""
         if fcntl is None or boot_id is None:
             return None
-        if not _BOOT_ID.match(boot_id):
+        if not BOOT_ID_PATTERN.match(boot_id):
             raise ValueError(f'not a boot id: {boot_id!r}')
         try:
             fd = os.open(os.path.join(directory, USERS_LOCK), os.O_RDWR | os.O_CREAT, 0o600)

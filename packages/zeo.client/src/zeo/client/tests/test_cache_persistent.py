@@ -9,12 +9,12 @@ import unittest
 import zlib
 from unittest import mock
 
-from zeo.client import cache_format as fmt
-from zeo.client import file_cache
-from zeo.client.cache_errors import CacheLockedError
-from zeo.client.cache_io import CacheFile
-from zeo.client.file_cache import MIN_SIZE
-from zeo.client.file_cache import FileCache
+from zeo.client.cache import file_format as fmt
+from zeo.client.cache import persistent as file_cache
+from zeo.client.cache.errors import CacheLockedError
+from zeo.client.cache.file_io import CacheFile
+from zeo.client.cache.persistent import MIN_SIZE
+from zeo.client.cache.persistent import FileCache
 from zeo.client.tests.support import indexed_offsets
 from zeo.client.tests.support import intact_records
 

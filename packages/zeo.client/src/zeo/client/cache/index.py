@@ -31,12 +31,12 @@ from itertools import compress
 from typing import NamedTuple
 from typing import Protocol
 
-from zeo.client.cache_errors import CacheConsistencyError
-from zeo.client.cache_errors import CacheCorruptError
-from zeo.client.cache_format import INDEX_ENTRY_SIZE
-from zeo.client.cache_format import INDEX_HEAD_SIZE
-from zeo.client.cache_format import pack_index_head
-from zeo.client.cache_format import unpack_index_head
+from zeo.client.cache.errors import CacheConsistencyError
+from zeo.client.cache.errors import CacheCorruptError
+from zeo.client.cache.file_format import INDEX_ENTRY_SIZE
+from zeo.client.cache.file_format import INDEX_HEAD_SIZE
+from zeo.client.cache.file_format import pack_index_head
+from zeo.client.cache.file_format import unpack_index_head
 
 __all__ = ['Entry', 'RecordIndex']
 
@@ -92,7 +92,7 @@ class RecordIndex:
 
     @classmethod
     def from_image(cls, image: bytearray, offset: int = -1) -> RecordIndex:
-        """Adopt a saved index image (see cache_format) without copying it
+        """Adopt a saved index image (see file_format) without copying it
         on little-endian hosts.  ``offset`` is only used in errors."""
         count, total = unpack_index_head(image, offset)
         self = cls()

@@ -2,7 +2,7 @@
 
 This is the layout of the reference ZEO client, so one directory can be
 used by both clients (even at the same time: the lock files are the same
-and are locked the same way, see :mod:`zeo.client.blob_lock`)::
+and are locked the same way, see :mod:`zeo.client.lockfiles`)::
 
     <directory>/
         .layout                     the text "zeocache"
@@ -48,7 +48,7 @@ LOCK_NAME = '.lock'
 TMP_DIR = 'tmp'
 CHECK_SIZE_LOCK = 'check_size.lock'
 CHECK_SIZE_ATTEMPT = 'check_size.attempt'
-#: See :mod:`zeo.client.blob_crash`.
+#: See :mod:`zeo.client.blobs.unsynced`.
 USERS_LOCK = '.users.lock'
 UNSYNCED_PREFIX = '.unsynced-'
 

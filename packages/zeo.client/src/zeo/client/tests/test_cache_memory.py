@@ -1,8 +1,8 @@
 """MemoryCache specifics: least-recently-used eviction by bytes."""
 import unittest
 
-from zeo.client.memory_cache import RECORD_OVERHEAD
-from zeo.client.memory_cache import MemoryCache
+from zeo.client.cache.memory import RECORD_OVERHEAD
+from zeo.client.cache.memory import MemoryCache
 
 
 def p64(n):

@@ -4,7 +4,7 @@ Used only when the saved index cannot be trusted (the previous process
 did not close the cache cleanly) or the ring is being resized.  The walk
 reads the ring in large chunks, checks every block's checksums, and
 resynchronises on the next valid block marker after anything it cannot
-parse.  Rule 3 of :mod:`zeo.client.cache_format` is what makes that
+parse.  Rule 3 of :mod:`zeo.client.cache.file_format` is what makes that
 resynchronisation safe.  The walk itself writes nothing; it returns what
 to keep and which byte ranges must become free blocks, and the caller
 writes those.
@@ -14,17 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from zeo.client.cache_format import FREE_SIZE
-from zeo.client.cache_format import KIND_FREE
-from zeo.client.cache_format import KIND_RECORD
-from zeo.client.cache_format import MARKER_PREFIX
-from zeo.client.cache_format import MAX_BLOCK_SIZE
-from zeo.client.cache_format import RECORD_HEADER_SIZE
-from zeo.client.cache_format import block_kind
-from zeo.client.cache_format import check_record
-from zeo.client.cache_format import parse_free
-from zeo.client.cache_format import parse_record_header
-from zeo.client.cache_format import record_size
+from zeo.client.cache.file_format import FREE_SIZE
+from zeo.client.cache.file_format import KIND_FREE
+from zeo.client.cache.file_format import KIND_RECORD
+from zeo.client.cache.file_format import MARKER_PREFIX
+from zeo.client.cache.file_format import MAX_BLOCK_SIZE
+from zeo.client.cache.file_format import RECORD_HEADER_SIZE
+from zeo.client.cache.file_format import block_kind
+from zeo.client.cache.file_format import check_record
+from zeo.client.cache.file_format import parse_free
+from zeo.client.cache.file_format import parse_record_header
+from zeo.client.cache.file_format import record_size
 
 __all__ = ['ScanResult', 'scan_ring', 'free_ranges_to_blocks',
            'RingReader']
@@ -127,7 +127,7 @@ def scan_ring(pread: PRead, begin: int, end: int, trust_current: bool,
     """Walk the ring ``[begin, end)`` and decide what to keep.
 
     ``trust_current`` is False after a possible operating-system crash:
-    then every current record is dropped (rule 4 of cache_format).
+    then every current record is dropped (rule 4 of file_format).
     ``tile_end`` (default ``end``) is where the returned free blocks must
     reach: a ring being grown has nothing worth walking beyond ``end``.
     """

@@ -1,4 +1,9 @@
-"""Lock files for the blob cache: exclusive between threads *and* processes.
+"""Lock files, exclusive between threads *and* processes: the client's one
+locking scheme, for the blob cache and the persistent object cache.
+
+`lock_file` and `try_lock_file` are for the blob cache (waiting with a
+timeout, re-entrant in a thread); `ProcessLock` is for the object cache
+file, which one process owns from open to close, whatever thread closes it.
 
 Why ``flock``
 -------------
@@ -44,7 +49,7 @@ import threading
 import time
 from types import TracebackType
 
-from zeo.client.blob_errors import BlobCacheLockTimeout
+from zeo.client.blobs.errors import BlobCacheLockTimeout
 
 try:
     import fcntl
@@ -52,7 +57,7 @@ except ImportError:  # pragma: no cover (Windows)
     fcntl = None  # type: ignore[assignment]
     import msvcrt
 
-__all__ = ['FileLock', 'lock_file', 'try_lock_file']
+__all__ = ['FileLock', 'lock_file', 'try_lock_file', 'ProcessLock']
 
 #: First and longest sleep between two ``LOCK_NB`` attempts while another
 #: process holds the lock, in seconds.
@@ -246,3 +251,40 @@ def try_lock_file(path: str) -> FileLock | None:
         state.rlock.release()
         raise
     return FileLock(path, state)
+
+
+class ProcessLock:
+    """An ``flock`` on a lock file of its own, taken without waiting: what
+    the reference takes with zc.lockfile on a cache file's ``.lock``, so
+    the two exclude each other. Two `ProcessLock` of one file exclude each
+    other in one process too; `close` may come from any thread.
+    Use `ProcessLock.take`."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def take(cls, path: str) -> ProcessLock | None:
+        """Lock ``path`` (created if missing), or None if it is held."""
+        fd = _open_lock_file(path)
+        try:
+            locked = _try_flock(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not locked:
+            os.close(fd)
+            return None
+        try:   # who holds it, for people (as zc.lockfile writes it)
+            os.ftruncate(fd, 0)
+            os.write(fd, b' %d\n' % os.getpid())
+        except OSError:
+            pass   # a read-only lock file of another user
+        return cls(path, fd)
+
+    def close(self) -> None:
+        """Give the lock up (closing the descriptor releases the flock)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)

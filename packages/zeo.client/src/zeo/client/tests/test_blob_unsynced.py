@@ -1,4 +1,4 @@
-"""Crash safety of the blob cache without an fsync per file (blob_crash).
+"""Crash safety of the blob cache without an fsync per file (zeo.client.blobs.unsynced).
 
 A crash of the machine can't be staged here; a crash of a process can,
 and a reboot is a different boot id passed to the cache.  Other users of
@@ -10,12 +10,12 @@ import sys
 import unittest
 from unittest import mock
 
-from zeo.client import blob_crash
-from zeo.client.blob_cache import BlobCache
-from zeo.client.blob_crash import UnsyncedFiles
-from zeo.client.blob_crash import system_boot_id
-from zeo.client.blob_layout import UNSYNCED_PREFIX
-from zeo.client.blob_layout import USERS_LOCK
+from zeo.client.blobs.cache import BlobCache
+from zeo.client.blobs.unsynced import UnsyncedFiles
+from zeo.client.blobs.unsynced import system_boot_id
+from zeo.client.boot_id import BOOT_ID_PATH
+from zeo.client.blobs.layout import UNSYNCED_PREFIX
+from zeo.client.blobs.layout import USERS_LOCK
 from zeo.client.tests.support import BlobCacheTestBase
 from zeo.client.tests.support import p64
 
@@ -24,7 +24,7 @@ from zeo.client.tests.support import p64
 #: closes first when it says "close".
 USER_SCRIPT = '''
 import os, sys
-from zeo.client.blob_cache import BlobCache
+from zeo.client.blobs.cache import BlobCache
 directory, boot, oid = sys.argv[1:4]
 cache = BlobCache(directory, boot_id=lambda: boot)
 if oid != "-":
@@ -142,9 +142,9 @@ class UnsyncedFilesTests(BlobCacheTestBase):
             self.make(boot='../../etc')
         self.assertIsNone(UnsyncedFiles.open(self.tmp, None))
 
-    @unittest.skipUnless(os.path.exists(blob_crash.BOOT_ID_PATH), 'Linux only')
+    @unittest.skipUnless(os.path.exists(BOOT_ID_PATH), 'Linux only')
     def test_the_system_boot_id(self):
-        with open(blob_crash.BOOT_ID_PATH) as f:
+        with open(BOOT_ID_PATH) as f:
             self.assertEqual(system_boot_id(), f.read().strip())
         # ... which a cache uses by default.
         cache = BlobCache(self.dir)

@@ -1,5 +1,17 @@
 """Client caches: choose one, and the names a client needs.
 
+The parts:
+
+- `zeo.client.cache.memory`: `MemoryCache`, kept in process memory;
+- `zeo.client.cache.persistent`: `FileCache`, the persistent cache, a ring
+  of checksummed records in one file, built from `file_format` (the
+  on-disk format, specified in code), `file_io` (positional I/O and the
+  lock), `index` (oid, start tid -> block), `ring` (block-level work) and
+  `recovery` (rebuilding the index by walking the ring);
+- `zeo.client.cache.recent_invalidations`: what both caches remember to
+  refuse stale current records;
+- `zeo.client.cache.errors`: the exceptions.
+
 >>> cache = open_cache(None, 1 << 20)     # no path: kept in memory
 >>> cache.persistent
 False
@@ -9,16 +21,16 @@ from __future__ import annotations
 import logging
 import os
 
-from zeo.client.cache_errors import CacheConsistencyError
-from zeo.client.cache_errors import CacheCorruptError
-from zeo.client.cache_errors import CacheError
-from zeo.client.cache_errors import CacheFormatError
-from zeo.client.cache_errors import CacheLockedError
-from zeo.client.cache_errors import CacheVersionError
-from zeo.client.cache_errors import LastTidError
-from zeo.client.file_cache import MIN_SIZE
-from zeo.client.file_cache import FileCache
-from zeo.client.memory_cache import MemoryCache
+from zeo.client.cache.errors import CacheConsistencyError
+from zeo.client.cache.errors import CacheCorruptError
+from zeo.client.cache.errors import CacheError
+from zeo.client.cache.errors import CacheFormatError
+from zeo.client.cache.errors import CacheLockedError
+from zeo.client.cache.errors import CacheVersionError
+from zeo.client.cache.errors import LastTidError
+from zeo.client.cache.persistent import MIN_SIZE
+from zeo.client.cache.persistent import FileCache
+from zeo.client.cache.memory import MemoryCache
 
 __all__ = [
     'open_cache', 'FileCache', 'MemoryCache', 'MIN_SIZE',

@@ -9,7 +9,7 @@ uploaded by moving it into the object's directory and sending the server
 only its base name (``storeBlobShared``).
 
 :class:`SharedBlobDir` offers the reading and staging part of
-:class:`~zeo.client.blob_cache.BlobCache`'s interface, so a client can hold
+:class:`~zeo.client.blobs.cache.BlobCache`'s interface, so a client can hold
 either one; ``fetch`` arguments are accepted and ignored.
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import TypeVar
 import ZODB.blob
 from ZODB.POSException import POSKeyError
 
-from zeo.client.blob_errors import BlobCacheLayoutError
-from zeo.client.blob_layout import LAYOUT_NAME
-from zeo.client.blob_layout import check_id
+from zeo.client.blobs.errors import BlobCacheLayoutError
+from zeo.client.blobs.layout import LAYOUT_NAME
+from zeo.client.blobs.layout import check_id
 
 __all__ = ['SharedBlobDir']
 
