@@ -8,7 +8,8 @@ Run by the benchmark runner, never by hand (though you can)::
 
 ``--impl ours`` uses ``zeo.client.ClientStorage`` (run it with bin/py),
 ``--impl zeo`` the reference ``ZEO.ClientStorage.ClientStorage`` (run it
-with bin/reference-py).  Everything else is the same code: the same ZODB,
+with bin/reference-py), ``--impl relstorage`` no server at all but
+RelStorage on the PostgreSQL at ``--dsn`` (bin/py; the scale-out set).  Everything else is the same code: the same ZODB,
 the same objects, the same timing.  Each workload prints its measurement
 as one JSON line on stdout (the last line).  Workloads run by several
 processes at once synchronise through stdin/stdout: they print ``READY``
@@ -59,6 +60,10 @@ def client_storage(args, **options):
         from zeo.client import ClientStorage
     elif args.impl == 'zeo':
         from ZEO.ClientStorage import ClientStorage
+    elif args.impl == 'relstorage':
+        # Not a client: RelStorage used directly, on PostgreSQL at --dsn.
+        from zeo.server.testing_postgres import open_relstorage
+        return open_relstorage(args.dsn)
     else:
         raise SystemExit(f'unknown --impl {args.impl!r}')
     options.setdefault('wait_timeout', 60)
@@ -302,7 +307,7 @@ def watch(args):
 def commit_watched(args):
     """The fan-out committer: ``--count`` one-object commits, ``--pause``
     seconds apart; for each, the tid and time.monotonic() just before
-    ``transaction.commit()`` was called."""
+    ``transaction.commit()`` was called and just after it returned."""
     import transaction
     db = open_db(args)
     conn = db.open()
@@ -315,7 +320,7 @@ def commit_watched(args):
         obj['v'] = n
         started = time.monotonic()
         transaction.commit()
-        commits.append((obj._p_serial.hex(), started))
+        commits.append((obj._p_serial.hex(), started, time.monotonic()))
     time.sleep(args.pause)
     db.close()
     emit(commits=commits)
@@ -443,11 +448,14 @@ WORKLOADS = {
 }
 
 
-def main(argv=None):
+def make_parser(workloads):
+    """The command line of a client process running one of *workloads*."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('workload', choices=sorted(WORKLOADS))
-    parser.add_argument('--impl', choices=['ours', 'zeo'], default='ours')
+    parser.add_argument('workload', choices=sorted(workloads))
+    parser.add_argument('--impl', choices=['ours', 'zeo', 'relstorage'],
+                        default='ours')
     parser.add_argument('--addr', help='HOST:PORT of the server')
+    parser.add_argument('--dsn', help='PostgreSQL DSN (--impl relstorage)')
     parser.add_argument('--server-pid', type=int)
     parser.add_argument('--objects', type=int, default=10_000,
                         help='objects in the database')
@@ -466,7 +474,11 @@ def main(argv=None):
     parser.add_argument('--blob-dir')
     parser.add_argument('--path')
     parser.add_argument('--dir')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = make_parser(WORKLOADS).parse_args(argv)
     WORKLOADS[args.workload](args)
 
 

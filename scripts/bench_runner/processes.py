@@ -191,6 +191,10 @@ class Server:
                 """))
             command = [str(BIN / 'reference-runzeo'), '-C', str(conf)]
             env = self.bench.ref_env
+        return self.launch(command, env)
+
+    def launch(self, command, env=None):
+        """Start *command*, the server; return when it listens."""
         with open(self.log, 'w') as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -226,8 +230,11 @@ class Server:
 class Bench:
     """The state of one benchmark invocation."""
 
-    def __init__(self, sizes, workdir, verbose=True):
+    def __init__(self, sizes, workdir, verbose=True, script=BENCH_CLIENT):
         self.sizes = sizes
+        #: What client processes run (bench_client.py, or a script that
+        #: adds workloads to it).
+        self.script = script
         self.workdir = workdir
         self.verbose = verbose
         self.template = workdir / 'template' / 'Data.fs'
@@ -239,13 +246,13 @@ class Bench:
             print(message, file=sys.stderr, flush=True)
 
     def python(self, kind):
-        return [str(BIN / ('py' if kind == 'ours' else 'reference-py'))]
+        return [str(BIN / ('reference-py' if kind == 'zeo' else 'py'))]
 
     def env(self, kind):
-        return None if kind == 'ours' else self.ref_env
+        return self.ref_env if kind == 'zeo' else None
 
     def command(self, kind, workload, *args):
-        return [*self.python(kind), str(BENCH_CLIENT), workload,
+        return [*self.python(kind), str(self.script), workload,
                 '--impl', kind, '--objects', str(self.sizes['objects']),
                 *map(str, args)]
 

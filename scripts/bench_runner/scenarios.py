@@ -190,7 +190,7 @@ def run_fanout(bench, kind, encoding):
                 worker.close()
     latencies = []
     firsts = []
-    for tid, started in commits:
+    for tid, started, _ in commits:
         arrivals = [s.get(tid) for s in seen]
         if None in arrivals:
             raise BenchError(f'a watcher never saw the invalidation of {tid}')

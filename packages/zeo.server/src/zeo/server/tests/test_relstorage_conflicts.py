@@ -32,8 +32,8 @@ import zeo.client
 from zeo.server.relstorage_conflicts import fix_relstorage_conflict_resolution
 from zeo.server.tests.postgres import (POSTGRES_LAYER, create_root, open_relstorage,
                                        relstorage_section)
+from zeo.server.tests.relstorage_support import fronts, wait_for
 from zeo.server.tests.support import ServerProcess
-from zeo.server.tests.test_relstorage_fronts import fronts, wait_for
 
 __all__ = ["StaleSerialTests", "StartRevisionTests", "length_record", "store_and_vote"]
 

@@ -25,65 +25,12 @@ from persistent.mapping import PersistentMapping
 
 import zeo.client
 from zeo.server.runzeo import UsageError, build, parser
-from zeo.server.tests.postgres import POSTGRES_LAYER, create_root, relstorage_section
+from zeo.server.tests.postgres import POSTGRES_LAYER, create_root
 from zeo.server.tests.rawclient import RawClient
-from zeo.server.tests.serverprocess import ServerProcess
+from zeo.server.tests.relstorage_support import WAIT, client_db, fronts, read, wait_for, write
 
 __all__ = ["ConfigurationTests", "TransferTests", "TwoFrontsTests", "transfer_concurrently",
            "visibility"]
-
-#: The bound on "a client of the other front hears of it" (a correctness
-#: check, not a speed assertion).
-WAIT = 5.0
-
-
-def wait_for(condition, what, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.002)
-
-
-def fronts(test, count, dsn, **zeo_options):
-    """*count* runzeo fronts on *dsn*, stopped at the test's end."""
-    options = {"commit-source": "postgresql", **zeo_options}
-    servers = []
-    for _ in range(count):
-        directory = tempfile.mkdtemp(prefix="zeo-front-")
-        test.addCleanup(shutil.rmtree, directory, True)
-        server = ServerProcess(directory, zeo_options=options, storage=relstorage_section(dsn))
-        test.addCleanup(server.stop)
-        servers.append(server)
-    return servers
-
-
-def client_db(test, address):
-    db = ZODB.DB(zeo.client.ClientStorage(address, wait_timeout=30))
-    test.addCleanup(db.close)
-    return db
-
-
-def read(db, key):
-    manager = transaction.TransactionManager()
-    connection = db.open(transaction_manager=manager)
-    try:
-        with manager:
-            value = connection.root().get(key)
-            return dict(value) if isinstance(value, PersistentMapping) else value
-    finally:
-        connection.close()
-
-
-def write(db, **values):
-    manager = transaction.TransactionManager()
-    connection = db.open(transaction_manager=manager)
-    try:
-        with manager:
-            connection.root().update(values)
-    finally:
-        connection.close()
-    return db.storage.lastTransaction()
 
 
 def visibility(a_address, b_address, commits=50):

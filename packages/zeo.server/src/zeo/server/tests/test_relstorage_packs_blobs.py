@@ -25,8 +25,8 @@ from ZODB.POSException import StorageError
 
 import zeo.client
 from zeo.server.tests.postgres import POSTGRES_LAYER, create_root, relstorage_section
-from zeo.server.tests.serverprocess import ServerProcess
-from zeo.server.tests.test_relstorage_fronts import fronts, read, write
+from zeo.server.tests.relstorage_support import fronts, read, write
+from zeo.server.tests.support import ServerProcess
 
 __all__ = ["BlobTests", "PackTests"]
 

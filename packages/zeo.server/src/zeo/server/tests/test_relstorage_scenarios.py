@@ -35,7 +35,7 @@ from ZODB.POSException import ConflictError
 
 import zeo.client
 from zeo.server.tests.postgres import POSTGRES_LAYER, create_root, open_relstorage
-from zeo.server.tests.test_relstorage_fronts import fronts, read, wait_for, write
+from zeo.server.tests.relstorage_support import fronts, read, wait_for, write
 
 __all__ = ["CounterTests", "CountingClientStorage", "FailoverTests", "OutsiderLength",
            "ReferenceClientTests", "count_concurrently", "commit_through_failover"]

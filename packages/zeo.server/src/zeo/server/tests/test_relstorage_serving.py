@@ -18,12 +18,12 @@ import ZODB
 from ZODB.utils import z64
 
 import zeo.client
+from zeo.server.testing import free_port
 from zeo.server.tests.postgres import (
     POSTGRES_LAYER, create_root, increment_concurrently, open_relstorage,
     relstorage_section)
 from zeo.server.tests.rawclient import ServerError, connect_when_ready
-from zeo.server.tests.serverprocess import ServerProcess, free_port
-from zeo.server.tests.test_layout import CHECKOUT
+from zeo.server.tests.support import CHECKOUT, ServerProcess
 
 __all__ = ["BuildoutRunzeoTests", "IncrementConcurrentlyTests", "RelStorageTests",
            "ServedRelStorageTests"]

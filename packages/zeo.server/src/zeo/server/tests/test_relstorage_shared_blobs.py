@@ -31,8 +31,8 @@ from ZODB.utils import z64
 
 import zeo.client
 from zeo.server.tests.postgres import POSTGRES_LAYER, create_root, relstorage_section
+from zeo.server.tests.relstorage_support import wait_for
 from zeo.server.tests.support import ServerProcess, wait_until
-from zeo.server.tests.test_relstorage_fronts import wait_for
 
 __all__ = ["SharedBlobDirectoryTests"]
 

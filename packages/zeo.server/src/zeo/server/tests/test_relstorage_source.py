@@ -221,7 +221,7 @@ class WatchingTests(unittest.TestCase):
         self.assertEqual(source.notifications, 0)
 
     def test_an_unreachable_database_is_tried_at_doubling_intervals(self):
-        from zeo.server.tests.serverprocess import free_port
+        from zeo.server.testing import free_port
         source = PostgresCommitSource(
             f"host=127.0.0.1 port={free_port()} user=postgres dbname=none",
             poll_interval=0.01)

@@ -23,8 +23,8 @@ import zeo.client
 from zeo.server.tests.postgres import (
     POSTGRES_LAYER, STANDBY_LAYER, create_root, relstorage_section)
 from zeo.server.tests.rawclient import RawClient, ServerError
-from zeo.server.tests.serverprocess import ServerProcess
-from zeo.server.tests.test_relstorage_fronts import read, wait_for, write
+from zeo.server.tests.relstorage_support import read, wait_for, write
+from zeo.server.tests.support import ServerProcess
 
 __all__ = ["CatchUpTests", "StandbyConfigurationTests", "StandbyFrontTests"]
 

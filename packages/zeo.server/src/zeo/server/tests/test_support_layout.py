@@ -15,7 +15,9 @@ they may (issue #21).
 - the scripts that ``bin/py`` runs import there, and the test tools run
   there (its path has ``scripts/`` and the packages, not the test extras);
 - the client's and the server's tests build a child process's
-  ``PYTHONPATH`` in one place, their ``support.child_env``.
+  ``PYTHONPATH`` in one place, their ``support.child_env``;
+- the shim ``tests/serverprocess.py`` stays gone (import from
+  ``tests/support.py``).
 """
 
 from __future__ import annotations
@@ -39,10 +41,8 @@ HOMES = {
                    # returns a bool: a fake server's own, not the tests' one
                    "packages/zeo.client/src/zeo/client/tests/hostile.py"},
 }
-#: Modules still importing from a test module (others are editing them):
-#: move what they share to the support modules (``test_relstorage_fronts``'
-#: helpers, ``test_layout.CHECKOUT``) once they land.
-PENDING = ("packages/zeo.server/src/zeo/server/tests/test_relstorage_*.py",)
+#: Modules still importing from a test module (none now).
+PENDING: tuple[str, ...] = ()
 #: Scripts run by interpreters that lack our packages (bin/reference-py,
 #: a plain or atheris Python): they add the sources to ``sys.path``.
 PATH_EDITING = {"bench_client.py", "bench_cache_reopen.py", "bench_protocol.py"}
@@ -132,6 +132,10 @@ class SupportLayoutTests(unittest.TestCase):
                      for name in imported_modules(ast.parse(path.read_bytes()))
                      if "tests" in name.split(".")]
         self.assertEqual(offenders, [])
+
+    def test_no_re_export_shim(self):
+        shim = CHECKOUT / "packages/zeo.server/src/zeo/server/tests/serverprocess.py"
+        self.assertFalse(shim.exists(), "import ServerProcess from tests/support.py")
 
     def test_scripts_leave_sys_path_alone(self):
         editing = {path.name for path in scripts()
