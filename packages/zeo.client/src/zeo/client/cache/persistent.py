@@ -105,7 +105,7 @@ class FileCache(RingStore):
         self._stats = dict.fromkeys(
             ('hits', 'misses', 'stores', 'evictions', 'copies', 'corrupt',
              'toobig', 'superseded'), 0)
-        self._recent = RecentInvalidations()
+        self._recent: RecentInvalidations[int, int] = RecentInvalidations()
         self._index = RecordIndex()
         self._last_tid: bytes | None = None
         self._generation = 0
