@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from zope.interface import implementer
 
@@ -302,6 +303,50 @@ class MemoryCache:
             rec = self._records.get(oid)
             if rec is not None and tid > rec[0]:
                 self._end_current(oid, tid)
+
+    def committed(self, tid: bytes,
+                  changes: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """See IClientCache.  One lock and one check of ``tid`` for the
+        whole transaction; the evictions it causes happen at the end."""
+        if type(tid) is not bytes or len(tid) != 8:
+            raise _bad(tid, 'tid')
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            records, recent, stats = self._records, self._recent, self._stats
+            max_record = self._max_record
+            try:
+                for oid, data in changes:
+                    if type(oid) is not bytes or len(oid) != 8:
+                        raise _bad(oid, 'oid')
+                    # invalidate(oid, tid)
+                    recent.add(oid, tid)
+                    rec = records.get(oid)
+                    if rec is not None and tid > rec[0]:
+                        self._end_current(oid, tid)
+                    if data is None:
+                        continue
+                    # store(oid, tid, None, data)
+                    if type(data) is not bytes:
+                        data = bytes(data)
+                    cost = len(data) + RECORD_OVERHEAD
+                    if cost > max_record:
+                        stats['toobig'] += 1
+                        continue
+                    try:
+                        if not self._admit_current(oid, tid):
+                            continue
+                    except CacheConsistencyError as e:
+                        logger.warning('Memory cache: %s; forgetting the '
+                                       'object', e)
+                        self._remove_current(oid)
+                        continue
+                    records[oid] = (tid, data)
+                    stats['stores'] += 1
+                    self._bytes += cost
+            finally:
+                if self._bytes > self._size:
+                    self._evict()
 
     def setLastTid(self, tid: bytes) -> None:
         """See IClientCache."""

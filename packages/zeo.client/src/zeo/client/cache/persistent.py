@@ -27,6 +27,7 @@ import os
 import threading
 import time
 import zlib
+from collections.abc import Iterable
 
 from zope.interface import implementer
 
@@ -428,22 +429,58 @@ class FileCache(RingStore):
         t = None if tid is None else _u64(tid, 'tid')
         with self._lock:
             self._check_open()
-            if t is not None:
-                self._recent.add(o, t)
-            entry = self._index.current(o)
-            if entry is None:
-                return
             if t is None:
-                self._mark_dirty()
-                self._free_record(o, entry)
-            elif t > entry.start:
-                self._mark_dirty()
-                self._set_end(o, entry, t)
-                self._trim(o)
+                entry = self._index.current(o)
+                if entry is not None:
+                    self._mark_dirty()
+                    self._free_record(o, entry)
             else:
-                logger.debug('Cache %r: ignoring invalidation of oid %s by '
-                             '%016x, not newer than the cached revision',
-                             self.path, oid.hex(), t)
+                self._invalidate(o, t, oid)
+
+    def _invalidate(self, o: int, t: int, oid: bytes) -> None:
+        self._recent.add(o, t)
+        entry = self._index.current(o)
+        if entry is None:
+            return
+        if t > entry.start:
+            self._mark_dirty()
+            self._set_end(o, entry, t)
+            self._trim(o)
+        else:
+            logger.debug('Cache %r: ignoring invalidation of oid %s by '
+                         '%016x, not newer than the cached revision',
+                         self.path, oid.hex(), t)
+
+    def committed(self, tid: bytes,
+                  changes: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """See IClientCache."""
+        t = _u64(tid, 'tid')
+        with self._lock:
+            self._check_open()
+            for oid, data in changes:
+                o = _u64(oid, 'oid')
+                self._invalidate(o, t, oid)
+                if data is None:
+                    continue
+                if type(data) is not bytes:
+                    data = bytes(data)
+                if RECORD_HEADER_SIZE + len(data) > self._max_record:
+                    self._stats['toobig'] += 1
+                    continue
+                try:
+                    if not self._admit(o, t, 0, oid, tid):
+                        continue
+                except CacheConsistencyError as e:
+                    logger.warning('Cache %r: %s; forgetting the object',
+                                   self.path, e)
+                    entry = self._index.current(o)
+                    if entry is not None:
+                        self._mark_dirty()
+                        self._free_record(o, entry)
+                    continue
+                self._mark_dirty()
+                self._stats['stores'] += 1
+                self._write_records((o, t, 0, oid, tid, None, data))
 
     def _trim(self, o: int) -> None:
         # At most MAX_OLD_REVISIONS non-current ones: the oldest go.
