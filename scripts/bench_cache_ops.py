@@ -9,10 +9,10 @@ FileCache (in a temporary directory):
 - ``store``: the ``store`` of a cold record alone;
 - ``hit``: a ``loadBefore`` answered from the cache (the current record);
 - ``load``: ``load`` of the current record;
-- ``commit``: what ``tpc_finish`` does per object the transaction
-  changed: ``invalidate(oid, tid)`` then ``store(oid, tid, None, data)``,
-  or ``committed(oid, tid, data)`` where the cache has it (``--no-fused``:
-  never);
+- ``commit``, ``commit100``: what ``tpc_finish`` does per object a
+  transaction of 1 (100) objects changed: ``invalidate(oid, tid)`` then
+  ``store(oid, tid, None, data)`` per object, or one ``committed(tid,
+  changes)`` where the cache has it (``--no-fused``: never);
 - ``invalidate``: an invalidation from another client's commit.
 
 Each figure is the best of ``--runs`` passes over ``--objects`` records
@@ -74,20 +74,25 @@ def measure(make: Callable[[], Any], objects: int, runs: int,
                 load(oid)
             note('load', clock() - t0, objects)
 
-            tid = p64(0x300 + run)
             invalidate = cache.invalidate
             committed = getattr(cache, 'committed', None) if fused else None
-            t0 = clock()
-            if committed is not None:
-                for oid, d in zip(oids, data):
-                    committed(oid, tid, d)
-            else:
-                for oid, d in zip(oids, data):
-                    invalidate(oid, tid)
-                    store(oid, tid, None, d)
-            note('commit', clock() - t0, objects)
+            tid = 0x10000 * (run + 1)
+            for name, per in (('commit', 1), ('commit100', 100)):
+                batches = [list(zip(oids[i:i + per], data[i:i + per]))
+                           for i in range(0, objects, per)]
+                t0 = clock()
+                for changes in batches:
+                    tid += 1
+                    t = p64(tid)
+                    if committed is not None:
+                        committed(t, changes)
+                    else:
+                        for oid, d in changes:
+                            invalidate(oid, t)
+                            store(oid, t, None, d)
+                note(name, clock() - t0, objects)
 
-            tid = p64(0x400 + run)
+            tid = p64(0x10000 * (run + 2))
             t0 = clock()
             for oid in oids:
                 invalidate(oid, tid)

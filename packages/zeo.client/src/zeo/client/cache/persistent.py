@@ -316,12 +316,12 @@ class FileCache(RingStore):
         t = _u64(tid, 'tid')
         with self._lock:
             self._check_open()
-            revs = self._index.revisions(o)
-            chosen = next((r for r in revs if r.end and r.start < t <= r.end),
-                          None)
-            if chosen is None:
-                chosen = next((r for r in revs
-                               if not r.end and r.start < t), None)
+            # Most loads are of the current revision; when it started
+            # before t, no other revision can end at or after t.
+            chosen = self._index.current(o)
+            if chosen is None or chosen.start >= t:
+                chosen = next((r for r in self._index.revisions(o)
+                               if r.end and r.start < t <= r.end), None)
             if chosen is not None:
                 got = self._read(o, chosen)
                 if got is not None:
@@ -521,6 +521,7 @@ class FileCache(RingStore):
             self._write_free(RING_OFFSET, self._ring_size)
             self._index = RecordIndex()
             self._wp = RING_OFFSET
+            self._free_run = (0, 0)
             self._last_tid = None
             self._write_slot()
 

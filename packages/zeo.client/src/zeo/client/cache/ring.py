@@ -53,6 +53,11 @@ class RingStore:
     _ring_size: int
     _ring_end: int
     _wp: int
+    #: ``(offset, end)`` of the free block that `_place` left after the
+    #: record it wrote last (only blocks we write lie there, and only
+    #: `_place` writes there): while the write pointer is at ``offset``
+    #: the next record goes there without reading the ring first.
+    _free_run: tuple[int, int] = (0, 0)
     _next_seq: int
     _stats: dict[str, int]
 
@@ -100,13 +105,16 @@ class RingStore:
         slack = stop - pos - n
         if slack >= FREE_SIZE:
             size, tail = n, pack_free(slack)
+            free_run = (pos + n, stop)
         else:
             size, tail = n + slack, b'\0' * slack
+            free_run = (0, 0)
         block = pack_record(self._next_seq, size, oid, start_tid, end_tid,
                             data)
         self._next_seq += 1
         self._file.pwrite(block + tail, pos)
         self._wp = pos + size
+        self._free_run = free_run
         self._index.add(o, s, e, pos, size)
         return copies
 
@@ -121,6 +129,9 @@ class RingStore:
             # they are; they are the next to go on the next lap.
             self._wp = RING_OFFSET
         pos = cur = self._wp
+        free_at, free_end = self._free_run
+        if free_at == pos and pos + n <= free_end:
+            return pos, free_end, []          # into the free block we left
         reader = RingReader(self._file.pread, RING_OFFSET, end,
                             chunk=max(n + RECORD_HEADER_SIZE, 8192))
         copies: list[Record] = []
