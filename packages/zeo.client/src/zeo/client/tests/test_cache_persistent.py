@@ -475,6 +475,39 @@ class EvictionTests(FileCacheTestBase):
             c.store(p64(oid), p64(1), None, b'x' * 200)
         self.assertIsNone(c.load(p64(1)))
 
+    def test_filling_a_fresh_cache_reads_nothing(self):
+        # Each store goes into the free block the previous one left: it
+        # need not read the ring to learn what it overwrites (issue #21).
+        # Once the ring wraps, stores read the blocks they evict again.
+        c = self.make(size=MIN_SIZE + 64 * 1024)
+        c.store(p64(1), p64(1), None, b'first')
+        reads = []
+        pread = c._file.pread
+
+        def counting(size, offset):
+            reads.append(offset)
+            return pread(size, offset)
+
+        c._file.pread = counting
+        for oid in range(2, 200):
+            c.store(p64(oid), p64(1), None, b'x' * 200)
+        self.assertEqual(reads, [])
+        for oid in range(200, 400):
+            c.store(p64(oid), p64(1), None, b'x' * 200)
+        self.assertNotEqual(reads, [])
+        for oid in range(1, 400):
+            got = c.load(p64(oid))
+            if got is not None:
+                self.assertEqual(got, (b'x' * 200 if oid > 1 else b'first',
+                                       p64(1)))
+        self.assertEqual(c.load(p64(399)), (b'x' * 200, p64(1)))
+        c.clear()
+        reads.clear()
+        c.store(p64(1), p64(2), None, b'again')       # reads once...
+        c.store(p64(2), p64(2), None, b'again')       # ...then not
+        self.assertEqual(len(reads), 1)
+        self.assertEqual(c.load(p64(1)), (b'again', p64(2)))
+
 
 def flip(path, offset):
     with open(path, 'r+b') as f:
