@@ -98,7 +98,10 @@ class IClientCache(Interface):
         ``invalidate(oid, None)``).  Cheaper than those calls (one lock
         and one check of ``tid`` per transaction).  A bad oid raises
         ``ValueError`` with the pairs before it applied.  The last tid
-        is not moved: that is the caller's next step.
+        is not moved: that is the caller's next step.  (The client calls
+        it through ``zeo.client.cache.update_after_commit``, which falls
+        back on ``invalidate`` and ``store`` for an application's cache
+        object that lacks it.)
         """
 
     def getLastTid():

@@ -15,6 +15,7 @@ from zope.interface.verify import verifyObject
 from zeo.client.cache import FileCache
 from zeo.client.cache import MemoryCache
 from zeo.client.cache import open_cache
+from zeo.client.cache import update_after_commit
 from zeo.client.cache.errors import CacheConsistencyError
 from zeo.client.cache.recent_invalidations import MAX_OLD_REVISIONS
 from zeo.client.cache.errors import CacheError
@@ -494,3 +495,39 @@ class OpenCacheTests(unittest.TestCase):
             c.close()
         finally:
             shutil.rmtree(d)
+
+
+class LegacyCache:
+    """An application's cache object written before ``committed``."""
+
+    def __init__(self, cache):
+        self._cache = cache
+        for name in ('load', 'loadBefore', 'store', 'invalidate', 'stats'):
+            setattr(self, name, getattr(cache, name))
+
+
+class UpdateAfterCommitTests(unittest.TestCase):
+
+    def run_history(self, cache):
+        cache.store(OID, p64(1), None, b'r1')
+        cache.store(OID2, p64(9), None, b'r9')      # newer than the commit
+        cache.store(p64(3), p64(1), None, b'x1')
+        update_after_commit(cache, p64(5), [
+            (OID, b'r5', False),        # stored
+            (OID2, b'n5', False),       # inconsistent: forgotten
+            (p64(3), b'mine', True),    # the server resolved it
+            (p64(4), None, True),       # an undo changed it
+        ])
+        return [cache.loadBefore(p64(o), p64(t))
+                for o in range(1, 5) for t in (2, 6, 10)]
+
+    def test_committed_and_the_old_way_agree(self):
+        fused = self.run_history(MemoryCache(1 << 20))
+        legacy = LegacyCache(MemoryCache(1 << 20))
+        self.assertFalse(hasattr(legacy, 'committed'))
+        self.assertEqual(self.run_history(legacy), fused)
+        self.assertEqual(fused[0:3], [(b'r1', p64(1), p64(5)),
+                                      (b'r5', p64(5), None),
+                                      (b'r5', p64(5), None)])
+        self.assertEqual(fused[3:6], [None, None, None])
+        self.assertEqual(fused[6:9], [(b'x1', p64(1), p64(5)), None, None])
