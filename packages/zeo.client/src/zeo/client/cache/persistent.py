@@ -164,6 +164,8 @@ class FileCache(RingStore):
         self._write_free(RING_OFFSET, self._ring_size)
         self._index = RecordIndex()
         self._wp = RING_OFFSET
+        self._free_run = (0, 0)
+        self._ahead = None
         self._next_seq = 1
         self._last_tid = None
         self._generation = 0
@@ -250,6 +252,8 @@ class FileCache(RingStore):
                              in result.records.items()])
         self._index = index
         self._wp = result.write_pos
+        self._free_run = (0, 0)
+        self._ahead = None
         self._next_seq = max(result.next_seq, slot.next_seq)
         self._write_slot()      # now with this boot id and the new size
         f.fsync()
@@ -522,6 +526,7 @@ class FileCache(RingStore):
             self._index = RecordIndex()
             self._wp = RING_OFFSET
             self._free_run = (0, 0)
+            self._ahead = None
             self._last_tid = None
             self._write_slot()
 
