@@ -83,6 +83,27 @@ class IClientCache(Interface):
         (``tid <= start_tid``) is ignored.
         """
 
+    def committed(tid, changes):
+        """Apply what transaction ``tid``, committed by this client,
+        changed: ``changes`` yields ``(oid, data)``, where ``data`` is the
+        revision of ``oid`` that ``tid`` wrote, or ``None`` when the
+        client does not know it (the server resolved a conflict on it,
+        an undo changed it, or the transaction was too big to keep it).
+
+        The same as, for each pair, ``invalidate(oid, tid)`` and then, if
+        ``data`` is not None, ``store(oid, tid, None, data)`` -- except
+        that where that store would raise
+        :class:`~zeo.client.cache.errors.CacheConsistencyError` the
+        object's current record is forgotten instead (as by
+        ``invalidate(oid, None)``).  Cheaper than those calls (one lock
+        and one check of ``tid`` per transaction).  A bad oid raises
+        ``ValueError`` with the pairs before it applied.  The last tid
+        is not moved: that is the caller's next step.  (The client calls
+        it through ``zeo.client.cache.update_after_commit``, which falls
+        back on ``invalidate`` and ``store`` for an application's cache
+        object that lacks it.)
+        """
+
     def getLastTid():
         """Return the last tid (8 bytes), or ``None`` if none was set."""
 

@@ -10,7 +10,8 @@ The parts:
   `recovery` (rebuilding the index by walking the ring);
 - `zeo.client.cache.recent_invalidations`: what both caches remember to
   refuse stale current records;
-- `zeo.client.cache.errors`: the exceptions.
+- `zeo.client.cache.errors`: the exceptions;
+- `update_after_commit`: what a client's own commit does to its cache.
 
 >>> cache = open_cache(None, 1 << 20)     # no path: kept in memory
 >>> cache.persistent
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
+from typing import Any
 
 from zeo.client.cache.errors import CacheConsistencyError
 from zeo.client.cache.errors import CacheCorruptError
@@ -33,7 +36,7 @@ from zeo.client.cache.persistent import FileCache
 from zeo.client.cache.memory import MemoryCache
 
 __all__ = [
-    'open_cache', 'FileCache', 'MemoryCache', 'MIN_SIZE',
+    'open_cache', 'update_after_commit', 'FileCache', 'MemoryCache', 'MIN_SIZE',
     'CacheError', 'CacheFormatError', 'CacheVersionError',
     'CacheCorruptError', 'CacheLockedError', 'CacheConsistencyError',
     'LastTidError',
@@ -64,3 +67,28 @@ def open_cache(path: str | os.PathLike[str] | None,
         logger.error('Cannot open the client cache file %r (%s); using a '
                      'non-persistent cache in memory instead.', path, e)
         return MemoryCache(size)
+
+
+def update_after_commit(cache: Any, tid: bytes, updates: Iterable[
+        tuple[bytes, bytes | None, bool]]) -> None:
+    """Apply this client's transaction ``tid`` to ``cache``.
+
+    ``updates`` yields ``(oid, data or None, resolved_by_server)`` (see
+    ``TransactionBuffer.updates``): the data of an object the server
+    resolved a conflict on is not what was committed, so it is only
+    invalidated.  One ``IClientCache.committed`` call; a cache object
+    from an application that predates that method gets the same through
+    ``invalidate`` and ``store``.
+    """
+    committed = getattr(cache, 'committed', None)
+    if committed is not None:
+        committed(tid, [(oid, None if resolved else data)
+                        for oid, data, resolved in updates])
+        return
+    for oid, data, resolved in updates:
+        try:
+            cache.invalidate(oid, tid)
+            if data is not None and not resolved:
+                cache.store(oid, tid, None, data)
+        except CacheConsistencyError:
+            cache.invalidate(oid, None)

@@ -350,7 +350,7 @@ def pack_end(end: bytes | None, header_crc: int) -> bytes:
     return end + struct.pack('>I', zlib.crc32(end, header_crc))
 
 
-def block_kind(buf: bytes | memoryview, pos: int = 0) -> int:
+def block_kind(buf: bytes | bytearray | memoryview, pos: int = 0) -> int:
     """Classify the block header at ``buf[pos:]`` by its marker only."""
     marker = bytes(buf[pos:pos + 4])
     if marker == RECORD_MARKER:
@@ -360,7 +360,7 @@ def block_kind(buf: bytes | memoryview, pos: int = 0) -> int:
     return KIND_INVALID
 
 
-def parse_record_header(buf: bytes | memoryview, pos: int = 0
+def parse_record_header(buf: bytes | bytearray | memoryview, pos: int = 0
                         ) -> RecordHeader | None:
     """Decode and verify the record header at ``buf[pos:]``.
 
@@ -383,7 +383,7 @@ def parse_record_header(buf: bytes | memoryview, pos: int = 0
                         None if end == Z64 or not end_ok else end, end_ok)
 
 
-def record_data_ok(buf: bytes | memoryview, pos: int,
+def record_data_ok(buf: bytes | bytearray | memoryview, pos: int,
                    header: RecordHeader) -> bool:
     """Check the data of the record whose header is at ``buf[pos:]``."""
     begin = pos + RECORD_HEADER_SIZE
@@ -399,7 +399,7 @@ if _RECORD_INTS.size != RECORD_HEADER_SIZE:
     raise ImportError('cache record format mismatch')
 
 
-def record_size(buf: bytes | memoryview, pos: int) -> int | None:
+def record_size(buf: bytes | bytearray | memoryview, pos: int) -> int | None:
     """Return the block size of the record header at ``buf[pos:]`` if its
     marker and header checksum hold, else None (data not checked)."""
     if len(buf) - pos < RECORD_HEADER_SIZE:
@@ -445,7 +445,7 @@ def pack_free(size: int) -> bytes:
     return FREE_MARKER + struct.pack('>I', zlib.crc32(body)) + body
 
 
-def parse_free(buf: bytes | memoryview, pos: int = 0) -> int | None:
+def parse_free(buf: bytes | bytearray | memoryview, pos: int = 0) -> int | None:
     """Return the size of the free block whose header is at ``buf[pos:]``,
     or None if the header is not a valid free block header."""
     if len(buf) - pos < FREE_SIZE:

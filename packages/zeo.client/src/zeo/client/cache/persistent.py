@@ -27,6 +27,7 @@ import os
 import threading
 import time
 import zlib
+from collections.abc import Iterable
 
 from zope.interface import implementer
 
@@ -105,7 +106,7 @@ class FileCache(RingStore):
         self._stats = dict.fromkeys(
             ('hits', 'misses', 'stores', 'evictions', 'copies', 'corrupt',
              'toobig', 'superseded'), 0)
-        self._recent = RecentInvalidations()
+        self._recent: RecentInvalidations[int, int] = RecentInvalidations()
         self._index = RecordIndex()
         self._last_tid: bytes | None = None
         self._generation = 0
@@ -163,6 +164,8 @@ class FileCache(RingStore):
         self._write_free(RING_OFFSET, self._ring_size)
         self._index = RecordIndex()
         self._wp = RING_OFFSET
+        self._free_run = (0, 0)
+        self._ahead = None
         self._next_seq = 1
         self._last_tid = None
         self._generation = 0
@@ -249,6 +252,8 @@ class FileCache(RingStore):
                              in result.records.items()])
         self._index = index
         self._wp = result.write_pos
+        self._free_run = (0, 0)
+        self._ahead = None
         self._next_seq = max(result.next_seq, slot.next_seq)
         self._write_slot()      # now with this boot id and the new size
         f.fsync()
@@ -315,12 +320,12 @@ class FileCache(RingStore):
         t = _u64(tid, 'tid')
         with self._lock:
             self._check_open()
-            revs = self._index.revisions(o)
-            chosen = next((r for r in revs if r.end and r.start < t <= r.end),
-                          None)
-            if chosen is None:
-                chosen = next((r for r in revs
-                               if not r.end and r.start < t), None)
+            # Most loads are of the current revision; when it started
+            # before t, no other revision can end at or after t.
+            chosen = self._index.current(o)
+            if chosen is None or chosen.start >= t:
+                chosen = next((r for r in self._index.revisions(o)
+                               if r.end and r.start < t <= r.end), None)
             if chosen is not None:
                 got = self._read(o, chosen)
                 if got is not None:
@@ -428,22 +433,58 @@ class FileCache(RingStore):
         t = None if tid is None else _u64(tid, 'tid')
         with self._lock:
             self._check_open()
-            if t is not None:
-                self._recent.add(o, t)
-            entry = self._index.current(o)
-            if entry is None:
-                return
             if t is None:
-                self._mark_dirty()
-                self._free_record(o, entry)
-            elif t > entry.start:
-                self._mark_dirty()
-                self._set_end(o, entry, t)
-                self._trim(o)
+                entry = self._index.current(o)
+                if entry is not None:
+                    self._mark_dirty()
+                    self._free_record(o, entry)
             else:
-                logger.debug('Cache %r: ignoring invalidation of oid %s by '
-                             '%016x, not newer than the cached revision',
-                             self.path, oid.hex(), t)
+                self._invalidate(o, t, oid)
+
+    def _invalidate(self, o: int, t: int, oid: bytes) -> None:
+        self._recent.add(o, t)
+        entry = self._index.current(o)
+        if entry is None:
+            return
+        if t > entry.start:
+            self._mark_dirty()
+            self._set_end(o, entry, t)
+            self._trim(o)
+        else:
+            logger.debug('Cache %r: ignoring invalidation of oid %s by '
+                         '%016x, not newer than the cached revision',
+                         self.path, oid.hex(), t)
+
+    def committed(self, tid: bytes,
+                  changes: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """See IClientCache."""
+        t = _u64(tid, 'tid')
+        with self._lock:
+            self._check_open()
+            for oid, data in changes:
+                o = _u64(oid, 'oid')
+                self._invalidate(o, t, oid)
+                if data is None:
+                    continue
+                if type(data) is not bytes:
+                    data = bytes(data)
+                if RECORD_HEADER_SIZE + len(data) > self._max_record:
+                    self._stats['toobig'] += 1
+                    continue
+                try:
+                    if not self._admit(o, t, 0, oid, tid):
+                        continue
+                except CacheConsistencyError as e:
+                    logger.warning('Cache %r: %s; forgetting the object',
+                                   self.path, e)
+                    entry = self._index.current(o)
+                    if entry is not None:
+                        self._mark_dirty()
+                        self._free_record(o, entry)
+                    continue
+                self._mark_dirty()
+                self._stats['stores'] += 1
+                self._write_records((o, t, 0, oid, tid, None, data))
 
     def _trim(self, o: int) -> None:
         # At most MAX_OLD_REVISIONS non-current ones: the oldest go.
@@ -484,6 +525,8 @@ class FileCache(RingStore):
             self._write_free(RING_OFFSET, self._ring_size)
             self._index = RecordIndex()
             self._wp = RING_OFFSET
+            self._free_run = (0, 0)
+            self._ahead = None
             self._last_tid = None
             self._write_slot()
 

@@ -9,9 +9,13 @@ historical ZEO bugs was exactly this race, so the caches double-check.
 
 Only the window of loads in flight matters, so a bounded memory of the
 latest invalidation tid per object is enough; the oldest entries are
-forgotten first.
+forgotten first, a generation at a time (see `RecentInvalidations`).
 """
 from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Generic
+from typing import TypeVar
 
 __all__ = ['MAX_OLD_REVISIONS', 'RecentInvalidations']
 
@@ -21,27 +25,57 @@ __all__ = ['MAX_OLD_REVISIONS', 'RecentInvalidations']
 #: scan thousands of old revisions that only a very old snapshot could use.
 MAX_OLD_REVISIONS = 16
 
+K = TypeVar('K', bound=Hashable)
+#: Tids: integers (the file cache) or 8-byte big-endian strings (the
+#: memory cache); both order like the transactions.
+T = TypeVar('T', int, bytes)
 
-class RecentInvalidations:
-    """A bounded map oid -> newest invalidating tid (both integers)."""
+
+class RecentInvalidations(Generic[K, T]):
+    """A bounded map oid -> newest invalidating tid.
+
+    Two generations of at most ``limit`` oids each: adding goes to the
+    young one; when it is full, the old generation is forgotten and the
+    young one becomes old.  So the ``limit`` most recently invalidated
+    oids are always remembered, never more than ``2 * limit``, and every
+    operation is O(1).  (An LRU dict that drops its first entry is not:
+    CPython finds a dict's first entry by skipping the deleted ones.)
+    """
+
+    __slots__ = ('_limit', '_young', '_old')
 
     def __init__(self, limit: int = 10_000) -> None:
+        if limit < 1:
+            raise ValueError(f'limit must be positive, not {limit}')
         self._limit = limit
-        self._tids: dict[int, int] = {}
+        self._young: dict[K, T] = {}
+        self._old: dict[K, T] = {}
 
-    def add(self, oid: int, tid: int) -> None:
+    def add(self, oid: K, tid: T) -> None:
         """Remember that transaction ``tid`` changed ``oid``."""
-        tids = self._tids
-        if tids.get(oid, -1) < tid:
-            tids.pop(oid, None)          # re-insert: newest last
-            tids[oid] = tid
-            if len(tids) > self._limit:
-                del tids[next(iter(tids))]
+        young = self._young
+        known = young.get(oid)
+        if known is None:
+            known = self._old.get(oid)
+            if known is not None and tid < known:
+                tid = known          # keep the newest when it moves up
+            young[oid] = tid
+            if len(young) >= self._limit:
+                self._old = young
+                self._young = {}
+        elif known < tid:
+            young[oid] = tid
 
-    def supersedes(self, oid: int, start: int) -> bool:
+    def supersedes(self, oid: K, start: T) -> bool:
         """Tell whether a remembered invalidation postdates revision
         ``start`` of ``oid``, i.e. that revision is known not current."""
-        return self._tids.get(oid, -1) > start
+        tid = self._young.get(oid)
+        if tid is None:
+            tid = self._old.get(oid)
+            if tid is None:
+                return False
+        return tid > start
 
     def clear(self) -> None:
-        self._tids.clear()
+        self._young.clear()
+        self._old.clear()

@@ -46,11 +46,12 @@ class RingReader:
         self.end = end
         self._chunk = chunk
         self._base = begin
-        self._buf = b''
+        self._buf: bytes | bytearray = b''
         #: A memoryview of the current buffer (slicing it copies nothing).
         self.view = memoryview(self._buf)
 
-    def window(self, pos: int, length: int) -> tuple[bytes, int]:
+    def window(self, pos: int, length: int
+               ) -> tuple[bytes | bytearray, int]:
         """Return ``(buffer, index)`` such that ``buffer[index:]`` starts
         at file offset ``pos`` and holds ``length`` bytes unless the ring
         ends first."""
@@ -62,6 +63,18 @@ class RingReader:
             self.view = memoryview(buf)
             self._base = base = pos
         return buf, pos - base
+
+    def patch(self, data: bytes, pos: int) -> None:
+        """Apply a write of ``data`` at file offset ``pos`` to the buffer,
+        so that it stays a copy of the file."""
+        base, buf = self._base, self._buf
+        lo, hi = max(pos, base), min(pos + len(data), base + len(buf))
+        if lo >= hi:
+            return
+        if type(buf) is not bytearray:
+            self._buf = buf = bytearray(buf)
+            self.view = memoryview(buf)
+        buf[lo - base:hi - base] = data[lo - pos:hi - pos]
 
     def find_block(self, pos: int) -> int:
         """Return the offset of the first block header at or after ``pos``

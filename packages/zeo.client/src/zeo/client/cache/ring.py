@@ -35,6 +35,10 @@ __all__ = ['RingStore', 'Record']
 
 logger = logging.getLogger('zeo.client.cache')
 
+#: Bytes read at a time ahead of the write pointer (the blocks the next
+#: stores overwrite).
+AHEAD_SIZE = 65536
+
 #: A record on its way to the ring: oid, start and end (0: current) as
 #: integers, then oid, start tid and end tid (or None) as bytes, then data.
 Record = tuple[int, int, int, bytes, bytes, 'bytes | None', bytes]
@@ -53,6 +57,21 @@ class RingStore:
     _ring_size: int
     _ring_end: int
     _wp: int
+    #: ``(offset, end)`` of the free block that `_place` left after the
+    #: record it wrote last (only blocks we write lie there, and only
+    #: `_place` writes there): while the write pointer is at ``offset``
+    #: the next record goes there without reading the ring first.
+    _free_run: tuple[int, int] = (0, 0)
+    #: What `_make_room` last read ahead of the write pointer, kept equal
+    #: to the file by `_ring_write` (every write into the ring goes
+    #: through it): consecutive stores share one read.  None after the
+    #: ring was rewritten as a whole (clear, recovery).
+    _ahead: RingReader | None = None
+
+    def _ring_write(self, data: bytes, pos: int) -> None:
+        self._file.pwrite(data, pos)
+        if self._ahead is not None:
+            self._ahead.patch(data, pos)
     _next_seq: int
     _stats: dict[str, int]
 
@@ -100,13 +119,16 @@ class RingStore:
         slack = stop - pos - n
         if slack >= FREE_SIZE:
             size, tail = n, pack_free(slack)
+            free_run = (pos + n, stop)
         else:
             size, tail = n + slack, b'\0' * slack
+            free_run = (0, 0)
         block = pack_record(self._next_seq, size, oid, start_tid, end_tid,
                             data)
         self._next_seq += 1
-        self._file.pwrite(block + tail, pos)
+        self._ring_write(block + tail, pos)
         self._wp = pos + size
+        self._free_run = free_run
         self._index.add(o, s, e, pos, size)
         return copies
 
@@ -121,8 +143,14 @@ class RingStore:
             # they are; they are the next to go on the next lap.
             self._wp = RING_OFFSET
         pos = cur = self._wp
-        reader = RingReader(self._file.pread, RING_OFFSET, end,
-                            chunk=max(n + RECORD_HEADER_SIZE, 8192))
+        free_at, free_end = self._free_run
+        if free_at == pos and pos + n <= free_end:
+            return pos, free_end, []          # into the free block we left
+        reader = self._ahead
+        if reader is None or reader.end != end:
+            reader = RingReader(self._file.pread, RING_OFFSET, end,
+                                chunk=AHEAD_SIZE)
+            self._ahead = reader
         copies: list[Record] = []
         while cur < pos + n:
             buf, i = reader.window(cur, RECORD_HEADER_SIZE)
@@ -170,7 +198,7 @@ class RingStore:
     def _free_record(self, oid: int, entry: Entry) -> None:
         # Overwriting the header keeps the ring tiled and makes sure the
         # record can never be found again (rule 3).
-        self._file.pwrite(pack_free(entry.size), entry.offset)
+        self._ring_write(pack_free(entry.size), entry.offset)
         self._index.remove(oid, entry.start)
 
     def _set_end(self, oid: int, entry: Entry, end: int) -> None:
@@ -184,6 +212,6 @@ class RingStore:
             self._free_record(oid, entry)
             return
         hcrc = int.from_bytes(head[4:8], 'big')
-        self._file.pwrite(pack_end(end.to_bytes(8, 'big'), hcrc),
+        self._ring_write(pack_end(end.to_bytes(8, 'big'), hcrc),
                           entry.offset + END_OFFSET)
         self._index.set_end(oid, entry.start, end)

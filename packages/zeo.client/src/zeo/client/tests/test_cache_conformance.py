@@ -15,6 +15,7 @@ from zope.interface.verify import verifyObject
 from zeo.client.cache import FileCache
 from zeo.client.cache import MemoryCache
 from zeo.client.cache import open_cache
+from zeo.client.cache import update_after_commit
 from zeo.client.cache.errors import CacheConsistencyError
 from zeo.client.cache.recent_invalidations import MAX_OLD_REVISIONS
 from zeo.client.cache.errors import CacheError
@@ -314,6 +315,118 @@ class IClientCacheTests:
             t.join()
         self.assertEqual(errors, [])
 
+    # -- committed: invalidate + store for a transaction, fused ----------
+
+    def test_committed(self):
+        c = self.cache
+        c.store(OID, p64(3), None, b'r3')
+        c.store(OID2, p64(2), None, b'r2')
+        c.committed(p64(8), [(OID, b'r8'), (OID2, None), (p64(3), b'n8')])
+        self.assertEqual(c.load(OID), (b'r8', p64(8)))
+        self.assertEqual(c.loadBefore(OID, p64(8)), (b'r3', p64(3), p64(8)))
+        self.assertIsNone(c.load(OID2))          # data unknown: ended only
+        self.assertEqual(c.loadBefore(OID2, p64(5)), (b'r2', p64(2), p64(8)))
+        self.assertEqual(c.load(p64(3)), (b'n8', p64(8)))
+        self.assertEqual(len(c), 4)
+        # The same transaction again (its records already cached): no-op.
+        c.committed(p64(8), [(OID, b'r8')])
+        self.assertEqual(len(c), 4)
+        # Nothing changes the last tid: that is the caller's next step.
+        self.assertIsNone(c.getLastTid())
+
+    def test_committed_equals_invalidate_then_store(self):
+        def history(cache, fused):
+            written = {o: [(1, b'first')] for o in range(1, 8)}
+            for t in range(3, 40):
+                changes = []
+                for o in range(1, 8):
+                    if (o * t) % 3 != 1:
+                        data = b'%d@%d' % (o, t) * (o % 3)
+                        written[o].append((t, data))
+                        changes.append(
+                            (p64(o), None if (o + t) % 5 == 0 else data))
+                if fused:
+                    cache.committed(p64(t), changes)
+                else:
+                    for oid, data in changes:
+                        cache.invalidate(oid, p64(t))
+                        if data is not None:
+                            cache.store(oid, p64(t), None, data)
+                # Loads by older snapshots bring old revisions in.
+                for o in range(1, 8):
+                    if cache.loadBefore(p64(o), p64(t - 1)) is None:
+                        revs = written[o]
+                        i = max(i for i, (s, _) in enumerate(revs)
+                                if s < t - 1)
+                        end = revs[i + 1][0] if i + 1 < len(revs) else None
+                        if end is not None:
+                            cache.store(p64(o), p64(revs[i][0]), p64(end),
+                                        revs[i][1])
+
+        fused, plain = self._makeOne(), self._makeOne()
+        try:
+            history(fused, True)
+            history(plain, False)
+            for o in range(1, 8):
+                for t in range(1, 42):
+                    self.assertEqual(fused.loadBefore(p64(o), p64(t)),
+                                     plain.loadBefore(p64(o), p64(t)))
+                self.assertEqual(fused.load(p64(o)), plain.load(p64(o)))
+            self.assertEqual(fused.stats(), plain.stats())
+        finally:
+            fused.close()
+            plain.close()
+
+    def test_committed_forgets_an_inconsistent_current_record(self):
+        c = self.cache
+        # A current record newer than the commit (which cannot happen
+        # with a correct server): store would raise; committed forgets.
+        c.store(OID, p64(9), None, b'r9')
+        c.store(OID2, p64(1), None, b'r1')
+        c.committed(p64(5), [(OID, b'r5'), (OID2, b'n5')])
+        self.assertIsNone(c.load(OID))
+        self.assertIsNone(c.loadBefore(OID, p64(10)))
+        self.assertEqual(c.load(OID2), (b'n5', p64(5)))
+
+    def test_committed_refuses_what_a_newer_invalidation_supersedes(self):
+        c = self.cache
+        c.invalidate(OID, p64(9))
+        c.committed(p64(5), [(OID, b'r5')])
+        self.assertIsNone(c.load(OID))
+        self.assertEqual(c.stats()['superseded'], 1)
+
+    def test_committed_too_big_and_bad_arguments(self):
+        c = self._makeOne(size=64 * 1024)
+        try:
+            c.store(OID, p64(1), None, b'r1')
+            c.committed(p64(2), [(OID, b'x' * 40000)])
+            self.assertIsNone(c.load(OID))
+            self.assertEqual(c.loadBefore(OID, p64(2)),
+                             (b'r1', p64(1), p64(2)))
+            self.assertEqual(c.stats()['toobig'], 1)
+            with self.assertRaises(ValueError):
+                c.committed(b'short', [])
+            with self.assertRaises(ValueError):
+                c.committed(p64(3), [(OID2, b'a'), (b'short', b'b')])
+            self.assertEqual(c.load(OID2), (b'a', p64(3)))   # applied
+        finally:
+            c.close()
+        with self.assertRaises(CacheError):
+            c.committed(p64(4), [])
+
+    def test_committed_respects_the_size(self):
+        size = 64 * 1024
+        c = self._makeOne(size=size)
+        try:
+            c.committed(p64(2), [(p64(i), bytes([i % 251]) * 100)
+                                 for i in range(1, 2001)])
+            self.assertLessEqual(c.stats()['bytes'], size)
+            self.assertGreater(c.stats()['evictions'], 0)
+            self.assertEqual(c.load(p64(2000)),
+                             (bytes([2000 % 251]) * 100, p64(2)))
+        finally:
+            c.close()
+
 
 class MemoryCacheTests(IClientCacheTests, unittest.TestCase):
 
@@ -382,3 +495,39 @@ class OpenCacheTests(unittest.TestCase):
             c.close()
         finally:
             shutil.rmtree(d)
+
+
+class LegacyCache:
+    """An application's cache object written before ``committed``."""
+
+    def __init__(self, cache):
+        self._cache = cache
+        for name in ('load', 'loadBefore', 'store', 'invalidate', 'stats'):
+            setattr(self, name, getattr(cache, name))
+
+
+class UpdateAfterCommitTests(unittest.TestCase):
+
+    def run_history(self, cache):
+        cache.store(OID, p64(1), None, b'r1')
+        cache.store(OID2, p64(9), None, b'r9')      # newer than the commit
+        cache.store(p64(3), p64(1), None, b'x1')
+        update_after_commit(cache, p64(5), [
+            (OID, b'r5', False),        # stored
+            (OID2, b'n5', False),       # inconsistent: forgotten
+            (p64(3), b'mine', True),    # the server resolved it
+            (p64(4), None, True),       # an undo changed it
+        ])
+        return [cache.loadBefore(p64(o), p64(t))
+                for o in range(1, 5) for t in (2, 6, 10)]
+
+    def test_committed_and_the_old_way_agree(self):
+        fused = self.run_history(MemoryCache(1 << 20))
+        legacy = LegacyCache(MemoryCache(1 << 20))
+        self.assertFalse(hasattr(legacy, 'committed'))
+        self.assertEqual(self.run_history(legacy), fused)
+        self.assertEqual(fused[0:3], [(b'r1', p64(1), p64(5)),
+                                      (b'r5', p64(5), None),
+                                      (b'r5', p64(5), None)])
+        self.assertEqual(fused[3:6], [None, None, None])
+        self.assertEqual(fused[6:9], [(b'x1', p64(1), p64(5)), None, None])

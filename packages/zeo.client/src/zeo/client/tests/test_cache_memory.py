@@ -35,6 +35,33 @@ class LRUTests(unittest.TestCase):
         self.assertIsNone(c.load(p64(2)))
         self.assertIsNotNone(c.loadBefore(p64(1), p64(2)))
 
+    def test_an_ended_revision_counts_as_used(self):
+        # Connections still reading the snapshot before a change are the
+        # ones likely to ask for the revision it ended.
+        per = 100 + RECORD_OVERHEAD
+        c = MemoryCache(per * 4)
+        for oid in range(1, 5):
+            c.store(p64(oid), p64(1), None, b'x' * 100)
+        c.invalidate(p64(1), p64(2))         # 2 is now the oldest
+        c.store(p64(5), p64(1), None, b'x' * 100)
+        self.assertIsNone(c.load(p64(2)))
+        self.assertEqual(c.loadBefore(p64(1), p64(2)),
+                         (b'x' * 100, p64(1), p64(2)))
+        self.assertEqual(len(c), 4)
+
+    def test_one_entry_per_current_record(self):
+        # A cold load costs one entry keyed by the oid, nothing per oid
+        # elsewhere (issue #21: it cost a revision object, a set per oid
+        # and two more dict entries).
+        c = MemoryCache(1 << 20)
+        c.store(p64(1), p64(5), None, b'data')
+        self.assertEqual(dict(c._records), {p64(1): (p64(5), b'data')})
+        self.assertEqual(c._old, {})
+        c.invalidate(p64(1), p64(7))
+        self.assertEqual(dict(c._records),
+                         {(p64(1), p64(5)): (p64(7), b'data')})
+        self.assertEqual(c._old, {p64(1): {p64(5): p64(7)}})
+
     def test_zero_size_caches_nothing(self):
         c = MemoryCache(0)
         c.store(p64(1), p64(1), None, b'')

@@ -475,6 +475,67 @@ class EvictionTests(FileCacheTestBase):
             c.store(p64(oid), p64(1), None, b'x' * 200)
         self.assertIsNone(c.load(p64(1)))
 
+    def test_stores_share_their_reads_of_the_ring(self):
+        # Filling: each store goes into the free block the previous one
+        # left, without reading what it overwrites.  Once the ring wraps,
+        # the blocks stores overwrite are read AHEAD_SIZE bytes at a time
+        # (issue #21: a read per store before).
+        c = self.make(size=MIN_SIZE + 512 * 1024)
+        reads = []
+        pread = c._file.pread
+
+        def counting(size, offset):
+            reads.append(offset)
+            return pread(size, offset)
+
+        c._file.pread = counting
+        c.store(p64(1), p64(1), None, b'first')
+        self.assertEqual(len(reads), 1)
+        for oid in range(2, 1000):
+            c.store(p64(oid), p64(1), None, b'x' * 200)
+        self.assertEqual(len(reads), 1)
+        stores = 6000                     # about three laps
+        for oid in range(1000, 1000 + stores):
+            c.store(p64(oid), p64(1), None, b'x' * 200)
+        self.assertGreater(c.stats()['evictions'], 2 * 2000)
+        self.assertGreater(len(reads), 1)
+        self.assertLess(len(reads), stores / 100)
+        for oid in range(1, 1000 + stores):
+            got = c.load(p64(oid))
+            if got is not None:
+                self.assertEqual(got, (b'x' * 200 if oid > 1 else b'first',
+                                       p64(1)))
+        self.assertEqual(c.load(p64(999 + stores)), (b'x' * 200, p64(1)))
+        self.assertEqual(c.stats()['corrupt'], 0)
+        c.close()
+        c = self.make()                   # the index saved by close agrees
+        self.assertEqual(c.load(p64(999 + stores)), (b'x' * 200, p64(1)))
+        self.assertEqual(intact_records(self.path, c._ring_end),
+                         indexed_offsets(c))
+
+    def test_read_ahead_follows_every_write(self):
+        # Invalidations, frees of damaged records and copies forward write
+        # into blocks the read-ahead may hold: it must see them.
+        c = self.make(size=MIN_SIZE + 64 * 1024)
+        for round_ in range(6):
+            for oid in range(1, 150):
+                o = p64(oid)
+                c.store(o, p64(round_ + 1), None, b'%d' % round_ * 150)
+                if oid % 3 == 0:
+                    c.load(o)             # referenced: copied forward
+                c.invalidate(o, p64(round_ + 2))
+            if round_ == 3:
+                c.clear()
+        self.assertEqual(c.stats()['corrupt'], 0)
+        self.assertGreater(c.stats()['copies'], 0)
+        for oid in range(1, 150):
+            got = c.loadBefore(p64(oid), p64(7))
+            if got is not None:
+                self.assertEqual(got, (b'5' * 150, p64(6), p64(7)))
+        c.close()
+        c = self.make(size=MIN_SIZE + 64 * 1024)
+        self.assertEqual(intact_records(self.path, c._ring_end),
+                         indexed_offsets(c))
 
 def flip(path, offset):
     with open(path, 'r+b') as f:

@@ -23,6 +23,7 @@ from hypothesis.stateful import rule
 
 from zeo.client.cache import FileCache
 from zeo.client.cache import MemoryCache
+from zeo.client.cache.memory import RECORD_OVERHEAD
 from zeo.client.cache.errors import CacheConsistencyError
 from zeo.client.tests.support import indexed_offsets
 from zeo.client.tests.support import intact_records
@@ -94,6 +95,18 @@ class CacheMachine(RuleBasedStateMachine):
         tid = self.history.commit(sorted(oids), length)
         for oid in sorted(oids):
             self.cache.invalidate(p64(oid), p64(tid))
+        self.cache.setLastTid(p64(tid))
+
+    @rule(oids=st.sets(OIDS, min_size=1, max_size=3),
+          length=st.integers(min_value=0, max_value=700),
+          known=st.lists(st.booleans(), min_size=3, max_size=3))
+    def commit_own(self, oids, length, known):
+        # This client's commit: the cache learns the new data, except
+        # where the server resolved a conflict (None).
+        tid = self.history.commit(sorted(oids), length)
+        self.cache.committed(p64(tid), [
+            (p64(oid), self.history.current(oid)[1] if k else None)
+            for oid, k in zip(sorted(oids), known)])
         self.cache.setLastTid(p64(tid))
 
     @rule(oid=OIDS)
@@ -179,6 +192,29 @@ class MemoryCacheMachine(CacheMachine):
 
     def make_cache(self):
         return MemoryCache(4000)
+
+    @invariant()
+    def bookkeeping(self):
+        # The byte count and the map of non-current records agree with
+        # the records themselves.
+        cache = getattr(self, 'cache', None)
+        if cache is None:
+            return
+        records = cache._records
+        self.check(cache._bytes == sum(len(d) + RECORD_OVERHEAD
+                                       for _, d in records.values()),
+                   'byte count is wrong')
+        self.check(cache._bytes <= cache.getsize(), 'cache too big')
+        old = {}
+        for key, (tid, _) in records.items():
+            if type(key) is tuple:
+                old.setdefault(key[0], {})[key[1]] = tid
+                self.check(key[1] < tid, 'a revision ends before it starts')
+        self.check(old == cache._old, 'non-current map differs')
+        for oid, starts in old.items():
+            current = records.get(oid)
+            self.check(current is None or max(starts) < current[0],
+                       'an old revision starts after the current one')
 
 
 class FileCacheMachine(CacheMachine):
