@@ -160,7 +160,7 @@ class ClientBlobs:
             # The server takes the file from its own directory.
             # (The serial only names the file; old callers pass a str.)
             name = blobs.stage(oid, _as_bytes(serial, 'latin-1'), blobfilename)
-            self._runner.one_way(tbuf.protocol, 'storeBlobShared',
+            self._runner.one_way(tbuf.channel, 'storeBlobShared',
                                  (oid, serial, data, name, id(txn)))
         else:
             import ZODB.blob
@@ -169,7 +169,7 @@ class ClientBlobs:
             os.close(fd)
             ZODB.blob.rename_or_copy_blob(blobfilename, target, chmod=False)
             tbuf.blobs.append((oid, target))
-            self._runner.stream(tbuf.protocol,
+            self._runner.stream(tbuf.channel,
                                 blob_upload(target, oid, serial, data, id(txn), BLOB_CHUNK_SIZE))
         tbuf.store(oid, data)
 

@@ -4,7 +4,7 @@
 - servers: `free_port`, `ServerFixture` (a real in-process server,
   ``zeo.server.server()``, that tests stop and restart on one port), what
   a client needs of a DB (`RecordingDB`), `commit`, `wait_until`, `FAST`;
-- the protocol without a network: `Transport`, `Handler`, `Waiter`;
+- a channel without a network: `Transport`, `Handler`, `Waiter`, `feed`;
 - caches: `p64`, `content`, `BlobCacheTestBase` (blob caches in a temporary
   directory), `intact_records` and `indexed_offsets` (a persistent cache's
   records found by brute force, and those its index holds);
@@ -30,15 +30,21 @@ from ZODB.utils import p64
 
 import zeo.server
 from zeo.server.testing import free_port
+from zeo.client.connection import locks
 from zeo.client import cache_format as fmt
 from zeo.client.blob_cache import BlobCache
 from zeo.client.storage import ClientStorage
 
 __all__ = ['BlobCacheTestBase', 'FAST', 'Handler', 'OID1', 'OID2', 'RecordingDB',
-           'ServerFixture', 'Transport', 'Waiter', 'commit', 'content', 'free_port',
+           'ServerFixture', 'Transport', 'Waiter', 'commit', 'content', 'feed', 'free_port',
            'indexed_offsets', 'intact_records', 'p64', 'parse', 'section', 'wait_until']
 
 OID1, OID2 = p64(1), p64(2)
+
+# zeo.client's tests run with the client's locks checked: taking them out
+# of order, or waiting while holding one, raises LockOrderError (the
+# rules are in zeo.client.connection).
+locks.CHECK = True
 
 #: Fast reconnects for tests.
 FAST = dict(disconnect_poll=0.05, max_disconnect_poll=0.2, wait_timeout=10)
@@ -161,8 +167,20 @@ class Transport(asyncio.Transport):
         self.closing = True
 
 
+def feed(adapter, data, piece=None):
+    """Hand *data* to *adapter* as its transport would: into the buffer
+    it gives, at most *piece* bytes at a time."""
+    data = memoryview(data)
+    while data:
+        buffer = adapter.get_buffer(-1)
+        n = min(len(buffer), len(data), piece or len(data))
+        buffer[:n] = data[:n]
+        data = data[n:]
+        adapter.buffer_updated(n)
+
+
 class Handler:
-    """Records what a ClientProtocol tells its handler."""
+    """Records what a Channel tells its handler."""
 
     def __init__(self):
         self.events = []
