@@ -181,7 +181,7 @@ class Channel:
             self._output.stream(messages)
 
     def _encode_pieces(self, method: str, args: tuple[Any, ...]) -> list[Any]:
-        return self._connection.send_pieces(OneWayCall(method, args))  # type: ignore[no-any-return]
+        return self._connection.send_pieces(OneWayCall(method, args))
 
     def _lost(self) -> ClientDisconnected:
         return ClientDisconnected(f'connection to {describe(self.address)} lost')
@@ -236,7 +236,9 @@ class Channel:
         """One ``recv_into`` and the messages it completes.  Called holding
         the lock and the baton (the loop holds it while no thread does).
         False once this reader must stop."""
-        connection = self._connection
+        if locks.CHECK and baton.reader != (None if on_loop else _get_ident()):
+            raise locks.LockOrderError(f'{self!r}: a second reader (T3)')
+        connection: Any = self._connection  # takes memoryviews too
         frame = connection.receive_buffer()
         buffer = self._buffer if frame is None else frame
         try:
@@ -279,14 +281,15 @@ class Channel:
 
     def received(self, nbytes: int) -> None:
         """The transport read *nbytes* into `input_buffer`."""
+        connection: Any = self._connection  # takes memoryviews too
         with self.lock:
             try:
                 if self._frame is None:
                     # The frame reader copies what it keeps: the buffer is reused.
-                    self._connection.receive_data(self._buffer[:nbytes])
+                    connection.receive_data(self._buffer[:nbytes])
                 else:
                     self._frame = None
-                    self._connection.received_into(nbytes)
+                    connection.received_into(nbytes)
             except ProtocolError as error:
                 self._protocol_error(error)
             else:

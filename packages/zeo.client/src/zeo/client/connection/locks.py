@@ -28,13 +28,14 @@ _local = threading.local()
 
 
 class LockOrderError(AssertionError):
-    """A thread broke the lock order, or waits holding a lock."""
+    """A thread broke a rule of zeo.client.connection: the lock order
+    (L1-L3), waiting holding a lock (L4), or a second reader (T3)."""
 
 
 def held_by_this_thread() -> list['CheckedRLock']:
     """The checked locks this thread holds, in the order it took them."""
     try:
-        return _local.held  # type: ignore[no-any-return]
+        return _local.held  # type: ignore[no-any-return,unused-ignore]
     except AttributeError:
         held: list[CheckedRLock] = []
         _local.held = held
@@ -74,7 +75,7 @@ class CheckedRLock:
                 break
 
     def _is_owned(self) -> bool:
-        return self._lock._is_owned()  # type: ignore[attr-defined,no-any-return]
+        return self._lock._is_owned()  # type: ignore[attr-defined,no-any-return,unused-ignore]
 
     def __enter__(self) -> bool:
         return self.acquire()

@@ -95,3 +95,15 @@ class ClientLockTests(ServerFixture):
         with client._manager.channel.lock:
             self.assertRaises(locks.LockOrderError, client.ping)
         client.ping()
+
+    def test_a_second_reader_is_refused(self):
+        client = self.client()
+        channel = client._manager.channel
+        with channel.lock:
+            channel._baton.take(threading.get_ident() + 1)   # another thread reads
+            try:
+                self.assertRaises(locks.LockOrderError, channel._read, channel._baton, True)
+                self.assertRaises(locks.LockOrderError, channel._read, channel._baton, False)
+            finally:
+                channel._baton.give_back()
+        client.ping()
