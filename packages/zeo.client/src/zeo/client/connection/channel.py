@@ -123,9 +123,11 @@ class Channel:
         with self.lock:
             if self.closed:
                 raise self._lost()
+            # The baton first: the reply may come before send returns,
+            # and the loop must not be woken by it.
+            reading = self._take_baton()
             msgid = self._replies.add(waiter)
             self._output.send(self._connection.send(Call(msgid, method, args)))
-            reading = self._take_baton()
         return self._wait(waiter, reading)
 
     def load(self, oid: bytes, tid: bytes) -> Any:
@@ -138,9 +140,9 @@ class Channel:
         with self.lock:
             if self.closed:
                 raise self._lost()
+            reading = self._take_baton()  # first (see call)
             if self._replies.add_load(key, waiter):
                 self._output.send(self._connection.send(Call(key, 'loadBefore', key)))
-            reading = self._take_baton()
         return self._wait(waiter, reading)
 
     def prefetch(self, oid: bytes, tid: bytes) -> None:

@@ -76,6 +76,31 @@ class WhoeverWaitsReadsTests(ServerFixture):
         # The load reply was cached on the way, as the loop does it.
         self.assertEqual(client._cache.load(OID1), (b'one', tid))
 
+    def test_a_thread_reading_its_own_replies_never_wakes_the_loop(self):
+        # It takes the baton before it sends: a reply that comes back
+        # before send() returns must not reach the loop's epoll set.
+        client = self.client()
+        channel = client._manager.channel
+        baton = channel._baton
+        woken = []
+
+        def readable():
+            woken.append(threading.get_ident())
+            channel._read_soon()
+
+        def count_wake_ups():
+            fd = baton._epoll.fileno()
+            channel.loop.remove_reader(fd)
+            channel.loop.add_reader(fd, readable)
+            swapped.set()
+
+        swapped = threading.Event()
+        client._runner.run_on_loop(count_wake_ups)
+        self.assertTrue(swapped.wait(10))
+        for _ in range(300):
+            client.ping()
+        self.assertEqual(woken, [])
+
     def test_on_asyncio_s_own_loop_too(self):
         client = self.client(event_loop='asyncio')
         settled = Settled(self)
