@@ -226,7 +226,7 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
 
     def lastTransaction(self) -> bytes:
         # Under visibility: never a tid whose invalidations the database
-        # hasn't had (see connector, Rule 3).
+        # hasn't had (see zeo.client.connection.manager, Rule 3).
         with self._manager.visibility:
             tid = self._cache.getLastTid()
         return z64 if tid is None else tid

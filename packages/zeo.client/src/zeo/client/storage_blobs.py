@@ -7,9 +7,10 @@ writes into before telling the server the file's name.
 
 Downloads: ``sendBlob`` makes the server send ``receiveBlobStart``, any
 number of ``receiveBlobChunk`` and ``receiveBlobStop`` one-way messages,
-then reply; the messages are handled in wire order -- by the asking
-thread itself when its call is direct, else on the loop thread -- and
-written into the download the asking thread registered.
+then reply; the messages are handled in wire order by whichever thread
+reads the connection (the asking thread itself, usually; see
+``zeo.client.connection``) and written into the download the asking
+thread registered.
 """
 from __future__ import annotations
 
@@ -135,8 +136,8 @@ class ClientBlobs:
     def _fetch_blob(self, oid: bytes, serial: bytes) -> None:
         """Download a blob into the blob cache (which holds its lock).
 
-        The chunks arrive as ``receiveBlob*`` messages, written on the
-        loop thread into the download registered here; the reply to
+        The chunks arrive as ``receiveBlob*`` messages, written by the
+        reading thread into the download registered here; the reply to
         ``sendBlob`` comes after the last of them."""
         key = (oid, serial)
         with self._blobs.begin_download(oid, serial) as file:

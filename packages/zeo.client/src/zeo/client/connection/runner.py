@@ -81,7 +81,9 @@ class Runner:
                                'would wait for itself')
         current = self.manager.channel
         if channel is None:
-            return current if current is not None else self.wait_connected(timeout)
+            if current is not None and not current.closed:
+                return current
+            return self.wait_connected(timeout)
         if channel is not current:
             raise ClientDisconnected(f'the connection to {describe(channel.address)} is gone')
         return channel
@@ -135,6 +137,11 @@ class Runner:
         while not self.closed and not manager.closed:
             if not manager.ever_connected and not self.config.wait:
                 raise ClientDisconnected('never connected')
+            if channel is not None:
+                # Closed but still in use: the loop is ending it, and
+                # stops using it before it lets go of its lock.
+                with channel.lock:
+                    pass
             manager.connected.wait(max(deadline - time.monotonic(), 0))
             channel = manager.channel
             if channel is not None and not channel.closed:
