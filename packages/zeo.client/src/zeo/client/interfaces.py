@@ -159,7 +159,7 @@ class IClientStorage(Interface):
 
 
 class IConnectionHandler(Interface):
-    """What a ``zeo.client.connection.Channel`` tells its owner.
+    """What a ``zeo.client.connections.Channel`` tells its owner.
 
     Every method is called in the order things happen on the connection,
     holding the channel's lock.  `protocol_agreed` and `protocol_lost`
@@ -167,7 +167,7 @@ class IConnectionHandler(Interface):
     `server_message` in whichever thread handles the message -- the loop,
     or an application thread reading for itself -- so they must be
     thread-safe and must not wait for the loop (the rules are in
-    ``zeo.client.connection``).
+    ``zeo.client.connections``).
     """
 
     def protocol_agreed(channel):

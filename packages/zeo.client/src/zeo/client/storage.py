@@ -4,7 +4,7 @@ Everything here runs in application threads.  Reads are answered from
 the client cache when it has the revision (the cache has its own lock);
 everything else goes through the `Runner` to the connection in use, whose
 messages keep the cache consistent with the server (see
-``zeo.client.connection`` for the rules).
+``zeo.client.connections`` for the rules).
 
 A transaction is bound to the connection it began on.  Stores, deletes,
 checks, restores, undos and blob uploads are one-way messages sent at
@@ -41,7 +41,7 @@ from zeo.client.errors import ClientDisconnected
 from zeo.client.interfaces import IClientStorage
 from zeo.client.iterators import TransactionIterator
 from zeo.client.metrics import LoadTiming, client_metrics
-from zeo.client.connection.runner import Runner
+from zeo.client.connections.runner import Runner
 from zeo.client.storage_blobs import BLOB_CHUNK_SIZE, ClientBlobs, _as_bytes
 from zeo.client.transaction_buffer import TransactionBuffer
 
@@ -226,7 +226,7 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
 
     def lastTransaction(self) -> bytes:
         # Under visibility: never a tid whose invalidations the database
-        # hasn't had (see zeo.client.connection.manager, Rule 3).
+        # hasn't had (see zeo.client.connections.manager, Rule 3).
         with self._manager.visibility:
             tid = self._cache.getLastTid()
         return z64 if tid is None else tid

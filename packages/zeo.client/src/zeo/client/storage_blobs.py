@@ -9,7 +9,7 @@ Downloads: ``sendBlob`` makes the server send ``receiveBlobStart``, any
 number of ``receiveBlobChunk`` and ``receiveBlobStop`` one-way messages,
 then reply; the messages are handled in wire order by whichever thread
 reads the connection (the asking thread itself, usually; see
-``zeo.client.connection``) and written into the download the asking
+``zeo.client.connections``) and written into the download the asking
 thread registered.
 """
 from __future__ import annotations

@@ -32,7 +32,7 @@ import msgpack
 from zeo.protocol import ProtocolLimits, safe_loads
 from zeo.protocol.safe_unpickle import CONTAINER_GLOBALS
 
-from zeo.client.connection import ClientAdapter, Channel
+from zeo.client.connections import ClientAdapter, Channel
 from zeo.client.tests.support import Handler, Transport, feed
 
 __all__ = ['DrivenClient', 'FakeServer', 'binbytes', 'genuine_get_pickle_metadata', 'error', 'gadget_values', 'global_', 'marker_in',

@@ -30,7 +30,7 @@ from ZODB.utils import p64
 
 import zeo.server
 from zeo.server.testing import free_port
-from zeo.client.connection import locks
+from zeo.client.connections import locks
 from zeo.client import cache_format as fmt
 from zeo.client.blob_cache import BlobCache
 from zeo.client.storage import ClientStorage
@@ -43,7 +43,7 @@ OID1, OID2 = p64(1), p64(2)
 
 # zeo.client's tests run with the client's locks checked: taking them out
 # of order, or waiting while holding one, raises LockOrderError (the
-# rules are in zeo.client.connection).
+# rules are in zeo.client.connections).
 locks.CHECK = True
 
 #: Fast reconnects for tests.

@@ -8,8 +8,8 @@ import threading
 import time
 import unittest
 
-from zeo.client.connection import baton as baton_module
-from zeo.client.connection.loops import new_event_loop
+from zeo.client.connections import baton as baton_module
+from zeo.client.connections.loops import new_event_loop
 
 
 class BatonTests(unittest.TestCase):

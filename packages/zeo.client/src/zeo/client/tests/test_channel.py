@@ -14,7 +14,7 @@ from zeo.protocol import (
     ServerConnection, exception_to_wire)
 
 from zeo.client.errors import ClientDisconnected
-from zeo.client.connection import ClientAdapter, Channel
+from zeo.client.connections import ClientAdapter, Channel
 from zeo.client.tests.support import Handler, Transport, Waiter, feed
 
 

@@ -18,7 +18,7 @@ from ZODB.Connection import TransactionMetaData
 from ZODB.POSException import ConflictError, POSKeyError
 from ZODB.utils import p64, z64
 
-from zeo.client.connection import output, replies
+from zeo.client.connections import output, replies
 from zeo.client.errors import ClientDisconnected
 from zeo.client.tests.support import (
     OID1, OID2, RecordingDB, ServerFixture, commit, wait_until)

@@ -27,7 +27,7 @@ from zeo.protocol import RemoteProtocolError
 from zeo.protocol.safe_unpickle import make_loads
 from zeo.protocol.record_class import pickle_metadata
 
-from zeo.client.connection import channel as client_channel
+from zeo.client.connections import channel as client_channel
 from zeo.client.config import ClientConfig
 from zeo.client.errors import PickleServerRefused
 from zeo.client.storage import ClientStorage

@@ -1,4 +1,4 @@
-"""The lock rules of zeo.client.connection, checked.
+"""The lock rules of zeo.client.connections, checked.
 
 zeo.client's tests run with ``locks.CHECK`` set (see support), so every
 test that runs a client checks the order; these tests check the checker,
@@ -11,7 +11,7 @@ import unittest
 
 from ZODB.utils import z64
 
-from zeo.client.connection import locks
+from zeo.client.connections import locks
 from zeo.client.tests.support import OID1, ServerFixture, commit, wait_until
 
 

@@ -8,8 +8,8 @@ import asyncio
 import threading
 import unittest
 
-from zeo.client.connection import locks
-from zeo.client.connection.output import QUEUED_LIMIT, Output
+from zeo.client.connections import locks
+from zeo.client.connections.output import QUEUED_LIMIT, Output
 from zeo.client.tests.support import Transport
 
 

@@ -14,7 +14,7 @@ import unittest
 
 from ZODB.utils import z64
 
-from zeo.client.connection import manager as manager_module
+from zeo.client.connections import manager as manager_module
 from zeo.client.config import ClientConfig
 from zeo.client.storage import ClientStorage
 from zeo.client.tests.support import OID1, RecordingDB, ServerFixture

@@ -11,7 +11,7 @@ import zeo.server
 from zeo.client.cache import MemoryCache
 from zeo.client.config import ClientConfig
 from zeo.client.errors import ClientDisconnected
-from zeo.client.connection import Runner
+from zeo.client.connections import Runner
 from zeo.client.tests.support import free_port, wait_until
 
 

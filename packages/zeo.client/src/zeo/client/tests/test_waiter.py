@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import unittest
 
-from zeo.client.connection import Waiter
+from zeo.client.connections import Waiter
 from zeo.client.errors import ClientDisconnected
 
 

@@ -10,7 +10,7 @@ and ``forget_history``) runs in whichever thread handles that message --
 the loop, or an application thread reading for itself -- holding the
 channel's lock, so the cache sees loads, invalidations and commits in the
 order the server sent them (the thread and lock rules are in
-``zeo.client.connection``).  Application threads read ``channel``,
+``zeo.client.connections``).  Application threads read ``channel``,
 ``connected`` (a ``threading.Event``) and, under ``visibility``, the
 cache's last tid.
 
@@ -79,9 +79,9 @@ from zeo.protocol import exception_text, peer_repr
 from zeo.client.cache import CacheConsistencyError
 from zeo.client.errors import ClientDisconnected, PickleServerRefused
 from zeo.client.interfaces import IConnectionManager, StaleCache
-from zeo.client.connection import locks
-from zeo.client.connection.adapter import ClientAdapter
-from zeo.client.connection.channel import Channel, describe
+from zeo.client.connections import locks
+from zeo.client.connections.adapter import ClientAdapter
+from zeo.client.connections.channel import Channel, describe
 
 if TYPE_CHECKING:
     from zeo.client.config import ClientConfig

@@ -1,6 +1,6 @@
 """One connection to one server: the one path every request travels.
 
-The rules (threads, locks, who reads) are in ``zeo.client.connection``;
+The rules (threads, locks, who reads) are in ``zeo.client.connections``;
 this module follows them.  A `Channel` is made by the connection manager
 for each connection attempt; its `ClientAdapter` (``adapter.py``) hands
 it asyncio's events.  Its parts: the sans-IO
@@ -21,11 +21,11 @@ from zeo.protocol import (
     Reply, exception_text, peer_repr)
 from zeo.protocol.zodb_errors import neutralise_get_pickle_metadata
 
-from zeo.client.connection import locks
-from zeo.client.connection.baton import SocketBaton, available
-from zeo.client.connection.output import Output
-from zeo.client.connection.replies import PendingReplies
-from zeo.client.connection.waiter import Waiter
+from zeo.client.connections import locks
+from zeo.client.connections.baton import SocketBaton, available
+from zeo.client.connections.output import Output
+from zeo.client.connections.replies import PendingReplies
+from zeo.client.connections.waiter import Waiter
 from zeo.client.errors import ClientDisconnected, PickleServerRefused
 from zeo.client.server_pickles import allowed_server_globals
 
@@ -118,7 +118,8 @@ class Channel:
         """Call *method* on the server and return its result (application
         threads).  *hook(result)* runs first, in wire order, in whichever
         thread handles the reply; what it returns is returned."""
-        locks.check_free('a reply')
+        if locks.CHECK:
+            locks.check_free('a reply')
         waiter = Waiter(hook)
         with self.lock:
             if self.closed:
@@ -134,7 +135,8 @@ class Channel:
         """``loadBefore(oid, tid)`` (application threads): identical
         loads in flight share one request; the cache hears of the result
         (``handler.load_reply``) before this returns."""
-        locks.check_free('a reply')
+        if locks.CHECK:
+            locks.check_free('a reply')
         waiter = Waiter()
         key = (oid, tid)
         with self.lock:

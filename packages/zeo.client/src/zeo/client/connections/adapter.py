@@ -6,7 +6,7 @@ Input arrives through ``asyncio.BufferedProtocol`` into a buffer the
 channel allocated once: with plain ``asyncio.Protocol`` the loop
 allocates a 256 KiB ``bytes`` per read, and glibc serves that with
 ``mmap``/``munmap`` on every reply.  In baton mode (see
-``zeo.client.connection``) the transport stops reading after the first
+``zeo.client.connections``) the transport stops reading after the first
 turn of the loop and only writes.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from zeo.client.connection.channel import Channel
+from zeo.client.connections.channel import Channel
 
 __all__ = ['ClientAdapter']
 

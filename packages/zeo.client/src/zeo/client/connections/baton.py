@@ -12,7 +12,7 @@ any thread may ``send`` on it (under the channel's lock).
 
 Only plain TCP and Unix sockets where ``select.epoll`` exists (Linux) have
 a baton (`available`); on TLS connections and elsewhere the loop reads
-through its transport and writes for everyone.  See ``zeo.client.connection``.
+through its transport and writes for everyone.  See ``zeo.client.connections``.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from ZODB.POSException import ConflictError, POSKeyError
 from zeo.protocol import ErrorReply, Reply, exception_text, peer_repr, zodb_error_table
 
-from zeo.client.connection.waiter import Waiter
+from zeo.client.connections.waiter import Waiter
 
 __all__ = ['PendingReplies', 'QUIET_ERRORS']
 

@@ -1,7 +1,7 @@
 """What one channel writes, in the order its calls were made.
 
 Every method is called holding the channel's lock, from any thread (the
-rules are in ``zeo.client.connection``, Output).  Bytes go straight out
+rules are in ``zeo.client.connections``, Output).  Bytes go straight out
 when nothing waits before them: on the loop thread into the transport,
 in an application thread into the socket itself (baton mode only).
 Otherwise they wait in ``pending``, which the loop writes (`drain`) as

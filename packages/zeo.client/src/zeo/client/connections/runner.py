@@ -5,7 +5,7 @@ A `Runner` owns one event loop, run by one daemon thread, and the
 through the loop: a `Runner` method picks the channel (the connection in
 use, or the one a transaction is bound to, waiting for a connection if
 there is none yet) and calls it; the `Channel` sends and waits (see
-``zeo.client.connection`` for the path and the rules).  The loop is
+``zeo.client.connections`` for the path and the rules).  The loop is
 asked only to start, to change addresses, to close a channel, and to stop.
 """
 from __future__ import annotations
@@ -16,10 +16,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from zeo.client.connection import locks
-from zeo.client.connection.channel import Channel, describe
-from zeo.client.connection.loops import new_event_loop
-from zeo.client.connection.manager import ConnectionManager
+from zeo.client.connections import locks
+from zeo.client.connections.channel import Channel, describe
+from zeo.client.connections.loops import new_event_loop
+from zeo.client.connections.manager import ConnectionManager
 from zeo.client.errors import ClientDisconnected
 
 if TYPE_CHECKING:

@@ -1,7 +1,8 @@
-"""The client's connection to its server: one path for every request.
+"""The client's connections to its server: one path for every request.
 
 This docstring is the one place for the thread and lock rules; the
-modules below point here.
+modules below point here.  (The subpackage is not called ``connection``:
+``zeo.client.connection()`` is the shortcut that opens a ZODB connection.)
 
 Parts
 =====
@@ -120,5 +121,5 @@ def __getattr__(name: str) -> Any:
     # ``loops``, and ``import zeo.client`` stays light.
     home = _HOMES.get(name)
     if home is None:
-        raise AttributeError(f"module 'zeo.client.connection' has no attribute {name!r}")
-    return getattr(importlib.import_module(f'zeo.client.connection.{home}'), name)
+        raise AttributeError(f"module 'zeo.client.connections' has no attribute {name!r}")
+    return getattr(importlib.import_module(f'zeo.client.connections.{home}'), name)

@@ -1,6 +1,6 @@
 """The client's locks, their order, and the checks the tests turn on.
 
-The rules are in ``zeo.client.connection`` (Locks); this module makes
+The rules are in ``zeo.client.connections`` (Locks); this module makes
 them checkable.  `new_lock` gives a plain ``threading.RLock`` -- unless
 `CHECK` is true (zeo.client's own tests set it), when it gives a
 `CheckedRLock`, which raises `LockOrderError` the moment a thread takes
@@ -28,7 +28,7 @@ _local = threading.local()
 
 
 class LockOrderError(AssertionError):
-    """A thread broke a rule of zeo.client.connection: the lock order
+    """A thread broke a rule of zeo.client.connections: the lock order
     (L1-L3), waiting holding a lock (L4), or a second reader (T3)."""
 
 
