@@ -11,6 +11,7 @@ baton mode, a `SocketBaton` (who reads).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from typing import Any, Callable, Iterator
@@ -95,7 +96,8 @@ class Channel:
         self.transport: asyncio.Transport | None = None
         self._direct_calls = direct_calls
         self._connection = ClientConnection(limits=limits, pickle_globals=_PICKLE_GLOBALS)
-        self._replies = PendingReplies(self, self._load_replied)
+        # The handler (the cache) hears of a load's result before its waiters.
+        self._replies = PendingReplies(self, functools.partial(handler.load_reply, self))
         self._output = Output(loop, self.lock, self._encode_pieces, self._abort)
         self._baton: SocketBaton | None = None
         # An event a reading application thread left for the loop.
@@ -372,9 +374,6 @@ class Channel:
             self.handler.protocol_agreed(self)
         elif kind is ConnectionClosed:
             self.close()
-
-    def _load_replied(self, oid: bytes, tid: bytes, result: Any) -> None:
-        self.handler.load_reply(self, oid, tid, result)
 
     def _refuse_pickle(self) -> None:
         # Closed before we answer the greeting; the connection manager
