@@ -35,9 +35,11 @@ encoded, and is handed to the output; then its caller waits.
 
 - *Whoever waits reads.*  An application thread that finds the socket
   free (a baton exists, no other thread holds it, nothing is left for
-  the loop) takes the baton in the same hold of the lock, and reads and
-  handles input itself until its own reply is handled; otherwise it
-  blocks on its `Waiter` until whoever reads settles it.
+  the loop) takes the baton in the same hold of the lock, before it
+  sends (a reply that comes back before ``send`` returns must not wake
+  the loop), and reads and handles input itself until its own reply is
+  handled; otherwise it blocks on its `Waiter` until whoever reads
+  settles it.
 - The loop reads only while no application thread does.  The loop's
   coroutines await a future that the reader settles.
 
@@ -57,9 +59,10 @@ Threads
 T1. The loop thread runs the connection manager's coroutines, the
     adapter's events and the timers.  It never waits for a reply (the
     runner refuses a synchronous call from it).
-T2. Application threads come in through the `Runner`; they call a
-    channel's ``call``, ``load``, ``prefetch``, ``one_way`` and
-    ``stream``, and nothing else of it.
+T2. Application threads come in through the `Runner` (and the
+    manager's ``prefetch`` and ``forget_current``); of a channel they
+    call ``call``, ``load``, ``prefetch``, ``one_way`` and ``stream``,
+    and take its lock for nothing else.
 T3. One reader at a time: in baton mode the holder of the baton (an
     application thread, or else the loop), otherwise the loop through
     the transport.  Reading is taking bytes from the socket *and*
