@@ -23,7 +23,7 @@ from typing import Any, Iterable, Tuple, Union
 
 from zeo.protocol import DEFAULT_LIMITS, ProtocolLimits
 
-from zeo.client.loops import DEFAULT_EVENT_LOOP, check_event_loop
+from zeo.client.connections.loops import DEFAULT_EVENT_LOOP, check_event_loop
 
 __all__ = [
     'Address',
@@ -151,16 +151,16 @@ class ClientConfig:
     #: Delay after the first failed connection attempt; it doubles after
     #: each further failure up to `max_disconnect_poll`.  Each wait is
     #: drawn at random between half the delay and the delay (see
-    #: zeo.client.connector), so a client retries about every 1.5 s during
+    #: zeo.client.connections.manager), so a client retries about every 1.5 s during
     #: an outage and reconnects within 2 s of the server's return.
     disconnect_poll: float = 0.5
     max_disconnect_poll: float = 2.0
     heartbeat_interval: float = 60.0
     limits: ProtocolLimits = DEFAULT_LIMITS
-    #: ``'uvloop'`` or ``'asyncio'`` (see zeo.client.loops).
+    #: ``'uvloop'`` or ``'asyncio'`` (see zeo.client.connections.loops).
     event_loop: str = DEFAULT_EVENT_LOOP
     #: Let application threads do the socket I/O of their own calls
-    #: (plain TCP and Unix sockets on Linux; see zeo.client.direct).
+    #: (plain TCP and Unix sockets on Linux; see zeo.client.connections).
     direct_calls: bool = True
     #: Connect to servers that speak pickle (``Z5``, the reference
     #: server's default).  False refuses them: a pickle server can offer

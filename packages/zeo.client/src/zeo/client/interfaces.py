@@ -180,66 +180,60 @@ class IClientStorage(Interface):
 
 
 class IConnectionHandler(Interface):
-    """What a ``zeo.client.protocol.ClientProtocol`` tells its owner.
+    """What a ``zeo.client.connections.Channel`` tells its owner.
 
     Every method is called in the order things happen on the connection,
-    holding the connection's lock, on the client's event loop thread --
-    but `load_reply` and `server_message`, which the application thread
-    of a direct call may make too (``zeo.client.direct``): they must be
-    thread-safe and must not wait for the loop.
+    holding the channel's lock.  `protocol_agreed` and `protocol_lost`
+    run on the client's event loop thread; `load_reply` and
+    `server_message` in whichever thread handles the message -- the loop,
+    or an application thread reading for itself -- so they must be
+    thread-safe and must not wait for the loop (the rules are in
+    ``zeo.client.connections``).
     """
 
-    def protocol_agreed(protocol):
+    def protocol_agreed(channel):
         """The handshake is done; calls may be made."""
 
-    def protocol_lost(protocol, exc):
+    def protocol_lost(channel, exc):
         """The connection is gone (*exc* is why, or None).  Calls in
         flight have already failed with ``ClientDisconnected``."""
 
-    def load_reply(protocol, oid, tid, result):
+    def load_reply(channel, oid, tid, result):
         """A ``loadBefore(oid, tid)`` reply arrived: *result* is
         ``(data, start, end)`` or None.  Called before the callers hear of
         it and before the next message is handled."""
 
-    def server_message(protocol, method, args):
+    def server_message(channel, method, args):
         """A one-way message from the server (``invalidateTransaction``,
         ``info``, ``receiveBlobStart/Chunk/Stop``)."""
 
 
 class IConnectionManager(IConnectionHandler):
-    """The loop side of a client: chooses the connection, verifies the
-    cache, applies invalidations and carries calls from the runner."""
+    """Chooses the connection, verifies the cache, applies invalidations."""
 
-    protocol = Attribute("The connection in use, or None.")
+    channel = Attribute("The connection in use (a Channel), or None.")
     generation = Attribute(
         "Bumped each time a connection becomes the one in use.")
     connected = Attribute(
-        "A threading.Event, set while a connection is in use.")
+        "A threading.Event, set while a connection is in use, and once "
+        "closed.")
     visibility = Attribute(
         "A lock held while the last tid moves; lastTransaction() reads "
         "the cache's last tid under it.")
 
     def start():
-        """Start connecting."""
+        """Start connecting (on the loop)."""
 
     def close():
-        """Close every connection; calls waiting for one fail."""
+        """Close every connection (on the loop); calls in flight fail."""
 
-    def submit(method, args, waiter, protocol, timeout):
-        """Call *method* on *protocol* (None: the connection in use, once
-        there is one, waiting at most *timeout*); *waiter* gets the
-        result."""
+    def prefetch(oids, tid):
+        """Start loading what the cache lacks of *oids* as of *tid*."""
 
-    def submit_load(oid, tid, waiter):
-        """``loadBefore`` on the connection in use (identical loads in
-        flight share one request)."""
-
-    def submit_one_way(protocol, method, args):
-        """A one-way call on *protocol* if it is still the one in use."""
-
-    def transaction_finished(protocol, tid, updates, callback):
-        """``tpc_finish`` answered *tid*: update the cache, then move the
-        last tid and call *callback(tid)* under ``visibility``."""
+    def transaction_finished(channel, tid, updates, callback):
+        """``tpc_finish`` answered *tid* (a hook, in wire order): update
+        the cache, then move the last tid and call *callback(tid)* under
+        ``visibility``."""
 
 
 class IStaleCache(Interface):

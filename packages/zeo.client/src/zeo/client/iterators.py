@@ -23,13 +23,13 @@ __all__ = ['RecordIterator', 'TransactionIterator', 'TransactionRecord']
 class _ServerIterator:
     """The bookkeeping shared by both kinds of iterator."""
 
-    def __init__(self, call: Callable[..., Any], protocol: Any, iid: int,
+    def __init__(self, call: Callable[..., Any], channel: Any, iid: int,
                  dropped: Callable[[Any, int], None]) -> None:
         self._call = call
-        self._protocol = protocol
+        self._channel = channel
         self._iid = iid
         self._ended = False
-        self._finalizer = weakref.finalize(self, dropped, protocol, iid)
+        self._finalizer = weakref.finalize(self, dropped, channel, iid)
 
     def __iter__(self) -> '_ServerIterator':
         return self
@@ -37,9 +37,9 @@ class _ServerIterator:
     def _next(self, method: str) -> Any:
         if self._ended:
             raise StopIteration
-        if self._protocol.closed:
+        if self._channel.closed:
             raise ClientDisconnected('the connection of this iterator is gone')
-        item = self._call(method, self._iid, protocol=self._protocol)
+        item = self._call(method, self._iid, channel=self._channel)
         if item is None:
             # Exhausted: the server has forgotten it already.
             self._ended = True
@@ -56,8 +56,8 @@ class _ServerIterator:
 class TransactionIterator(_ServerIterator):
     """``IStorageIteration.iterator()``: yields `TransactionRecord`."""
 
-    def __init__(self, storage: Any, protocol: Any, iid: int) -> None:
-        super().__init__(storage._server_call, protocol, iid,
+    def __init__(self, storage: Any, channel: Any, iid: int) -> None:
+        super().__init__(storage._server_call, channel, iid,
                          storage._iterator_dropped)
         self._storage = storage
 
@@ -81,19 +81,19 @@ class TransactionRecord(ZODB.BaseStorage.TransactionRecord):
     def __iter__(self) -> "RecordIterator":
         iterator = self._iterator
         storage = iterator._storage
-        protocol = iterator._protocol
-        if protocol.closed:
+        channel = iterator._channel
+        if channel.closed:
             raise ClientDisconnected('the connection of this iterator is gone')
         rid = storage._server_call('iterator_record_start', iterator._iid,
-                                   self.tid, protocol=protocol)
-        return RecordIterator(storage, protocol, rid)
+                                   self.tid, channel=channel)
+        return RecordIterator(storage, channel, rid)
 
 
 class RecordIterator(_ServerIterator):
     """The data records of one transaction."""
 
-    def __init__(self, storage: Any, protocol: Any, rid: int) -> None:
-        super().__init__(storage._server_call, protocol, rid,
+    def __init__(self, storage: Any, channel: Any, rid: int) -> None:
+        super().__init__(storage._server_call, channel, rid,
                          storage._iterator_dropped)
 
     def __next__(self) -> ZODB.BaseStorage.DataRecord:

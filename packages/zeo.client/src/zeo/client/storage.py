@@ -2,9 +2,9 @@
 
 Everything here runs in application threads.  Reads are answered from
 the client cache when it has the revision (the cache has its own lock);
-everything else goes through the `Runner` to the event loop thread, where
-the connection manager keeps the cache consistent with the server (see
-``zeo.client.connector`` for the rules).
+everything else goes through the `Runner` to the connection in use, whose
+messages keep the cache consistent with the server (see
+``zeo.client.connections`` for the rules).
 
 A transaction is bound to the connection it began on.  Stores, deletes,
 checks, restores, undos and blob uploads are one-way messages sent at
@@ -41,7 +41,7 @@ from zeo.client.errors import ClientDisconnected
 from zeo.client.interfaces import IClientStorage
 from zeo.client.iterators import TransactionIterator
 from zeo.client.metrics import LoadTiming, client_metrics
-from zeo.client.runner import Runner
+from zeo.client.connections.runner import Runner
 from zeo.client.storage_blobs import BLOB_CHUNK_SIZE, ClientBlobs, _as_bytes
 from zeo.client.transaction_buffer import TransactionBuffer
 
@@ -137,11 +137,11 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
 
     # -- the connection (callbacks from the connection manager) --------------------
 
-    def notify_connected(self, protocol: Any, info: dict[str, Any]) -> None:
-        """The manager made *protocol* the connection in use."""
+    def notify_connected(self, channel: Any, info: dict[str, Any]) -> None:
+        """The manager made *channel* the connection in use."""
         self._info.update(info)
-        self._server_address = protocol.address
-        self._connection_read_only = protocol.read_only
+        self._server_address = channel.address
+        self._connection_read_only = channel.read_only
         advertised = {tuple(i) for i in info.get('interfaces', ())}
         provided = []
         for iface in OPTIONAL_INTERFACES:
@@ -155,8 +155,8 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
             provided.append(iface)
         zope.interface.directlyProvides(self, *provided)
 
-    def notify_disconnected(self, protocol: Any) -> None:
-        """*protocol* is no longer the connection in use."""
+    def notify_disconnected(self, channel: Any) -> None:
+        """*channel* is no longer the connection in use."""
 
     def info(self, info: dict[str, Any]) -> None:
         """The server's ``info`` message (length and size)."""
@@ -168,7 +168,7 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
         self._runner.new_addresses(normalize_addresses(addr))
 
     def is_connected(self, test: bool = False) -> bool:
-        return self._manager.protocol is not None
+        return self._manager.channel is not None
 
     @property
     def connection_generation(self) -> int:
@@ -226,7 +226,7 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
 
     def lastTransaction(self) -> bytes:
         # Under visibility: never a tid whose invalidations the database
-        # hasn't had (see connector, Rule 3).
+        # hasn't had (see zeo.client.connections.manager, Rule 3).
         with self._manager.visibility:
             tid = self._cache.getLastTid()
         return z64 if tid is None else tid
@@ -291,20 +291,20 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
     def iterator(self, start: bytes | None = None,
                  stop: bytes | None = None) -> TransactionIterator:
         self._gc_iterators()
-        protocol = self._runner.wait_connected()
-        iid = self._server_call('iterator_start', start, stop, protocol=protocol)
-        return TransactionIterator(self, protocol, iid)
+        channel = self._runner.wait_connected()
+        iid = self._server_call('iterator_start', start, stop, channel=channel)
+        return TransactionIterator(self, channel, iid)
 
-    def _iterator_dropped(self, protocol: Any, iid: int) -> None:
-        self._dropped_iterators.append((protocol, iid))  # any thread
+    def _iterator_dropped(self, channel: Any, iid: int) -> None:
+        self._dropped_iterators.append((channel, iid))  # any thread
 
     def _gc_iterators(self) -> None:
         dropped = self._dropped_iterators
         if not dropped:
             return
         self._dropped_iterators = []
-        current = self._manager.protocol
-        iids = [iid for protocol, iid in dropped if protocol is current]
+        current = self._manager.channel
+        iids = [iid for channel, iid in dropped if channel is current]
         if iids and current is not None:
             self._runner.one_way(current, 'iterator_gc', (iids,))
 
@@ -328,9 +328,9 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
         if not wait:
             return self._server_call('pack', t - days * 86400, False)
         # The history the cache holds may be packed away now: forget it
-        # (on the loop, before the reply is seen; the last tid stays).
-        return self._runner.call_hooked(
-            'pack', (t - days * 86400, True), None, self._manager.forget_history)
+        # (in wire order, before the reply is seen; the last tid stays).
+        return self._server_call('pack', t - days * 86400, True,
+                                 hook=self._manager.forget_history)
 
     # -- two-phase commit ------------------------------------------------------------
 
@@ -346,12 +346,12 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
                 'Duplicate tpc_begin calls for same transaction')
         self._commit_lock.acquire()
         try:
-            protocol = self._runner.wait_connected()
-            if protocol.read_only:
+            channel = self._runner.wait_connected()
+            if channel.read_only:
                 raise ReadOnlyError()
-            self._tbuf = TransactionBuffer(txn, protocol, self.config.cache_size)
+            self._tbuf = TransactionBuffer(txn, channel, self.config.cache_size)
             self._transaction = txn
-            self._runner.one_way(protocol, 'tpc_begin', (
+            self._runner.one_way(channel, 'tpc_begin', (
                 id(txn), _as_bytes(txn.user), _as_bytes(txn.description),
                 dict(txn.extension), tid, status))
         except BaseException:
@@ -366,8 +366,8 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
         if txn is None or self._transaction is not txn or tbuf is None:
             raise StorageTransactionError(
                 f'{method}: the transaction is not committing here', txn)
-        protocol = tbuf.protocol
-        if protocol.closed or protocol is not self._manager.protocol:
+        channel = tbuf.channel
+        if channel.closed or channel is not self._manager.channel:
             raise ClientDisconnected(
                 f'{method}: the connection this transaction began on is gone')
         return tbuf
@@ -377,18 +377,18 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
         if version:
             raise Unsupported('versions are not supported')
         tbuf = self._check_trans(txn, 'store')
-        self._runner.one_way(tbuf.protocol, 'storea', (oid, serial, data, id(txn)))
+        self._runner.one_way(tbuf.channel, 'storea', (oid, serial, data, id(txn)))
         tbuf.store(oid, data)
 
     def checkCurrentSerialInTransaction(self, oid: bytes, serial: bytes,
                                         txn: Any) -> None:
         tbuf = self._check_trans(txn, 'checkCurrentSerialInTransaction')
-        self._runner.one_way(tbuf.protocol, 'checkCurrentSerialInTransaction',
+        self._runner.one_way(tbuf.channel, 'checkCurrentSerialInTransaction',
                              (oid, serial, id(txn)))
 
     def deleteObject(self, oid: bytes, serial: bytes, txn: Any) -> None:
         tbuf = self._check_trans(txn, 'deleteObject')
-        self._runner.one_way(tbuf.protocol, 'deleteObject', (oid, serial, id(txn)))
+        self._runner.one_way(tbuf.channel, 'deleteObject', (oid, serial, id(txn)))
         tbuf.store(oid, None)
 
     def restore(self, oid: bytes, serial: bytes, data: bytes | None,
@@ -396,28 +396,28 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
         if version:
             raise Unsupported('versions are not supported')
         tbuf = self._check_trans(txn, 'restore')
-        self._runner.one_way(tbuf.protocol, 'restorea',
+        self._runner.one_way(tbuf.channel, 'restorea',
                              (oid, serial, data, prev_txn, id(txn)))
         tbuf.store(oid, None)
 
     def undo(self, transaction_id: bytes, txn: Any) -> None:
         tbuf = self._check_trans(txn, 'undo')
-        self._runner.one_way(tbuf.protocol, 'undoa', (transaction_id, id(txn)))
+        self._runner.one_way(tbuf.channel, 'undoa', (transaction_id, id(txn)))
 
     def copyTransactionsFrom(self, other: Any, verbose: int = 0) -> None:
         ZODB.BaseStorage.copy(other, self, verbose)
 
     def tpc_vote(self, txn: Any) -> list[bytes] | None:
         tbuf = self._check_trans(txn, 'tpc_vote')
-        protocol = tbuf.protocol
+        channel = tbuf.channel
         for _ in range(MAX_VOTE_ROUNDS):
             try:
-                result = self._server_call('vote', id(txn), protocol=protocol)
+                result = self._server_call('vote', id(txn), channel=channel)
             except ConflictError as error:
                 # We may have missed an invalidation (we shouldn't): make
                 # sure the retry loads the object afresh.
                 if getattr(error, 'oid', None) is not None:
-                    self._runner.run_on_loop(self._manager.forget_current, error.oid)
+                    self._manager.forget_current(error.oid)
                 raise
             conflicts = False
             for item in result or ():
@@ -427,7 +427,7 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
                     oid = item['oid']
                     committed, read = item['serials']
                     data = self.tryToResolveConflict(oid, committed, read, item['data'])
-                    self._runner.one_way(protocol, 'storea',
+                    self._runner.one_way(channel, 'storea',
                                          (oid, committed, data, id(txn)))
                     tbuf.resolved_by_client(oid, data)
                 else:
@@ -439,20 +439,20 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
 
     def tpc_finish(self, txn: Any, f: Callable[[bytes], Any] | None = None) -> bytes:
         tbuf = self._check_trans(txn, 'tpc_finish')
-        protocol = tbuf.protocol
+        channel = tbuf.channel
         updates = list(tbuf.updates())
         callback = f or _noop
         finished = self._manager.transaction_finished
         try:
-            tid = self._runner.call_hooked(
-                'tpc_finish', (id(txn),), protocol,
-                lambda tid: finished(protocol, tid, updates, callback))
+            tid = self._server_call(
+                'tpc_finish', id(txn), channel=channel,
+                hook=lambda tid: finished(channel, tid, updates, callback))
         except ClientDisconnected:
             self._end_transaction(tbuf)
             raise
         except BaseException:
             # The outcome is unknown: reconnecting re-verifies the cache.
-            self._runner.run_on_loop(protocol.close)
+            self._runner.run_on_loop(channel.close)
             self._end_transaction(tbuf)
             raise
         self._end_transaction(tbuf, tid)
@@ -463,10 +463,10 @@ class ClientStorage(ClientBlobs, ConflictResolvingStorage):
         if txn is None or self._transaction is not txn or tbuf is None:
             return
         try:
-            protocol = tbuf.protocol
-            if not protocol.closed and protocol is self._manager.protocol:
+            channel = tbuf.channel
+            if not channel.closed and channel is self._manager.channel:
                 try:
-                    self._server_call('tpc_abort', id(txn), protocol=protocol)
+                    self._server_call('tpc_abort', id(txn), channel=channel)
                 except ClientDisconnected:
                     pass  # the server aborts a disconnected transaction
         finally:

@@ -7,9 +7,10 @@ writes into before telling the server the file's name.
 
 Downloads: ``sendBlob`` makes the server send ``receiveBlobStart``, any
 number of ``receiveBlobChunk`` and ``receiveBlobStop`` one-way messages,
-then reply; the messages are handled in wire order -- by the asking
-thread itself when its call is direct, else on the loop thread -- and
-written into the download the asking thread registered.
+then reply; the messages are handled in wire order by whichever thread
+reads the connection (the asking thread itself, usually; see
+``zeo.client.connections``) and written into the download the asking
+thread registered.
 """
 from __future__ import annotations
 
@@ -139,8 +140,8 @@ class ClientBlobs:
     def _fetch_blob(self, oid: bytes, serial: bytes) -> None:
         """Download a blob into the blob cache (which holds its lock).
 
-        The chunks arrive as ``receiveBlob*`` messages, written on the
-        loop thread into the download registered here; the reply to
+        The chunks arrive as ``receiveBlob*`` messages, written by the
+        reading thread into the download registered here; the reply to
         ``sendBlob`` comes after the last of them."""
         key = (oid, serial)
         with self._blobs.begin_download(oid, serial) as file:
@@ -164,7 +165,7 @@ class ClientBlobs:
             # The server takes the file from its own directory.
             # (The serial only names the file; old callers pass a str.)
             name = blobs.stage(oid, _as_bytes(serial, 'latin-1'), blobfilename)
-            self._runner.one_way(tbuf.protocol, 'storeBlobShared',
+            self._runner.one_way(tbuf.channel, 'storeBlobShared',
                                  (oid, serial, data, name, id(txn)))
         else:
             import ZODB.blob
@@ -173,7 +174,7 @@ class ClientBlobs:
             os.close(fd)
             ZODB.blob.rename_or_copy_blob(blobfilename, target, chmod=False)
             tbuf.blobs.append((oid, target))
-            self._runner.stream(tbuf.protocol,
+            self._runner.stream(tbuf.channel,
                                 blob_upload(target, oid, serial, data, id(txn), BLOB_CHUNK_SIZE))
         tbuf.store(oid, data)
 

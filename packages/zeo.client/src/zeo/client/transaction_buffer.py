@@ -21,10 +21,10 @@ __all__ = ['TransactionBuffer', 'blob_upload']
 class TransactionBuffer:
     """The client side of one transaction on one connection."""
 
-    def __init__(self, transaction: Any, protocol: Any, limit: int) -> None:
+    def __init__(self, transaction: Any, channel: Any, limit: int) -> None:
         self.transaction = transaction
         #: The connection the transaction runs on; it can't move to another.
-        self.protocol = protocol
+        self.channel = channel
         self._limit = limit
         self._size = 0
         self._data: dict[bytes, bytes | None] = {}

@@ -5,7 +5,7 @@ default), reads the client's handshake answer, decodes the client's
 requests and writes whatever the test's ``respond`` function returns.
 It records what it saw, so a test can wait for it.
 
-`DrivenClient` is a real ``ClientProtocol`` fed frames by hand (no
+`DrivenClient` is a real ``Channel`` fed frames by hand (no
 socket, a loop that never runs): the client's decoding and error building
 with nothing in between.
 
@@ -32,8 +32,8 @@ import msgpack
 from zeo.protocol import ProtocolLimits, safe_loads
 from zeo.protocol.safe_unpickle import CONTAINER_GLOBALS
 
-from zeo.client.protocol import ClientProtocol
-from zeo.client.tests.support import Handler, Transport, Waiter
+from zeo.client.connections import ClientAdapter, Channel
+from zeo.client.tests.support import Handler, Transport, feed
 
 __all__ = ['DrivenClient', 'FakeServer', 'binbytes', 'genuine_get_pickle_metadata', 'error', 'gadget_values', 'global_', 'marker_in',
            'one_way', 'record_gadget', 'reply', 'text', 'wait_until']
@@ -236,7 +236,7 @@ class FakeServer:
 
 
 class DrivenClient:
-    """A `ClientProtocol` greeted with *greeting*, fed frames by hand.
+    """A `Channel` greeted with *greeting*, fed frames by hand.
 
     ``call()`` sends a request and returns its message id; what the
     waiters got is in ``log`` as ``(msgid, 'result'|'error', value)``,
@@ -246,10 +246,11 @@ class DrivenClient:
     def __init__(self, greeting: bytes = b'Z5', **options: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.handler = Handler()
-        self.protocol = ClientProtocol(self.loop, ('127.0.0.1', 1), self.handler,
-                                       limits=ProtocolLimits(), **options)
+        self.channel = Channel(self.loop, ('127.0.0.1', 1), self.handler,
+                               limits=ProtocolLimits(), **options)
+        self.adapter = ClientAdapter(self.channel)
         self.transport = Transport()
-        self.protocol.connection_made(self.transport)
+        self.adapter.connection_made(self.transport)
         self.log: list[tuple[Any, str, Any]] = []
         self._next = 1
         self.feed(greeting)
@@ -257,7 +258,9 @@ class DrivenClient:
     def call(self, method: str = 'register', args: tuple[Any, ...] = ('1', False)) -> int:
         msgid = self._next
         self._next += 1
-        self.protocol.call(method, args, Waiter(self.log, msgid))
+        future = self.channel.request(method, *args)
+        future.add_done_callback(lambda f: self.log.append(
+            (msgid, 'error', f.exception()) if f.exception() else (msgid, 'result', f.result())))
         return msgid
 
     def feed(self, payload: bytes) -> None:
@@ -265,7 +268,9 @@ class DrivenClient:
         self.feed_bytes(struct.pack('>I', len(payload)) + payload)
 
     def feed_bytes(self, data: bytes) -> None:
-        self.protocol.data_received(data)
+        """Deliver *data*; then the loop turns once (settled futures call back)."""
+        feed(self.adapter, data)
+        self.loop.run_until_complete(asyncio.sleep(0))
 
     def outcome(self, msgid: int) -> tuple[str, Any] | None:
         for name, kind, value in self.log:
@@ -274,7 +279,7 @@ class DrivenClient:
         return None
 
     def close(self) -> None:
-        self.protocol.close()
+        self.channel.close()
         self.loop.close()
 
 

@@ -6,7 +6,7 @@
   a client needs of a DB (`RecordingDB`), `commit`, `wait_until`, `FAST`;
 - child processes: `child_env` (the environment of a Python subprocess
   that imports what the tests import);
-- the protocol without a network: `Transport`, `Handler`, `Waiter`;
+- a channel without a network: `Transport`, `Handler`, `Waiter`, `feed`;
 - caches: `p64`, `content`, `BlobCacheTestBase` (blob caches in a temporary
   directory), `intact_records` and `indexed_offsets` (a persistent cache's
   records found by brute force, and those its index holds);
@@ -33,16 +33,22 @@ from ZODB.utils import p64
 
 import zeo.server
 from zeo.server.testing import free_port
+from zeo.client.connections import locks
 from zeo.client.cache import file_format as fmt
 from zeo.client.blobs.cache import BlobCache
 from zeo.client.storage import ClientStorage
 
 __all__ = ['BlobCacheTestBase', 'FAST', 'Handler', 'OID1', 'OID2', 'RecordingDB',
-           'ServerFixture', 'Transport', 'Waiter', 'child_env', 'commit', 'content',
+           'ServerFixture', 'Transport', 'Waiter', 'child_env', 'commit', 'content', 'feed',
            'free_port', 'indexed_offsets', 'intact_records', 'p64', 'parse', 'section',
            'wait_until']
 
 OID1, OID2 = p64(1), p64(2)
+
+# zeo.client's tests run with the client's locks checked: taking them out
+# of order, or waiting while holding one, raises LockOrderError (the
+# rules are in zeo.client.connections).
+locks.CHECK = True
 
 #: Fast reconnects for tests.
 FAST = dict(disconnect_poll=0.05, max_disconnect_poll=0.2, wait_timeout=10)
@@ -174,8 +180,20 @@ class Transport(asyncio.Transport):
         self.closing = True
 
 
+def feed(adapter, data, piece=None):
+    """Hand *data* to *adapter* as its transport would: into the buffer
+    it gives, at most *piece* bytes at a time."""
+    data = memoryview(data)
+    while data:
+        buffer = adapter.get_buffer(-1)
+        n = min(len(buffer), len(data), piece or len(data))
+        buffer[:n] = data[:n]
+        data = data[n:]
+        adapter.buffer_updated(n)
+
+
 class Handler:
-    """Records what a ClientProtocol tells its handler."""
+    """Records what a Channel tells its handler."""
 
     def __init__(self):
         self.events = []

@@ -87,8 +87,8 @@ class AnnouncedFrameTests(unittest.TestCase):
         self.addCleanup(storage.close)
         self.assertTrue(server.registered.wait(30))
         self.assertIsNone(server.error)
-        [protocol] = storage._manager._protocols
-        reader = protocol._connection._reader
+        [channel] = storage._manager._channels
+        reader = channel._connection._reader
         with TracedMemory() as memory:
             server.send.set()
             wait_until(lambda: reader.buffered >= 4 + SENT, message='all sent read')

@@ -1,6 +1,6 @@
 """Fuzzing the client's reply decoding and error building (Hypothesis).
 
-A real `ClientProtocol` (see `hostile.DrivenClient`: no socket, frames fed
+A real `Channel` (see `hostile.DrivenClient`: no socket, frames fed
 by hand) greeted as a pickle (``Z5``) or msgpack (``M5``) server, with
 calls in flight, gets a sequence of frames: replies and error replies of
 every plain value, error replies the reference ZEO 6.2 server's own
@@ -207,14 +207,14 @@ class ReplyFuzzTests(unittest.TestCase):
             client = DrivenClient(encoding.encode() + b'5')
             try:
                 msgids = [client.call() for _ in range(data.draw(st.integers(1, 4)))]
-                client.protocol.load(b'\0' * 8, b'\xff' * 8, None)
+                client.channel.prefetch(b'\0' * 8, b'\xff' * 8)
                 for _ in range(data.draw(st.integers(1, 8))):
-                    if client.protocol.closed:
+                    if client.channel.closed:
                         break
                     client.feed(self.frame(data.draw, encoding, msgids))
                     self.stats['frames'] += 1
                     self.check(client)
-                if client.protocol.closed:
+                if client.channel.closed:
                     self.stats['closed'] += 1
                     pending = set(msgids) - {msgid for msgid, _, _ in client.log}
                     self.assertEqual(pending, set())  # all failed with ClientDisconnected

@@ -27,7 +27,7 @@ from zeo.protocol import RemoteProtocolError
 from zeo.protocol.safe_unpickle import make_loads
 from zeo.protocol.record_class import pickle_metadata
 
-from zeo.client import protocol as client_protocol
+from zeo.client.connections import channel as client_channel
 from zeo.client.config import ClientConfig
 from zeo.client.errors import PickleServerRefused
 from zeo.client.storage import ClientStorage
@@ -129,7 +129,7 @@ class OpcodeTests(Marker):
     def setUp(self):
         super().setUp()
         # The unpickler alone, with ZODB's metadata reader not neutralised.
-        self.loads = make_loads(client_protocol._PICKLE_GLOBALS)
+        self.loads = make_loads(client_channel._PICKLE_GLOBALS)
 
     def load(self, value):
         return self.loads(b'\x80\x03' + value + b'.')
@@ -161,7 +161,7 @@ class OpcodeTests(Marker):
                 self.refused(value)
 
     def test_rebuild_function_refuses_change(self):
-        rebuild = client_protocol._PICKLE_GLOBALS[('ZODB.POSException', '_recon')]
+        rebuild = client_channel._PICKLE_GLOBALS[('ZODB.POSException', '_recon')]
         for name, value in {
             'build': RECON + b'}' + text(b'__defaults__') + b'(Nt' + b's' + b'b',
             'build, slots': RECON + b'N}' + text(b'__call__') + b'N' + b's\x86b',
@@ -213,7 +213,7 @@ class OpcodeTests(Marker):
         self.refused(global_(b'builtins', b'tuple') + b')}' + text(b'x') + b'K\x01s\x92')
 
     def test_only_zodb_error_classes_are_admitted(self):
-        names = {name for module, name in client_protocol._PICKLE_GLOBALS
+        names = {name for module, name in client_channel._PICKLE_GLOBALS
                  if module == 'ZODB.POSException'}
         self.assertIn('_recon', names)
         for name in names - {'_recon'}:
@@ -338,8 +338,8 @@ class PickleServerOptionTests(unittest.TestCase):
 
     def test_refused_by_the_protocol(self):
         client = DrivenClient(b'Z5', accept_pickle=False)
-        self.assertTrue(client.protocol.closed)
-        self.assertIsInstance(client.protocol.handshake_done.exception(), PickleServerRefused)
+        self.assertTrue(client.channel.closed)
+        self.assertIsInstance(client.channel.handshake_done.exception(), PickleServerRefused)
         self.assertEqual(client.transport.written, [])
         client.close()
 

@@ -1,4 +1,4 @@
-"""The client's choice of event loop (zeo.client.loops)."""
+"""The client's choice of event loop (zeo.client.connections.loops)."""
 
 import asyncio
 import threading
@@ -8,7 +8,7 @@ import uvloop
 from ZODB.utils import p64, z64
 
 from zeo.client.config import ClientConfig
-from zeo.client.loops import DEFAULT_EVENT_LOOP, check_event_loop, new_event_loop
+from zeo.client.connections.loops import DEFAULT_EVENT_LOOP, check_event_loop, new_event_loop
 from zeo.client.tests.support import ServerFixture, commit
 
 

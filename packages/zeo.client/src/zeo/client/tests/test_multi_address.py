@@ -75,9 +75,9 @@ class RaceTests(unittest.TestCase):
         return client
 
     def connection_to(self, client, proxy):
-        for protocol in list(client._manager._protocols):
-            if protocol.address == proxy.address:
-                return protocol
+        for channel in list(client._manager._channels):
+            if channel.address == proxy.address:
+                return channel
         return None
 
     def registered(self, client, proxy):
@@ -119,7 +119,7 @@ class RaceTests(unittest.TestCase):
 
         # Nothing of either has reached the client yet.
         self.assertFalse(client.is_connected())
-        self.assertIsNone(manager.protocol)
+        self.assertIsNone(manager.channel)
         self.assertEqual(client.lastTransaction(), z64)
         self.assertEqual(len(client._cache), 0)
         self.assertEqual(db.invalidated, [])
@@ -129,7 +129,7 @@ class RaceTests(unittest.TestCase):
         client, db, w_connection, l_connection = self.race()
         self.server_w.release()
         wait_until(client.is_connected, message='the connection')
-        self.assertIs(client._manager.protocol, w_connection)
+        self.assertIs(client._manager.channel, w_connection)
         self.assertEqual(client._server_address, self.server_w.address)
         self.assertEqual(client._manager.verify_result, 'new cache')
         # The losing connection is closed, its queue never applied.
@@ -159,7 +159,7 @@ class RaceTests(unittest.TestCase):
         client, db, w_connection, l_connection = self.race()
         self.server_w.reset()   # W's connection is cut in the middle of its activation
         wait_until(client.is_connected, message='the connection')
-        self.assertIs(client._manager.protocol, l_connection)
+        self.assertIs(client._manager.channel, l_connection)
         self.assertEqual(client._server_address, self.server_l.address)
         self.assertTrue(w_connection.closed)
         # Only L: W's queued invalidation was never applied.

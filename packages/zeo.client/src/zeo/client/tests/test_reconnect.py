@@ -14,7 +14,7 @@ import unittest
 
 from ZODB.utils import z64
 
-from zeo.client import connector
+from zeo.client.connections import manager as manager_module
 from zeo.client.config import ClientConfig
 from zeo.client.storage import ClientStorage
 from zeo.client.tests.support import OID1, RecordingDB, ServerFixture
@@ -30,7 +30,7 @@ def failures_to_reach_the_cap(config):
 class JitterTests(unittest.TestCase):
 
     def test_waits_lie_between_half_the_delay_and_the_delay(self):
-        waits = [connector._jitter(2.0) for _ in range(2000)]
+        waits = [manager_module._jitter(2.0) for _ in range(2000)]
         self.assertGreaterEqual(min(waits), 1.0)
         self.assertLessEqual(max(waits), 2.0)
         self.assertGreater(len(set(waits)), 1000)   # drawn, not fixed

@@ -1,4 +1,4 @@
-"""The thread boundary: Waiter and Runner."""
+"""Runner: the loop thread, and what the storage calls."""
 from __future__ import annotations
 
 import threading
@@ -11,41 +11,17 @@ import zeo.server
 from zeo.client.cache import MemoryCache
 from zeo.client.config import ClientConfig
 from zeo.client.errors import ClientDisconnected
-from zeo.client.runner import Runner, Waiter
+from zeo.client.connections import Runner
 from zeo.client.tests.support import free_port, wait_until
-
-
-class WaiterTests(unittest.TestCase):
-
-    def test_result(self):
-        waiter = Waiter()
-        threading.Timer(0.01, waiter.set_result, (42,)).start()
-        self.assertEqual(waiter.wait(), 42)
-
-    def test_error(self):
-        waiter = Waiter()
-        waiter.set_exception(KeyError('k'))
-        self.assertRaises(KeyError, waiter.wait)
-
-    def test_hook(self):
-        waiter = Waiter(lambda value: value * 2)
-        waiter.set_result(21)
-        self.assertEqual(waiter.wait(), 42)
-        waiter = Waiter(lambda value: 1 / 0)
-        waiter.set_result(21)
-        self.assertRaises(ZeroDivisionError, waiter.wait)
-
-    def test_timeout(self):
-        self.assertRaises(ClientDisconnected, Waiter().wait, 0.01)
 
 
 class Client:
     """The storage-side callbacks a connection manager needs."""
 
-    def notify_connected(self, protocol, info):
+    def notify_connected(self, channel, info):
         self.info = info
 
-    def notify_disconnected(self, protocol):
+    def notify_disconnected(self, channel):
         pass
 
     def info(self, info):
@@ -75,9 +51,9 @@ class RunnerTests(unittest.TestCase):
     def test_calls(self):
         self.serve()
         runner = self.runner()
-        protocol = runner.wait_connected()
+        channel = runner.wait_connected()
         self.assertIsNone(runner.call('ping'))
-        self.assertIsNone(runner.call('ping', protocol=protocol))
+        self.assertIsNone(runner.call('ping', channel=channel))
         self.assertEqual(len(runner.call('new_oids', 3)), 3)
         runner.one_way(None, 'set_client_label', ('label',))
         self.assertEqual(runner.call('server_status')['connections'], 1)

@@ -35,6 +35,14 @@ class ShortcutTests(unittest.TestCase):
         self.assertFalse(storage.is_connected())
         transaction.abort()
 
+    def test_no_module_is_named_like_the_connection_shortcut(self):
+        # With a subpackage zeo.client.connection, the attribute
+        # zeo.client.connection is either the package or this function:
+        # ``import zeo.client.connection.locks as locks`` then failed.
+        import zeo.client.connections.locks as locks
+        self.assertEqual(locks.__name__, 'zeo.client.connections.locks')
+        self.assertEqual(zeo.client.connection.__module__, 'zeo.client.shortcuts')
+
     def test_the_storage_is_closed_when_the_db_cannot_open(self):
         with self.assertRaises(zeo.client.ClientDisconnected):
             zeo.client.DB(('127.0.0.1', free_port()), wait_timeout=0.1)

@@ -109,12 +109,12 @@ class TLSTests(ServerFixture):
         tid2 = commit(writer, (OID1, tid, b'newer'))
         wait_until(lambda: reader.lastTransaction() == tid2)
         self.assertEqual(reader.load(OID1), (b'newer', tid2))
-        ssl_object = writer._manager.protocol.transport.get_extra_info('ssl_object')
+        ssl_object = writer._manager.channel.transport.get_extra_info('ssl_object')
         self.assertIsNotNone(ssl_object)
         self.assertEqual(ssl_object.getpeercert()['subjectAltName'],
                          (('DNS', 'localhost'), ('IP Address', '127.0.0.1')))
         # No direct calls over TLS: the loop does all of the I/O.
-        self.assertIsNone(writer._manager.protocol._baton)
+        self.assertIsNone(writer._manager.channel._baton)
 
     def test_the_address_host_is_checked_without_a_server_hostname(self):
         # The certificate names 127.0.0.1 too.

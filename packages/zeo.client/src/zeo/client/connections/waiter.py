@@ -17,7 +17,7 @@ class Waiter:
     A pre-acquired ``_thread`` lock: the cheapest thing a thread can
     block on.  ``set_result``/``set_exception`` are called once, by the
     thread that handles the reply (the loop, or the application thread
-    reading for itself, see ``zeo.client.direct``); ``wait`` once, by the
+    reading for itself, see ``zeo.client.connections``); ``wait`` once, by the
     thread that made the call.  An optional *hook* runs with the result
     before the waiter is released (``tpc_finish`` uses it to update the
     cache in wire order); what it returns or raises is what `wait`

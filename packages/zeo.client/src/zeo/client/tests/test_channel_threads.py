@@ -1,18 +1,13 @@
-"""Direct calls: application threads reading and writing the socket.
+"""Channels used by application threads: whoever waits reads.
 
-The baton over a real socket pair and a real loop; then real clients of a
-real server, where the only instrument is a recording wrapper around the
-function that settles waiters (it calls the real one).
+Real clients of a real server, where the only instrument is a recording
+wrapper around the function that settles waiters (it calls the real one).
 """
 from __future__ import annotations
 
-import asyncio
-import collections
 import os
-import socket
 import threading
 import time
-import unittest
 
 import random
 
@@ -23,87 +18,10 @@ from ZODB.Connection import TransactionMetaData
 from ZODB.POSException import ConflictError, POSKeyError
 from ZODB.utils import p64, z64
 
-from zeo.client import direct
-from zeo.client import protocol as protocol_module
+from zeo.client.connections import output, replies
 from zeo.client.errors import ClientDisconnected
-from zeo.client.loops import new_event_loop
 from zeo.client.tests.support import (
     OID1, OID2, RecordingDB, ServerFixture, commit, wait_until)
-from zeo.client.waiter import Waiter
-
-
-class BatonTests(unittest.TestCase):
-
-    def setUp(self):
-        self.loop = new_event_loop('uvloop')
-        self.addCleanup(self.loop.close)
-        ours, self.peer = socket.socketpair()
-        self.addCleanup(self.peer.close)
-        self.transport, _ = self.loop.run_until_complete(
-            self.loop.create_connection(asyncio.Protocol, sock=ours))
-        self.transport.pause_reading()
-        self.heard = 0
-        self.baton = direct.SocketBaton(self.loop, self.transport, self.readable)
-        self.addCleanup(self.close)
-
-    def close(self):
-        self.baton.reader = None
-        self.baton.close()
-        self.baton.release()
-        self.transport.close()
-        self.loop.run_until_complete(asyncio.sleep(0))
-
-    def readable(self):
-        self.heard += 1
-
-    def turn(self):
-        self.heard = 0
-        self.loop.run_until_complete(asyncio.sleep(0.05))
-        return self.heard
-
-    def test_the_loop_hears_of_input_only_while_it_holds_the_baton(self):
-        self.peer.send(b'x')
-        self.assertGreater(self.turn(), 0)
-        self.baton.take(threading.get_ident())
-        self.assertEqual(self.turn(), 0)
-        self.assertEqual(self.baton.socket.recv(10), b'x')  # ours to read
-        self.peer.send(b'y')
-        self.assertEqual(self.turn(), 0)
-        self.baton.give_back()
-        self.assertIsNone(self.baton.reader)
-        self.assertGreater(self.turn(), 0)
-
-    def test_close_wakes_the_reading_thread_which_releases_the_descriptors(self):
-        self.baton.take(threading.get_ident())
-        returned = threading.Event()
-
-        def read():
-            self.baton.wait(timeout=30_000)
-            returned.set()
-
-        reader = threading.Thread(target=read)
-        reader.start()
-        time.sleep(0.05)
-        self.assertFalse(returned.is_set())
-        fd = self.baton.socket.fileno()
-        self.baton.close()
-        self.assertTrue(returned.wait(5))
-        reader.join()
-        os.fstat(fd)  # still open: the reader may be polling it
-        self.baton.reader = None
-        self.baton.release()
-        with self.assertRaises(OSError):
-            os.fstat(fd)
-
-    def test_close_without_a_reader_releases_at_once(self):
-        fd = self.baton.socket.fileno()
-        self.baton.close()
-        with self.assertRaises(OSError):
-            os.fstat(fd)
-
-    def test_available(self):
-        self.assertTrue(direct.available(self.transport))
-        self.assertFalse(direct.available(None))
 
 
 def open_files(*fds):
@@ -134,29 +52,54 @@ class Settled:
 
     def __init__(self, test):
         self.threads = []
-        real = protocol_module._settle
+        real = replies._settle
 
         def settle(waiter, value):
             self.threads.append(threading.get_ident())
             real(waiter, value)
 
-        protocol_module._settle = settle
-        test.addCleanup(setattr, protocol_module, '_settle', real)
+        replies._settle = settle
+        test.addCleanup(setattr, replies, '_settle', real)
 
 
-class DirectCallTests(ServerFixture):
+class WhoeverWaitsReadsTests(ServerFixture):
 
     def test_a_thread_reads_the_replies_to_its_own_calls(self):
         writer = self.client()
         tid = commit(writer, (OID1, z64, b'one'))
         client = self.client()
-        self.assertIsNotNone(client._manager.protocol._baton)
+        self.assertIsNotNone(client._manager.channel._baton)
         settled = Settled(self)
         client.ping()
         self.assertEqual(client.load(OID1), (b'one', tid))
         self.assertEqual(settled.threads, [threading.get_ident()] * 2)
         # The load reply was cached on the way, as the loop does it.
         self.assertEqual(client._cache.load(OID1), (b'one', tid))
+
+    def test_a_thread_reading_its_own_replies_never_wakes_the_loop(self):
+        # It takes the baton before it sends: a reply that comes back
+        # before send() returns must not reach the loop's epoll set.
+        client = self.client()
+        channel = client._manager.channel
+        baton = channel._baton
+        woken = []
+
+        def readable():
+            woken.append(threading.get_ident())
+            channel._read_soon()
+
+        def count_wake_ups():
+            fd = baton._epoll.fileno()
+            channel.loop.remove_reader(fd)
+            channel.loop.add_reader(fd, readable)
+            swapped.set()
+
+        swapped = threading.Event()
+        client._runner.run_on_loop(count_wake_ups)
+        self.assertTrue(swapped.wait(10))
+        for _ in range(300):
+            client.ping()
+        self.assertEqual(woken, [])
 
     def test_on_asyncio_s_own_loop_too(self):
         client = self.client(event_loop='asyncio')
@@ -166,19 +109,11 @@ class DirectCallTests(ServerFixture):
 
     def test_direct_calls_can_be_turned_off(self):
         client = self.client(direct_calls=False)
-        self.assertIsNone(client._manager.protocol._baton)
+        self.assertIsNone(client._manager.channel._baton)
         settled = Settled(self)
         client.ping()
         self.assertEqual(len(settled.threads), 1)
         self.assertNotEqual(settled.threads[0], threading.get_ident())
-
-    def test_no_direct_call_overtakes_a_request_made_before_it(self):
-        client = self.client()
-        protocol = client._manager.protocol
-        self.assertFalse(protocol.call_direct(
-            'ping', (), Waiter(), collections.deque([(print, ())])))
-        self.assertIsNone(protocol._baton.reader)
-        self.assertIsNone(protocol._held)
 
     def vote_waiting_for_the_lock(self, a, b):
         """B holds the commit lock; A votes in a thread, which reads for
@@ -207,7 +142,7 @@ class DirectCallTests(ServerFixture):
         voter.start()
         wait_until(lambda: b.server_status()['waiting'] == 1,
                    message='A waiting for the commit lock')
-        self.assertEqual(a._manager.protocol._baton.reader, voter.ident)
+        self.assertEqual(a._manager.channel._baton.reader, voter.ident)
         return tb, ta, voter, outcome
 
     def two_clients(self):
@@ -234,27 +169,27 @@ class DirectCallTests(ServerFixture):
         self.assertGreater(tid_a, tid_b)
         self.assertEqual(a.load(OID1), (b'from b', tid_b))
         self.assertEqual(a.load(OID2), (b'from a', tid_a))
-        protocol = a._manager.protocol
-        self.assertIsNone(protocol._baton.reader)
-        self.assertIsNone(protocol._held)
+        channel = a._manager.channel
+        self.assertIsNone(channel._baton.reader)
+        self.assertIsNone(channel._held)
 
     def test_a_reply_the_loop_waits_for_is_left_to_the_loop(self):
         a, b, db = self.two_clients()
-        protocol = a._manager.protocol
+        channel = a._manager.channel
         resumed = []
-        real_resume = protocol._resume
+        real_resume = channel._resume
 
         def resume():
             resumed.append(threading.get_ident())
             real_resume()
 
-        protocol._resume = resume
+        channel._resume = resume
         tb, ta, voter, voted = self.vote_waiting_for_the_lock(a, b)
         # A request of the loop's own (a coroutine's future), answered
         # while the voting thread reads.
         futures = []
         a._runner.run_on_loop(
-            lambda: futures.append(protocol.request('lastTransaction')))
+            lambda: futures.append(channel.request('lastTransaction')))
         wait_until(lambda: futures and futures[0].done(),
                    message="the loop's reply")
         self.assertEqual(futures[0].result(), b.lastTransaction())
@@ -267,8 +202,8 @@ class DirectCallTests(ServerFixture):
         voter.join(10)
         self.assertEqual(voted, [('voted', None)])
         a.tpc_finish(ta)
-        self.assertIsNone(protocol._baton.reader)
-        self.assertIsNone(protocol._held)
+        self.assertIsNone(channel._baton.reader)
+        self.assertIsNone(channel._held)
 
     def test_a_connection_lost_while_a_thread_reads_fails_its_call(self):
         a, b = self.client(), self.client()
@@ -281,7 +216,7 @@ class DirectCallTests(ServerFixture):
     def test_closing_the_client_wakes_a_reading_thread(self):
         a, b = self.client(), self.client()
         _, _, voter, outcome = self.vote_waiting_for_the_lock(a, b)
-        baton = a._manager.protocol._baton
+        baton = a._manager.channel._baton
         # The socket and the wake-up pipe, by inode (numbers get reused).
         ours = open_files(baton.socket.fileno(), baton._wake_read)
         self.assertEqual(len(ours), 2)
@@ -294,25 +229,25 @@ class DirectCallTests(ServerFixture):
 
     def test_one_way_calls_leave_with_the_next_call(self):
         client = self.client()
-        protocol = client._manager.protocol
+        channel = client._manager.channel
         t = TransactionMetaData()
         client.tpc_begin(t)
         client.store(OID1, z64, b'one', '', t)
-        self.assertEqual(len(protocol._queued), 2)   # tpc_begin, storea
+        self.assertEqual(len(channel._output.queued), 2)   # tpc_begin, storea
         self.assertIsNone(client.tpc_vote(t))        # sent with the vote
-        self.assertEqual(protocol._queued, [])
+        self.assertEqual(channel._output.queued, [])
         tid = client.tpc_finish(t)
         self.assertEqual(client.load(OID1), (b'one', tid))
 
     def test_the_loop_sends_queued_one_way_calls_first(self):
         client = self.client()
-        protocol = client._manager.protocol
+        channel = client._manager.channel
         t = TransactionMetaData()
         client.tpc_begin(t)
-        self.assertEqual(len(protocol._queued), 1)
+        self.assertEqual(len(channel._output.queued), 1)
         # Anything the loop writes takes the queue along, ahead of it.
-        client._runner.run_on_loop(protocol.one_way, 'set_client_label', ('x',))
-        wait_until(lambda: not protocol._queued, message='the queue sent')
+        client._runner.run_on_loop(channel.one_way, 'set_client_label', ('x',))
+        wait_until(lambda: not channel._output.queued, message='the queue sent')
         client.store(OID1, z64, b'one', '', t)
         client.tpc_vote(t)
         tid = client.tpc_finish(t)
@@ -320,13 +255,13 @@ class DirectCallTests(ServerFixture):
 
     def test_a_large_queue_is_sent_without_waiting_for_a_call(self):
         client = self.client()
-        protocol = client._manager.protocol
+        channel = client._manager.channel
         t = TransactionMetaData()
         client.tpc_begin(t)
-        chunk = os.urandom(direct.QUEUED_LIMIT // 4)
+        chunk = os.urandom(output.QUEUED_LIMIT // 4)
         for i in range(1, 13):
             client.store(p64(i), z64, chunk + b'%d' % i, '', t)
-            self.assertLess(protocol._queued_size, direct.QUEUED_LIMIT)
+            self.assertLess(channel._output.queued_size, output.QUEUED_LIMIT)
         client.tpc_vote(t)
         tid = client.tpc_finish(t)
         for i in range(1, 13):

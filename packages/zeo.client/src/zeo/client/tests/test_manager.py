@@ -210,7 +210,7 @@ class AddressTests(ServerFixture):
         client.ping()
         self.assertEqual(client._server_address, path)
         # Direct calls work over Unix sockets too.
-        self.assertIsNotNone(client._manager.protocol._baton)
+        self.assertIsNotNone(client._manager.channel._baton)
         tid = commit(client, (OID1, z64, b'over unix'))
         self.assertEqual(client.load(OID1), (b'over unix', tid))
 

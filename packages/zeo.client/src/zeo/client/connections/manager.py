@@ -3,13 +3,18 @@
 Rules
 =====
 
-Rule 1: everything here runs on the client's event loop thread, so the
-cache sees loads, invalidations and commits in the order the server sent
-them.  The only state application threads read directly is
-``protocol``, ``connected`` (a ``threading.Event``) and, under
-``visibility``, the cache's last tid.
+Rule 1: connecting, verifying and switching connections run on the
+client's event loop thread.  What a channel hands its handler
+(``load_reply``, ``server_message``, and the hooks ``transaction_finished``
+and ``forget_history``) runs in whichever thread handles that message --
+the loop, or an application thread reading for itself -- holding the
+channel's lock, so the cache sees loads, invalidations and commits in the
+order the server sent them (the thread and lock rules are in
+``zeo.client.connections``).  Application threads read ``channel``,
+``connected`` (a ``threading.Event``) and, under ``visibility``, the
+cache's last tid.
 
-Rule 2: the client uses one connection at a time, ``protocol``.  Only
+Rule 2: the client uses one connection at a time, ``channel``.  Only
 that connection's messages change the cache.  A connection that has
 registered but is not (yet) the one queues the invalidations it receives;
 if it becomes the one, its queue is applied right after its cache
@@ -63,7 +68,7 @@ import logging
 import random
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ZODB.event import notify
 from ZODB.POSException import ReadOnlyError, StorageTransactionError
@@ -72,10 +77,15 @@ from zope.interface import implementer
 from zeo.protocol import exception_text, peer_repr
 
 from zeo.client.cache import CacheConsistencyError
-from zeo.client.config import ClientConfig
+from zeo.client.cache import update_after_commit
 from zeo.client.errors import ClientDisconnected, PickleServerRefused
 from zeo.client.interfaces import IConnectionManager, StaleCache
-from zeo.client.protocol import ClientProtocol, describe
+from zeo.client.connections import locks
+from zeo.client.connections.adapter import ClientAdapter
+from zeo.client.connections.channel import Channel, describe
+
+if TYPE_CHECKING:
+    from zeo.client.config import ClientConfig
 
 __all__ = ['ConnectionManager', 'CONNECT_TIMEOUT']
 
@@ -98,13 +108,11 @@ def _jitter(delay: float) -> float:
 class ConnectionManager:
     """The loop side of a client: connections, verification, consistency.
 
-    *client* receives ``notify_connected(protocol, info)``,
-    ``notify_disconnected(protocol)``, ``info(dict)`` and the
-    ``receiveBlobStart/Chunk/Stop`` callbacks, on the loop thread; but
-    ``info`` and the blob callbacks (with ``load_reply`` and
-    ``server_message`` here, and the hooks of ``tpc_finish`` and
-    ``pack``) may also run in the application thread of a direct call
-    (``zeo.client.direct``), holding the connection's lock.
+    *client* receives ``notify_connected(channel, info)`` and
+    ``notify_disconnected(channel)`` on the loop thread; ``info(dict)``
+    and the ``receiveBlobStart/Chunk/Stop`` callbacks (like
+    ``load_reply`` and ``server_message`` here) in the thread that
+    handles the message, holding the channel's lock (Rule 1).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, config: ClientConfig,
@@ -117,24 +125,24 @@ class ConnectionManager:
         #: The database (``registerDB``); told about invalidations.
         self.db: Any = None
         #: The connection in use, or None.
-        self.protocol: ClientProtocol | None = None
+        self.channel: Channel | None = None
         #: Bumped each time a connection becomes the one in use.
         self.generation = 0
-        #: Set while ``protocol`` is usable.
+        #: Set while ``channel`` is usable, and once closed (so that no
+        #: thread waits for a connection that can't come).
         self.connected = threading.Event()
         #: Held while the last tid moves (see Rule 3).
-        self.visibility = threading.RLock()
+        self.visibility = locks.new_lock(locks.VISIBILITY, 'visibility')
         self.closed = False
         self.ever_connected = False
         #: How the last verification went (for tests and status).
         self.verify_result: str | None = None
         #: (tid, time.time()) of the last invalidation applied (metrics).
         self.last_invalidation: tuple[bytes, float] | None = None
-        self._protocols: set[ClientProtocol] = set()
-        self._closed_protocols: list[ClientProtocol] = []
+        self._channels: set[Channel] = set()
+        self._closed_channels: list[Channel] = []
         self._attempts: dict[Any, asyncio.Task[None]] = {}
         self._activation = asyncio.Lock()
-        self._waiting: list[list[Any]] = []
         self._failures = 0
         # Addresses of pickle servers we refused (see _attempt).
         self._refused: set[Any] = set()
@@ -155,17 +163,15 @@ class ConnectionManager:
         for task in self._attempts.values():
             task.cancel()
         self._attempts.clear()
-        protocol = self.protocol
-        self._closed_protocols = list(self._protocols)
-        if protocol is not None:
-            self._closed_protocols.append(protocol)
-            self._deactivate(protocol)
-        for p in list(self._protocols):
+        channel = self.channel
+        self._closed_channels = list(self._channels)
+        if channel is not None:
+            self._closed_channels.append(channel)
+            self._deactivate(channel)
+        for p in list(self._channels):
             p.close()
-        waiting, self._waiting = self._waiting, []
-        for entry in waiting:
-            entry[2].cancel()
-            entry[1].set_exception(ClientDisconnected('the client storage is closed'))
+        # Threads waiting for a connection wake up, and find us closed.
+        self.connected.set()
 
     def abort_transports(self) -> None:
         """Drop the sockets that `close` left closing.
@@ -173,35 +179,35 @@ class ConnectionManager:
         A TLS transport's close waits for the server's answer to its
         close_notify; the loop is about to stop, and must not leave the
         socket open behind it."""
-        for protocol in self._closed_protocols:
-            if protocol.transport is not None:
-                protocol.transport.abort()
-        self._closed_protocols = []
+        for channel in self._closed_channels:
+            if channel.transport is not None:
+                channel.transport.abort()
+        self._closed_channels = []
 
     def new_addresses(self, addresses: tuple[Any, ...]) -> None:
         self.addresses = addresses
         for address, task in list(self._attempts.items()):
             if address not in addresses:
                 task.cancel()
-        protocol = self.protocol
-        if protocol is not None and protocol.address not in addresses:
-            protocol.close()   # protocol_lost starts new attempts
+        channel = self.channel
+        if channel is not None and channel.address not in addresses:
+            channel.close()   # protocol_lost starts new attempts
         else:
             self._start_attempts()
 
     # -- connecting -----------------------------------------------------------
 
-    def _wanted(self, address: Any, protocol: ClientProtocol | None = None) -> bool:
+    def _wanted(self, address: Any, channel: Channel | None = None) -> bool:
         """Is a (new) connection to *address* still of use?"""
         if self.closed or address not in self.addresses:
             return False
-        current = self.protocol
+        current = self.channel
         if current is None:
             return True
         # Only an upgrade from a read-only fallback connection is wanted.
         return (self.config.read_only_fallback and current.read_only
                 and current.address != address
-                and (protocol is None or not protocol.read_only))
+                and (channel is None or not channel.read_only))
 
     def _start_attempts(self) -> None:
         for address in self.addresses:
@@ -214,24 +220,24 @@ class ConnectionManager:
         delay = self.config.disconnect_poll
         try:
             while self._wanted(address):
-                protocol = None
+                channel = None
                 try:
-                    protocol = await asyncio.wait_for(
+                    channel = await asyncio.wait_for(
                         self._open(address), CONNECT_TIMEOUT)
-                    if self._wanted(address, protocol):
+                    if self._wanted(address, channel):
                         async with self._activation:
-                            if self._wanted(address, protocol) and not protocol.closed:
-                                await self._activate(protocol)
-                    if protocol is self.protocol:
+                            if self._wanted(address, channel) and not channel.closed:
+                                await self._activate(channel)
+                    if channel is self.channel:
                         return
-                    protocol.close()
+                    channel.close()
                 except asyncio.CancelledError:
-                    if protocol is not None and protocol is not self.protocol:
-                        protocol.close()
+                    if channel is not None and channel is not self.channel:
+                        channel.close()
                     raise
                 except Exception as error:
-                    if protocol is not None:
-                        protocol.close()
+                    if channel is not None:
+                        channel.close()
                     self._failures += 1
                     log = logger.info if self._failures <= len(self.addresses) \
                         else logger.debug
@@ -247,114 +253,112 @@ class ConnectionManager:
             if self._attempts.get(address) is asyncio.current_task():
                 del self._attempts[address]
 
-    async def _open(self, address: Any) -> ClientProtocol:
-        """Connect, agree the protocol and register; return the protocol."""
+    async def _open(self, address: Any) -> Channel:
+        """Connect, agree the protocol and register; return the channel."""
         loop = self.loop
         config = self.config
 
-        def factory() -> ClientProtocol:
-            protocol = ClientProtocol(
+        def factory() -> ClientAdapter:
+            channel = Channel(
                 loop, address, self, limits=config.limits,
                 heartbeat_interval=config.heartbeat_interval,
                 direct_calls=config.direct_calls,
                 accept_pickle=config.accept_pickle_servers)
-            self._protocols.add(protocol)
-            return protocol
+            self._channels.add(channel)
+            return ClientAdapter(channel)
 
         ssl = config.ssl
         if isinstance(address, str):
-            _, protocol = await loop.create_unix_connection(
+            _, adapter = await loop.create_unix_connection(
                 factory, address, ssl=ssl,
                 server_hostname=(config.ssl_server_hostname or '') if ssl else None)
         else:
             host, port = address
-            _, protocol = await loop.create_connection(
+            _, adapter = await loop.create_connection(
                 factory, host, port, ssl=ssl,
                 server_hostname=config.ssl_server_hostname if ssl else None)
+        channel = adapter.channel
         try:
-            await protocol.handshake_done
-            await self._register(protocol)
+            await channel.handshake_done
+            await self._register(channel)
         except BaseException:
-            protocol.close()
+            channel.close()
             raise
-        return protocol
+        return channel
 
-    async def _register(self, protocol: ClientProtocol) -> None:
+    async def _register(self, channel: Channel) -> None:
         config = self.config
         try:
-            tid = await protocol.request('register', config.storage, config.read_only)
-            protocol.read_only = config.read_only
+            tid = await channel.request('register', config.storage, config.read_only)
+            channel.read_only = config.read_only
         except ReadOnlyError:
             if not config.read_only_fallback:
                 raise
-            tid = await protocol.request('register', config.storage, True)
-            protocol.read_only = True
+            tid = await channel.request('register', config.storage, True)
+            channel.read_only = True
         if tid is None:  # only very old servers
-            tid = await protocol.request('lastTransaction')
-        protocol.server_tid = tid
-        protocol.registered = True
+            tid = await channel.request('lastTransaction')
+        channel.server_tid = tid
+        channel.registered = True
         if config.client_label:
-            protocol.one_way('set_client_label', (config.client_label,))
+            channel.one_way('set_client_label', (config.client_label,))
 
-    async def _activate(self, protocol: ClientProtocol) -> None:
-        """Verify the cache against *protocol*'s server and make it the
+    async def _activate(self, channel: Channel) -> None:
+        """Verify the cache against *channel*'s server and make it the
         connection in use.  Called holding the activation lock."""
-        old = self.protocol
+        old = self.channel
         if old is not None:
             # An upgrade: leave the read-only server first, so that the
             # cache is verified against one server only.
             logger.info('%s: switching from read-only %s to writable %s',
                         self.config.display_name, describe(old.address),
-                        describe(protocol.address))
+                        describe(channel.address))
             self._deactivate(old)
             old.close()
         cache = self.cache
-        server_tid: bytes = protocol.server_tid  # type: ignore[assignment]  # registered
+        server_tid: bytes = channel.server_tid  # type: ignore[assignment]  # registered
         cache_tid = cache.getLastTid()
-        info_reply = protocol.request('get_info')
+        info_reply = channel.request('get_info')
         invalidations = None
         if cache_tid is not None and cache_tid < server_tid:
-            invalidations = protocol.request('getInvalidations', cache_tid)
+            invalidations = channel.request('getInvalidations', cache_tid)
         if invalidations is None:
             info, changes = await info_reply, None
         else:
             # Both, so that when the connection drops neither failure is
             # left unretrieved (asyncio would log it).
             info, changes = await asyncio.gather(info_reply, invalidations)
-        if protocol.closed:
+        if channel.closed:
             raise ClientDisconnected('connection lost while verifying the cache')
         # From here to the end nothing awaits: no other message is handled
         # until the connection is in use (Rule 2).
-        last = self._verify(protocol, cache_tid, server_tid,
+        last = self._verify(channel, cache_tid, server_tid,
                             invalidations is not None, changes)
-        queued, protocol.queue = protocol.queue or [], None
+        queued, channel.queue = channel.queue or [], None
         for args in queued:
             if args[0] > last:
                 self._invalidate(*args)
-        self.protocol = protocol
-        with protocol.lock:
-            protocol.active = not protocol.closed
+        self.channel = channel
         self.generation += 1
         self._failures = 0
         reconnected = self.ever_connected
         self.ever_connected = True
         logger.info('%s: %s to %s%s (%s)', self.config.display_name,
                     'reconnected' if reconnected else 'connected',
-                    describe(protocol.address),
-                    ' read-only' if protocol.read_only else '', self.verify_result)
-        self.client.notify_connected(protocol, dict(info))
+                    describe(channel.address),
+                    ' read-only' if channel.read_only else '', self.verify_result)
+        self.client.notify_connected(channel, dict(info))
         self.connected.set()
-        self._flush_waiting(protocol)
-        if not (self.config.read_only_fallback and protocol.read_only):
+        if not (self.config.read_only_fallback and channel.read_only):
             current = asyncio.current_task()
             for task in list(self._attempts.values()):
                 if task is not current:
                     task.cancel()
-            for other in list(self._protocols):
-                if other is not protocol:
+            for other in list(self._channels):
+                if other is not channel:
                     other.close()
 
-    def _verify(self, protocol: ClientProtocol, cache_tid: bytes | None,
+    def _verify(self, channel: Channel, cache_tid: bytes | None,
                 server_tid: bytes, asked: bool, changes: Any) -> bytes:
         """Bring the cache in line with the server; return the last tid."""
         cache = self.cache
@@ -374,7 +378,7 @@ class ConnectionManager:
                 '%s: the server at %s is at transaction %s, behind this '
                 "client's cache (%s): it was probably restored from a backup. "
                 'Dropping the cache and carrying on with the server\'s data.',
-                name, describe(protocol.address), tid_repr(server_tid),
+                name, describe(channel.address), tid_repr(server_tid),
                 tid_repr(cache_tid))
             drop = True
         elif not asked or changes is None or changes[0] < server_tid:
@@ -410,37 +414,35 @@ class ConnectionManager:
             cache.setLastTid(last)
         return last
 
-    def _deactivate(self, protocol: ClientProtocol) -> None:
-        with protocol.lock:
-            protocol.active = False
-        self.protocol = None
+    def _deactivate(self, channel: Channel) -> None:
+        self.channel = None
         self.connected.clear()
         try:
-            self.client.notify_disconnected(protocol)
+            self.client.notify_disconnected(channel)
         except Exception:
             logger.exception('%s: notify_disconnected failed', self.config.display_name)
 
-    # -- the handler interface of ClientProtocol ------------------------------
+    # -- the handler interface of Channel ------------------------------
 
-    def protocol_agreed(self, protocol: ClientProtocol) -> None:
-        pass  # the attempt awaits protocol.handshake_done
+    def protocol_agreed(self, channel: Channel) -> None:
+        pass  # the attempt awaits channel.handshake_done
 
-    def protocol_lost(self, protocol: ClientProtocol, exc: Exception | None) -> None:
-        self._protocols.discard(protocol)
-        if protocol is self.protocol:
-            self._deactivate(protocol)
+    def protocol_lost(self, channel: Channel, exc: Exception | None) -> None:
+        self._channels.discard(channel)
+        if channel is self.channel:
+            self._deactivate(channel)
             logger.warning('%s: disconnected from %s%s', self.config.display_name,
-                           describe(protocol.address),
+                           describe(channel.address),
                            f': {exception_text(exc)}' if exc else '')
             if not self.closed:
                 self._start_attempts()
-        elif self.protocol is not None and self.protocol.read_only \
+        elif self.channel is not None and self.channel.read_only \
                 and self.config.read_only_fallback and not self.closed:
             self._start_attempts()
 
-    def load_reply(self, protocol: ClientProtocol, oid: bytes, tid: bytes,
+    def load_reply(self, channel: Channel, oid: bytes, tid: bytes,
                    result: Any) -> None:
-        if protocol is not self.protocol or result is None:
+        if channel is not self.channel or result is None:
             return
         data, start, end = result
         try:
@@ -449,20 +451,20 @@ class ConnectionManager:
             logger.error('%s: %s; forgetting the object', self.config.display_name, error)
             self.cache.invalidate(oid, None)
 
-    def server_message(self, protocol: ClientProtocol, method: str,
+    def server_message(self, channel: Channel, method: str,
                        args: tuple[Any, ...]) -> None:
         if method == 'invalidateTransaction':
-            if protocol is self.protocol:
+            if channel is self.channel:
                 self._invalidate(*args)
-            elif protocol.queue is not None:
-                protocol.queue.append(args)
+            elif channel.queue is not None:
+                channel.queue.append(args)
         elif method == 'info':
-            if protocol is self.protocol:
+            if channel is self.channel:
                 self.client.info(args[0])
         elif method in ('receiveBlobStart', 'receiveBlobChunk', 'receiveBlobStop'):
             getattr(self.client, method)(*args)
         else:
-            logger.warning('%r: ignoring the unknown server message %s', protocol,
+            logger.warning('%r: ignoring the unknown server message %s', channel,
                            peer_repr(method))
 
     # -- consistency ------------------------------------------------------------
@@ -487,7 +489,7 @@ class ConnectionManager:
             cache.setLastTid(tid)
         self.last_invalidation = (tid, time.time())
 
-    def transaction_finished(self, protocol: ClientProtocol, tid: Any,
+    def transaction_finished(self, channel: Channel, tid: Any,
                              updates: Any, callback: Callable[[bytes], Any]) -> bytes:
         """Run on the loop when ``tpc_finish`` answered *tid*: update the
         cache with the transaction's records, then move the last tid and
@@ -495,64 +497,27 @@ class ConnectionManager:
         if type(tid) is not bytes:
             raise StorageTransactionError(
                 'the server does not know this transaction (tpc_finish)')
-        if protocol is self.protocol:
-            cache = self.cache
-            for oid, data, resolved in updates:
-                try:
-                    cache.invalidate(oid, tid)
-                    if data is not None and not resolved:
-                        cache.store(oid, tid, None, data)
-                except CacheConsistencyError:
-                    cache.invalidate(oid, None)
+        if channel is self.channel:
+            update_after_commit(self.cache, tid, updates)
         with self.visibility:
-            if protocol is self.protocol:
+            if channel is self.channel:
                 last = self.cache.getLastTid()
                 if last is None or tid > last:
                     self.cache.setLastTid(tid)
             callback(tid)
         return tid
 
-    # -- calls from application threads (via the runner) ------------------------
-
-    def submit(self, method: str, args: tuple[Any, ...], waiter: Any,
-               protocol: ClientProtocol | None, timeout: float | None) -> None:
-        if protocol is None:
-            current = self.protocol
-            if current is None:
-                self._wait_then(lambda p: p.call(method, args, waiter), waiter, timeout)
-                return
-            current.call(method, args, waiter)
-        elif protocol is self.protocol:
-            protocol.call(method, args, waiter)
-        else:
-            waiter.set_exception(ClientDisconnected(
-                f'the connection to {describe(protocol.address)} is gone'))
-
-    def submit_load(self, oid: bytes, tid: bytes, waiter: Any) -> None:
-        current = self.protocol
-        if current is None:
-            self._wait_then(lambda p: p.load(oid, tid, waiter), waiter, None)
-        else:
-            current.load(oid, tid, waiter)
-
-    def submit_one_way(self, protocol: ClientProtocol | None, method: str,
-                       args: tuple[Any, ...]) -> None:
-        target = self.protocol if protocol is None else protocol
-        if target is not None and target is self.protocol:
-            target.one_way(method, args)
-
-    def submit_stream(self, protocol: ClientProtocol, messages: Any) -> None:
-        if protocol is self.protocol:
-            protocol.stream(messages)
+    # -- called by application threads ------------------------------------------------
 
     def prefetch(self, oids: list[bytes], tid: bytes) -> None:
-        protocol = self.protocol
-        if protocol is None:
+        """Start loading what the cache lacks of *oids* as of *tid*."""
+        channel = self.channel
+        if channel is None:
             return
         load_before = self.cache.loadBefore
         for oid in oids:
-            if not protocol.loading(oid, tid) and load_before(oid, tid) is None:
-                protocol.load(oid, tid, None)
+            if not channel.loading(oid, tid) and load_before(oid, tid) is None:
+                channel.prefetch(oid, tid)
 
     def forget_history(self, result: Any = None) -> Any:
         """Empty the cache but keep its last tid (after a pack)."""
@@ -565,36 +530,11 @@ class ConnectionManager:
         return result
 
     def forget_current(self, oid: bytes) -> None:
-        """Drop the cached current record of *oid* (after a conflict)."""
-        self.cache.invalidate(oid, None)
-
-    def _wait_then(self, send: Callable[[ClientProtocol], None], waiter: Any,
-                   timeout: float | None) -> None:
-        """Send once connected, or fail after the wait timeout."""
-        if self.closed:
-            waiter.set_exception(ClientDisconnected('the client storage is closed'))
+        """Drop the cached current record of *oid* (after a conflict):
+        under the channel's lock, so in order with the messages handled."""
+        channel = self.channel
+        if channel is None:
+            self.cache.invalidate(oid, None)
             return
-        if not self.ever_connected and not self.config.wait:
-            waiter.set_exception(ClientDisconnected('never connected'))
-            return
-        if timeout is None:
-            timeout = self.config.wait_timeout
-        if timeout <= 0:
-            waiter.set_exception(ClientDisconnected('not connected'))
-            return
-        entry: list[Any] = [send, waiter, None]
-        entry[2] = self.loop.call_later(timeout, self._expire, entry)
-        self._waiting.append(entry)
-
-    def _expire(self, entry: list[Any]) -> None:
-        try:
-            self._waiting.remove(entry)
-        except ValueError:
-            return
-        entry[1].set_exception(ClientDisconnected('timed out waiting for connection'))
-
-    def _flush_waiting(self, protocol: ClientProtocol) -> None:
-        waiting, self._waiting = self._waiting, []
-        for send, _, timer in waiting:
-            timer.cancel()
-            send(protocol)
+        with channel.lock:
+            self.cache.invalidate(oid, None)
