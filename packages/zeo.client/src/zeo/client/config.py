@@ -54,7 +54,8 @@ IGNORED_OPTIONS = frozenset({
 _NONE_IS_DEFAULT = frozenset({
     'wait_timeout', 'disconnect_poll', 'max_disconnect_poll', 'cache_size',
     'blob_cache_size_check', 'name', 'storage', 'heartbeat_interval',
-    'limits', 'event_loop', 'direct_calls', 'accept_pickle_servers'})
+    'limits', 'event_loop', 'direct_calls', 'accept_pickle_servers',
+    'server_behind_wait'})
 
 # Options with another name in older configurations.
 _ALIASES = {'min_disconnect_poll': 'disconnect_poll'}
@@ -121,10 +122,11 @@ class ClientConfig:
     The option names (and defaults) are the reference ``ClientStorage``'s;
     ``disconnect_poll``/``max_disconnect_poll`` bound the reconnect
     backoff and ``heartbeat_interval`` is the keep-alive period;
-    ``event_loop``, ``direct_calls`` and ``accept_pickle_servers`` are
-    ours: which loop runs the connections, whether application threads
-    read and write the socket for their own calls, and whether a server
-    that speaks pickle (``Z5``) is acceptable.
+    ``event_loop``, ``direct_calls``, ``accept_pickle_servers`` and
+    ``server_behind_wait`` are ours: which loop runs the connections,
+    whether application threads read and write the socket for their own
+    calls, whether a server that speaks pickle (``Z5``) is acceptable, and
+    how long a server behind the client's cache is refused.
     """
 
     addresses: tuple[Address, ...]
@@ -168,6 +170,13 @@ class ClientConfig:
     #: zeo.client.server_pickles), and a man in the middle of a
     #: connection without TLS can pose as one.
     accept_pickle_servers: bool = True
+    #: How long a server at an older transaction than this client has
+    #: seen is refused (and retried) before the client drops its cache and
+    #: carries on with that server's data (seconds; 0: at once). A front
+    #: or a standby catching up is used as soon as it has; a server
+    #: restored from a backup, after this wait (see
+    #: zeo.client.connections.manager).
+    server_behind_wait: float = 60.0
 
     def __post_init__(self) -> None:
         check_event_loop(self.event_loop)
@@ -189,6 +198,7 @@ class ClientConfig:
         _seconds('disconnect_poll', self.disconnect_poll)
         _seconds('max_disconnect_poll', self.max_disconnect_poll)
         _seconds('heartbeat_interval', self.heartbeat_interval)
+        _seconds('server_behind_wait', self.server_behind_wait, zero=True)
         if self.max_disconnect_poll < self.disconnect_poll:
             raise ValueError('max_disconnect_poll must not be less than '
                              'disconnect_poll')

@@ -18,6 +18,7 @@ __all__ = [
     'ClientStorageError',
     'PickleServerRefused',
     'ProtocolError',
+    'ServerBehind',
     'ServerException',
 ]
 
@@ -45,6 +46,11 @@ class ProtocolError(ClientStorageError):
 class PickleServerRefused(ProtocolError):
     """The server speaks pickle (``Z5``), which the client was configured
     to refuse (``accept_pickle_servers=False``)."""
+
+
+class ServerBehind(ClientStorageError):
+    """The server is at an older transaction than this client has seen:
+    not used until it catches up, for at most ``server_behind_wait``."""
 
 
 #: An exception the server raised that we don't rebuild: its class name

@@ -249,6 +249,8 @@ def storage_arguments(section: Any) -> tuple[list[Address], dict[str, Any]]:
         kwargs['direct_calls'] = section.direct_calls
     if section.accept_pickle_servers is not None:
         kwargs['accept_pickle_servers'] = section.accept_pickle_servers
+    if section.server_behind_wait is not None:
+        kwargs['server_behind_wait'] = section.server_behind_wait
     return addresses, kwargs
 
 

@@ -16,7 +16,7 @@ Rules:
    instances are not thread-safe; a storage without it is used itself and
    must be thread-safe, as FileStorage is) and gives it back in the thread
    where the storage transaction ends (the served storage keeps a few
-   clean ones for the next transactions and ``release``\ s the others).
+   clean ones for the next transactions and releases the others).
    The loop keeps the main instance for loads and never touches the
    transaction's.
 2. One call at a time, in order. ``vote``, ``finish`` and the ending run

@@ -57,9 +57,14 @@ Verification, given the server's last tid at registration and the cache's:
 * cache older: ``getInvalidations(cache_tid)``; a reply drops the
   listed objects' current records and tells the database; ``None`` (the
   server's queue doesn't reach back that far) drops the cache;
-* cache *newer* (the server was restored from a backup): one clear error
-  line, the cache is dropped, and the client carries on.  The reference
-  refuses to connect until someone deletes the cache file.
+* cache *newer*: the server is behind what this client has seen.  It may
+  be catching up (another front of the same database, a standby): it is
+  refused (`ServerBehind`, a WARNING line) and tried again, with the
+  usual backoff, for up to ``server_behind_wait`` seconds from the first
+  refusal, so the client never goes back in time.  If it is still behind
+  then (it was restored from a backup), one clear error line, the cache
+  is dropped, and the client carries on with the server's data.  The
+  reference refuses such a server until someone deletes the cache file.
 """
 from __future__ import annotations
 
@@ -78,7 +83,7 @@ from zeo.protocol import exception_text, peer_repr
 
 from zeo.client.cache import CacheConsistencyError
 from zeo.client.cache import update_after_commit
-from zeo.client.errors import ClientDisconnected, PickleServerRefused
+from zeo.client.errors import ClientDisconnected, PickleServerRefused, ServerBehind
 from zeo.client.interfaces import IConnectionManager, StaleCache
 from zeo.client.connections import locks
 from zeo.client.connections.adapter import ClientAdapter
@@ -144,6 +149,9 @@ class ConnectionManager:
         self._attempts: dict[Any, asyncio.Task[None]] = {}
         self._activation = asyncio.Lock()
         self._failures = 0
+        #: When a server behind the cache was first refused (Rule: never
+        #: back in time, for up to server_behind_wait).
+        self._behind_since: float | None = None
         # Addresses of pickle servers we refused (see _attempt).
         self._refused: set[Any] = set()
 
@@ -341,6 +349,7 @@ class ConnectionManager:
         self.channel = channel
         self.generation += 1
         self._failures = 0
+        self._behind_since = None
         reconnected = self.ever_connected
         self.ever_connected = True
         logger.info('%s: %s to %s%s (%s)', self.config.display_name,
@@ -373,13 +382,27 @@ class ConnectionManager:
         elif cache_tid == server_tid:
             self.verify_result = 'cache up to date'
         elif cache_tid > server_tid:
+            now = time.monotonic()
+            if self._behind_since is None:
+                self._behind_since = now
+            waited = now - self._behind_since
+            if waited < self.config.server_behind_wait:
+                logger.warning(
+                    '%s: the server at %s is at transaction %s, behind this '
+                    "client's cache (%s): not using it yet (it may be catching "
+                    'up); after %.0f s more it is used all the same, dropping '
+                    'the cache (server_behind_wait)', name,
+                    describe(channel.address), tid_repr(server_tid), tid_repr(cache_tid),
+                    self.config.server_behind_wait - waited)
+                raise ServerBehind(f'the server is at {tid_repr(server_tid)}, behind '
+                                   f"this client's cache ({tid_repr(cache_tid)})")
             self.verify_result = 'server behind cache'
             logger.error(
                 '%s: the server at %s is at transaction %s, behind this '
-                "client's cache (%s): it was probably restored from a backup. "
-                'Dropping the cache and carrying on with the server\'s data.',
+                "client's cache (%s) for %.0f s: it was probably restored from a "
+                "backup. Dropping the cache and carrying on with the server's data.",
                 name, describe(channel.address), tid_repr(server_tid),
-                tid_repr(cache_tid))
+                tid_repr(cache_tid), waited)
             drop = True
         elif not asked or changes is None or changes[0] < server_tid:
             self.verify_result = 'cache too old'

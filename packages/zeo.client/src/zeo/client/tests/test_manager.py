@@ -3,6 +3,7 @@ restarts, cache verification, read-only fallback, timeouts, disconnects."""
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 import unittest
@@ -79,12 +80,58 @@ class RestartTests(ServerFixture):
         self.stop()
         os.remove(self.path)  # the "backup" is an empty database
         with self.assertLogs('zeo.client', 'ERROR') as logged:
-            client, db = self.reopen(client='c', var=cache_dir)
+            client, db = self.reopen(client='c', var=cache_dir, server_behind_wait=0)
         self.assertIn('restored from a backup', '\n'.join(logged.output))
         self.assertEqual(client._manager.verify_result, 'server behind cache')
         self.assertEqual(db.cache_invalidations, 1)
         self.assertEqual(client.lastTransaction(), z64)
         self.assertRaises(POSKeyError, client.load, OID1)
+
+    def test_a_server_behind_the_cache_is_not_used_until_it_catches_up(self):
+        # A front or a standby that has not yet heard of the client's last
+        # commit: using it would take the client back in time (and drop
+        # its cache). It is refused and retried until it has caught up.
+        cache_dir = os.path.join(self.directory, 'var')
+        os.mkdir(cache_dir)
+        client = self.client(client='c', var=cache_dir)
+        tid1 = commit(client, (OID1, z64, b'a1'))
+        self.stop()
+        behind = self.path + '.behind'
+        shutil.copyfile(self.path, behind)
+        self.start_server()
+        wait_until(client.is_connected, message='a connection')
+        tid2 = commit(client, (OID1, tid1, b'a2'))
+        client.close()
+        self.stop()
+        caught_up = self.path + '.caught-up'
+        for name in ('', '.index', '.tmp', '.lock'):
+            if os.path.exists(self.path + name):
+                os.rename(self.path + name, caught_up + name)
+        shutil.copyfile(behind, self.path)
+        with self.assertLogs('zeo.client', 'WARNING') as logged:
+            client, db = self.reopen_lagging(client='c', var=cache_dir, server_behind_wait=30)
+            wait_until(lambda: 'not using it yet' in '\n'.join(logged.output),
+                       message='a refusal')
+        self.assertFalse(client.is_connected())
+        # The server catches up: the client uses it, keeping its cache.
+        self.stop()
+        for name in ('', '.index', '.tmp', '.lock'):
+            if os.path.exists(self.path + name):
+                os.remove(self.path + name)
+            if os.path.exists(caught_up + name):
+                os.rename(caught_up + name, self.path + name)
+        self.start_server()
+        wait_until(client.is_connected, message='a connection')
+        self.assertEqual(client._manager.verify_result, 'cache up to date')
+        self.assertEqual(db.cache_invalidations, 0)
+        self.assertEqual(client.load(OID1), (b'a2', tid2))
+
+    def reopen_lagging(self, **options):
+        """`reopen`, without waiting for the connection."""
+        db = RecordingDB()
+        client = self.client(wait=False, db=db, **options)
+        self.start_server()
+        return client, db
 
     def test_a_transaction_cut_by_a_disconnect_cannot_commit(self):
         client = self.client()

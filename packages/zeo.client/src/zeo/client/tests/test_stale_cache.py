@@ -63,7 +63,7 @@ class ServerBehindTests(Subscribed):
         self.stop()
         os.remove(self.path)  # the "backup" is an empty database
         with self.assertLogs('zeo.client', 'ERROR'):
-            client, _ = self.reopen(client='c', var=cache_dir)
+            client, _ = self.reopen(client='c', var=cache_dir, server_behind_wait=0)
         [(event, _)] = self.events
         self.assertIs(event.storage, client)
         self.assertEqual(event.reason, 'server behind cache')
@@ -88,7 +88,7 @@ class ServerBehindTests(Subscribed):
         zope.event.subscribers.append(fail)
         self.addCleanup(zope.event.subscribers.remove, fail)
         with self.assertLogs('zeo.client', 'ERROR') as logged:
-            client, _ = self.reopen(client='c', var=cache_dir)
+            client, _ = self.reopen(client='c', var=cache_dir, server_behind_wait=0)
         self.assertIn('StaleCache subscriber failed', '\n'.join(logged.output))
         self.assertEqual(client._manager.verify_result, 'server behind cache')
         self.assertTrue(client.is_connected())
