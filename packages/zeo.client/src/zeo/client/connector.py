@@ -75,6 +75,7 @@ from zeo.client.cache import CacheConsistencyError
 from zeo.client.config import ClientConfig
 from zeo.client.errors import ClientDisconnected, PickleServerRefused
 from zeo.client.interfaces import IConnectionManager, StaleCache
+from zeo.client.load_refs import cache_reply
 from zeo.client.protocol import ClientProtocol, describe
 
 __all__ = ['ConnectionManager', 'CONNECT_TIMEOUT']
@@ -257,7 +258,8 @@ class ConnectionManager:
                 loop, address, self, limits=config.limits,
                 heartbeat_interval=config.heartbeat_interval,
                 direct_calls=config.direct_calls,
-                accept_pickle=config.accept_pickle_servers)
+                accept_pickle=config.accept_pickle_servers,
+                load_refs=config.load_refs)
             self._protocols.add(protocol)
             return protocol
 
@@ -442,12 +444,7 @@ class ConnectionManager:
                    result: Any) -> None:
         if protocol is not self.protocol or result is None:
             return
-        data, start, end = result
-        try:
-            self.cache.store(oid, start, end, data)
-        except CacheConsistencyError as error:
-            logger.error('%s: %s; forgetting the object', self.config.display_name, error)
-            self.cache.invalidate(oid, None)
+        cache_reply(self.cache, oid, result, self.config.display_name)
 
     def server_message(self, protocol: ClientProtocol, method: str,
                        args: tuple[Any, ...]) -> None:

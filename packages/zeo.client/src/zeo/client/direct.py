@@ -193,6 +193,7 @@ class DirectCalls:
     _waiters: dict[Any, Any]
     _next_id: int
     _connection: Any
+    load_method: str
     _corked: list[bytes] | None
     _pending: Any
     _paused: bool
@@ -229,7 +230,7 @@ class DirectCalls:
             waiters = self._waiters.get(key)
             if waiters is None:
                 self._waiters[key] = [waiter]
-                self._send_here(self._connection.send(Call(key, 'loadBefore', key)))
+                self._send_here(self._connection.send(Call(key, self.load_method, key)))
             else:
                 waiters.append(waiter)
         self._read_for(waiter)

@@ -64,6 +64,7 @@ from zeo.protocol import (
 from zeo.protocol.zodb_errors import neutralise_get_pickle_metadata
 
 from zeo.client import direct
+from zeo.client import load_refs as load_refs_
 from zeo.client.errors import ClientDisconnected, PickleServerRefused
 from zeo.client.server_pickles import allowed_server_globals
 
@@ -106,7 +107,7 @@ class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
                  handler: Any, *, limits: ProtocolLimits,
                  heartbeat_interval: float = 60.0,
                  direct_calls: bool = False,
-                 accept_pickle: bool = True) -> None:
+                 accept_pickle: bool = True, load_refs: bool = False) -> None:
         # No ConflictError built from server data may unpickle it.
         neutralise_get_pickle_metadata()
         self.loop = loop
@@ -145,7 +146,10 @@ class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
         #: The server's last tid, as ``register`` answered it.
         self.server_tid: bytes | None = None
         self._connection = ClientConnection(
-            limits=limits, pickle_globals=_PICKLE_GLOBALS)
+            limits=limits, pickle_globals=_PICKLE_GLOBALS,
+            capabilities=load_refs_.capabilities(load_refs))
+        #: ``loadBefore``, or ``loadBeforeRefs`` once agreed (load_refs).
+        self.load_method = load_refs_.LOAD_METHOD
         self._waiters: dict[Any, Any] = {}
         self._next_id = 1
         self._heartbeat_interval = heartbeat_interval
@@ -329,6 +333,7 @@ class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
                 self._refuse_pickle()
                 return
             self.agreed = event
+            self.load_method = load_refs_.load_method(event)
             answer = self._connection.data_to_send()
             if answer:
                 self._write(answer)
@@ -359,6 +364,8 @@ class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
             self.handler.load_reply(self, msgid[0], msgid[1], result)
         except Exception:
             logger.exception('%r: caching a load reply failed', self)
+        if self.load_method is not load_refs_.LOAD_METHOD:
+            result = load_refs_.waiter_result(result)
         for waiter in waiters or ():
             _settle(waiter, result)
 
@@ -396,7 +403,8 @@ class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
         return future
 
     def load(self, oid: bytes, tid: bytes, waiter: Any) -> None:
-        """``loadBefore(oid, tid)``; identical loads in flight share one
+        """``loadBefore(oid, tid)`` (or ``loadBeforeRefs``, see
+        zeo.client.load_refs); identical loads in flight share one
         request.  *waiter* may be None (a prefetch nobody waits for)."""
         with self.lock:
             if self.closed:
@@ -411,7 +419,7 @@ class ClientProtocol(direct.DirectCalls, asyncio.BufferedProtocol):
                     waiters.append(waiter)
                 return
             self._waiters[key] = [waiter] if waiter is not None else []
-            self._write(self._connection.send(Call(key, 'loadBefore', key)))
+            self._write(self._connection.send(Call(key, self.load_method, key)))
 
     def loading(self, oid: bytes, tid: bytes) -> bool:
         """Tell whether ``loadBefore(oid, tid)`` is in flight."""

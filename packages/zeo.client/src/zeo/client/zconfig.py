@@ -249,6 +249,8 @@ def storage_arguments(section: Any) -> tuple[list[Address], dict[str, Any]]:
         kwargs['direct_calls'] = section.direct_calls
     if section.accept_pickle_servers is not None:
         kwargs['accept_pickle_servers'] = section.accept_pickle_servers
+    if section.load_refs is not None:
+        kwargs['load_refs'] = section.load_refs
     return addresses, kwargs
 
 

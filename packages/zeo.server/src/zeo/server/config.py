@@ -38,6 +38,8 @@ __all__ = [
     "DEFAULT_MAX_TOTAL_OUTPUT_BUFFER",
     "DEFAULT_MAX_CONNECTIONS_PER_ADDRESS",
     "DEFAULT_MONITOR_SLOW_TRANSACTION",
+    "DEFAULT_MAX_LOAD_REFS_RECORDS",
+    "DEFAULT_MAX_LOAD_REFS_BYTES",
     "ServerConfig",
 ]
 
@@ -126,6 +128,14 @@ DEFAULT_MAX_TOTAL_OUTPUT_BUFFER = 1 << 30
 #: sites run many application processes per host, each with a connection
 #: per storage. Unix socket connections count only toward max_connections.
 DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 1000
+
+# -- loads that bring referenced records (see zeo.server.load_refs) -----------
+#: Per call, per connection: most extra records a ``loadBeforeRefs`` reply
+#: carries (at most twice as many loads tried); a connection also keeps
+#: up to 64 times as many oids (8 bytes each) to go on with its walk.
+DEFAULT_MAX_LOAD_REFS_RECORDS = 64
+#: Per call, per connection: most bytes of extra record data in one reply.
+DEFAULT_MAX_LOAD_REFS_BYTES = 256 * 1024
 
 # -- the monitor endpoint (see zeo.server.monitor) -----------------------------
 #: Seconds of holding the commit lock from which a transaction is listed
@@ -225,6 +235,10 @@ class ServerConfig:
     #: None (the default): registering clients do not wait.
     commit_source_primary_dsn: str | None = None
     commit_source_catch_up_timeout: float = DEFAULT_COMMIT_SOURCE_CATCH_UP_TIMEOUT
+    #: Offer our clients loads that bring referenced records (zeo.server.load_refs).
+    load_refs: bool = True
+    max_load_refs_records: int = DEFAULT_MAX_LOAD_REFS_RECORDS
+    max_load_refs_bytes: int = DEFAULT_MAX_LOAD_REFS_BYTES
 
     def __post_init__(self) -> None:
         check_event_loop(self.event_loop)
@@ -283,6 +297,8 @@ class ServerConfig:
             raise ValueError(f"monitor_address must be (host, port), not {address!r}")
         _check_seconds("slow_commit_threshold", self.slow_commit_threshold)
         _check_count("max_refusal_log_lines", self.max_refusal_log_lines)
+        _check_count("max_load_refs_records", self.max_load_refs_records)
+        _check_count("max_load_refs_bytes", self.max_load_refs_bytes)
         for name in ("max_total_input_buffer", "max_total_output_buffer"):
             value = getattr(self, name)
             if value is not None:
