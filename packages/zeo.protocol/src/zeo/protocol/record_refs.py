@@ -177,18 +177,15 @@ def persistent_references(data: Any, limit: Optional[int] = None) -> List[bytes]
         elif kind == _PUT or kind == _MEMOIZE:
             if len(stack) <= (marks[-1] if marks else 0):
                 break
-            if kind == _MEMOIZE:
-                key = len(memo)
-            else:
-                key = _memo_key(data, start, pos, argument)
-                if key is None:
-                    break
-            memo[key] = stack[-1]
-        elif kind == _GET:
-            key = _memo_key(data, start, pos, argument)
-            if key is None or key not in memo:
+            put = len(memo) if kind == _MEMOIZE else _memo_key(data, start, pos, argument)
+            if put is None:
                 break
-            stack.append(memo[key])
+            memo[put] = stack[-1]
+        elif kind == _GET:
+            get = _memo_key(data, start, pos, argument)
+            if get is None or get not in memo:
+                break
+            stack.append(memo[get])
         elif kind == _TUPLE_MARK:
             if not marks:
                 break
