@@ -23,11 +23,21 @@ Malformed input ends the walk: what was found so far is returned, and
 nothing is raised.  Work and memory are linear in the data's length.
 The answer only chooses which records a server offers; a wrong oid costs
 a wasted load, never a wrong cache entry.
+
+That is why a record longer than `FAST_SCAN_SIZE` (a container listing
+thousands of objects) is searched, six times faster, for the opcodes
+ZODB writes for a reference -- an 8-byte string, maybe a class (a
+``GLOBAL`` or a memo ``GET``) and ``TUPLE2``, ``BINPERSID``, memo
+``PUT``s between --
+rather than walked: the same answer for what ZODB writes, except that a
+repeated reference spelled with a memo ``GET`` is not seen again, and
+that such a sequence inside a string's bytes would be taken for one.
 """
 
 from __future__ import annotations
 
 import pickletools
+import re
 from typing import Any
 from typing import Dict
 from typing import List
@@ -35,11 +45,22 @@ from typing import Optional
 from typing import Tuple
 
 
-__all__ = ["LOAD_REFS", "persistent_references"]
+__all__ = ["FAST_SCAN_SIZE", "LOAD_REFS", "persistent_references"]
 
 #: The handshake capability by which our client and server agree on
 #: ``loadBeforeRefs`` (see docs/protocol.rst).
 LOAD_REFS = "load-refs"
+
+#: Records longer than this are searched rather than walked.
+FAST_SCAN_SIZE = 16 * 1024
+
+# A persistent id as ZODB writes it (protocols 1 to 3): SHORT_BINBYTES
+# or SHORT_BINSTRING, then (for an ``(oid, class)`` id) a GLOBAL or memo
+# GET and TUPLE2, then BINPERSID; memo PUTs allowed after each part.
+_PUT_RE = rb"(?:q.|r.{4}|\x94)?"
+_REFERENCE = re.compile(
+    rb"[CU]\x08(.{8})" + _PUT_RE + rb"(?:(?:c[^\n]*\n[^\n]*\n|h.|j.{4})" + _PUT_RE
+    + rb"\x86" + _PUT_RE + rb")?Q", re.S)
 
 # Kinds of opcode (the first field of a _SPECS entry).
 _GENERIC, _BYTES, _TUPLE_N, _TUPLE_MARK, _PUT, _MEMOIZE, _GET, _DUP, \
@@ -106,6 +127,12 @@ def persistent_references(data: Any, limit: Optional[int] = None) -> List[bytes]
     if b"Q" not in data:       # no BINPERSID byte at all: no reference
         return refs
     if limit is not None and limit <= 0:
+        return refs
+    if len(data) > FAST_SCAN_SIZE:
+        for match in _REFERENCE.finditer(data):
+            refs.append(match.group(1))
+            if limit is not None and len(refs) >= limit:
+                break
         return refs
     specs = _SPECS
     end = len(data)

@@ -132,7 +132,8 @@ DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 1000
 # -- loads that bring referenced records (see zeo.server.load_refs) -----------
 #: Per call, per connection: most extra records a ``loadBeforeRefs`` reply
 #: carries (at most twice as many loads tried); a connection also keeps
-#: up to 64 times as many oids (8 bytes each) to go on with its walk.
+#: up to 256 times as many oids (8 bytes each: 128 KiB with the
+#: default) to go on with its walk.
 DEFAULT_MAX_LOAD_REFS_RECORDS = 64
 #: Per call, per connection: most bytes of extra record data in one reply.
 DEFAULT_MAX_LOAD_REFS_BYTES = 256 * 1024

@@ -49,7 +49,7 @@ __all__ = ["LOAD_REFS", "PENDING_FACTOR", "RefLoads", "RefWalker"]
 logger = logging.getLogger("zeo.server")
 
 #: The remembered rest of a walk, in oids, per ``max_records``.
-PENDING_FACTOR = 64
+PENDING_FACTOR = 256
 
 
 class RefWalker:
@@ -64,34 +64,44 @@ class RefWalker:
         #: Concatenated 8-byte oids: the rest of the last walk.
         self._pending = b""
 
-    def _take_pending(self, oid: bytes) -> tuple[list[bytes], bytes]:
-        # The remembered oids after *oid* if it is among them, to walk
-        # now; else none now, and all of them to keep for later.
+    def _siblings(self, oid: bytes) -> tuple[bytes, bytes]:
+        # (the remembered oids after *oid*, to walk now, if it is among
+        # them; the remembered oids to keep behind this walk's own).
         pending = self._pending
         index = pending.find(oid)
         while index >= 0 and index % 8:
             index = pending.find(oid, index + 1)
         if index < 0:
-            return [], pending
-        pending = pending[index + 8:]
-        return [pending[i:i + 8] for i in range(0, len(pending), 8)], b""
+            return b"", pending
+        return pending[index + 8:], b""
 
     def extras(self, storage: Any, oid: bytes, tid: bytes,
                data: bytes) -> list[tuple[bytes, bytes, bytes, bytes | None]]:
         """The extra records for ``loadBefore(oid, tid)`` that answered
-        *data*: ``[(oid, data, start, end), ...]`` (Rules 1 to 3)."""
+        *data*: ``[(oid, data, start, end), ...]`` (Rules 1 to 3).  The
+        walk takes the loaded record's references, then its remembered
+        siblings, then the references of the records found, in order."""
         max_records = self.max_records
         wanted = self._max_pending + max_records
-        queue = collections.deque(persistent_references(data, wanted))
-        siblings, kept = self._take_pending(oid)
-        queue.extend(siblings)
+        own = collections.deque(persistent_references(data, wanted))
+        siblings, kept = self._siblings(oid)
+        cursor, end_of_siblings = 0, len(siblings)
+        later: collections.deque[bytes] = collections.deque()
         seen = {oid}
         found: list[tuple[bytes, bytes, bytes, bytes | None]] = []
         size = 0
         tries = 2 * max_records
         load_before = storage.loadBefore
-        while queue and len(found) < max_records and tries:
-            ref = queue.popleft()
+        while len(found) < max_records and tries:
+            if own:
+                ref = own.popleft()
+            elif cursor < end_of_siblings:
+                ref = siblings[cursor:cursor + 8]
+                cursor += 8
+            elif later:
+                ref = later.popleft()
+            else:
+                break
             if ref in seen:
                 continue
             seen.add(ref)
@@ -107,9 +117,9 @@ class RefWalker:
                 continue
             size += len(record)
             found.append((ref, record, start, end))
-            if len(queue) < wanted:
-                queue.extend(persistent_references(record, wanted - len(queue)))
-        rest = b"".join(ref for ref in queue if ref not in seen) + kept
+            if len(later) < wanted:
+                later.extend(persistent_references(record, wanted - len(later)))
+        rest = b"".join(own) + siblings[cursor:] + b"".join(later) + kept
         self._pending = rest[:8 * self._max_pending]
         return found
 

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from zeo.protocol.record_refs import FAST_SCAN_SIZE
 from zeo.protocol.record_refs import LOAD_REFS
 from zeo.protocol.record_refs import persistent_references
 
@@ -119,6 +120,39 @@ class RecordRefsTests(unittest.TestCase):
             for oid in storage._data:   # every record: the root, the tree's
                 data, _ = storage.load(oid)
                 self.assertEqual(persistent_references(data), referencesf(data))
+        finally:
+            db.close()
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from(OIDS), st.sampled_from(["tuple", "bare"]),
+                              st.one_of(st.none(), st.integers(), st.text("abc"))),
+                    unique_by=lambda item: item[0], max_size=30))
+    def test_big_records_are_searched_with_the_same_answer(self, items):
+        # Each oid once, no string that looks like a reference: as ZODB
+        # writes a container.
+        state = ["p" * FAST_SCAN_SIZE]
+        for oid, kind, other in items:
+            state += [Ref(oid, kind), other, {"k": other}]
+        data, persisted = record(state)
+        self.assertGreater(len(data), FAST_SCAN_SIZE)
+        self.assertEqual(persistent_references(data), persisted)
+
+    def test_a_big_container_written_by_zodb(self):
+        import transaction
+        import ZODB
+        from persistent.list import PersistentList
+        from persistent.mapping import PersistentMapping
+        from ZODB.serialize import referencesf
+        db = ZODB.DB(None)
+        try:
+            connection = db.open()
+            root = connection.root()
+            root["list"] = big = PersistentList(PersistentMapping() for _ in range(3000))
+            transaction.commit()
+            data, _ = db.storage.load(big._p_oid)
+            self.assertGreater(len(data), FAST_SCAN_SIZE)
+            self.assertEqual(persistent_references(data), referencesf(data))
+            self.assertEqual(persistent_references(data, 5), referencesf(data)[:5])
         finally:
             db.close()
 
