@@ -57,9 +57,10 @@ FAST_SCAN_SIZE = 16 * 1024
 # A persistent id as ZODB writes it (protocols 1 to 3): SHORT_BINBYTES
 # or SHORT_BINSTRING, then (for an ``(oid, class)`` id) a GLOBAL or memo
 # GET and TUPLE2, then BINPERSID; memo PUTs allowed after each part.
+# Every part has a bounded length, so the search is linear in the data.
 _PUT_RE = rb"(?:q.|r.{4}|\x94)?"
 _REFERENCE = re.compile(
-    rb"[CU]\x08(.{8})" + _PUT_RE + rb"(?:(?:c[^\n]*\n[^\n]*\n|h.|j.{4})" + _PUT_RE
+    rb"[CU]\x08(.{8})" + _PUT_RE + rb"(?:(?:c[^\n]{1,256}\n[^\n]{1,256}\n|h.|j.{4})" + _PUT_RE
     + rb"\x86" + _PUT_RE + rb")?Q", re.S)
 
 # Kinds of opcode (the first field of a _SPECS entry).

@@ -156,6 +156,13 @@ class RecordRefsTests(unittest.TestCase):
         finally:
             db.close()
 
+    def test_a_hostile_big_record_costs_linear_time(self):
+        # Many starts of a reference whose class line never ends: each
+        # attempt gives up after a bounded look, not at the end of the
+        # data (4,000 looks at 1.2 MB: seconds, growing with the square).
+        small = b"C\x08" + OIDS[1] + b"c" + b"x" * 300
+        self.assertEqual(persistent_references(small * 4000), [])
+
     def test_python2_records(self):
         # ZODB under Python 2 wrote oids as SHORT_BINSTRING.
         data = b"\x80\x02cmod\nK\nq\x01.\x80\x02]q\x02(U\x08" + OIDS[3] + b"h\x01\x86Qe."
