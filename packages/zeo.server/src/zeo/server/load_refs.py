@@ -24,14 +24,16 @@ the pickle).  Each load is an indexed storage read, like ``loadBefore``
 itself, so nothing here grows with the database.
 
 Rule 3: which records: the references of the loaded record, breadth
-first, then -- if the loaded oid is among them -- the remembered rest of
-the connection's previous walk after it.  That
-rest (at most `PENDING_FACTOR` times ``max_records`` oids, kept as one
-bytes object) lets the siblings of a leaf come with it: a client reading
-the 10,000 children of a container one by one asks for the first
-unsent one, and the walk goes on from there.  Only oids a record the
-client loaded refers to are remembered, so a client learns nothing it
-could not load itself.
+first, then -- if the loaded oid is among the next ``max_records`` of
+them -- the remembered rest of the connection's previous walk after it.
+That rest (at most `PENDING_FACTOR` times ``max_records`` oids, kept as
+one bytes object) lets the siblings of a leaf come with it: a client
+reading the 10,000 children of a container one by one asks for the
+first unsent one, and the walk goes on from there.  A load found further
+on only drops what it skipped, so a client reading at random is not
+sent siblings it will not read.  Only oids a record the client loaded
+refers to are remembered, so a client learns nothing it could not load
+itself.
 """
 
 from __future__ import annotations
@@ -65,15 +67,17 @@ class RefWalker:
         self._pending = b""
 
     def _siblings(self, oid: bytes) -> tuple[bytes, bytes]:
-        # (the remembered oids after *oid*, to walk now, if it is among
-        # them; the remembered oids to keep behind this walk's own).
+        # (the remembered oids to walk now, those to keep behind this
+        # walk's own): see Rule 3.
         pending = self._pending
         index = pending.find(oid)
         while index >= 0 and index % 8:
             index = pending.find(oid, index + 1)
         if index < 0:
             return b"", pending
-        return pending[index + 8:], b""
+        if index < 8 * self.max_records:
+            return pending[index + 8:], b""
+        return b"", pending[index + 8:]
 
     def extras(self, storage: Any, oid: bytes, tid: bytes,
                data: bytes) -> list[tuple[bytes, bytes, bytes, bytes | None]]:

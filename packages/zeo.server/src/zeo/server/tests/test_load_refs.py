@@ -148,6 +148,16 @@ class BoundTests(LoadRefsTestBase):
         self.load_refs(client, self.oids['row'])
         self.assertEqual(self.load_refs(client, self.oids['row_leaves'][2]), [])
 
+    def test_reading_at_random_brings_no_siblings(self):
+        client = self.client()
+        leaves = self.oids['row_leaves']
+        self.load_refs(client, self.oids['row'])      # 0-3 sent, 4-19 remembered
+        # Found further than max_records on: nothing, and 4-10 dropped.
+        self.assertEqual(self.load_refs(client, leaves[10]), [])
+        self.assertEqual(self.load_refs(client, leaves[5]), [])
+        # The walk goes on after the leaf read.
+        self.assertEqual([e[0] for e in self.load_refs(client, leaves[11])], leaves[12:16])
+
     def test_walks_are_per_connection(self):
         first, second = self.client(), self.client()
         leaves = self.oids['row_leaves']
