@@ -51,8 +51,9 @@ __all__ = ["FAST_SCAN_SIZE", "LOAD_REFS", "persistent_references"]
 #: ``loadBeforeRefs`` (see docs/protocol.rst).
 LOAD_REFS = "load-refs"
 
-#: Records longer than this are searched rather than walked.
-FAST_SCAN_SIZE = 16 * 1024
+#: Records longer than this are searched rather than walked (most
+#: objects and BTree buckets are shorter; a list of thousands, longer).
+FAST_SCAN_SIZE = 4 * 1024
 
 # A persistent id as ZODB writes it (protocols 1 to 3): SHORT_BINBYTES
 # or SHORT_BINSTRING, then (for an ``(oid, class)`` id) a GLOBAL or memo
