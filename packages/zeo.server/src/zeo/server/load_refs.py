@@ -23,17 +23,23 @@ candidates still wanted (`zeo.protocol.record_refs` builds nothing from
 the pickle).  Each load is an indexed storage read, like ``loadBefore``
 itself, so nothing here grows with the database.
 
-Rule 3: which records: the references of the loaded record, breadth
-first, then -- if the loaded oid is among the next ``max_records`` of
-them -- the remembered rest of the connection's previous walk after it.
+Rule 3: which records: the references of the loaded record, then those
+of the records found, in the order found (the loaded record's subtree,
+breadth first), then -- if the loaded oid is among the next
+``max_records`` of them -- the remembered rest of the connection's
+previous walk after it: its siblings.  The subtree first follows an
+application's way through a tree: reading a BTree's values, the next
+bucket comes with the last values of one, and its values with it.
 That rest (at most `PENDING_FACTOR` times ``max_records`` oids, kept as
 one bytes object) lets the siblings of a leaf come with it: a client
 reading the 10,000 children of a container one by one asks for the
 first unsent one, and the walk goes on from there.  A load found further
-on only drops what it skipped, so a client reading at random is not
-sent siblings it will not read.  Only oids a record the client loaded
-refers to are remembered, so a client learns nothing it could not load
-itself.
+on brings no siblings, so a client reading at random is not sent
+siblings it will not read; but the remembered walk goes on after it next
+time (what came before it is kept behind: records already sent may wait
+there for their references to be read).  Only oids a record the client
+loaded refers to are remembered, so a client learns nothing it could not
+load itself.
 """
 
 from __future__ import annotations
@@ -77,14 +83,12 @@ class RefWalker:
             return b"", pending
         if index < 8 * self.max_records:
             return pending[index + 8:], b""
-        return b"", pending[index + 8:]
+        return b"", pending[index + 8:] + pending[:index]
 
     def extras(self, storage: Any, oid: bytes, tid: bytes,
                data: bytes) -> list[tuple[bytes, bytes, bytes, bytes | None]]:
         """The extra records for ``loadBefore(oid, tid)`` that answered
-        *data*: ``[(oid, data, start, end), ...]`` (Rules 1 to 3).  The
-        walk takes the loaded record's references, then its remembered
-        siblings, then the references of the records found, in order."""
+        *data*: ``[(oid, data, start, end), ...]`` (Rules 1 to 3)."""
         max_records = self.max_records
         wanted = self._max_pending + max_records
         own = collections.deque(persistent_references(data, wanted))
@@ -99,11 +103,11 @@ class RefWalker:
         while len(found) < max_records and tries:
             if own:
                 ref = own.popleft()
+            elif later:
+                ref = later.popleft()
             elif cursor < end_of_siblings:
                 ref = siblings[cursor:cursor + 8]
                 cursor += 8
-            elif later:
-                ref = later.popleft()
             else:
                 break
             if ref in seen:
@@ -123,7 +127,7 @@ class RefWalker:
             found.append((ref, record, start, end))
             if len(later) < wanted:
                 later.extend(persistent_references(record, wanted - len(later)))
-        rest = b"".join(own) + siblings[cursor:] + b"".join(later) + kept
+        rest = b"".join(own) + b"".join(later) + siblings[cursor:] + kept
         self._pending = rest[:8 * self._max_pending]
         return found
 

@@ -152,11 +152,14 @@ class BoundTests(LoadRefsTestBase):
         client = self.client()
         leaves = self.oids['row_leaves']
         self.load_refs(client, self.oids['row'])      # 0-3 sent, 4-19 remembered
-        # Found further than max_records on: nothing, and 4-10 dropped.
+        # Found further than max_records on: nothing; 11-19 go first now,
+        # 4-9 behind them.
         self.assertEqual(self.load_refs(client, leaves[10]), [])
-        self.assertEqual(self.load_refs(client, leaves[5]), [])
-        # The walk goes on after the leaf read.
-        self.assertEqual([e[0] for e in self.load_refs(client, leaves[11])], leaves[12:16])
+        # Then 17-19, 4-9, 11-15.
+        self.assertEqual(self.load_refs(client, leaves[16]), [])
+        # The walk goes on after the leaf read, then with what was skipped.
+        self.assertEqual([e[0] for e in self.load_refs(client, leaves[17])],
+                         leaves[18:20] + leaves[4:6])
 
     def test_walks_are_per_connection(self):
         first, second = self.client(), self.client()
