@@ -50,6 +50,7 @@ from typing import Any
 
 from ZODB.POSException import POSKeyError
 
+from zeo.protocol import exception_text
 from zeo.protocol.record_refs import LOAD_REFS, persistent_references
 
 __all__ = ["LOAD_REFS", "PENDING_FACTOR", "RefLoads", "RefWalker"]
@@ -118,6 +119,10 @@ class RefWalker:
                 result = load_before(ref, tid)
             except POSKeyError:
                 continue
+            except Exception as error:
+                # The extras are a bonus: the load asked for stands.
+                logger.debug("loading an extra record failed: %s", exception_text(error))
+                break
             if result is None:
                 continue
             record, start, end = result

@@ -179,6 +179,36 @@ class ByteBoundTests(LoadRefsTestBase):
         self.assertLess(len(extras), LEAVES)
 
 
+class FailingStorage(FileStorage):
+    """Its loads of ``bad`` fail (as a broken disk would)."""
+
+    bad = None
+
+    def loadBefore(self, oid, tid):
+        if oid == self.bad:
+            raise OSError("a bad sector")
+        return super().loadBefore(oid, tid)
+
+
+class FailingExtraTests(LoadRefsTestBase):
+
+    def setUp(self):
+        self.directory = tempfile.mkdtemp(prefix='zeo-load-refs-')
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        path = os.path.join(self.directory, 'Data.fs')
+        self.oids = write_tree(path)
+        storage = FailingStorage(path)
+        storage.bad = self.oids['row_leaves'][3]
+        self.address, stop = zeo.server.server(storages={'1': storage})
+        self.addCleanup(stop)
+
+    def test_the_walk_stops_the_load_stands(self):
+        client = self.client()
+        data, start, end, extras = client.call('loadBeforeRefs', self.oids['row'], maxtid)
+        self.assertEqual([e[0] for e in extras], self.oids['row_leaves'][:3])
+        self.assertEqual(client.call('loadBefore', self.oids['row'], maxtid), (data, start, end))
+
+
 class ConfigTests(unittest.TestCase):
 
     def test_defaults(self):
