@@ -117,18 +117,23 @@ def make_payload(i):
 
 def populate(args):
     """Write ``--objects`` small PersistentMappings, listed in
-    ``root['objects']`` (a PersistentList), straight to a FileStorage."""
+    ``root['objects']`` (a PersistentList, one record referencing them
+    all) and indexed by number in ``root['tree']`` (an OOBTree, as an
+    application keeps many objects), straight to a FileStorage."""
     import transaction
     import ZODB
     import ZODB.FileStorage
+    from BTrees.OOBTree import OOBTree
     from persistent.list import PersistentList
     from persistent.mapping import PersistentMapping
     db = ZODB.DB(ZODB.FileStorage.FileStorage(args.path))
     conn = db.open()
     objects = PersistentList()
     conn.root()['objects'] = objects
+    tree = conn.root()['tree'] = OOBTree()
     for i in range(args.objects):
         objects.append(PersistentMapping({'payload': make_payload(i), 'v': 0}))
+        tree[i] = objects[-1]
         if i % 1000 == 999:
             transaction.commit()
     transaction.commit()
@@ -203,16 +208,24 @@ def _read_all(conn):
 def cold(args):
     """Read every object once from a fresh client: empty client cache,
     empty pickle cache; with ``--prefetch``, ``Connection.prefetch`` them
-    all first."""
+    all first; with ``--tree``, through ``root['tree'].values()``."""
     db = open_db(args)
     conn = db.open()
     clock = time.perf_counter
     started = clock()
-    objects = list(conn.root()['objects'])
-    if args.prefetch:
-        conn.prefetch(objects)
-    for obj in objects:
-        obj._p_activate()
+    if args.tree:
+        # The application's way through a BTree: buckets and values as
+        # the iteration reaches them.
+        objects = []
+        for obj in conn.root()['tree'].values():
+            obj._p_activate()
+            objects.append(obj)
+    else:
+        objects = list(conn.root()['objects'])
+        if args.prefetch:
+            conn.prefetch(objects)
+        for obj in objects:
+            obj._p_activate()
     elapsed = clock() - started
     count = len(objects)
     assert all(obj['payload'] for obj in objects)
@@ -462,6 +475,7 @@ def make_parser(workloads):
     parser.add_argument('--count', type=int, default=1000)
     parser.add_argument('--per-txn', type=int, default=1)
     parser.add_argument('--prefetch', action='store_true')
+    parser.add_argument('--tree', action='store_true')
     parser.add_argument('--passes', type=int, default=3)
     parser.add_argument('--duration', type=float, default=10.0)
     parser.add_argument('--reads', type=int, default=10)

@@ -127,10 +127,11 @@ def run_commit(per_txn, size_key, metric, result_key):
     return run
 
 
-def run_cold(prefetch, metric):
+def run_cold(prefetch, metric, tree=False):
     def run(bench, kind, encoding):
         with bench.server(kind, encoding) as server:
             extra = ['--prefetch'] if prefetch else []
+            extra += ['--tree'] if tree else []
             out = bench.client(kind, 'cold', '--addr', server.addr, *extra,
                                directory=server.directory)
         return {metric: out['objects_per_s']}, out
@@ -258,6 +259,9 @@ SCENARIOS = [
     Scenario('cold', 'cold reads through ZODB, no prefetch', [
         Metric('cold_read', 'cold read', 'obj/s', True, ('ratio_min', 3))],
         run_cold(False, 'cold_read')),
+    Scenario('cold_tree', 'cold reads through an OOBTree, no prefetch', [
+        Metric('cold_tree', 'cold read, BTree', 'obj/s', True, ('ratio_min', 3))],
+        run_cold(False, 'cold_tree', tree=True)),
     Scenario('prefetch', 'cold reads with Connection.prefetch', [
         Metric('cold_prefetch', 'cold read, prefetch', 'obj/s', True,
                ('ratio_min', 2))], run_cold(True, 'cold_prefetch')),
@@ -291,6 +295,7 @@ def titles(sizes):
     return {
         'cold_read': f"cold read {s['objects']:,} objects",
         'cold_prefetch': f"cold read {s['objects']:,}, prefetch",
+        'cold_tree': f"cold read {s['objects']:,}, BTree",
         'warm_read': f"warm read {s['objects']:,} objects",
         'clients': f"{s['clients']} clients, aggregate",
         'fanout': f"fan-out to {s['watchers']} clients",

@@ -55,7 +55,7 @@ _NONE_IS_DEFAULT = frozenset({
     'wait_timeout', 'disconnect_poll', 'max_disconnect_poll', 'cache_size',
     'blob_cache_size_check', 'name', 'storage', 'heartbeat_interval',
     'limits', 'event_loop', 'direct_calls', 'accept_pickle_servers',
-    'server_behind_wait'})
+    'server_behind_wait', 'load_refs'})
 
 # Options with another name in older configurations.
 _ALIASES = {'min_disconnect_poll': 'disconnect_poll'}
@@ -123,10 +123,11 @@ class ClientConfig:
     ``disconnect_poll``/``max_disconnect_poll`` bound the reconnect
     backoff and ``heartbeat_interval`` is the keep-alive period;
     ``event_loop``, ``direct_calls``, ``accept_pickle_servers`` and
-    ``server_behind_wait`` are ours: which loop runs the connections,
-    whether application threads read and write the socket for their own
-    calls, whether a server that speaks pickle (``Z5``) is acceptable, and
-    how long a server behind the client's cache is refused.
+    ``server_behind_wait`` and ``load_refs`` are ours: which loop runs the
+    connections, whether application threads read and write the socket
+    for their own calls, whether a server that speaks pickle (``Z5``) is
+    acceptable, how long a server behind the client's cache is refused,
+    and whether loads bring referenced records from a server of ours.
     """
 
     addresses: tuple[Address, ...]
@@ -177,10 +178,14 @@ class ClientConfig:
     #: restored from a backup, after this wait (see
     #: zeo.client.connections.manager).
     server_behind_wait: float = 60.0
+    #: Ask a server of ours to send, with each load, records the loaded
+    #: one references (its ``load-refs`` capability; see
+    #: zeo.client.load_refs).  ZEO servers never offer it.
+    load_refs: bool = True
 
     def __post_init__(self) -> None:
         check_event_loop(self.event_loop)
-        for key in ('direct_calls', 'accept_pickle_servers'):
+        for key in ('direct_calls', 'accept_pickle_servers', 'load_refs'):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f'{key} must be true or false, not {getattr(self, key)!r}')
         if not self.addresses:
@@ -236,7 +241,7 @@ class ClientConfig:
                     'server_sync', 'wait'):
             if key in values:
                 values[key] = bool(values[key])
-        for key in ('direct_calls', 'accept_pickle_servers'):
+        for key in ('direct_calls', 'accept_pickle_servers', 'load_refs'):
             if type(values.get(key)) is int:  # 0 or 1, not 'no'
                 values[key] = bool(values[key])
         for key in ('storage',):

@@ -200,8 +200,10 @@ class IConnectionHandler(Interface):
 
     def load_reply(channel, oid, tid, result):
         """A ``loadBefore(oid, tid)`` reply arrived: *result* is
-        ``(data, start, end)`` or None.  Called before the callers hear of
-        it and before the next message is handled."""
+        ``(data, start, end)`` or None -- or, for ``loadBeforeRefs``,
+        ``(data, start, end, extras)`` (see ``zeo.client.load_refs``).
+        Called before the callers hear of it and before the next message
+        is handled."""
 
     def server_message(channel, method, args):
         """A one-way message from the server (``invalidateTransaction``,

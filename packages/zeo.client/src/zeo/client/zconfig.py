@@ -251,6 +251,8 @@ def storage_arguments(section: Any) -> tuple[list[Address], dict[str, Any]]:
         kwargs['accept_pickle_servers'] = section.accept_pickle_servers
     if section.server_behind_wait is not None:
         kwargs['server_behind_wait'] = section.server_behind_wait
+    if section.load_refs is not None:
+        kwargs['load_refs'] = section.load_refs
     return addresses, kwargs
 
 

@@ -58,6 +58,8 @@ from zeo.server.connection_log import log_accepted, log_end
 from zeo.server.eventlog import fields
 from zeo.server.interfaces import IBudgetedConnection
 from zeo.server.results import Delayed
+from zeo.server.load_refs import LOAD_REFS, RefWalker
+from zeo.server.peers import describe_peer, peer_host
 from zeo.server.session import EXPOSED_METHODS, StorageSession
 
 if TYPE_CHECKING:
@@ -65,11 +67,7 @@ if TYPE_CHECKING:
     from zeo.server.storage_server import StorageServer
 
 __all__ = [
-    "QUIET_ERRORS",
-    "ServerProtocol",
-    "describe_peer",
-    "peer_host",
-    "receive_buffer",
+    "QUIET_ERRORS", "ServerProtocol", "describe_peer", "peer_host", "receive_buffer",
 ]
 
 logger = logging.getLogger("zeo.server")
@@ -124,7 +122,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self.agreed = False         # the handshake was agreed
         self._end_logged = False    # the line saying why it ended is out
         self._connection = ServerConnection(
-            encoding=self.config.encoding, limits=self.config.limits)
+            encoding=self.config.encoding, limits=self.config.limits,
+            capabilities=(LOAD_REFS,) if self.config.load_refs else ())
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._paused_at = 0.0    # time.monotonic() at pause_writing
@@ -299,6 +298,9 @@ class ServerProtocol(asyncio.BufferedProtocol):
             self._handshake_timer.cancel()
             self._handshake_timer = None
         self.agreed = True
+        if LOAD_REFS in event.capabilities and self.session is not None:
+            self.session.ref_walker = RefWalker(
+                self.config.max_load_refs_records, self.config.max_load_refs_bytes)
         log_accepted(self)
 
     def _handshake_timed_out(self) -> None:
@@ -579,22 +581,3 @@ class ServerProtocol(asyncio.BufferedProtocol):
 
 
 _monotonic = time.monotonic
-
-
-def peer_host(transport: Any) -> str | None:
-    """The IP address of a TCP peer (an IPv4 address also when it reaches
-    an IPv6 socket); None for a Unix socket."""
-    peer = transport.get_extra_info("peername") if transport is not None else None
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host = str(peer[0])
-        return host[7:] if host.startswith("::ffff:") and "." in host else host
-    return None
-
-
-def describe_peer(transport: Any) -> str:
-    if transport is None:
-        return "unconnected"
-    peer = transport.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{peer[0]}:{peer[1]}"
-    return str(peer or transport.get_extra_info("sockname") or "unix socket")

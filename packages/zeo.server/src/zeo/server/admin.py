@@ -163,19 +163,21 @@ def connect_socket(address: Any, timeout: float, ssl_context: _ssl.SSLContext | 
 
 class AdminClient:
     """Connect, agree on the protocol and (unless *register* is None)
-    register for a storage. *timeout* bounds each wait for the server,
+    register for a storage (a *native* one asks for the *capabilities*
+    offered among these). *timeout* bounds each wait for the server,
     *greeting_timeout* (if smaller) the wait for its greeting."""
 
     def __init__(self, address: Any, *, register: str | None = "1",
                  read_only: bool = False, native: bool = False,
                  timeout: float = DEFAULT_TIMEOUT, ssl_context: Any = None,
                  server_hostname: str | None = None,
-                 greeting_timeout: float | None = None) -> None:
+                 greeting_timeout: float | None = None,
+                 capabilities: tuple[str, ...] = ()) -> None:
         self.where = describe_address(address)
         self.timeout = timeout
         self.tls = ssl_context is not None
         self.sock = connect_socket(address, timeout, ssl_context, server_hostname)
-        self.connection = ClientConnection(native=native)
+        self.connection = ClientConnection(native=native, capabilities=capabilities)
         self.next_id = 0
         self.replies: dict[Any, Any] = {}
         self.one_way: collections.deque[OneWayCall] = collections.deque()

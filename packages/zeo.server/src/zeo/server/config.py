@@ -39,6 +39,8 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS_PER_ADDRESS",
     "DEFAULT_MONITOR_SLOW_TRANSACTION",
     "DEFAULT_COMMIT_THREADS",
+    "DEFAULT_MAX_LOAD_REFS_RECORDS",
+    "DEFAULT_MAX_LOAD_REFS_BYTES",
     "ServerConfig",
 ]
 
@@ -127,6 +129,15 @@ DEFAULT_MAX_TOTAL_OUTPUT_BUFFER = 1 << 30
 #: sites run many application processes per host, each with a connection
 #: per storage. Unix socket connections count only toward max_connections.
 DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 1000
+
+# -- loads that bring referenced records (see zeo.server.load_refs) -----------
+#: Per call, per connection: most extra records a ``loadBeforeRefs`` reply
+#: carries (at most twice as many loads tried); a connection also keeps
+#: up to 256 times as many oids (8 bytes each: 128 KiB with the
+#: default) to go on with its walk.
+DEFAULT_MAX_LOAD_REFS_RECORDS = 64
+#: Per call, per connection: most bytes of extra record data in one reply.
+DEFAULT_MAX_LOAD_REFS_BYTES = 256 * 1024
 
 # -- the monitor endpoint (see zeo.server.monitor) -----------------------------
 #: Seconds of holding the commit lock from which a transaction is listed
@@ -236,6 +247,10 @@ class ServerConfig:
     #: tpc_finish in a thread, on an instance per transaction (see
     #: zeo.server.commit_threads), or on the event loop.
     commit_threads: str = DEFAULT_COMMIT_THREADS
+    #: Offer our clients loads that bring referenced records (zeo.server.load_refs).
+    load_refs: bool = True
+    max_load_refs_records: int = DEFAULT_MAX_LOAD_REFS_RECORDS
+    max_load_refs_bytes: int = DEFAULT_MAX_LOAD_REFS_BYTES
 
     def __post_init__(self) -> None:
         check_event_loop(self.event_loop)
@@ -297,6 +312,8 @@ class ServerConfig:
             raise ValueError(f"monitor_address must be (host, port), not {address!r}")
         _check_seconds("slow_commit_threshold", self.slow_commit_threshold)
         _check_count("max_refusal_log_lines", self.max_refusal_log_lines)
+        _check_count("max_load_refs_records", self.max_load_refs_records)
+        _check_count("max_load_refs_bytes", self.max_load_refs_bytes)
         for name in ("max_total_input_buffer", "max_total_output_buffer"):
             value = getattr(self, name)
             if value is not None:

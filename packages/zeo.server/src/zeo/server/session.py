@@ -43,6 +43,7 @@ from zeo.server.config import DEFAULT_MAX_LABEL_LENGTH
 from zeo.server.connection_log import CommitTimer, session_fields
 from zeo.server.interfaces import IStorageSession
 from zeo.server.iterators import IteratorRegistry
+from zeo.server.load_refs import RefLoads
 from zeo.server.pending import PendingTransaction, Phase
 from zeo.server.results import Delayed, chain
 from zeo.server.served_storage import ServedStorage
@@ -50,11 +51,7 @@ from zeo.server.shared_blobs import BlobMessages, open_blob
 from zeo.server.slow_calls import SlowCalls
 
 __all__ = [
-    "EXPOSED_METHODS",
-    "MAX_NEW_OIDS",
-    "ONE_WAY_METHODS",
-    "SYNC_METHODS",
-    "StorageSession",
+    "EXPOSED_METHODS", "MAX_NEW_OIDS", "ONE_WAY_METHODS", "SYNC_METHODS", "StorageSession",
 ]
 
 logger = logging.getLogger("zeo.server")
@@ -64,7 +61,7 @@ logger = logging.getLogger("zeo.server")
 #: as the reference server accepts it (see `EXPOSED_METHODS`).
 SYNC_METHODS = frozenset({
     "register", "get_info", "lastTransaction", "getInvalidations", "ping",
-    "new_oids", "loadBefore", "loadSerial", "getTid", "history",
+    "new_oids", "loadBefore", "loadBeforeRefs", "loadSerial", "getTid", "history",
     "record_iternext", "undoLog", "undoInfo", "pack", "vote", "tpc_finish",
     "tpc_abort", "sendBlob", "iterator_start", "iterator_next",
     "iterator_record_start", "iterator_record_next", "server_status",
@@ -84,8 +81,9 @@ MAX_NEW_OIDS = 100
 
 
 @implementer(IStorageSession)
-class StorageSession(CommitSteps):
-    """See `IStorageSession`; vote, finish and abort are in `CommitSteps`."""
+class StorageSession(CommitSteps, RefLoads):
+    """See `IStorageSession`; vote, finish and abort are in `CommitSteps`,
+    ``loadBeforeRefs`` in `RefLoads`."""
 
     def __init__(self, storages: dict[str, ServedStorage], peer: Any,
                  label: str, max_label_length: int = DEFAULT_MAX_LABEL_LENGTH) -> None:
@@ -175,7 +173,7 @@ class StorageSession(CommitSteps):
         return chain(iterated, served.merge_invalidations)  # type: ignore[union-attr]
 
     def ping(self) -> None:
-        return None
+        pass
 
     def server_status(self) -> dict[str, Any]:
         return self.served.status()  # type: ignore[union-attr]

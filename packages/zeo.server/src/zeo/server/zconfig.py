@@ -125,6 +125,9 @@ def zeo_section(section: Any) -> ZeoSection:
     fields["commit_source_primary_dsn"] = section.commit_source_primary_dsn
     fields["commit_source_catch_up_timeout"] = section.commit_source_catch_up_timeout
     fields["commit_threads"] = section.commit_threads
+    fields["load_refs"] = section.load_refs
+    fields["max_load_refs_records"] = section.max_load_refs_records
+    fields["max_load_refs_bytes"] = section.max_load_refs_bytes
     address = getattr(section.address, "address", section.address)
     if isinstance(address, tuple):   # no port (``address HOST``): a free one
         address = (address[0] or "", address[1] or 0)

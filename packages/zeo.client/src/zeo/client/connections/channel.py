@@ -27,6 +27,7 @@ from zeo.client.connections.baton import SocketBaton, available
 from zeo.client.connections.output import Output
 from zeo.client.connections.replies import PendingReplies
 from zeo.client.connections.waiter import Waiter
+from zeo.client import load_refs as load_refs_
 from zeo.client.errors import ClientDisconnected, PickleServerRefused
 from zeo.client.server_pickles import allowed_server_globals
 
@@ -66,7 +67,7 @@ class Channel:
                  handler: Any, *, limits: ProtocolLimits,
                  heartbeat_interval: float = 60.0,
                  direct_calls: bool = True,
-                 accept_pickle: bool = True) -> None:
+                 accept_pickle: bool = True, load_refs: bool = False) -> None:
         # No ConflictError built from server data may unpickle it.
         neutralise_get_pickle_metadata()
         self.loop = loop
@@ -95,7 +96,11 @@ class Channel:
         self.handshake_done: asyncio.Future[None] = loop.create_future()
         self.transport: asyncio.Transport | None = None
         self._direct_calls = direct_calls
-        self._connection = ClientConnection(limits=limits, pickle_globals=_PICKLE_GLOBALS)
+        self._connection = ClientConnection(
+            limits=limits, pickle_globals=_PICKLE_GLOBALS,
+            capabilities=load_refs_.capabilities(load_refs))
+        #: ``loadBefore``, or ``loadBeforeRefs`` once agreed (zeo.client.load_refs).
+        self.load_method = load_refs_.LOAD_METHOD
         # The handler (the cache) hears of a load's result before its waiters.
         self._replies = PendingReplies(self, functools.partial(handler.load_reply, self))
         self._output = Output(loop, self.lock, self._encode_pieces, self._abort)
@@ -146,7 +151,7 @@ class Channel:
                 raise self._lost()
             reading = self._take_baton()  # first (see call)
             if self._replies.add_load(key, waiter):
-                self._output.send(self._connection.send(Call(key, 'loadBefore', key)))
+                self._output.send(self._connection.send(Call(key, self.load_method, key)))
         return self._wait(waiter, reading)
 
     def prefetch(self, oid: bytes, tid: bytes) -> None:
@@ -155,7 +160,7 @@ class Channel:
         key = (oid, tid)
         with self.lock:
             if not self.closed and self._replies.add_load(key, None):
-                self._output.send(self._connection.send(Call(key, 'loadBefore', key)))
+                self._output.send(self._connection.send(Call(key, self.load_method, key)))
 
     def loading(self, oid: bytes, tid: bytes) -> bool:
         """Tell whether ``loadBefore(oid, tid)`` is in flight."""
@@ -366,6 +371,7 @@ class Channel:
                 self._refuse_pickle()
                 return
             self.agreed = event
+            self.load_method = load_refs_.load_method(event)
             answer = self._connection.data_to_send()
             if answer:
                 self._output.send(answer)

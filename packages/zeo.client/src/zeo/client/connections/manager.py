@@ -81,13 +81,13 @@ from ZODB.utils import tid_repr
 from zope.interface import implementer
 from zeo.protocol import exception_text, peer_repr
 
-from zeo.client.cache import CacheConsistencyError
 from zeo.client.cache import update_after_commit
 from zeo.client.errors import ClientDisconnected, PickleServerRefused, ServerBehind
 from zeo.client.interfaces import IConnectionManager, StaleCache
 from zeo.client.connections import locks
 from zeo.client.connections.adapter import ClientAdapter
 from zeo.client.connections.channel import Channel, describe
+from zeo.client.load_refs import cache_reply
 
 if TYPE_CHECKING:
     from zeo.client.config import ClientConfig
@@ -271,7 +271,8 @@ class ConnectionManager:
                 loop, address, self, limits=config.limits,
                 heartbeat_interval=config.heartbeat_interval,
                 direct_calls=config.direct_calls,
-                accept_pickle=config.accept_pickle_servers)
+                accept_pickle=config.accept_pickle_servers,
+                load_refs=config.load_refs)
             self._channels.add(channel)
             return ClientAdapter(channel)
 
@@ -467,12 +468,7 @@ class ConnectionManager:
                    result: Any) -> None:
         if channel is not self.channel or result is None:
             return
-        data, start, end = result
-        try:
-            self.cache.store(oid, start, end, data)
-        except CacheConsistencyError as error:
-            logger.error('%s: %s; forgetting the object', self.config.display_name, error)
-            self.cache.invalidate(oid, None)
+        cache_reply(self.cache, oid, result, self.config.display_name)
 
     def server_message(self, channel: Channel, method: str,
                        args: tuple[Any, ...]) -> None:

@@ -17,6 +17,7 @@ from ZODB.POSException import ConflictError, POSKeyError
 from zeo.protocol import ErrorReply, Reply, exception_text, peer_repr, zodb_error_table
 
 from zeo.client.connections.waiter import Waiter
+from zeo.client.load_refs import waiter_result
 
 __all__ = ['PendingReplies', 'QUIET_ERRORS']
 
@@ -97,8 +98,10 @@ class PendingReplies:
                 self._load_replied(msgid[0], msgid[1], result)
             except Exception:
                 logger.exception('%r: caching a load reply failed', self._owner)
-            for w in waiter or ():
-                _settle(w, result)
+            if waiter:
+                result = waiter_result(result)   # a loadBeforeRefs reply's first three
+                for w in waiter:
+                    _settle(w, result)
         elif waiter is not None:
             _settle(waiter, result)
         else:
