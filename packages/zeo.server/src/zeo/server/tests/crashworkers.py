@@ -252,9 +252,12 @@ class Worker:
         deadline = time.monotonic() + args.wait_timeout
         while True:
             try:
+                # A server that went back in time is used at once: the
+                # checker is there to catch what it lost (the client's own
+                # wait for such a server would only hide it as a stall).
                 return zeo.client.DB(
                     args.address, wait_timeout=args.wait_timeout, disconnect_poll=0.1,
-                    max_disconnect_poll=0.5, **cache)
+                    max_disconnect_poll=0.5, server_behind_wait=0, **cache)
             except zeo.client.ClientDisconnected:
                 if time.monotonic() > deadline:
                     raise
