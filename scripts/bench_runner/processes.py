@@ -164,6 +164,7 @@ class Server:
         self.addr = f'127.0.0.1:{self.port}'
         self.log = directory / 'server.log'
         self.process = None
+        self.zeo_keys: dict = {}
 
     def start(self):
         data = self.directory / 'Data.fs'
@@ -172,7 +173,16 @@ class Server:
         shutil.copyfile(template, data)
         if Path(f'{template}.index').exists():
             shutil.copyfile(f'{template}.index', f'{data}.index')
-        if self.kind == 'ours':
+        if self.kind == 'ours' and self.zeo_keys:
+            conf = self.directory / 'zeo.conf'
+            keys = ''.join(f'  {key} {value}\n' for key, value in self.zeo_keys.items())
+            conf.write_text(
+                f"<zeo>\n  address {self.addr}\n"
+                f"  msgpack {'true' if self.encoding == 'M5' else 'false'}\n{keys}</zeo>\n"
+                f"<filestorage 1>\n  path {data}\n  blob-dir {blobs}\n</filestorage>\n")
+            command = [str(BIN / 'runzeo'), '-C', str(conf)]
+            env = None
+        elif self.kind == 'ours':
             command = [str(BIN / 'runzeo'), '-a', self.addr, '-f', str(data),
                        '--blob-dir', str(blobs),
                        '--msgpack' if self.encoding == 'M5' else '--pickle']
@@ -262,11 +272,13 @@ class Bench:
                     directory=self.template.parent)
 
     @contextlib.contextmanager
-    def server(self, kind, encoding='Z5'):
+    def server(self, kind, encoding='Z5', zeo_keys=None):
+        """A server of *kind*; *zeo_keys*: more ``<zeo>`` keys for ours."""
         self.runs += 1
         directory = self.workdir / f'run{self.runs:03d}-{kind}-{encoding}'
         directory.mkdir()
         server = Server(self, kind, directory, encoding)
+        server.zeo_keys = dict(zeo_keys or {})
         try:
             yield server.start()
         finally:

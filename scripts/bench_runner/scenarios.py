@@ -235,7 +235,10 @@ def run_blobs(bench, kind, encoding):
 
 
 def run_idle(bench, kind, encoding):
-    with bench.server(kind, encoding) as server:
+    # Ours holds at most max-connections-per-address (1,000) from one IP
+    # address by default: raised here as an operator would for so many.
+    keys = {'max-connections-per-address': bench.sizes['idle'] + 100}
+    with bench.server(kind, encoding, zeo_keys=keys) as server:
         # The same raw protocol client (bin/py, zeo.server.admin) for both.
         out = bench.client(kind, 'idle', '--addr', server.addr,
                            '--server-pid', server.pid,

@@ -156,11 +156,13 @@ class Channel:
 
     def prefetch(self, oid: bytes, tid: bytes) -> None:
         """Start ``loadBefore(oid, tid)`` unless it is in flight; nobody
-        waits (the reply only fills the cache)."""
+        waits (the reply only fills the cache). Always the plain call: the
+        caller names every object it wants, and extra records
+        (``loadBeforeRefs``) would bring each of them many times over."""
         key = (oid, tid)
         with self.lock:
             if not self.closed and self._replies.add_load(key, None):
-                self._output.send(self._connection.send(Call(key, self.load_method, key)))
+                self._output.send(self._connection.send(Call(key, 'loadBefore', key)))
 
     def loading(self, oid: bytes, tid: bytes) -> bool:
         """Tell whether ``loadBefore(oid, tid)`` is in flight."""
