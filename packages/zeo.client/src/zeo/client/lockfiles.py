@@ -98,6 +98,21 @@ def _open_lock_file(path: str) -> int:
         return os.open(path, os.O_RDONLY)
 
 
+def _open_and_flock(path: str) -> int | None:
+    """A new descriptor of *path* holding its ``flock``, or None if
+    someone else holds it (never waits)."""
+    fd = _open_lock_file(path)
+    try:
+        locked = _try_flock(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not locked:
+        os.close(fd)
+        return None
+    return fd
+
+
 class _State:
     """What this process knows about one lock file."""
 
@@ -237,14 +252,8 @@ def try_lock_file(path: str) -> FileLock | None:
         if state.depth:
             state.rlock.release()
             return None
-        fd = _open_lock_file(path)
-        try:
-            locked = _try_flock(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        if not locked:
-            os.close(fd)
+        fd = _open_and_flock(path)
+        if fd is None:
             state.rlock.release()
             return None
         state.fd = fd
@@ -269,14 +278,8 @@ class ProcessLock:
     @classmethod
     def take(cls, path: str) -> ProcessLock | None:
         """Lock ``path`` (created if missing), or None if it is held."""
-        fd = _open_lock_file(path)
-        try:
-            locked = _try_flock(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        if not locked:
-            os.close(fd)
+        fd = _open_and_flock(path)
+        if fd is None:
             return None
         try:   # who holds it, for people (as zc.lockfile writes it)
             os.ftruncate(fd, 0)
