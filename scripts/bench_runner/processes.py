@@ -153,7 +153,7 @@ class Server:
     *encoding*: ``'Z5'`` (pickle) or ``'M5'`` (msgpack), said explicitly to
     both kinds of server so that neither's default decides."""
 
-    def __init__(self, bench, kind, directory, encoding='Z5'):
+    def __init__(self, bench, kind, directory, encoding='Z5', zeo_keys=None):
         if encoding not in ('Z5', 'M5'):
             raise ValueError(f'encoding must be Z5 or M5, not {encoding!r}')
         self.bench = bench
@@ -164,7 +164,8 @@ class Server:
         self.addr = f'127.0.0.1:{self.port}'
         self.log = directory / 'server.log'
         self.process = None
-        self.zeo_keys: dict = {}
+        #: More ``<zeo>`` keys for our server (then started with -C).
+        self.zeo_keys = dict(zeo_keys or {})
 
     def start(self):
         data = self.directory / 'Data.fs'
@@ -277,8 +278,7 @@ class Bench:
         self.runs += 1
         directory = self.workdir / f'run{self.runs:03d}-{kind}-{encoding}'
         directory.mkdir()
-        server = Server(self, kind, directory, encoding)
-        server.zeo_keys = dict(zeo_keys or {})
+        server = Server(self, kind, directory, encoding, zeo_keys)
         try:
             yield server.start()
         finally:

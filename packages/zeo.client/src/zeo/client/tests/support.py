@@ -145,14 +145,16 @@ class ServerFixture(unittest.TestCase):
         client.registerDB(db or RecordingDB())
         return client
 
-    def reopen(self, **options):
+    def reopen(self, connected=True, **options):
         """A client created while the server is down, with a recording DB
-        registered before it connects; then the server is started."""
+        registered before it connects; then the server is started (and,
+        if *connected*, the client's connection awaited)."""
         db = RecordingDB()
         client = self.client(wait=False, db=db, **options)
         self.assertFalse(client.is_connected())
         self.start_server()
-        wait_until(client.is_connected, message='a connection')
+        if connected:
+            wait_until(client.is_connected, message='a connection')
         return client, db
 
 

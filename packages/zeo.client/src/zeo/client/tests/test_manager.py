@@ -109,7 +109,8 @@ class RestartTests(ServerFixture):
                 os.rename(self.path + name, caught_up + name)
         shutil.copyfile(behind, self.path)
         with self.assertLogs('zeo.client', 'WARNING') as logged:
-            client, db = self.reopen_lagging(client='c', var=cache_dir, server_behind_wait=30)
+            client, db = self.reopen(connected=False, client='c', var=cache_dir,
+                                     server_behind_wait=30)
             wait_until(lambda: 'not using it yet' in '\n'.join(logged.output),
                        message='a refusal')
         self.assertFalse(client.is_connected())
@@ -125,13 +126,6 @@ class RestartTests(ServerFixture):
         self.assertEqual(client._manager.verify_result, 'cache up to date')
         self.assertEqual(db.cache_invalidations, 0)
         self.assertEqual(client.load(OID1), (b'a2', tid2))
-
-    def reopen_lagging(self, **options):
-        """`reopen`, without waiting for the connection."""
-        db = RecordingDB()
-        client = self.client(wait=False, db=db, **options)
-        self.start_server()
-        return client, db
 
     def test_a_transaction_cut_by_a_disconnect_cannot_commit(self):
         client = self.client()
