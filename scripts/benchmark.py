@@ -161,6 +161,8 @@ def run(args):
         shutil.rmtree(workdir, ignore_errors=True)
 
     names = titles(sizes)
+    floor = {key: statistics.median(f[key] for f in floors)
+             for key in (floors[0] if floors else {})}
     results = []
     for scenario, encoding in planned:
         for metric in scenario.metrics:
@@ -168,6 +170,8 @@ def run(args):
             ours = median_or_none(runs[key]['ours'])
             zeo = median_or_none(runs[key]['zeo'])
             ratio = ours / zeo if ours is not None and zeo else None
+            # A latency's floor, measured in this run, beside it.
+            base = floor.get(metric.floor_key) if metric.floor_key else None
             results.append({
                 'name': metric.name, 'scenario': scenario.name,
                 'encoding': encoding,
@@ -175,12 +179,12 @@ def run(args):
                 'unit': metric.unit, 'higher_is_better': metric.higher_is_better,
                 'ours': ours, 'zeo': zeo, 'ratio': ratio,
                 'goal': list(metric.goal), 'goal_text': metric.goal_text(),
-                'met': metric.met(ours, zeo),
+                'met': metric.met(ours, zeo, floor),
+                'floor': base,
+                'floor_ratio': ours / base if ours is not None and base else None,
                 'runs': runs[key],
                 'errors': {k: v for k, v in errors[key].items() if v},
             })
-    floor = {key: statistics.median(f[key] for f in floors)
-             for key in (floors[0] if floors else {})}
     return {
         'benchmark': 'zeo vs ZEO 6.2 (FileStorage; both servers announce'
                      ' the encoding of each row)',

@@ -116,7 +116,7 @@ def plot(report, path):
             canvas.text(left + 10, y + 10, 'NO DATA', color=grey)
             continue
         better = metric.better(r['ours'], r['zeo'])
-        goal = metric.goal_better(r['zeo'])
+        goal = metric.goal_better(r['zeo'], report['floor_us'])
         color = green if r['met'] else red
         canvas.rect(x_of(1), y + 9, x_of(better), y + 27, color)
         if goal:
@@ -127,7 +127,10 @@ def plot(report, path):
                      f"(GOAL < {metric.goal[1]:g} {metric.unit})")
         else:
             shown = f'{better:.2f}' if better < 10 else f'{better:.0f}'
-            label = f'{shown}x (GOAL {goal:.2g}x)'
+            label = f'{shown}x (GOAL {goal:.2g}x)' if goal else f'{shown}x'
+            if metric.floor_key and r.get('floor_ratio'):
+                # Its goal is against the floor: say where it stands there.
+                label = f"{r['floor_ratio']:.2f}x FLOOR, GOAL {metric.goal[1]:g}"
         canvas.text(left + width + 14, y + 10, label)
     floor = report['floor_us']
     if floor:

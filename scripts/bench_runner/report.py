@@ -17,19 +17,24 @@ def fmt(value):
 
 
 def table(report):
-    rows = [('workload', 'enc', 'unit', 'ours', 'ZEO 6.2', 'ours/ZEO', 'goal', 'met?')]
+    rows = [('workload', 'enc', 'unit', 'ours', 'ZEO 6.2', 'ours/ZEO', 'floor',
+             'ours/floor', 'goal', 'met?')]
     for r in report['results']:
         met = {True: 'yes', False: 'NO', None: '?'}[r['met']]
         if r['errors']:
             met += ' (errors: ' + ', '.join(r['errors']) + ')'
         ratio = f"{r['ratio']:.2f}x" if r['ratio'] is not None else '-'
+        # Latencies measured against the floor show it beside them.
+        floor_ratio = r.get('floor_ratio')
         rows.append((r['title'], r.get('encoding', '-'), r['unit'],
-                     fmt(r['ours']), fmt(r['zeo']),
-                     ratio, r['goal_text'], met))
+                     fmt(r['ours']), fmt(r['zeo']), ratio,
+                     fmt(r['floor']) if r.get('floor') else '',
+                     f'{floor_ratio:.2f}x' if floor_ratio else '',
+                     r['goal_text'], met))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for n, row in enumerate(rows):
-        cells = [cell.ljust(w) if i < 3 or i == 7 else cell.rjust(w)
+        cells = [cell.ljust(w) if i < 3 or i == 9 else cell.rjust(w)
                  for i, (cell, w) in enumerate(zip(row, widths))]
         lines.append('  '.join(cells).rstrip())
         if n == 0:

@@ -80,6 +80,11 @@ class BenchmarkScriptTests(unittest.TestCase):
             self.assertEqual(len(ping["runs"]["ours"]), 1)
             self.assertEqual(len(ping["runs"]["zeo"]), 1)
             self.assertGreaterEqual(results["server_cpu", encoding]["ours"], 0)
+            # Each latency beside the floor of the same run.
+            self.assertEqual(ping["floor"], report["floor_us"]["blocking"])
+            self.assertAlmostEqual(ping["floor_ratio"], ping["ours"] / ping["floor"])
+            self.assertEqual(results["server_cpu", encoding]["floor"],
+                             report["floor_us"]["uvloop_buffered_server_cpu"])
             # Both servers announced what was asked of them.
             for kind in ("ours", "zeo"):
                 raw, = report["details"][f"ping {encoding}"][kind]
@@ -92,6 +97,7 @@ class BenchmarkScriptTests(unittest.TestCase):
             self.assertGreater(report["floor_us"][key], 0)
         self.assertIn("ping latency", done.stdout)
         self.assertIn("ours/ZEO", done.stdout)
+        self.assertIn("ours/floor", done.stdout)
         with open(plot_path, "rb") as f:
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
         # The temporary directory was cleaned up: only our two files remain.
@@ -198,34 +204,53 @@ class RunnerPartsTests(unittest.TestCase):
         self.metrics = {m.name: m for s in self.scenarios.SCENARIOS
                         for m in s.metrics}
 
+    FLOOR = {"blocking": 100.0, "uvloop_buffered_server_cpu": 40.0}
+
     def result(self, name, ours, zeo):
         metric = self.metrics[name]
+        floor = self.FLOOR.get(metric.floor_key) if metric.floor_key else None
         return {"name": name, "title": metric.title, "unit": metric.unit,
                 "encoding": "Z5",
                 "ours": ours, "zeo": zeo,
                 "ratio": ours / zeo if ours is not None and zeo else None,
-                "goal_text": metric.goal_text(), "met": metric.met(ours, zeo),
+                "floor": floor,
+                "floor_ratio": ours / floor if ours is not None and floor else None,
+                "goal_text": metric.goal_text(),
+                "met": metric.met(ours, zeo, self.FLOOR),
                 "errors": {}}
 
     def test_goals(self):
         m = self.metrics
-        # ping: at most 0.33x of ZEO's latency.
-        self.assertIs(m["ping"].met(33, 100), True)
-        self.assertIs(m["ping"].met(34, 100), False)
-        self.assertEqual(m["ping"].goal_text(), "<= 0.33x")
+        floor = self.FLOOR
+        # ping: at most 1.15x the blocking echo's round trip of the same
+        # run, whatever ZEO does; the server's CPU per ping at most 1.1x
+        # the uvloop echo server's.
+        self.assertIs(m["ping"].met(115, 300, floor), True)
+        self.assertIs(m["ping"].met(116, 300, floor), False)
+        self.assertEqual(m["ping"].goal_text(), "<= 1.15x floor")
+        self.assertIs(m["server_cpu"].met(44, 100, floor), True)
+        self.assertIs(m["server_cpu"].met(44.5, 100, floor), False)
         # commit1: at least 2x ZEO's throughput.
         self.assertIs(m["commit1"].met(2000, 1000), True)
         self.assertIs(m["commit1"].met(1999, 1000), False)
+        # fan-out: at most half of ZEO's time.
+        self.assertIs(m["fanout"].met(2.5, 5.0), True)
+        self.assertIs(m["fanout"].met(2.6, 5.0), False)
         # idle: an absolute budget, whatever ZEO uses.
         self.assertIs(m["idle"].met(49.9, None), True)
         self.assertIs(m["idle"].met(50, 1), False)
-        # Nothing measured: unknown, not met.
-        self.assertIsNone(m["ping"].met(None, 100))
-        self.assertIsNone(m["ping"].met(10, 0))
-        # "How many times better" for the plot, either way round.
+        # Nothing measured: unknown, not met; no floor measured either.
+        self.assertIsNone(m["ping"].met(None, 100, floor))
+        self.assertIsNone(m["commit1"].met(10, 0))
+        self.assertIsNone(m["ping"].met(10, 100))
+        self.assertIsNone(m["ping"].met(10, 100, {}))
+        # "How many times better" for the plot, either way round; a floor
+        # goal as ZEO's time over the goal's.
         self.assertAlmostEqual(m["ping"].better(25, 100), 4)
         self.assertAlmostEqual(m["commit1"].better(300, 100), 3)
-        self.assertAlmostEqual(m["ping"].goal_better(100), 1 / 0.33)
+        self.assertAlmostEqual(m["fanout"].goal_better(100), 2)
+        self.assertAlmostEqual(m["ping"].goal_better(230, floor), 2)
+        self.assertIsNone(m["ping"].goal_better(230, {}))
 
     def test_plan_runs_everything_under_z5_and_the_key_workloads_under_m5(self):
         scenarios = self.scenarios
@@ -244,18 +269,23 @@ class RunnerPartsTests(unittest.TestCase):
             scenarios.plan(every, "pickle")
 
     def test_table(self):
-        results = [self.result("ping", 30.0, 150.0),
+        results = [self.result("ping", 110.0, 300.0),
+                   self.result("server_cpu", 60.0, 80.0),
                    self.result("commit1", 1500.0, 1000.0),
                    self.result("cold_read", None, 4000.0)]
-        results[2]["errors"] = {"ours": ["client failed"]}
+        results[3]["errors"] = {"ours": ["client failed"]}
         text = self.report.table({
             "results": results, "floor_us": {"blocking": 13.25},
             "quick": True, "repeat": 1, "seconds": 12.0,
             "machine": {"loadavg_before": [0.5, 0, 0]}})
         lines = text.splitlines()
         self.assertTrue(lines[0].startswith("workload"))
+        # A latency shows its floor of the same run and the ratio to it.
         ping = next(line for line in lines if line.startswith("ping latency"))
-        self.assertRegex(ping, r"^ping latency +Z5 +µs +30\.0 +150 +0\.20x +<= 0\.33x +yes$")
+        self.assertRegex(ping, r"^ping latency +Z5 +µs +110 +300 +0\.37x +100 +1\.10x"
+                               r" +<= 1\.15x floor +yes$")
+        cpu = next(line for line in lines if line.startswith("server CPU"))
+        self.assertRegex(cpu, r"60\.0 +80\.0 +0\.75x +40\.0 +1\.50x +<= 1\.1x floor +NO$")
         commit = next(line for line in lines if line.startswith("commit 1"))
         self.assertRegex(commit, r"1,500 +1,000 +1\.50x +>= 2x +NO$")
         cold = next(line for line in lines if line.startswith("cold read"))
@@ -266,7 +296,7 @@ class RunnerPartsTests(unittest.TestCase):
 
     def test_plot_draws_met_green_and_missed_red(self):
         results = [self.result("commit1", 3000.0, 1000.0),   # 3x: met
-                   self.result("ping", 50.0, 100.0)]         # 0.5x: missed
+                   self.result("ping", 150.0, 300.0)]        # 1.5x floor: missed
         directory = tempfile.mkdtemp(prefix="zeo-benchmark-test-")
         self.addCleanup(shutil.rmtree, directory, True)
         path = os.path.join(directory, "plot.png")
