@@ -23,7 +23,7 @@ has gone meanwhile; `release` gives the slots back if creation failed.
 from __future__ import annotations
 
 import collections
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from zope.interface import implementer
 
@@ -31,7 +31,7 @@ from zeo.protocol import peer_repr
 
 from zeo.server.interfaces import IIteratorRegistry
 
-__all__ = ["TooManyIterators", "IteratorBudget", "IteratorRegistry"]
+__all__ = ["TooManyIterators", "IteratorBudget", "IteratorRegistry", "LentIterator"]
 
 
 class TooManyIterators(Exception):
@@ -164,6 +164,30 @@ class IteratorRegistry:
         """Close every iterator; those still being made are closed on adoption."""
         self.closed = True
         self.forget(list(self._transactions) + list(self._records))
+
+
+class LentIterator:
+    """A storage's transaction iterator made on a lent storage instance
+    (`ServedStorage.iterator`): *release* gives the instance back, once,
+    when the iterator is closed."""
+
+    def __init__(self, iterator: Iterator[Any], release: Callable[[], None]) -> None:
+        self._iterator = iterator
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> LentIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._iterator)
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        try:
+            _close(self._iterator)
+        finally:
+            if release is not None:
+                release()
 
 
 def _close(iterator: Any) -> None:

@@ -13,15 +13,16 @@ zeo.server.commit_sources.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ZODB.interfaces import IBlobStorage, IMVCCStorage
-from ZODB.POSException import StorageError
+from ZODB.POSException import POSError, StorageError
 from zeo.protocol import peer_repr
 
 from zeo.server.blob_uploads import SpoolBudget, UploadDirectory, remove_stale_uploads
@@ -31,7 +32,7 @@ from zeo.server.commit_threads import wants_commit_threads
 from zeo.server.config import ServerConfig
 from zeo.server.conflicts import guard_conflict_resolution
 from zeo.server.invalidation_queue import InvalidationQueue, invalidations_by_iteration
-from zeo.server.iterators import IteratorBudget
+from zeo.server.iterators import IteratorBudget, LentIterator
 from zeo.server.results import Delayed
 from zeo.server.shared_blobs import claim_shared_blob
 from zeo.server.size_info import RunInThread, SizeInfo
@@ -202,6 +203,42 @@ class ServedStorage:
                 return
         getattr(instance, "release", instance.close)()
 
+    @contextlib.contextmanager
+    def borrowed(self) -> Iterator[Any]:
+        """A storage a worker thread may call, for the duration (any thread).
+
+        The storage itself where its own locks make that safe (FileStorage,
+        as for ZEO). An instance of an MVCC storage (RelStorage) is not
+        safe across threads -- its load cursor answers the loop's
+        ``loadBefore`` -- so a thread is lent an instance of its own, as
+        new as the database (`new_instance`); the main instance is only
+        ever used on the loop.
+        """
+        instance = self.new_instance()
+        reusable = False
+        try:
+            yield instance
+            reusable = True
+        except POSError:    # an answer (POSKeyError, ...), not a broken instance
+            reusable = True
+            raise
+        finally:
+            self.release_instance(instance, reusable)
+
+    def iterator(self, start: bytes | None, stop: bytes | None) -> Iterator[Any]:
+        """A transaction iterator (any thread; made in a worker thread):
+        on an instance lent (see `borrowed`) until the iterator is
+        closed, as its records are read later, on the loop."""
+        instance = self.new_instance()
+        try:
+            iterator = iter(instance.iterator(start, stop))
+        except BaseException:
+            self.release_instance(instance, reusable=False)
+            raise
+        if instance is self.storage:
+            return iterator
+        return LentIterator(iterator, lambda: self.release_instance(instance))
+
     def register_answer(self, session: StorageSession) -> Any:
         """What a registering *session* is answered: ``lastTransaction``, or
         from a front on a hot standby a `Delayed` settled once the standby
@@ -248,8 +285,9 @@ class ServedStorage:
 
     def iterate_invalidations(self, tid: bytes, now: float) -> Any:
         """The fallback of `invalidations_from_queue` (any thread)."""
-        return invalidations_by_iteration(
-            self.storage, tid, self.config.invalidation_age, now)
+        with self.borrowed() as storage:
+            return invalidations_by_iteration(
+                storage, tid, self.config.invalidation_age, now)
 
     def merge_invalidations(self, answer: Any) -> Any:
         """An iterated *answer*, brought up to the commits queued while it
@@ -293,9 +331,10 @@ class ServedStorage:
         guard = getattr(self.announcer.source, "guard_pack", None)
 
         def pack() -> Any:
-            if guard is not None:   # one pack over several fronts
-                return guard(lambda: self.storage.pack(t, referencesf))
-            return self.storage.pack(t, referencesf)
+            with self.borrowed() as storage:
+                if guard is not None:   # one pack over several fronts
+                    return guard(lambda: storage.pack(t, referencesf))
+                return storage.pack(t, referencesf)
 
         done = self.packing = run_in_thread(pack, pack=True)
 

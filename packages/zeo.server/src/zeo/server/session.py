@@ -204,10 +204,20 @@ class StorageSession(CommitSteps, RefLoads):
         """``function(*args)`` in this connection's slow-call lane."""
         return self._slow.submit(lambda: function(*args))  # type: ignore[union-attr]
 
+    def _off_loop_call(self, method: str, *args: Any) -> Delayed:
+        """``storage.method(*args)`` in this connection's slow-call lane,
+        on a storage the thread may use (`ServedStorage.borrowed`)."""
+        borrowed = self.served.borrowed  # type: ignore[union-attr]
+
+        def call() -> Any:
+            with borrowed() as storage:
+                return getattr(storage, method)(*args)
+        return self._off_loop(call)
+
     def loadSerial(self, oid: bytes, serial: bytes) -> Any:
         # Walks back the object's revisions, holding the storage's lock.
-        return self._off_loop(self._storage().loadSerial,
-                              checked_id8(oid, "an oid"), checked_tid(serial, "a serial"))
+        return self._off_loop_call("loadSerial",
+                                   checked_id8(oid, "an oid"), checked_tid(serial, "a serial"))
 
     def getTid(self, oid: bytes) -> bytes:
         return self._storage().getTid(checked_id8(oid, "an oid"))
@@ -215,8 +225,8 @@ class StorageSession(CommitSteps, RefLoads):
     def history(self, oid: bytes, size: int = 1) -> Any:
         """At most ``max_history_entries`` revisions, read in a thread."""
         limit = self.served.config.max_history_entries  # type: ignore[union-attr]
-        return self._off_loop(self._storage().history, checked_id8(oid, "an oid"),
-                              checked_count(size, limit, "a history size", minimum=0))
+        return self._off_loop_call("history", checked_id8(oid, "an oid"),
+                                   checked_count(size, limit, "a history size", minimum=0))
 
     def record_iternext(self, next: Any = None) -> Any:
         return self._storage().record_iternext(next)
@@ -225,7 +235,7 @@ class StorageSession(CommitSteps, RefLoads):
         """See `_undo_range`; read in a thread."""
         if not self.served.supports_undo:  # type: ignore[union-attr]
             return ()
-        return self._off_loop(self._storage().undoLog, *self._undo_range(first, last))
+        return self._off_loop_call("undoLog", *self._undo_range(first, last))
 
     def undoInfo(self, first: int = 0, last: int = -20, specification: Any = None) -> Any:
         """See `_undo_range`; read in a thread."""
@@ -234,8 +244,7 @@ class StorageSession(CommitSteps, RefLoads):
         if specification is not None and not isinstance(specification, dict):
             raise TypeError(f"an undoInfo specification is a dict or None,"
                             f" not {specification!r:.40}")
-        return self._off_loop(self._storage().undoInfo,
-                              *self._undo_range(first, last), specification)
+        return self._off_loop_call("undoInfo", *self._undo_range(first, last), specification)
 
     def _undo_range(self, first: Any, last: Any) -> tuple[int, int]:
         """``(first, last)`` asking for at most ``max_history_entries``
@@ -266,10 +275,10 @@ class StorageSession(CommitSteps, RefLoads):
         start, stop = (None if bound is None else checked_tid(bound, "an iterator bound (a tid)")
                        for bound in (start, stop))
         iterators = self._iterators
-        storage = self._storage()
+        served = self.served
         iid = iterators.reserve()  # type: ignore[union-attr]
         try:
-            made = self._off_loop(lambda: iter(storage.iterator(start, stop)))
+            made = self._off_loop(served.iterator, start, stop)  # type: ignore[union-attr]
         except BaseException:
             iterators.release(iid)  # type: ignore[union-attr]
             raise

@@ -14,9 +14,11 @@ the loop would stall every client, so a session hands them to a
 The thread rules:
 
 - The *function* given to `SlowCalls.submit` runs in a worker thread. It
-  may touch the storage (whose own locks make it safe, as for ZEO) and its
-  own arguments, nothing of the session, the served storage or the
-  connection.
+  may touch its own arguments and a storage lent by
+  `ServedStorage.borrowed` (FileStorage itself, whose own locks make it
+  safe, as for ZEO; an instance of its own for an MVCC storage such as
+  RelStorage, whose main instance only the loop uses), nothing of the
+  session, the served storage or the connection.
 - Everything else runs on the loop: `submit`, the callbacks of the
   returned `Delayed`, and `close`. The thread's outcome reaches the loop
   through the server's executor future, so session state is only ever

@@ -11,11 +11,14 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
+import time
 import unittest
 
 import transaction
 import ZODB
-from ZODB.utils import z64
+from persistent.mapping import PersistentMapping
+from ZODB.utils import p64, u64, z64
 
 import zeo.client
 from zeo.server.testing import free_port
@@ -108,6 +111,55 @@ class ServedRelStorageTests(unittest.TestCase):
         other = connect_when_ready(self.server.address)
         self.addCleanup(other.close)
         self.assertEqual(tuple(other.call("loadBefore", z64, maxtid)), current)
+
+    def test_slow_calls_and_loads_never_share_a_database_cursor(self):
+        # history (run in a worker thread) and loadBefore (on the loop)
+        # used RelStorage's one load cursor at once: hundreds of calls a
+        # second failed with "no results to fetch", and loads read the
+        # other call's rows (None: "no revision before"). A worker thread is
+        # lent an instance of its own.
+        db = zeo.client.DB(self.server.address)
+        with db.transaction() as connection:
+            for i in range(10):
+                connection.root()[i] = PersistentMapping({"pad": "x" * (50 * i)})
+        with db.transaction() as connection:
+            oids = [connection.root()[i]._p_oid for i in range(10)]
+        db.close()
+        reader = connect_when_ready(self.server.address)
+        self.addCleanup(reader.close)
+        slow = connect_when_ready(self.server.address)
+        self.addCleanup(slow.close)
+        # Before the next tid: RelStorage reads it from the database.
+        before = p64(u64(reader.call("lastTransaction")) + 1)
+        expected = {oid: tuple(reader.call("loadBefore", oid, before)) for oid in oids}
+        stop = time.monotonic() + 1.5
+        problems = []
+
+        def histories():
+            n = 0
+            while time.monotonic() < stop:
+                try:
+                    slow.call("history", oids[n % 10], 5)
+                except ServerError as error:
+                    problems.append(f"history: {error}")
+                n += 1
+        thread = threading.Thread(target=histories)
+        thread.start()
+        loads = 0
+        try:
+            while time.monotonic() < stop:
+                oid = oids[loads % 10]
+                try:
+                    got = reader.call("loadBefore", oid, before)
+                    if got is None or tuple(got) != expected[oid]:
+                        problems.append(f"loadBefore of {u64(oid)}: {got!r:.60}")
+                except ServerError as error:
+                    problems.append(f"loadBefore: {error}")
+                loads += 1
+        finally:
+            thread.join()
+        self.assertGreater(loads, 100)
+        self.assertEqual(problems[:3], [])
 
 
 class FreshRelStorageTests(unittest.TestCase):
