@@ -30,6 +30,7 @@ IGNORE_FREE = (
     "zeo.server.monitor.snapshot",
     "zeo.server.relstorage_source",
     "zeo.server.session",
+    "zeo.server.storage_server",
     "zeo.server.testing",
     "zeo.server.tls_accept",
     "zeo.client.blobs.cache",
@@ -38,6 +39,7 @@ IGNORE_FREE = (
     "zeo.client.blobs.prune",
     "zeo.client.blobs.shared",
     "zeo.client.blobs.unsynced",
+    "zeo.client.connections.locks",
     "zeo.client.lockfiles",
     "zeo.client.storage_blobs",
 )
