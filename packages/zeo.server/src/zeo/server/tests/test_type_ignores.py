@@ -39,7 +39,9 @@ IGNORE_FREE = (
     "zeo.client.blobs.prune",
     "zeo.client.blobs.shared",
     "zeo.client.blobs.unsynced",
+    "zeo.client.connections.channel",
     "zeo.client.connections.locks",
+    "zeo.client.connections.manager",
     "zeo.client.lockfiles",
     "zeo.client.storage_blobs",
 )
