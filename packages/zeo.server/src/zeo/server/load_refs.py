@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from ZODB.POSException import POSKeyError
 
@@ -137,6 +137,16 @@ class RefWalker:
         return found
 
 
+class _Loader(Protocol):
+    """What `RefLoads` needs of the session it is mixed into."""
+
+    ref_walker: RefWalker | None
+
+    def loadBefore(self, oid: bytes, tid: bytes) -> Any: ...
+
+    def _storage(self) -> Any: ...
+
+
 class RefLoads:
     """The ``loadBeforeRefs`` call of a `StorageSession` (a mixin: the
     adapter sets ``ref_walker`` when the capability was agreed)."""
@@ -144,15 +154,15 @@ class RefLoads:
     #: None: the client did not agree to `LOAD_REFS` (or we refuse it).
     ref_walker: RefWalker | None = None
 
-    def loadBeforeRefs(self, oid: bytes, tid: bytes) -> Any:
+    def loadBeforeRefs(self: _Loader, oid: bytes, tid: bytes) -> Any:
         """``loadBefore(oid, tid)``, and the extra records: ``(data,
         start, end, [(oid, data, start, end), ...])``, or None."""
         walker = self.ref_walker
         if walker is None:
             raise ValueError("loadBeforeRefs needs the load-refs capability")
-        result = self.loadBefore(oid, tid)  # type: ignore[attr-defined]
+        result = self.loadBefore(oid, tid)
         if result is None:
             return None
         data, start, end = result
-        extras = walker.extras(self._storage(), oid, tid, data) if data else []  # type: ignore[attr-defined]
+        extras = walker.extras(self._storage(), oid, tid, data) if data else []
         return data, start, end, extras

@@ -85,6 +85,12 @@ class StorageSession(CommitSteps, RefLoads):
     """See `IStorageSession`; vote, finish and abort are in `CommitSteps`,
     ``loadBeforeRefs`` in `RefLoads`."""
 
+    # Set by `register`, with `served`: the adapter calls no other method
+    # before it, so the RPC methods below take them as set.
+    _served: ServedStorage
+    _iterators: IteratorRegistry
+    _slow: SlowCalls
+
     def __init__(self, storages: dict[str, ServedStorage], peer: Any,
                  label: str, max_label_length: int = DEFAULT_MAX_LABEL_LENGTH) -> None:
         self._storages = storages
@@ -97,8 +103,6 @@ class StorageSession(CommitSteps, RefLoads):
         self.txn: PendingTransaction | None = None
         #: The reply to a vote that waits for the commit lock.
         self._waiting_vote: Delayed | None = None
-        self._iterators: IteratorRegistry | None = None
-        self._slow: SlowCalls | None = None
         self._commit_timer = CommitTimer()   # for the slow-commit line
 
     def __repr__(self) -> str:
@@ -131,11 +135,11 @@ class StorageSession(CommitSteps, RefLoads):
             raise ValueError(f"unknown storage: {peer_repr(storage_name)}")
         if served.read_only and not read_only:
             raise ReadOnlyError()
-        self.served = served
         self.read_only = bool(read_only) or served.read_only
         self._iterators = IteratorRegistry(served.config.max_iterators,
                                            served.iterator_budget)
         self._slow = SlowCalls(self.peer.run_in_thread, served.config.max_waiting_calls)
+        self.served = self._served = served
         served.add(self)
         logger.info("%s: registered with storage %r, %s", self.name, served.name,
                     "read-only" if self.read_only else "read-write",
@@ -143,7 +147,7 @@ class StorageSession(CommitSteps, RefLoads):
         return served.register_answer(self)
 
     def _storage(self) -> Any:
-        return self.served.storage  # type: ignore[union-attr]
+        return self._served.storage
 
     def get_info(self) -> dict[str, Any]:
         storage = self._storage()
@@ -154,29 +158,29 @@ class StorageSession(CommitSteps, RefLoads):
             "length": len(storage),
             "size": storage.getSize(),
             "name": storage.getName(),
-            "supportsUndo": self.served.supports_undo,  # type: ignore[union-attr]
+            "supportsUndo": self._served.supports_undo,
             "supports_record_iternext": hasattr(storage, "record_iternext"),
             "interfaces": interfaces,
         }
 
     def lastTransaction(self) -> bytes:
-        return self.served.last_transaction()  # type: ignore[union-attr]
+        return self._served.last_transaction()
 
     def getInvalidations(self, tid: bytes) -> Any:
-        served = self.served
-        known, answer = served.invalidations_from_queue(checked_tid(tid, "a tid"))  # type: ignore[union-attr]
+        served = self._served
+        known, answer = served.invalidations_from_queue(checked_tid(tid, "a tid"))
         if known:
             return answer
-        now = served.hooks.clock()  # type: ignore[union-attr]
-        iterated = self._off_loop(served.iterate_invalidations, tid, now)  # type: ignore[union-attr]
+        now = served.hooks.clock()
+        iterated = self._off_loop(served.iterate_invalidations, tid, now)
         # Back on the loop: add what was committed while the thread iterated.
-        return chain(iterated, served.merge_invalidations)  # type: ignore[union-attr]
+        return chain(iterated, served.merge_invalidations)
 
     def ping(self) -> None:
         pass
 
     def server_status(self) -> dict[str, Any]:
-        return self.served.status()  # type: ignore[union-attr]
+        return self._served.status()
 
     def set_client_label(self, label: Any) -> None:
         """Name this connection in log lines and status. The label is cut to
@@ -197,17 +201,17 @@ class StorageSession(CommitSteps, RefLoads):
         if oid.__class__ is not bytes or len(oid) != 8 \
                 or tid.__class__ is not bytes or len(tid) != 8 or tid[0] & 0x80:
             oid, tid = checked_id8(oid, "an oid"), checked_tid(tid, "a tid")
-        self.served.stats.loads += 1  # type: ignore[union-attr]
+        self._served.stats.loads += 1
         return self._storage().loadBefore(oid, tid)
 
     def _off_loop(self, function: Any, *args: Any) -> Delayed:
         """``function(*args)`` in this connection's slow-call lane."""
-        return self._slow.submit(lambda: function(*args))  # type: ignore[union-attr]
+        return self._slow.submit(lambda: function(*args))
 
     def _off_loop_call(self, method: str, *args: Any) -> Delayed:
         """``storage.method(*args)`` in this connection's slow-call lane,
         on a storage the thread may use (`ServedStorage.borrowed`)."""
-        borrowed = self.served.borrowed  # type: ignore[union-attr]
+        borrowed = self._served.borrowed
 
         def call() -> Any:
             with borrowed() as storage:
@@ -224,7 +228,7 @@ class StorageSession(CommitSteps, RefLoads):
 
     def history(self, oid: bytes, size: int = 1) -> Any:
         """At most ``max_history_entries`` revisions, read in a thread."""
-        limit = self.served.config.max_history_entries  # type: ignore[union-attr]
+        limit = self._served.config.max_history_entries
         return self._off_loop_call("history", checked_id8(oid, "an oid"),
                                    checked_count(size, limit, "a history size", minimum=0))
 
@@ -233,13 +237,13 @@ class StorageSession(CommitSteps, RefLoads):
 
     def undoLog(self, first: int = 0, last: int = -20) -> Any:
         """See `_undo_range`; read in a thread."""
-        if not self.served.supports_undo:  # type: ignore[union-attr]
+        if not self._served.supports_undo:
             return ()
         return self._off_loop_call("undoLog", *self._undo_range(first, last))
 
     def undoInfo(self, first: int = 0, last: int = -20, specification: Any = None) -> Any:
         """See `_undo_range`; read in a thread."""
-        if not self.served.supports_undo:  # type: ignore[union-attr]
+        if not self._served.supports_undo:
             return ()
         if specification is not None and not isinstance(specification, dict):
             raise TypeError(f"an undoInfo specification is a dict or None,"
@@ -249,7 +253,7 @@ class StorageSession(CommitSteps, RefLoads):
     def _undo_range(self, first: Any, last: Any) -> tuple[int, int]:
         """``(first, last)`` asking for at most ``max_history_entries``
         transactions: ``last`` is the end index, or minus a count."""
-        limit = self.served.config.max_history_entries  # type: ignore[union-attr]
+        limit = self._served.config.max_history_entries
         first = checked_count(first, None, "undo's first", minimum=0)
         if not isinstance(last, int) or isinstance(last, bool):
             raise TypeError(f"undo's last is an int, not {last!r:.40}")
@@ -260,8 +264,8 @@ class StorageSession(CommitSteps, RefLoads):
     def sendBlob(self, oid: bytes, serial: bytes) -> None:
         path = self._storage().loadBlob(
             checked_id8(oid, "an oid"), checked_tid(serial, "a serial"))
-        blob = open_blob(self.served.blob_dir, path)  # type: ignore[union-attr]
-        chunk_size = self.served.config.blob_chunk_size  # type: ignore[union-attr]
+        blob = open_blob(self._served.blob_dir, path)
+        chunk_size = self._served.config.blob_chunk_size
         self.peer.stream(BlobMessages(oid, serial, blob, chunk_size))
         return None
 
@@ -275,32 +279,31 @@ class StorageSession(CommitSteps, RefLoads):
         start, stop = (None if bound is None else checked_tid(bound, "an iterator bound (a tid)")
                        for bound in (start, stop))
         iterators = self._iterators
-        served = self.served
-        iid = iterators.reserve()  # type: ignore[union-attr]
+        iid = iterators.reserve()
         try:
-            made = self._off_loop(served.iterator, start, stop)  # type: ignore[union-attr]
+            made = self._off_loop(self._served.iterator, start, stop)
         except BaseException:
-            iterators.release(iid)  # type: ignore[union-attr]
+            iterators.release(iid)
             raise
 
         def adopt(iterator: Any) -> int:
-            iterators.adopt(iid, iterator)  # type: ignore[union-attr]
+            iterators.adopt(iid, iterator)
             return iid
 
-        made.add_callback(lambda error, _: None if error is None else iterators.release(iid))  # type: ignore[union-attr]
+        made.add_callback(lambda error, _: None if error is None else iterators.release(iid))
         return chain(made, adopt)
 
     def iterator_next(self, iid: int) -> Any:
-        return self._iterators.next_transaction(iid)  # type: ignore[union-attr]
+        return self._iterators.next_transaction(iid)
 
     def iterator_record_start(self, txn_iid: int, tid: bytes) -> int:
-        return self._iterators.start_records(txn_iid, tid)  # type: ignore[union-attr]
+        return self._iterators.start_records(txn_iid, tid)
 
     def iterator_record_next(self, rid: int) -> Any:
-        return self._iterators.next_record(rid)  # type: ignore[union-attr]
+        return self._iterators.next_record(rid)
 
     def iterator_gc(self, iids: Any) -> None:
-        self._iterators.forget(iids)  # type: ignore[union-attr]
+        self._iterators.forget(iids)
 
     # -- writes outside transactions ------------------------------------------
 
@@ -323,16 +326,16 @@ class StorageSession(CommitSteps, RefLoads):
         client not to write, no security boundary. A read-only server or
         storage refuses (ReadOnlyError).
         """
-        served = self.served
-        if served.read_only:  # type: ignore[union-attr]
+        served = self._served
+        if served.read_only:
             raise ReadOnlyError()
         if not isinstance(t, (int, float)) or isinstance(t, bool):
             raise TypeError(f"a pack time is a number, not {t!r:.40}")
-        if served.packing is not None and not wait:  # type: ignore[union-attr]
+        if served.packing is not None and not wait:
             logger.info("%.200s: pack of storage %r ignored: a pack is already running",
-                        self.name, served.name)  # type: ignore[union-attr]
+                        self.name, served.name)
             return None
-        done = served.pack(self.peer.run_in_thread, t, referencesf,  # type: ignore[union-attr]
+        done = served.pack(self.peer.run_in_thread, t, referencesf,
                            who=self.name, log_fields=session_fields(self))
         return done if wait else None
 
@@ -355,24 +358,24 @@ class StorageSession(CommitSteps, RefLoads):
             raise StorageTransactionError(
                 f"tpc_begin for {peer_repr(txn_id)} while transaction {peer_repr(self.txn.txn_id)}"
                 " is still open on this connection")
-        served = self.served
-        config = served.config  # type: ignore[union-attr]
+        served = self._served
+        config = served.config
         self.txn = PendingTransaction(
-            served.storage, txn_id, user, description, extension, tid, status,  # type: ignore[union-attr]
-            spool_dir=served.spool_dir,  # type: ignore[union-attr]
+            served.storage, txn_id, user, description, extension, tid, status,
+            spool_dir=served.spool_dir,
             max_spool_size=config.max_spool_size,
             client_conflict_resolution=config.client_conflict_resolution,
-            spool_budget=served.spool_budget)  # type: ignore[union-attr]
-        served.stats.active_txns += 1  # type: ignore[union-attr]
+            spool_budget=served.spool_budget)
+        served.stats.active_txns += 1
 
     def storea(self, oid: bytes, serial: bytes, data: bytes, txn_id: Any) -> None:
         self._spooling(txn_id).spool.store(
             checked_id8(oid, "an oid"), checked_serial(serial), checked_record(data))
-        self.served.stats.stores += 1  # type: ignore[union-attr]
+        self._served.stats.stores += 1
 
     def deleteObject(self, oid: bytes, serial: bytes, txn_id: Any) -> None:
         self._spooling(txn_id).spool.delete(checked_id8(oid, "an oid"), checked_serial(serial))
-        self.served.stats.stores += 1  # type: ignore[union-attr]
+        self._served.stats.stores += 1
 
     def checkCurrentSerialInTransaction(self, oid: bytes, serial: bytes, txn_id: Any) -> None:
         self._spooling(txn_id).spool.check_current(
@@ -397,16 +400,16 @@ class StorageSession(CommitSteps, RefLoads):
                 " must be its transaction's tid")
         txn.spool.restore(
             oid, serial, None if data is None else checked_record(data), prev_txn)
-        self.served.stats.stores += 1  # type: ignore[union-attr]
+        self._served.stats.stores += 1
 
     def undoa(self, undo_id: bytes, txn_id: Any) -> None:
         self._spooling(txn_id).spool.undo(undo_id)
 
     def storeBlobStart(self) -> None:
         txn = self._spooling(None, check_id=False)
-        uploads = self.served.uploads  # type: ignore[union-attr]
+        uploads = self._served.uploads
         if uploads is None:
-            raise ValueError(f"storage {self.served.name!r} has no blob support;"  # type: ignore[union-attr]
+            raise ValueError(f"storage {self._served.name!r} has no blob support;"
                              " storeBlobStart is refused")
         txn.start_blob(uploads)
 
@@ -415,21 +418,21 @@ class StorageSession(CommitSteps, RefLoads):
 
     def storeBlobEnd(self, oid: bytes, serial: bytes, data: bytes, txn_id: Any) -> None:
         self._spooling(txn_id).end_blob(oid, checked_serial(serial), checked_record(data))
-        self.served.stats.stores += 1  # type: ignore[union-attr]
+        self._served.stats.stores += 1
 
     def storeBlobShared(self, oid: bytes, serial: bytes, data: bytes, filename: str,
                         txn_id: Any) -> None:
         txn = self._spooling(txn_id)
         oid, serial = checked_id8(oid, "an oid"), checked_serial(serial)
         data = checked_record(data)
-        path = self.served.claim_shared_blob(oid, filename)  # type: ignore[union-attr]
-        txn.uploads = self.served.uploads  # type: ignore[union-attr]
+        path = self._served.claim_shared_blob(oid, filename)
+        txn.uploads = self._served.uploads
         try:
             txn.spool.store_blob(oid, serial, data, path)
         except BaseException:
             os.remove(path)   # ours since claimed; the spool did not take it
             raise
-        self.served.stats.stores += 1  # type: ignore[union-attr]
+        self._served.stats.stores += 1
 
     def _spooling(self, txn_id: Any, check_id: bool = True) -> PendingTransaction:
         if self.txn is None:
@@ -449,10 +452,8 @@ class StorageSession(CommitSteps, RefLoads):
         try:
             self._forget_transaction(aborted=True)
         finally:
-            if self._slow is not None:
-                self._slow.close()
-            if self._iterators is not None:
-                self._iterators.close()
             if self.served is not None:
+                self._slow.close()
+                self._iterators.close()
                 self.served.remove(self)
 

@@ -69,6 +69,9 @@ class StorageServer:
     """Serve *storages* (a mapping of name to ZODB storage); *sources* maps
     some of those names to an `ICommitSource` (see zeo.server.commit_sources)."""
 
+    #: Set by `start`: nothing runs in a thread before the server started.
+    _loop: asyncio.AbstractEventLoop
+
     def __init__(self, storages: dict[str, Any], config: ServerConfig | None = None,
                  sources: dict[str, Any] | None = None) -> None:
         if not storages:
@@ -83,7 +86,6 @@ class StorageServer:
         self.connections: set[ServerProtocol] = set()
         self.addresses: list[Address] = []
         self._listeners: list[asyncio.AbstractServer] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._unix_paths: list[str] = []
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None
         #: The pack and commit threads, made when first needed.
@@ -235,7 +237,7 @@ class StorageServer:
                     thread_name_prefix="zeo.server worker")
             executor = self._workers
         delayed = Delayed()
-        future = self._loop.run_in_executor(executor, function)  # type: ignore[union-attr]
+        future = self._loop.run_in_executor(executor, function)
         self._working.add(future)
         future.add_done_callback(self._working.discard)
 

@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 
 from zeo.protocol import (
     NEED_DATA, Call, ClientConnection, ConnectionClosed, ErrorReply,
@@ -218,7 +218,7 @@ class Channel:
     def _read_for(self, waiter: Waiter) -> None:
         # This thread holds the baton: read and handle input until the
         # waiter is settled, or until something must be left to the loop.
-        baton: SocketBaton = self._baton  # type: ignore[assignment]
+        baton = cast(SocketBaton, self._baton)  # set: _take_baton gave it to us
         lock = self.lock
         try:
             while not waiter.done():
@@ -404,26 +404,29 @@ class Channel:
 
     def attach(self, transport: asyncio.BaseTransport) -> None:
         """The connection is made."""
-        self.transport = self._output.transport = transport  # type: ignore[assignment]
+        # asyncio types every protocol's transport as a BaseTransport; a
+        # stream connection's is a Transport.
+        stream = cast(asyncio.Transport, transport)
+        self.transport = self._output.transport = stream
         self._output.loop_thread = _get_ident()
         if self._direct_calls and available(transport):
             # uvloop starts reading after connection_made returns, paused
             # or not: take the socket over on the next turn of the loop.
-            self.loop.call_soon(self._take_socket)
+            self.loop.call_soon(self._take_socket, stream)
         self._heartbeat = self.loop.call_later(self._heartbeat_interval, self._send_heartbeat)
 
-    def _take_socket(self) -> None:
+    def _take_socket(self, transport: asyncio.Transport) -> None:
         # From now on the baton's holder reads the socket: the loop, or
         # an application thread; the transport only writes.
         with self.lock:
             if self.closed:
                 return
             try:
-                baton = SocketBaton(self.loop, self.transport, self._read_soon)
+                baton = SocketBaton(self.loop, transport, self._read_soon)
             except OSError as error:  # out of descriptors: the loop reads
                 logger.warning('%r: no baton, the loop reads: %s', self, error)
                 return
-            self.transport.pause_reading()  # type: ignore[union-attr]
+            transport.pause_reading()
             self._baton = baton
             self._output.socket = baton.socket
 
@@ -460,9 +463,9 @@ class Channel:
         with self.lock:
             if self.transport is not None:
                 self.transport.abort()
-            self._shut(error)  # type: ignore[arg-type]
+            self._shut(error)
 
-    def _shut(self, exc: Exception | None) -> None:
+    def _shut(self, exc: BaseException | None) -> None:
         # Under the lock, on the loop.
         first = not self.closed
         self.closed = True

@@ -11,7 +11,7 @@ none of these locks, because the thread that would wake it may need one.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Protocol, cast
 
 __all__ = ['CHANNEL', 'CHECK', 'CheckedRLock', 'LockOrderError', 'VISIBILITY',
            'check_free', 'held_by_this_thread', 'new_lock']
@@ -24,7 +24,25 @@ VISIBILITY = 2
 #: Whether locks made from now on check their order (tests set it).
 CHECK = False
 
-_local = threading.local()
+
+class _Held(threading.local):
+    """Per thread: ``held``, the checked locks it holds (unset at first)."""
+
+    held: list[CheckedRLock]
+
+
+_local = _Held()
+
+
+class _OwnedRLock(Protocol):
+    """An ``RLock`` with ``_is_owned``, which CPython's has (its
+    ``Condition`` uses it) but the typeshed stubs leave out."""
+
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+    def _is_owned(self) -> bool: ...
 
 
 class LockOrderError(AssertionError):
@@ -35,7 +53,7 @@ class LockOrderError(AssertionError):
 def held_by_this_thread() -> list['CheckedRLock']:
     """The checked locks this thread holds, in the order it took them."""
     try:
-        return _local.held  # type: ignore[no-any-return,unused-ignore]
+        return _local.held
     except AttributeError:
         held: list[CheckedRLock] = []
         _local.held = held
@@ -46,7 +64,7 @@ class CheckedRLock:
     """An ``RLock`` that knows its rank and checks the order it is taken in."""
 
     def __init__(self, rank: int, name: str) -> None:
-        self._lock = threading.RLock()
+        self._lock = cast(_OwnedRLock, threading.RLock())  # for _is_owned, see _OwnedRLock
         self.rank = rank
         self.name = name
 
@@ -55,7 +73,7 @@ class CheckedRLock:
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         held = held_by_this_thread()
-        if not self._lock._is_owned():  # type: ignore[attr-defined]
+        if not self._lock._is_owned():
             for other in held:
                 if other.rank >= self.rank:
                     raise LockOrderError(
@@ -75,7 +93,7 @@ class CheckedRLock:
                 break
 
     def _is_owned(self) -> bool:
-        return self._lock._is_owned()  # type: ignore[attr-defined,no-any-return,unused-ignore]
+        return self._lock._is_owned()
 
     def __enter__(self) -> bool:
         return self.acquire()

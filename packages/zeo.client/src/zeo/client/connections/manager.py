@@ -73,7 +73,7 @@ import logging
 import random
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from ZODB.event import notify
 from ZODB.POSException import ReadOnlyError, StorageTransactionError
@@ -325,7 +325,7 @@ class ConnectionManager:
             self._deactivate(old)
             old.close()
         cache = self.cache
-        server_tid: bytes = channel.server_tid  # type: ignore[assignment]  # registered
+        server_tid = cast(bytes, channel.server_tid)  # set: _open registered it
         cache_tid = cache.getLastTid()
         info_reply = channel.request('get_info')
         invalidations = None
@@ -451,7 +451,7 @@ class ConnectionManager:
     def protocol_agreed(self, channel: Channel) -> None:
         pass  # the attempt awaits channel.handshake_done
 
-    def protocol_lost(self, channel: Channel, exc: Exception | None) -> None:
+    def protocol_lost(self, channel: Channel, exc: BaseException | None) -> None:
         self._channels.discard(channel)
         if channel is self.channel:
             self._deactivate(channel)

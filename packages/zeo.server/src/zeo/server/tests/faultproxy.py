@@ -22,7 +22,7 @@ import asyncio
 import socket
 import struct
 import threading
-from typing import Any
+from typing import Any, cast
 
 
 class _Pipe:
@@ -93,10 +93,11 @@ class _Side(asyncio.Protocol):
         self.direction = direction   # where received bytes go: 'up' or 'down'
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        stream = cast(asyncio.Transport, transport)  # a TCP connection's
         if self.direction == "up":
-            self.pipe.client = transport  # type: ignore[assignment]
+            self.pipe.client = stream
         else:
-            self.pipe.server = transport  # type: ignore[assignment]
+            self.pipe.server = stream
 
     def data_received(self, data: bytes) -> None:
         self.pipe.proxy._forward(self.pipe, self.direction, data)
@@ -108,6 +109,9 @@ class _Side(asyncio.Protocol):
 class FaultProxy:
     """Proxy 127.0.0.1:<port> to *target*; start with `start`, end with `stop`."""
 
+    #: The listener, set by `start`.
+    _server: asyncio.Server
+
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.pipes: set[_Pipe] = set()
@@ -115,7 +119,6 @@ class FaultProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="fault proxy")
-        self._server: asyncio.Server | None = None
         self._delay = 0.0
         self._stalled = False
         self._stalled_chunks: list[tuple[_Pipe, str, bytes]] = []
@@ -132,8 +135,8 @@ class FaultProxy:
 
     def stop(self) -> None:
         self._call(self._close_all, False)
-        self._server.close()  # type: ignore[union-attr]
-        self._run(self._server.wait_closed())  # type: ignore[union-attr]
+        self._server.close()
+        self._run(self._server.wait_closed())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
@@ -190,12 +193,13 @@ class FaultProxy:
 
         async def connect_upstream() -> None:
             try:
-                await self._loop.create_connection(lambda: _Side(pipe, "down"), *self.target)
+                server, _ = await self._loop.create_connection(
+                    lambda: _Side(pipe, "down"), *self.target)
             except OSError:
                 pipe.close()
                 return
             for chunk in pipe.pending_to_server:
-                pipe.server.write(chunk)  # type: ignore[union-attr]
+                server.write(chunk)   # pipe.server
             pipe.pending_to_server.clear()
 
         self._loop.create_task(connect_upstream())

@@ -16,9 +16,15 @@ import unittest
 from zeo.server.tests.support import CHECKOUT
 
 
+class _CaseKeepingParser(configparser.ConfigParser):
+    """Keeps the case of option names (ConfigParser lowers it)."""
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
 def buildout_versions() -> dict[str, str]:
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment, method-assign]  # keep the case
+    parser = _CaseKeepingParser(interpolation=None)
     parser.read(CHECKOUT / "versions.cfg")
     return {name.lower(): value for name, value in parser["versions"].items()}
 
