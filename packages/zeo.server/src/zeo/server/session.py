@@ -150,13 +150,17 @@ class StorageSession(CommitSteps, RefLoads):
         return self._served.storage
 
     def get_info(self) -> dict[str, Any]:
+        """The storage's description; its length and size as ``info``
+        gives them (a database's are counted in a thread, now and then:
+        see zeo.server.size_info)."""
         storage = self._storage()
         interfaces = tuple(
             (interface.__module__, interface.__name__)
             for interface in providedBy(storage).__iro__)
+        figures = self._served.size_info(self.peer.run_in_thread)
         return {
-            "length": len(storage),
-            "size": storage.getSize(),
+            "length": figures["length"],
+            "size": figures["size"],
             "name": storage.getName(),
             "supportsUndo": self._served.supports_undo,
             "supports_record_iternext": hasattr(storage, "record_iternext"),

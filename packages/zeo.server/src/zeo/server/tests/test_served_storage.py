@@ -179,6 +179,29 @@ class LentInstancesTests(unittest.TestCase):
         self.client.call("history", self.oid, 1)     # given back: lent again
         self.assertEqual(len(self.storage.instances), 2)
 
+    def test_get_info_counts_a_database_in_a_thread(self):
+        # RelStorage opens a database connection to count objects and
+        # another for the size: not on the loop at each registration.
+        counted = []
+
+        class Counted(WhereStorage):
+            def __len__(self):
+                counted.append(threading.current_thread().name)
+                return 7
+        storage = Counted()
+        address, stop = zeo.server.server(storages={"1": storage})
+        self.addCleanup(stop)
+        client = RawClient(address, timeout=10)
+        self.addCleanup(client.close)
+        with self.assertRaises(ServerError):     # nothing there: a POSKeyError
+            client.call("loadBefore", z64, p64(2 ** 63 - 1))
+        loop_thread = next(thread for name, kind, thread in storage.calls
+                           if name == "loadBefore")
+        wait_until(lambda: counted, "the count at startup")
+        for _ in range(3):
+            self.assertEqual(client.call("get_info")["length"], 7)
+        self.assertNotIn(loop_thread, counted)
+
     def test_a_file_storage_is_called_itself(self):
         directory = tempfile.mkdtemp(prefix="zeo-served-")
         self.addCleanup(shutil.rmtree, directory, True)
