@@ -24,6 +24,8 @@ from zeo.protocol import (
     NEED_DATA, Call, ClientConnection, ConnectionClosed, ErrorReply, OneWayCall,
     ProtocolAgreed, ProtocolError, Reply)
 
+from zeo.server.peers import format_address
+
 __all__ = ["DEFAULT_TIMEOUT", "GREETING_TIMEOUT", "MAX_STATUS_SIZE", "KINDS", "ServerError", "ServerUnreachable", "ServerTimeout",
            "AdminClient", "connect_socket", "status", "describe_address"]
 
@@ -75,8 +77,7 @@ def _unreachable(kind: str, where: str, reason: str) -> ServerUnreachable:
 def describe_address(address: Any) -> str:
     if isinstance(address, str):
         return f"unix socket {address!r:.200}"
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_address(address)
 
 
 def _translate(error: BaseException, where: str, timeout: float, tls: bool,

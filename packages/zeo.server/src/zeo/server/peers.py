@@ -1,10 +1,19 @@
-"""Who is at the other end of a transport, for logs and limits."""
+"""Who is at the other end of a transport, and addresses as text, for
+logs, limits and messages."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["describe_peer", "peer_host"]
+__all__ = ["describe_peer", "format_address", "peer_host"]
+
+
+def format_address(address: Any) -> str:
+    """``host:port`` (``[host]:port`` for IPv6), or a Unix socket's path."""
+    if isinstance(address, str):
+        return address
+    host, port = address[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def peer_host(transport: Any) -> str | None:
@@ -22,5 +31,5 @@ def describe_peer(transport: Any) -> str:
         return "unconnected"
     peer = transport.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{peer[0]}:{peer[1]}"
+        return format_address((str(peer[0]), peer[1]))
     return str(peer or transport.get_extra_info("sockname") or "unix socket")

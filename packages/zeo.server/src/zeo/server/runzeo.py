@@ -345,7 +345,7 @@ def make_room_for_descriptors(config: ServerConfig) -> int:
 def _announce(addresses: list[Any]) -> None:
     """The startup line: where the server serves and where it logs."""
     from zeo.server.eventlog import log_destinations
-    from zeo.server.storage_server import format_address
+    from zeo.server.peers import format_address
     logger.info("ready: serving on %s (pid %d); logging to %s",
                 ", ".join(map(format_address, addresses)), os.getpid(),
                 ", ".join(log_destinations()) or "nowhere")

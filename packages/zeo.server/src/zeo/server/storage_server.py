@@ -33,6 +33,7 @@ from zeo.server.config import Address, ServerConfig
 from zeo.server.eventlog import RefusalLog
 from zeo.server.interfaces import IClosed, IServing
 from zeo.server.iterators import IteratorBudget
+from zeo.server.peers import format_address
 from zeo.server.results import Delayed
 from zeo.server.served_storage import LoopHooks, ServedStorage
 from zeo.server.tls_accept import tls_protocol_factory
@@ -270,13 +271,6 @@ class StorageServer:
                 executor.shutdown(wait=True)  # idle by now: ends the threads
         self._workers = None
         self._lanes.clear()
-
-
-def format_address(address: Address) -> str:
-    if isinstance(address, str):
-        return address
-    host, port = address[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _remove_stale_socket(path: str) -> None:
