@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Union
 
 from zeo.server.config import Address, ServerConfig
 from zeo.server.loops import new_event_loop
+from zeo.server.peers import format_address
 
 __all__ = ["START_TIMEOUT", "ZeoConf", "open_storage", "server", "zeo_settings"]
 
@@ -56,20 +57,13 @@ def open_storage(path: str | None = None, blob_dir: str | None = None,
     return storage
 
 
-def _address_text(address: Address) -> str:
-    if isinstance(address, str):
-        return address
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _value_text(key: str, value: Any) -> str:
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, (list, tuple)) and key != "address":
         text = " ".join(map(str, value))
     elif key == "address" and not isinstance(value, str):
-        text = _address_text(value if isinstance(value, tuple) else ("127.0.0.1", value))
+        text = format_address(value if isinstance(value, tuple) else ("127.0.0.1", value))
     else:
         text = str(value)
     if "\n" in text or "<" in text:
@@ -119,7 +113,7 @@ def zeo_settings(zeo_conf: ZeoConf, port: int | Address = 0) -> tuple[ServerConf
                         f" not {type(zeo_conf).__name__}")
     if not re.search(r"^\s*address\s", text, re.I | re.M):
         text = re.sub(r"<\s*zeo\b[^>]*>", lambda m: f"{m.group(0)}\n"
-                      f"  address {_address_text(address)}\n", text, count=1, flags=re.I)
+                      f"  address {format_address(address)}\n", text, count=1, flags=re.I)
     import ZConfig
     root, _ = ZConfig.loadConfigFile(_schema(), io.StringIO(text))
     return root.zeo.config, root.zeo.address

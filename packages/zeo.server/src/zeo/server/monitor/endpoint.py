@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from zeo.server.monitor.metrics import exposition, registry_for
 from zeo.server.monitor.page import render
 from zeo.server.monitor.snapshot import snapshot
+from zeo.server.peers import format_address
 
 if TYPE_CHECKING:
     from zeo.server.storage_server import StorageServer
@@ -62,7 +63,7 @@ class MonitorEndpoint:
             self._serve, host, port, limit=MAX_LINE, reuse_address=True)
         self.address = self._listener.sockets[0].getsockname()[:2]
         logger.info("monitor endpoint on http://%s/ (metrics at /metrics)",
-                    _host_port(self.address))
+                    format_address(self.address))
         return self.address
 
     async def close(self) -> None:
@@ -137,8 +138,3 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[st
         if sep:
             headers[name.strip().lower()] = value.strip()
     return None
-
-
-def _host_port(address: tuple[str, int]) -> str:
-    host, port = address[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

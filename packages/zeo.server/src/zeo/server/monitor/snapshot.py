@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ZODB.TimeStamp import TimeStamp
 
 from zeo.server.monitor.stacks import task_stacks, thread_stacks
+from zeo.server.peers import format_address
 
 if TYPE_CHECKING:
     from zeo.server.adapter import ServerProtocol
@@ -71,8 +72,7 @@ def _peer(connection: ServerProtocol) -> str:
     transport = connection.transport
     peer = transport.get_extra_info("peername") if transport is not None else None
     if isinstance(peer, tuple) and len(peer) >= 2:
-        host = str(peer[0])
-        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+        return format_address((str(peer[0]), peer[1]))
     return "unix socket" if peer is not None or transport is not None else "?"
 
 
