@@ -27,7 +27,7 @@ from zeo.protocol import peer_repr
 
 from zeo.server.blob_uploads import SpoolBudget, UploadDirectory, remove_stale_uploads
 from zeo.server.commit_lock import CommitLock
-from zeo.server.commit_sources import Announcer, DatabaseStandIn
+from zeo.server.commit_sources import Announcer, DatabaseStandIn, move_snapshot
 from zeo.server.commit_threads import wants_commit_threads
 from zeo.server.config import ServerConfig
 from zeo.server.conflicts import guard_conflict_resolution
@@ -184,7 +184,7 @@ class ServedStorage:
             if instance is None:
                 instance = storage.new_instance()
                 guard_conflict_resolution(instance, self.config.conflict_resolution_packages)
-            instance.poll_invalidations()
+            move_snapshot(instance)
         except BaseException:
             if instance is not None:
                 self.release_instance(instance, reusable=False)
