@@ -58,6 +58,15 @@ Rules:
    too), then everything read is announced in tid order, T among them.
    Every client is told of T (the committer by its reply) only once a
    load sees it.
+8. Own commits are the committer's to tell.  While a commit of ours
+   finishes in its thread (between `finishing` and `finished`), commits
+   the source reports wait: the source may find T itself (the database
+   notifies every listener, this server's too, the moment T commits) and
+   would otherwise announce it to every session, its committer among
+   them, before the committer's reply.  They are announced at `own`, in
+   tid order with T, or at `finished` if T failed.  Rule 2's look is
+   skipped when the source has already reported T or a newer tid: having
+   seen it, it has reported every older commit (`ICommitSource.start`).
 """
 
 from __future__ import annotations
@@ -140,6 +149,10 @@ class Announcer:
         self._move_due = False
         #: Duplicates dropped (rule 1), for tests and curious operators.
         self.duplicates = 0
+        #: Own commits finishing in their threads (rule 8).
+        self._finishing = 0
+        #: The newest tid the source has reported (rule 8).
+        self._reported = Z64
 
     # -- the newest announced tid -------------------------------------------
 
@@ -173,7 +186,20 @@ class Announcer:
     def report(self, tid: bytes, oids: Iterable[bytes]) -> None:
         """An external commit, reported on the loop (`ICommitSource`)."""
         self._add(tid, tuple(oids))
+        if _is_id(tid) and tid > self._reported:
+            self._reported = tid
         self.flush()
+
+    def finishing(self) -> None:
+        """A commit of ours begins ``tpc_finish`` in its thread (rule 8)."""
+        self._finishing += 1
+
+    def finished(self, committed: bool) -> None:
+        """It ended: just before `own` if it *committed* (which announces
+        what waited), else the waiting commits are announced now (rule 8)."""
+        self._finishing -= 1
+        if not committed:
+            self.flush()
 
     def report_threadsafe(self, tid: bytes, oids: Iterable[bytes]) -> None:
         """An external commit, from any thread (rule 5)."""
@@ -196,7 +222,7 @@ class Announcer:
 
     def own(self, committer: Any, tid: bytes, oids: tuple[bytes, ...]) -> None:
         """A commit made through this server finished with *tid* (rule 2)."""
-        if self.source is not None:
+        if self.source is not None and self._reported < tid:   # rule 8
             self._read_source()
         self._take_inbox()
         if self.free:   # rule 7
@@ -221,7 +247,7 @@ class Announcer:
     def flush(self) -> None:
         """Announce the external commits read so far, if rule 3 allows."""
         self._take_inbox()
-        if not self._pending:
+        if not self._pending or self._finishing:   # rule 8: at own or finished
             return
         if self.mvcc and not self.free and self.served.lock.holder is not None:
             return   # at the holder's release (rule 3)

@@ -226,11 +226,13 @@ class CommitSteps:
 
         def finished(error: BaseException | None, tid: Any) -> None:
             if error is not None:
+                served.announcer.finished(committed=False)
                 if self.txn is txn:
                     self._forget_transaction(aborted=True)
                 reply.fail(error)
                 return
             try:
+                served.announcer.finished(committed=True)
                 served.commit_finished(self, tid, oids)
             except Exception:   # committed all the same: answer, release
                 logger.exception("%.200s: announcing commit %s failed", self.name, tid.hex())
@@ -240,7 +242,13 @@ class CommitSteps:
                 self._forget_transaction(aborted=False)
             reply.resolve(tid)
 
-        txn.off_loop.finish().add_callback(finished)
+        served.announcer.finishing()   # commit_sources, rule 8
+        try:
+            running = txn.off_loop.finish()
+        except BaseException:
+            served.announcer.finished(committed=False)
+            raise
+        running.add_callback(finished)
         return reply
 
     def tpc_abort(self, txn_id: Any) -> None:
