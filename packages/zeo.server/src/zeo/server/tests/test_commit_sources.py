@@ -448,6 +448,35 @@ class ThreadedMVCCMergeTests(MergeTests):
         self.assertEqual(committer.heard, [p64(5), p64(7)])
         self.assertEqual(served.last_transaction(), p64(7))
 
+    def test_what_the_source_reports_while_our_commit_finishes_waits_for_it(self):
+        # Rule 8: the database's notification of our commit 6 can come
+        # before its thread returns; the committer hears of 6 by its reply.
+        served = self.serve()
+        committer, other = self.sessions
+        self.assertTrue(served.lock.request(committer, lambda: None))
+        served.announcer.finishing()
+        self.source.commit(5, 1)
+        self.source.commit(6, 2)   # ours, as the database has it
+        self.assertEqual((committer.heard, other.heard), ([], []))
+        looks = []
+        self.source.commits_since = lambda tid: looks.append(tid) or []
+        served.announcer.finished(committed=True)
+        served.commit_finished(committer, p64(6), [oid(2)])
+        self.assertEqual(looks, [])   # the source has seen 6: no look
+        self.assertEqual(other.heard, [p64(5), p64(6)])
+        self.assertEqual(committer.heard, [p64(5)])
+        served.commit_finished(committer, p64(8), [oid(2)])
+        self.assertEqual(looks, [p64(6)])   # not seen yet: rule 2's look
+
+    def test_a_failed_finish_announces_what_waited(self):
+        served = self.serve()
+        committer, other = self.sessions
+        served.announcer.finishing()
+        self.source.commit(5, 1)
+        self.assertEqual(other.heard, [])
+        served.announcer.finished(committed=False)
+        self.assertEqual((committer.heard, other.heard), ([p64(5)], [p64(5)]))
+
 
 class IteratingSourceTests(unittest.TestCase):
 
