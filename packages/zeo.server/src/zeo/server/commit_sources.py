@@ -25,7 +25,7 @@ Rules:
    commit found later would break rule 1 and be lost to our clients.
 3. The snapshot never moves inside a transaction.  An MVCC storage
    (``IMVCCStorage``) sees commits made elsewhere only when its snapshot
-   moves (``poll_invalidations``); it is moved only when no storage
+   moves (`move_snapshot`); it is moved only when no storage
    transaction is open: at once if the commit lock is free, else when the
    holder releases it (after its ``tpc_finish`` or ``tpc_abort``, before
    the next holder begins).  External commits reported meanwhile wait.

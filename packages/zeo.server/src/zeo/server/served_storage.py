@@ -171,7 +171,9 @@ class ServedStorage:
     def new_instance(self) -> Any:
         """The storage a transaction's thread commits on (any thread; see
         zeo.server.commit_threads): an instance of an MVCC storage of its
-        own, with a view as new as the database's, else the storage itself.
+        own, with a view as new as the database's (moved by
+        `move_snapshot`: for RelStorage, at its first read), else the
+        storage itself.
         Instances given back in a clean state are kept (at most
         `MAX_IDLE_INSTANCES`) and handed out again: a new one opens its
         own database connections."""
