@@ -539,7 +539,10 @@ class ICommitSource(Interface):
 
         Call ``report(tid, oids)`` on the loop for every commit found, in
         increasing tid order (a commit reported twice, or one the server
-        made itself, is ignored by the server).  *call_later* is
+        made itself, is ignored by the server).  Having reported a tid, a
+        source has found every older commit (reported it, or returned it
+        from `commits_since`): the server then skips the look of
+        `commits_since` at its own commits up to that tid.  *call_later* is
         ``loop.call_later``, for a source that polls.
         """
 
