@@ -500,6 +500,10 @@ class ServerProtocol(asyncio.BufferedProtocol):
             self._batch.append(data)
             self._batch_bytes += len(data)
             return
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        """Write *data* now, or queue it behind output that waits."""
         if self._pending or self._paused:
             self._pending.append(data)
             self._pending_bytes += len(data)
@@ -510,7 +514,11 @@ class ServerProtocol(asyncio.BufferedProtocol):
             elif not self._gone:
                 self._budgets.output_held(self, waiting)
             return
-        self._count_out(len(data))
+        size = len(data)
+        self.bytes_out += size   # _count_out, inline: once per read
+        stats = self._stats or self._registered_stats()
+        if stats is not None:
+            stats.bytes_out += size
         transport: Any = self.transport
         transport.write(data)
         unsent = transport.get_write_buffer_size()
@@ -529,11 +537,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
         data = batch[0] if len(batch) == 1 else b"".join(batch)
         batch.clear()
         self._batch_bytes = 0
-        batching, self._batching = self._batching, False
-        try:
-            self._write(data)
-        finally:
-            self._batching = batching
+        self._send(data)
 
     def _registered_stats(self) -> StorageStats | None:
         session = self.session
