@@ -137,6 +137,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self._heard = True
         # Calls whose reply comes later (a Delayed).
         self._delayed = 0
+        # The session has registered (it stays so): calls skip _allowed.
+        self._registered = False
         # Aborted or lost: the transport holds nothing more of ours.
         self._gone = False
         # What get_buffer last returned, if not the shared buffer.
@@ -219,7 +221,10 @@ class ServerProtocol(asyncio.BufferedProtocol):
                 event = next_event()
                 if event is NEED_DATA:
                     break
-                self._handle(event)
+                if type(event) is Call:   # most of them: no detour
+                    self._call(event)
+                else:
+                    self._handle(event)
                 if self._batch_bytes >= WRITE_BATCH_SIZE:
                     self._flush()
         except ProtocolError as error:
@@ -318,16 +323,20 @@ class ServerProtocol(asyncio.BufferedProtocol):
         if method not in EXPOSED_METHODS:
             self.close(f"unknown method {peer_repr(method)}")
             return False
-        if session is not None and not session.registered and method != "register":
-            self.close(f"{method!r} called before register")
-            return False
+        if session is not None:
+            if not session.registered:
+                if method != "register":
+                    self.close(f"{method!r} called before register")
+                    return False
+            else:
+                self._registered = True   # for good: see _call
         return True
 
     def _call(self, call: Call) -> None:
         """Answer a call: every call on an open connection gets a reply or
         an error reply, whatever its method returns or raises."""
         _, _, method, args = call  # an event is its wire tuple
-        if not self._allowed(method):
+        if not (self._registered and method in EXPOSED_METHODS) and not self._allowed(method):
             return
         started = _monotonic() if method in TIMED_CALLS else None
         try:
