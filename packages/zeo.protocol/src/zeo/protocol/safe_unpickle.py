@@ -41,7 +41,11 @@ limit, and tuple nesting by ``max_nesting_depth`` (see
 pickle nests at most one level per byte, the deeper scan that tracks
 nesting runs only on payloads longer than that bound.  The walk is the
 price of decoding pickles safely: about a microsecond for a small
-message, more than the C unpickler itself needs.
+message, more than the C unpickler itself needs.  So a small payload
+that names no global and no persistent id (a ping, a load, most replies)
+is walked by the compiled helper instead and decoded by the plain C
+unpickler (`_plain_loads`): with nothing to look up, the restricted one
+would decode it the same.
 
 Speed trick: the C unpickler reads a file object one opcode at a time
 unless the file has ``peek()``.  ``_Source`` answers the first
