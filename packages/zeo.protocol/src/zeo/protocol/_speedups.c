@@ -17,6 +17,12 @@
  * out of the reader's buffer, advance the reader, call the codec's
  * decoder.  Frames of unusual size go back to Python.
  *
+ * plain_loads is the Z codec's fast path for a small pickle that names no
+ * global and no persistent id: the walk of safe_unpickle (argument sizes,
+ * memo indexes, nothing past the end) over a table built there, then the
+ * plain C unpickler.  Anything else, and any failure, answers
+ * NotImplemented: the restricted path in Python decodes it or says why.
+ *
  * Besides the decoders it is given (msgpack's unpackb, the codec's), the
  * module only inspects objects a decoder already built (exact tuples,
  * ints, str and bytes) and never calls into them.
@@ -334,6 +340,136 @@ frame(PyObject *module, PyObject *payload)
     return framed;
 }
 
+/* The table configure_plain_loads() gets: per opcode, the size of its
+ * fixed argument (0-8), one of these, or PLAIN_NO. */
+#define PLAIN_LEN1 0xF0          /* 1-byte length, then that many bytes */
+#define PLAIN_LEN4 0xF1          /* 4-byte unsigned length */
+#define PLAIN_LEN4_SIGNED 0xF2   /* 4-byte signed length */
+#define PLAIN_LEN8 0xF3          /* 8-byte length */
+#define PLAIN_STOP 0xF4
+#define PLAIN_LONG_BINPUT 0xF5   /* 4-byte memo index, at most the size */
+#define PLAIN_NO 0xFF            /* not for this path */
+
+static unsigned char plain_table[256];
+static PyObject *plain_unpickle = NULL;   /* pickle.loads */
+
+static unsigned long long
+little_endian(const unsigned char *p, int size)
+{
+    unsigned long long value = 0;
+    int i;
+    for (i = size - 1; i >= 0; i--) {
+        value = (value << 8) | p[i];
+    }
+    return value;
+}
+
+/* Does the pickle in p[0:end] take only plain opcodes, and end with its
+ * STOP exactly at end? */
+static int
+plain_pickle(const unsigned char *p, Py_ssize_t end)
+{
+    Py_ssize_t pos = 0;
+    unsigned long long length;
+    while (pos < end) {
+        unsigned char kind = plain_table[p[pos]];
+        pos++;
+        if (kind <= 8) {
+            pos += kind;
+            continue;
+        }
+        switch (kind) {
+        case PLAIN_STOP:
+            return pos == end;
+        case PLAIN_LEN1:
+            if (pos >= end) {
+                return 0;
+            }
+            pos += 1 + p[pos];
+            continue;
+        case PLAIN_LEN4:
+        case PLAIN_LEN4_SIGNED:
+        case PLAIN_LONG_BINPUT:
+            if (end - pos < 4) {
+                return 0;
+            }
+            length = little_endian(p + pos, 4);
+            pos += 4;
+            if (kind == PLAIN_LONG_BINPUT) {
+                if (length > (unsigned long long)end) {
+                    return 0;
+                }
+                continue;
+            }
+            if (kind == PLAIN_LEN4_SIGNED && length > 0x7FFFFFFFULL) {
+                return 0;
+            }
+            break;
+        case PLAIN_LEN8:
+            if (end - pos < 8) {
+                return 0;
+            }
+            length = little_endian(p + pos, 8);
+            pos += 8;
+            break;
+        default:
+            return 0;
+        }
+        if (length > (unsigned long long)(end - pos)) {
+            return 0;
+        }
+        pos += (Py_ssize_t)length;
+    }
+    return 0;
+}
+
+/* plain_loads(data) -> the object, or NotImplemented. */
+static PyObject *
+plain_loads(PyObject *module, PyObject *data)
+{
+    Py_buffer view;
+    int plain;
+    PyObject *result;
+    if (plain_unpickle == NULL) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    plain = plain_pickle((const unsigned char *)view.buf, view.len);
+    PyBuffer_Release(&view);
+    if (!plain) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    result = PyObject_CallOneArg(plain_unpickle, data);
+    if (result == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyErr_Clear();   /* the restricted path says why */
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    return result;
+}
+
+static PyObject *
+configure_plain_loads(PyObject *module, PyObject *args)
+{
+    Py_buffer table;
+    PyObject *unpickle;
+    if (!PyArg_ParseTuple(args, "y*O:configure_plain_loads", &table, &unpickle)) {
+        return NULL;
+    }
+    if (table.len != 256 || !PyCallable_Check(unpickle)) {
+        PyBuffer_Release(&table);
+        PyErr_SetString(PyExc_TypeError,
+                        "configure_plain_loads(table, loads) takes 256 bytes and a callable");
+        return NULL;
+    }
+    memcpy(plain_table, table.buf, 256);
+    PyBuffer_Release(&table);
+    Py_INCREF(unpickle);
+    Py_XSETREF(plain_unpickle, unpickle);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"next_message", (PyCFunction)(void (*)(void))next_message, METH_FASTCALL,
      "next_message(reader, unusual_size, decode): see zeo.protocol.framing."},
@@ -346,6 +482,11 @@ static PyMethodDef methods[] = {
      "frame(payload: bytes) -> the 4-byte big-endian length, then payload."},
     {"message_from_wire", message_from_wire, METH_O,
      "message_from_wire(msg) -> event; see zeo.protocol.events."},
+    {"plain_loads", plain_loads, METH_O,
+     "plain_loads(data) -> the unpickled object, or NotImplemented: see\n"
+     "zeo.protocol.safe_unpickle."},
+    {"configure_plain_loads", configure_plain_loads, METH_VARARGS,
+     "configure_plain_loads(table, loads): the opcode table and pickle.loads."},
     {"configure", configure, METH_VARARGS,
      "configure(Call, Reply, fallback): the event classes to build and the\n"
      "function handling every other input."},
@@ -354,7 +495,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "zeo.protocol._speedups",
-    "Compiled fast paths of zeo.protocol (message_from_wire, decode_msgpack, next_message, frame).",
+    "Compiled fast paths of zeo.protocol (message_from_wire, decode_msgpack, next_message,\n"
+    "frame, plain_loads).",
     -1, methods
 };
 

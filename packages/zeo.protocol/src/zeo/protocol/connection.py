@@ -253,6 +253,8 @@ class _Connection(Generic[_Handshake]):
                 raise self._undecodable(exc) from None
             if event.__class__ in self._can_receive:
                 return event
+            if event is None and not self._eof:
+                return NEED_DATA  # the next frame isn't complete (once per read)
             return self._next_event_other(event)
         return self._next_event_slow()
 

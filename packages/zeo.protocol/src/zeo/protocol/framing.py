@@ -225,6 +225,8 @@ class FrameReader:
         """See `IFrameReader`."""
         pieces = self._pieces
         if pieces is None:
+            if len(self.chunk) - self.pos < HEADER_SIZE:
+                return None  # nothing held (every read of small messages)
             pieces = self._start_frame()
             if pieces is None:
                 return None

@@ -41,7 +41,11 @@ limit, and tuple nesting by ``max_nesting_depth`` (see
 pickle nests at most one level per byte, the deeper scan that tracks
 nesting runs only on payloads longer than that bound.  The walk is the
 price of decoding pickles safely: about a microsecond for a small
-message, more than the C unpickler itself needs.
+message, more than the C unpickler itself needs.  So a small payload
+that names no global and no persistent id (a ping, a load, most replies)
+is walked by the compiled helper instead and decoded by the plain C
+unpickler (`_plain_loads`): with nothing to look up, the restricted one
+would decode it the same.
 
 Speed trick: the C unpickler reads a file object one opcode at a time
 unless the file has ``peek()``.  ``_Source`` answers the first
@@ -472,6 +476,57 @@ def walk_pickle(data: Any) -> None:
         raise RemoteProtocolError(f"malformed pickle: {exc}") from None
 
 
+# -- the compiled fast path ----------------------------------------------
+#
+# A small pickle with no global and no persistent id has nothing for
+# ``find_class`` or ``persistent_load`` to refuse: walked in C by the same
+# rules as `walk_pickle` and found to end exactly at its ``STOP``, it is
+# decoded by the plain C unpickler, which is several times cheaper than
+# the restricted one reading through ``_Source``.  Everything else, and
+# every failure, takes the path below (which words the errors).
+
+#: Opcodes the fast path leaves to the restricted unpickler: those that
+#: name globals or persistent ids, build objects or take out-of-band
+#: buffers (none of them occurs in a plain message).
+_NOT_PLAIN = frozenset((
+    "GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD",
+    "PERSID", "BINPERSID", "NEXT_BUFFER", "READONLY_BUFFER",
+))
+
+
+def _build_plain_table() -> bytes:
+    # See PLAIN_* in _speedups.c.
+    special = {_LEN1: 0xF0, _LEN4U: 0xF1, _LEN4: 0xF2, _LEN8: 0xF3}
+    table = bytearray([0xFF] * 256)
+    for code, op in enumerate(_OPS):
+        if op is None:
+            continue
+        name, kind, size, action = op[0], op[1], op[2], op[3]
+        if action == _REFUSE or name in _NOT_PLAIN or name == "PUT":
+            continue
+        if name == "STOP":
+            table[code] = 0xF4
+        elif name == "LONG_BINPUT":
+            table[code] = 0xF5
+        elif kind == _FIXED and size <= 8:
+            table[code] = size
+        elif kind in special:
+            table[code] = special[kind]
+    return bytes(table)
+
+
+_plain_loads: Optional[Callable[[Any], Any]] = None
+try:
+    from . import _speedups
+except ImportError:  # pragma: no cover - built without a C compiler
+    pass
+else:
+    # A helper built from older source lacks it (test_speedups says so).
+    if hasattr(_speedups, "plain_loads"):
+        _speedups.configure_plain_loads(_build_plain_table(), pickle.loads)
+        _plain_loads = _speedups.plain_loads
+
+
 # -- loading ------------------------------------------------------------
 
 
@@ -494,11 +549,17 @@ def make_loads(
         {"allowed_globals": allowed, "__slots__": ()},
     )
 
+    plain = _plain_loads
+
     def loads(data: Any) -> Any:
         size = len(data)
         if size > max_nesting_depth:
             scan_pickle(data, max_nesting_depth)
         else:
+            if plain is not None:
+                obj = plain(data)
+                if obj is not NotImplemented:
+                    return obj
             walk_pickle(data)
         source = _Source(data)
         try:

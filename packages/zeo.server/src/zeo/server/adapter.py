@@ -137,6 +137,8 @@ class ServerProtocol(asyncio.BufferedProtocol):
         self._heard = True
         # Calls whose reply comes later (a Delayed).
         self._delayed = 0
+        # The session has registered (it stays so): calls skip _allowed.
+        self._registered = False
         # Aborted or lost: the transport holds nothing more of ours.
         self._gone = False
         # What get_buffer last returned, if not the shared buffer.
@@ -219,7 +221,10 @@ class ServerProtocol(asyncio.BufferedProtocol):
                 event = next_event()
                 if event is NEED_DATA:
                     break
-                self._handle(event)
+                if type(event) is Call:   # most of them: no detour
+                    self._call(event)
+                else:
+                    self._handle(event)
                 if self._batch_bytes >= WRITE_BATCH_SIZE:
                     self._flush()
         except ProtocolError as error:
@@ -318,16 +323,20 @@ class ServerProtocol(asyncio.BufferedProtocol):
         if method not in EXPOSED_METHODS:
             self.close(f"unknown method {peer_repr(method)}")
             return False
-        if session is not None and not session.registered and method != "register":
-            self.close(f"{method!r} called before register")
-            return False
+        if session is not None:
+            if not session.registered:
+                if method != "register":
+                    self.close(f"{method!r} called before register")
+                    return False
+            else:
+                self._registered = True   # for good: see _call
         return True
 
     def _call(self, call: Call) -> None:
         """Answer a call: every call on an open connection gets a reply or
         an error reply, whatever its method returns or raises."""
         _, _, method, args = call  # an event is its wire tuple
-        if not self._allowed(method):
+        if not (self._registered and method in EXPOSED_METHODS) and not self._allowed(method):
             return
         started = _monotonic() if method in TIMED_CALLS else None
         try:
@@ -500,6 +509,10 @@ class ServerProtocol(asyncio.BufferedProtocol):
             self._batch.append(data)
             self._batch_bytes += len(data)
             return
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        """Write *data* now, or queue it behind output that waits."""
         if self._pending or self._paused:
             self._pending.append(data)
             self._pending_bytes += len(data)
@@ -510,7 +523,11 @@ class ServerProtocol(asyncio.BufferedProtocol):
             elif not self._gone:
                 self._budgets.output_held(self, waiting)
             return
-        self._count_out(len(data))
+        size = len(data)
+        self.bytes_out += size   # _count_out, inline: once per read
+        stats = self._stats or self._registered_stats()
+        if stats is not None:
+            stats.bytes_out += size
         transport: Any = self.transport
         transport.write(data)
         unsent = transport.get_write_buffer_size()
@@ -529,11 +546,7 @@ class ServerProtocol(asyncio.BufferedProtocol):
         data = batch[0] if len(batch) == 1 else b"".join(batch)
         batch.clear()
         self._batch_bytes = 0
-        batching, self._batching = self._batching, False
-        try:
-            self._write(data)
-        finally:
-            self._batching = batching
+        self._send(data)
 
     def _registered_stats(self) -> StorageStats | None:
         session = self.session

@@ -320,6 +320,9 @@ class Channel:
                 event = next_event()
                 if event is NEED_DATA:
                     return True
+                if not on_loop and type(event) is Reply:
+                    if self._replies.replied_in_thread(event):
+                        continue   # most replies: the rest as below, in one call
                 if not on_loop and not self._for_threads(event):
                     self._held = event
                     self.loop.call_soon_threadsafe(self._resume)

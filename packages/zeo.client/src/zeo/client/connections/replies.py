@@ -87,6 +87,20 @@ class PendingReplies:
             return True
         return waiter is None or type(waiter) is Waiter
 
+    def replied_in_thread(self, event: Reply) -> bool:
+        """`replied`, for an application thread: False (and nothing done)
+        if a loop future waits for this reply (see `for_threads`)."""
+        msgid = event[0]
+        waiter = self._waiters.get(msgid)
+        if type(waiter) is Waiter:   # one thread's call: the common case
+            del self._waiters[msgid]
+            _settle(waiter, event[3])
+            return True
+        if not self.for_threads(msgid):
+            return False
+        self.replied(event)
+        return True
+
     def replied(self, event: Reply) -> None:
         msgid = event[0]
         waiter = self._waiters.pop(msgid, None)

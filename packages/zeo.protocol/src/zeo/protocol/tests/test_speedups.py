@@ -7,8 +7,10 @@ build that silently lost it would be slower without anyone noticing.
 
 import gc
 import sys
+import pickle
 import unittest
 from typing import Any
+from unittest import mock
 
 import msgpack
 
@@ -18,12 +20,14 @@ from hypothesis import strategies as st
 
 from zeo.protocol import events
 from zeo.protocol import framing
+from zeo.protocol import safe_unpickle
 from zeo.protocol.errors import RemoteProtocolError
 from zeo.protocol.events import Call
 from zeo.protocol.events import Reply
 from zeo.protocol.events import _message_from_wire_py
 from zeo.protocol.msgpack_codec import MsgpackCodec
 from zeo.protocol.msgpack_codec import _decode_message_py
+from zeo.protocol.pickle_codec import PickleCodec
 from zeo.protocol.tests.support import OID
 from zeo.protocol.tests.support import TID1
 from zeo.protocol.tests.support import plain_values
@@ -353,6 +357,119 @@ class FrameTests(unittest.TestCase):
             with self.subTest(payload=type(payload).__name__):
                 with self.assertRaises(TypeError):
                     _speedups.frame(payload)
+
+
+def loads_outcome(loads, data):
+    """The object, or the error message."""
+    try:
+        return "ok", loads(data)
+    except RemoteProtocolError as exc:
+        return "error", str(exc)
+
+
+def pure_loads(*args):
+    """``make_loads(*args)`` without the compiled fast path."""
+    with mock.patch.object(safe_unpickle, "_plain_loads", None):
+        return safe_unpickle.make_loads(*args)
+
+
+#: A Z5 ping call, as our client sends it.
+PING = b"\x80\x03(M\xd2\x04\x89X\x04\x00\x00\x00ping)t."
+
+# Pickles on each edge of plain_loads: memo, every length kind, opcodes it
+# leaves to the restricted path, bad sizes, early or missing STOP.
+PICKLED: tuple[Any, ...] = (
+    None, (), (1, False, "ping", ()), [b"x" * 300, "y" * 300], {"a": (1.5, -2**70)},
+    (OID, TID1) * 3, {1, 2}, frozenset(), bytearray(b"ab"), 2**31, -1,
+)
+PLAIN_EDGES = [
+    pickle.dumps(value, protocol) for protocol in range(6) for value in PICKLED
+] + [
+    PING,
+    b"\x80\x03(M\xd2\x04\x89X\x04\x00\x00\x00ping)t.x",       # trailing byte
+    b"\x80\x03(M\xd2\x04\x89X\x04\x00\x00\x00ping)t",         # no STOP
+    b"\x80\x03(M\xd2\x04\x89X\x05\x00\x00\x00ping)t.",       # runs past the end
+    b"\x80\x03(M\xd2\x04\x89X\xff\xff\xff\xffping)t.",       # huge length
+    b"\x80\x03K\x01r\x00\x00\x00\x00.",                       # LONG_BINPUT 0
+    b"\x80\x03K\x01r\xff\xff\xff\x7f.",                       # beyond the size
+    b"\x80\x03K\x01q\x00h\x00\x86.",                           # BINPUT, BINGET
+    b"\x80\x03h\x00.",                                          # empty memo
+    b"\x80\x03\x8a\x02\x01\x02.",                               # LONG1
+    b"\x80\x03\x8b\xff\xff\xff\xff.",                           # LONG4 < 0
+    b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00K\x01K\x02\x86.",  # FRAME
+    b"\x80\x05\x96\xff\xff\xff\xff\xff\xff\xff\xff.",            # BYTEARRAY8, huge
+    b"\x80\x03cbuiltins\nset\n)\x85R.",                         # a global
+    b"\x80\x03\x82\x01.",                                        # EXT1
+    b"\x80\x03X\x01\x00\x00\x00aQ.",                            # BINPERSID
+    b"(I1\nI2\ntp0\n.",                                         # protocol 0 text
+    b"K\x01.",                                                  # no PROTO
+    b".", b"", b"\x80", b"\xff.", b"N..",
+]
+
+
+@unittest.skipIf(_speedups is None, "the compiled helper is not built")
+class PlainLoadsTests(unittest.TestCase):
+
+    def test_it_is_the_one_in_use(self):
+        self.assertIs(safe_unpickle._plain_loads, _speedups.plain_loads)
+
+    def test_a_small_message_skips_the_restricted_unpickler(self):
+        # What made a Z5 ping cost 3 microseconds per message to decode.
+        codec = PickleCodec()
+        call = Call(1234, "loadBefore", (OID, TID1))
+        payloads = [codec.encode(call), codec.encode(call.reply((b"data", TID1, None)))]
+        with mock.patch.object(safe_unpickle, "walk_pickle") as walk, \
+                mock.patch.object(safe_unpickle, "_Source") as source:
+            loads = safe_unpickle.make_loads({})
+            for payload in payloads:
+                self.assertEqual(loads(payload), pickle.loads(payload))
+        walk.assert_not_called()
+        source.assert_not_called()
+
+    def test_edges_agree(self):
+        allowed = safe_unpickle.server_pickle_globals()
+        fast, pure = safe_unpickle.make_loads(allowed), pure_loads(allowed)
+        for data in PLAIN_EDGES:
+            for payload in (data, bytearray(data)):
+                with self.subTest(data=data, kind=type(payload)):
+                    self.assertEqual(loads_outcome(fast, payload), loads_outcome(pure, payload))
+        self.assertEqual(fast(memoryview(PING)), pure(memoryview(PING)))
+
+    @settings(max_examples=300, deadline=None)
+    @given(plain_values, st.integers(0, 5), st.integers(0, 40), st.binary(max_size=3))
+    def test_any_pickle_agrees(self, value, protocol, cut, tail):
+        fast, pure = safe_unpickle.make_loads({}), pure_loads({})
+        data = pickle.dumps(value, protocol)
+        for payload in (data, data[:-cut or None], data + tail):
+            self.assertEqual(loads_outcome(fast, payload), loads_outcome(pure, payload))
+
+    def test_only_up_to_the_nesting_bound(self):
+        # Longer payloads get the nesting scan, which the fast path lacks.
+        data = pickle.dumps(((((1,),),),), 3)
+        loads = safe_unpickle.make_loads({}, max_nesting_depth=len(data) - 1)
+        with mock.patch.object(safe_unpickle, "scan_pickle") as scan:
+            loads(data)
+        scan.assert_called_once()
+
+    def test_no_reference_is_leaked(self):
+        payload = pickle.dumps((1, False, "ping", ()), 3)
+        bad = payload + b"x"
+        gc.collect()
+        before = sys.getrefcount(payload), sys.getrefcount(bad)
+        value: Any = None
+        for _ in range(1000):
+            value = _speedups.plain_loads(payload)
+            _speedups.plain_loads(bad)
+            _speedups.plain_loads(payload[:-1])
+        del value
+        gc.collect()
+        self.assertEqual((sys.getrefcount(payload), sys.getrefcount(bad)), before)
+
+    def test_configure_checks_its_arguments(self):
+        with self.assertRaises(TypeError):
+            _speedups.configure_plain_loads(b"\xff" * 255, pickle.loads)
+        with self.assertRaises(TypeError):
+            _speedups.configure_plain_loads(b"\xff" * 256, None)
 
 
 class BuiltTests(unittest.TestCase):
