@@ -148,6 +148,20 @@ class Worker:
                 f.close()
 
 
+def run_together(workers, ready_timeout, result_timeout):
+    """Wait until every worker is ready, start them all at once (``go``)
+    and return their results; the workers are closed in any case."""
+    try:
+        for worker in workers:
+            worker.wait_ready(ready_timeout)
+        for worker in workers:
+            worker.send('go')
+        return [worker.result(result_timeout) for worker in workers]
+    finally:
+        for worker in workers:
+            worker.close()
+
+
 class Server:
     """One server process on a copy of the template FileStorage, announcing
     *encoding*: ``'Z5'`` (pickle) or ``'M5'`` (msgpack), said explicitly to

@@ -31,7 +31,7 @@ import statistics
 
 from zeo.server.testing_postgres import PostgresLayer, relstorage_section
 
-from .processes import BIN, SCRIPTS, BenchError, Server, Worker
+from .processes import BIN, SCRIPTS, BenchError, Server, Worker, run_together
 
 BENCH_SCALEOUT = SCRIPTS / 'bench_scaleout.py'
 
@@ -162,13 +162,9 @@ class ScaleOut:
                             '--duration', sizes['scale_seconds'])
                         workers.append(Worker(command, None,
                                               front.directory / f'scale_commit-{n}.err'))
-                    for worker in workers:
-                        worker.wait_ready(sizes['timeout'])
-                    for worker in workers:
-                        worker.send('go')
-                    results = [w.result(sizes['scale_seconds'] + sizes['timeout'])
-                               for w in workers]
-                finally:
+                    results = run_together(workers, sizes['timeout'],
+                                           sizes['scale_seconds'] + sizes['timeout'])
+                finally:   # those started before one failed to start
                     for worker in workers:
                         worker.close()
             claims = {}

@@ -7,7 +7,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from .processes import BENCH_FLOOR, BenchError, last_json
+from .processes import BENCH_FLOOR, BenchError, last_json, run_together
 
 KINDS = ('ours', 'zeo')
 
@@ -171,16 +171,8 @@ def run_mixed(bench, kind, encoding):
                                 '--addr', server.addr,
                                 '--duration', sizes['mixed_seconds'],
                                 directory=server.directory)
-        try:
-            for worker in workers:
-                worker.wait_ready(sizes['timeout'])
-            for worker in workers:
-                worker.send('go')
-            results = [w.result(sizes['mixed_seconds'] + sizes['timeout'])
-                       for w in workers]
-        finally:
-            for worker in workers:
-                worker.close()
+        results = run_together(workers, sizes['timeout'],
+                               sizes['mixed_seconds'] + sizes['timeout'])
     return {'clients': sum(r['txns'] / r['seconds'] for r in results)}, results
 
 

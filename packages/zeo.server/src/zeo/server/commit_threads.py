@@ -200,12 +200,7 @@ class OffLoopCommit:
             return self._run_in_thread(function)
         except Exception:   # rule 5: the server is closing
             done = Delayed()
-            try:
-                value = function()
-            except Exception as error:
-                done.fail(error)
-            else:
-                done.resolve(value)
+            done.settle_with(function)
             return done
 
     def _abort(self, reusable: bool = True) -> None:

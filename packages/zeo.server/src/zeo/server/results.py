@@ -35,6 +35,15 @@ class Delayed:
     def fail(self, error: BaseException) -> None:
         self._settle(error, None)
 
+    def settle_with(self, function: Callable[[], Any]) -> None:
+        """Settle with ``function()``'s value, or the exception it raises."""
+        try:
+            value = function()
+        except Exception as error:
+            self.fail(error)
+        else:
+            self.resolve(value)
+
     def _settle(self, error: BaseException | None, value: Any) -> None:
         if self._outcome is not None:
             raise RuntimeError("a delayed reply can be settled only once")
@@ -59,13 +68,8 @@ def chain(source: Delayed, then: Callable[[Any], Any]) -> Delayed:
     def settled(error: BaseException | None, value: Any) -> None:
         if error is not None:
             result.fail(error)
-            return
-        try:
-            value = then(value)
-        except Exception as failure:
-            result.fail(failure)
         else:
-            result.resolve(value)
+            result.settle_with(lambda: then(value))
 
     source.add_callback(settled)
     return result

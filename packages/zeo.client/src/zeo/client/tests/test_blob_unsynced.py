@@ -7,7 +7,6 @@ the directory are real processes holding the real ``flock``.
 import os
 import subprocess
 import sys
-import unittest
 from unittest import mock
 
 from zeo.client.blobs.cache import BlobCache
@@ -143,8 +142,10 @@ class UnsyncedFilesTests(BlobCacheTestBase):
             self.make(boot='../../etc')
         self.assertIsNone(UnsyncedFiles.open(self.tmp, None))
 
-    @unittest.skipUnless(os.path.exists(BOOT_ID_PATH), 'Linux only')
     def test_the_system_boot_id(self):
+        if not os.path.exists(BOOT_ID_PATH):    # not Linux: test_no_system_boot_id
+            self.assertIsNone(system_boot_id())
+            return
         with open(BOOT_ID_PATH) as f:
             self.assertEqual(system_boot_id(), f.read().strip())
         # ... which a cache uses by default.
@@ -152,6 +153,15 @@ class UnsyncedFilesTests(BlobCacheTestBase):
         self.caches.append(cache)
         self.assertEqual(cache._unsynced.boot_id, system_boot_id())
         self.assertFalse(cache.fsync)
+
+    def test_no_system_boot_id(self):
+        missing = os.path.join(self.tmp, 'no-boot-id')
+        with mock.patch('zeo.client.boot_id.BOOT_ID_PATH', missing):
+            self.assertIsNone(system_boot_id())
+            cache = BlobCache(self.dir)
+        self.caches.append(cache)
+        self.assertIsNone(cache._unsynced)
+        self.assertTrue(cache.fsync)
 
     # -- crashes and other users -------------------------------------------------
 

@@ -11,13 +11,13 @@ import shutil
 import tempfile
 import unittest
 
-import transaction
 import ZODB
 import zeo.client
 from ZODB.tests.MVCCMappingStorage import MVCCMappingStorage
 
 import zeo.server
 from zeo.server.commit_sources import IteratingSource
+from zeo.server.tests.relstorage_support import client_db, read, write
 from zeo.server.tests.support import wait_until
 
 WAIT = 20.0   # bounded waits, seconds
@@ -27,28 +27,10 @@ class TwoSides:
     """Helpers for a test with a client database on each side."""
 
     def db(self, address):
-        db = ZODB.DB(zeo.client.ClientStorage(address, wait_timeout=30))
-        self.addCleanup(db.close)
-        return db
+        return client_db(self, address)
 
-    def commit(self, db, **values):
-        manager = transaction.TransactionManager()
-        connection = db.open(transaction_manager=manager)
-        try:
-            with manager:
-                connection.root().update(values)
-        finally:
-            connection.close()
-        return db.storage.lastTransaction()
-
-    def read(self, db, key):
-        manager = transaction.TransactionManager()
-        connection = db.open(transaction_manager=manager)
-        try:
-            with manager:
-                return connection.root().get(key)
-        finally:
-            connection.close()
+    commit = staticmethod(write)
+    read = staticmethod(read)
 
     def sees(self, db, tid, key, value):
         """*db*'s client hears of *tid* (an invalidation) and then reads

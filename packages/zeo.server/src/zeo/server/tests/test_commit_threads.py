@@ -298,12 +298,7 @@ class OffLoopCommitTests(unittest.TestCase):
 
     def run_job(self) -> None:
         function, done = self.jobs.pop(0)
-        try:
-            value = function()
-        except Exception as error:
-            done.fail(error)
-        else:
-            done.resolve(value)
+        done.settle_with(function)
 
     def test_end_waits_for_the_running_call_then_aborts_in_a_thread(self):
         calls = []
